@@ -1,0 +1,53 @@
+"""Block identity and the tier interface shared by every cache tier.
+
+A block is ``block_size`` bytes of one *version* of one object; its key carries the object's
+URL, version token, the block size and the block index, so a changed object (new ETag) or a
+different block size can never hit old blocks.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Protocol, Union
+
+Buffer = Union[bytes, memoryview]
+
+
+@dataclass(frozen=True, slots=True)
+class BlockKey:
+    url: str  # full object URL, e.g. s3://bucket/prefix/file (stable across mounts)
+    version: str  # the object's version token
+    block_size: int
+    index: int  # block number: covers [index*block_size, (index+1)*block_size)
+
+    @property
+    def digest(self) -> str:
+        """Stable hex name for this block (used as the SSD file name)."""
+        h = hashlib.sha256(
+            f"{self.url}\0{self.version}\0{self.block_size}\0{self.index}".encode("utf-8", "surrogateescape")
+        )
+        return h.hexdigest()
+
+    @property
+    def start(self) -> int:
+        return self.index * self.block_size
+
+
+class Tier(Protocol):
+    """One storage tier.  Methods are synchronous; disk tiers are called via worker threads.
+
+    A tier never raises on ``get`` for an absent/corrupt block: it returns None (and discards a
+    corrupt one).  ``put`` returns False when the block was not admitted (quota/policy/error).
+    """
+
+    name: str
+
+    def get(self, key: BlockKey) -> Buffer | None: ...
+
+    def put(self, key: BlockKey, data: bytes) -> bool: ...
+
+    def contains(self, key: BlockKey) -> bool: ...
+
+    def used_bytes(self) -> int: ...
+
+    def quota_bytes(self) -> int: ...

@@ -1,0 +1,71 @@
+"""The one exception tree of fluidfs.
+
+Every error fluidfs raises on purpose is a ``FluidfsError``.  Library errors (botocore,
+urllib, OSError from a source) are converted at the *source edge* into one of these; they are
+turned into errnos only in the FUSE adapter (``fluidfs/fuse_ops.py``) and into exit codes only
+in the CLI (``fluidfs/cli.py``).
+
+    FluidfsError
+    ├── SpecError            malformed Dataset document / bad option       (exit 2)
+    ├── ConfigError          bad command-line or cache configuration       (exit 2)
+    ├── MountError           mountpoint missing/busy, FUSE failure         (exit 1)
+    ├── SourceError          anything that went wrong talking to a source  (EIO)
+    │   ├── NotFoundError        object or prefix does not exist           (ENOENT)
+    │   ├── AccessDeniedError    wrong credentials / forbidden             (EACCES)
+    │   ├── UnavailableError     endpoint unreachable / timed out / 5xx    (EIO)
+    │   └── VersionChangedError  object changed since it was opened        (ESTALE→EIO)
+    └── CacheError           a cache tier failed (the tiered cache degrades, never raises to reads)
+"""
+from __future__ import annotations
+
+
+class FluidfsError(Exception):
+    """Base of every error fluidfs raises on purpose."""
+
+
+class SpecError(FluidfsError):
+    """A Dataset document is malformed.  ``str()`` is the one-line message shown to users:
+    ``<document>: <field.path>: <problem>``."""
+
+    def __init__(self, document: str, field: str, problem: str) -> None:
+        self.document = document
+        self.field = field
+        self.problem = problem
+        where = f"{field}: " if field else ""
+        super().__init__(f"{document}: {where}{problem}")
+
+
+class ConfigError(FluidfsError):
+    """A command-line or configuration value is invalid."""
+
+
+class MountError(FluidfsError):
+    """The filesystem could not be mounted or unmounted."""
+
+
+class SourceError(FluidfsError):
+    """Talking to a source failed.  ``url`` names the object or prefix involved."""
+
+    def __init__(self, message: str, url: str = "") -> None:
+        self.url = url
+        super().__init__(f"{message}: {url}" if url else message)
+
+
+class NotFoundError(SourceError):
+    """The object, prefix, bucket or directory does not exist."""
+
+
+class AccessDeniedError(SourceError):
+    """The source refused our credentials."""
+
+
+class UnavailableError(SourceError):
+    """The source could not be reached, timed out, or answered 5xx after all retries."""
+
+
+class VersionChangedError(SourceError):
+    """The object changed at the source since its version token was taken."""
+
+
+class CacheError(FluidfsError):
+    """A cache tier failed (I/O error, disk full, corrupt block)."""
