@@ -14,7 +14,8 @@ in the CLI (``fluidfs/cli.py``).
     │   ├── AccessDeniedError    wrong credentials / forbidden             (EACCES)
     │   ├── UnavailableError     endpoint unreachable / timed out / 5xx    (EIO)
     │   └── VersionChangedError  object changed since it was opened        (ESTALE→EIO)
-    └── CacheError           a cache tier failed (the tiered cache degrades, never raises to reads)
+    ├── CacheError           a cache tier failed (the tiered cache degrades, never raises to reads)
+    └── FsOpError            a filesystem operation is invalid (carries its errno: ENOTDIR, EROFS…)
 """
 from __future__ import annotations
 
@@ -69,3 +70,11 @@ class VersionChangedError(SourceError):
 
 class CacheError(FluidfsError):
     """A cache tier failed (I/O error, disk full, corrupt block)."""
+
+
+class FsOpError(FluidfsError):
+    """A filesystem operation that cannot succeed for a POSIX reason; ``errno`` says which."""
+
+    def __init__(self, errno: int, message: str = "") -> None:
+        self.errno = errno
+        super().__init__(message or f"errno {errno}")

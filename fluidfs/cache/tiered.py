@@ -1,0 +1,152 @@
+"""TieredCache: MEM tier → SSD tier → source, with single-flight misses.
+
+``get(key, fetch)`` returns the block's bytes: from RAM, else from the SSD tier (promoted to
+RAM), else by awaiting ``fetch()`` exactly once however many tasks ask for the same block at
+the same time.  Fetched blocks go into RAM at once and into the SSD tier in the background
+(bounded: at most ``ssd_write_slots`` writes in flight; beyond that the reader waits, which
+is the back-pressure that keeps memory bounded).
+
+Caveats: a failing SSD tier never fails a read: its errors are logged once and the block is
+served from the source; the tier itself decides to go degraded.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Awaitable, Callable
+
+import trio
+
+from fluidfs import metrics
+from fluidfs.cache.base import BlockKey, Buffer, Tier
+from fluidfs.cache.memory import MemoryTier
+
+log = logging.getLogger(__name__)
+
+
+class _Flight:
+    __slots__ = ("done", "data")
+
+    def __init__(self) -> None:
+        self.done = trio.Event()
+        self.data: Buffer | None = None
+
+
+class TieredCache:
+    """The block cache every read goes through."""
+
+    def __init__(
+        self,
+        mem: MemoryTier,
+        ssd: Tier | None = None,
+        *,
+        dataset: str = "",
+        ssd_limiter: trio.CapacityLimiter | None = None,
+        ssd_write_slots: int = 16,
+    ) -> None:
+        self.mem = mem
+        self.ssd = ssd
+        self.dataset = dataset
+        self._flights: dict[BlockKey, _Flight] = {}
+        self._ssd_limiter = ssd_limiter or trio.CapacityLimiter(8)
+        self._ssd_slots = trio.Semaphore(ssd_write_slots)
+        self._nursery: trio.Nursery | None = None
+        self._warned = False
+        self.source_fetches = 0
+        self._m_hit = {t: metrics.CACHE_HITS.labels(dataset, t) for t in ("mem", "ssd")}
+        self._m_miss = {t: metrics.CACHE_MISSES.labels(dataset, t) for t in ("mem", "ssd")}
+        self._m_bytes = {t: metrics.CACHE_HIT_BYTES.labels(dataset, t) for t in ("mem", "ssd")}
+        metrics.CACHE_QUOTA.labels(dataset, "mem").set(mem.quota_bytes())
+        if ssd is not None:
+            metrics.CACHE_QUOTA.labels(dataset, "ssd").set(ssd.quota_bytes())
+
+    def start(self, nursery: trio.Nursery) -> None:
+        """Give the cache a nursery for background SSD writes (else they run inline)."""
+        self._nursery = nursery
+
+    async def get(self, key: BlockKey, fetch: Callable[[], Awaitable[bytes]]) -> Buffer:
+        while True:
+            data = self.mem.get(key)
+            if data is not None:
+                self._hit("mem", data)
+                return data
+            flight = self._flights.get(key)
+            if flight is None:
+                break
+            await flight.done.wait()
+            if flight.data is not None:
+                self._hit("mem", flight.data)
+                return flight.data
+            # the leader failed or was cancelled: loop and try ourselves
+        self._m_miss["mem"].inc()
+        flight = _Flight()
+        self._flights[key] = flight
+        try:
+            data = await self._load(key, fetch)
+            flight.data = data
+            return data
+        finally:
+            del self._flights[key]
+            flight.done.set()
+
+    async def _load(self, key: BlockKey, fetch: Callable[[], Awaitable[bytes]]) -> Buffer:
+        if self.ssd is not None:
+            data = await self._ssd_get(key)
+            if data is not None:
+                self._hit("ssd", data)
+                self.mem.put(key, bytes(data))
+                self._update_gauges()
+                return data
+            self._m_miss["ssd"].inc()
+        raw = await fetch()
+        self.source_fetches += 1
+        self.mem.put(key, raw)
+        if self.ssd is not None:
+            await self._ssd_slots.acquire()
+            if self._nursery is not None:
+                self._nursery.start_soon(self._ssd_put, key, raw)
+            else:
+                await self._ssd_put(key, raw)
+        self._update_gauges()
+        return memoryview(raw)
+
+    async def _ssd_get(self, key: BlockKey) -> Buffer | None:
+        assert self.ssd is not None
+        try:
+            return await trio.to_thread.run_sync(self.ssd.get, key, limiter=self._ssd_limiter)
+        except Exception as exc:  # a tier must not fail reads
+            self._warn(exc)
+            return None
+
+    async def _ssd_put(self, key: BlockKey, raw: bytes) -> None:
+        assert self.ssd is not None
+        try:
+            ok = await trio.to_thread.run_sync(self.ssd.put, key, raw, limiter=self._ssd_limiter)
+            if not ok:
+                metrics.CACHE_REJECTED.labels(self.dataset, "ssd").inc()
+        except Exception as exc:
+            self._warn(exc)
+        finally:
+            self._ssd_slots.release()
+            self._update_gauges()
+
+    def tier_of(self, key: BlockKey) -> str | None:
+        """Which tier holds ``key`` ("mem", "ssd") or None — for status and warmup."""
+        if self.mem.contains(key):
+            return "mem"
+        if self.ssd is not None and self.ssd.contains(key):
+            return "ssd"
+        return None
+
+    def _hit(self, tier: str, data: Buffer) -> None:
+        self._m_hit[tier].inc()
+        self._m_bytes[tier].inc(len(data))
+
+    def _update_gauges(self) -> None:
+        metrics.CACHE_USED.labels(self.dataset, "mem").set(self.mem.used_bytes())
+        if self.ssd is not None:
+            metrics.CACHE_USED.labels(self.dataset, "ssd").set(self.ssd.used_bytes())
+
+    def _warn(self, exc: BaseException) -> None:
+        if not self._warned:
+            self._warned = True
+            log.warning("dataset %s: SSD cache tier failed (%s); serving without it", self.dataset, exc)

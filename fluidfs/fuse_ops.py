@@ -1,0 +1,194 @@
+"""The thin pyfuse3 adapter: translates kernel requests to ``Vfs`` calls, fluidfs errors to
+errnos, records per-operation metrics, and never lets an exception escape (an escaping
+exception would take the whole mount down — DESIGN.md §3).
+
+Every write operation answers EROFS.
+"""
+from __future__ import annotations
+
+import errno as E
+import functools
+import logging
+import os
+import time
+from typing import Any, Awaitable, Callable, TypeVar
+
+import pyfuse3
+
+from fluidfs import metrics
+from fluidfs.errors import AccessDeniedError, FsOpError, NotFoundError, SourceError, VersionChangedError
+from fluidfs.vfs import Attr, Vfs
+
+log = logging.getLogger(__name__)
+
+F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
+
+
+def errno_of(exc: BaseException) -> int:
+    """The errno a fluidfs error becomes at the FUSE boundary."""
+    if isinstance(exc, FsOpError):
+        return exc.errno
+    if isinstance(exc, NotFoundError):
+        return E.ENOENT
+    if isinstance(exc, AccessDeniedError):
+        return E.EACCES
+    if isinstance(exc, (VersionChangedError, SourceError)):
+        return E.EIO
+    return E.EIO
+
+
+def _op(name: str) -> Callable[[F], F]:
+    def deco(fn: F) -> F:
+        @functools.wraps(fn)
+        async def wrapper(self: "FluidOperations", *args: Any) -> Any:
+            ds = self.vfs.dataset
+            metrics.FUSE_OPS.labels(ds, name).inc()
+            t0 = time.perf_counter()
+            try:
+                return await fn(self, *args)
+            except pyfuse3.FUSEError as exc:
+                metrics.FUSE_ERRORS.labels(ds, name, str(exc.errno)).inc()
+                raise
+            except (FsOpError, SourceError) as exc:
+                code = errno_of(exc)
+                if code == E.EIO:
+                    log.warning("dataset %s: %s%r failed: %s", ds, name, args[:2], exc)
+                metrics.FUSE_ERRORS.labels(ds, name, str(code)).inc()
+                raise pyfuse3.FUSEError(code) from None
+            except Exception:
+                log.exception("dataset %s: unexpected error in %s%r", ds, name, args[:2])
+                metrics.FUSE_ERRORS.labels(ds, name, str(E.EIO)).inc()
+                raise pyfuse3.FUSEError(E.EIO) from None
+            finally:
+                metrics.FUSE_LATENCY.labels(ds, name).observe(time.perf_counter() - t0)
+
+        return wrapper  # type: ignore[return-value]
+
+    return deco
+
+
+def _erofs(name: str) -> Callable[..., Awaitable[Any]]:
+    async def handler(self: "FluidOperations", *args: Any) -> Any:
+        metrics.FUSE_ERRORS.labels(self.vfs.dataset, name, str(E.EROFS)).inc()
+        raise pyfuse3.FUSEError(E.EROFS)
+
+    handler.__name__ = name
+    return handler
+
+
+class FluidOperations(pyfuse3.Operations):
+    """pyfuse3 request handlers for one mount."""
+
+    supports_dot_lookup = True
+    enable_writeback_cache = False
+    enable_acl = False
+
+    def __init__(self, vfs: Vfs) -> None:
+        super().__init__()
+        self.vfs = vfs
+        self.timeout = vfs.cfg.kernel_timeout
+
+    def _entry(self, a: Attr) -> pyfuse3.EntryAttributes:
+        ea = pyfuse3.EntryAttributes()
+        ea.st_ino = a.inode
+        ea.generation = 0
+        ea.st_mode = a.mode
+        ea.st_nlink = a.nlink
+        ea.st_uid = a.uid
+        ea.st_gid = a.gid
+        ea.st_rdev = 0
+        ea.st_size = a.size
+        ea.st_blksize = a.blksize
+        ea.st_blocks = a.blocks
+        ea.st_atime_ns = ea.st_mtime_ns = ea.st_ctime_ns = a.mtime_ns
+        ea.entry_timeout = self.timeout
+        ea.attr_timeout = self.timeout
+        return ea
+
+    @_op("lookup")
+    async def lookup(self, parent_inode: int, name: bytes, ctx: Any = None) -> pyfuse3.EntryAttributes:
+        return self._entry(await self.vfs.lookup(parent_inode, name.decode("utf-8", "surrogateescape")))
+
+    @_op("getattr")
+    async def getattr(self, inode: int, ctx: Any = None) -> pyfuse3.EntryAttributes:
+        return self._entry(await self.vfs.getattr(inode))
+
+    async def forget(self, inode_list: Any) -> None:
+        return None  # inodes live for the whole mount (stable numbers)
+
+    @_op("opendir")
+    async def opendir(self, inode: int, ctx: Any) -> int:
+        return await self.vfs.opendir(inode)
+
+    @_op("readdir")
+    async def readdir(self, fh: int, start_id: int, token: Any) -> None:
+        async for name, attr, next_id in self.vfs.readdir(fh, start_id):
+            if not pyfuse3.readdir_reply(token, name.encode("utf-8", "surrogateescape"), self._entry(attr), next_id):
+                break
+
+    @_op("releasedir")
+    async def releasedir(self, fh: int) -> None:
+        self.vfs.releasedir(fh)
+
+    @_op("open")
+    async def open(self, inode: int, flags: int, ctx: Any) -> pyfuse3.FileInfo:
+        fh, keep = await self.vfs.open(inode, flags)
+        return pyfuse3.FileInfo(fh=fh, keep_cache=keep, direct_io=False)
+
+    @_op("read")
+    async def read(self, fh: int, off: int, size: int) -> Any:
+        data = await self.vfs.read(fh, off, size)
+        metrics.FUSE_READ_BYTES.labels(self.vfs.dataset).inc(len(data))
+        return data
+
+    @_op("release")
+    async def release(self, fh: int) -> None:
+        self.vfs.release(fh)
+
+    @_op("flush")
+    async def flush(self, fh: int) -> None:
+        return None
+
+    @_op("statfs")
+    async def statfs(self, ctx: Any) -> pyfuse3.StatvfsData:
+        st = pyfuse3.StatvfsData()
+        for k, v in self.vfs.statfs().items():
+            setattr(st, k, v)
+        return st
+
+    @_op("getxattr")
+    async def getxattr(self, inode: int, name: bytes, ctx: Any) -> bytes:
+        return await self.vfs.getxattr(inode, name)
+
+    @_op("listxattr")
+    async def listxattr(self, inode: int, ctx: Any) -> list[bytes]:
+        return await self.vfs.listxattr(inode)
+
+    @_op("access")
+    async def access(self, inode: int, mode: int, ctx: Any) -> bool:
+        if mode & os.W_OK:
+            raise pyfuse3.FUSEError(E.EROFS)
+        await self.vfs.getattr(inode)
+        return True
+
+    async def readlink(self, inode: int, ctx: Any) -> bytes:
+        raise pyfuse3.FUSEError(E.EINVAL)
+
+    setattr = _erofs("setattr")
+    mknod = _erofs("mknod")
+    mkdir = _erofs("mkdir")
+    unlink = _erofs("unlink")
+    rmdir = _erofs("rmdir")
+    symlink = _erofs("symlink")
+    rename = _erofs("rename")
+    link = _erofs("link")
+    create = _erofs("create")
+    write = _erofs("write")
+    setxattr = _erofs("setxattr")
+    removexattr = _erofs("removexattr")
+
+    async def fsync(self, fh: int, datasync: bool) -> None:
+        return None  # nothing is ever dirty
+
+    async def fsyncdir(self, fh: int, datasync: bool) -> None:
+        return None

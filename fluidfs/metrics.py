@@ -1,0 +1,68 @@
+"""All Prometheus metrics of fluidfs, and the loopback HTTP endpoint that serves them.
+
+Names follow ``fluidfs_<subsystem>_<what>_<unit>``; labels are bounded: ``dataset`` (one per
+mount process), ``tier`` (mem|ssd), ``kind`` (s3|http|local), ``op`` (a fixed set of
+operation names) — never a path.
+
+Caveats: one mount per process, so metrics live in the default registry; prometheus-client
+serves them from its own small daemon thread (library-owned, no access to fluidfs state).
+"""
+from __future__ import annotations
+
+import logging
+
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
+
+log = logging.getLogger(__name__)
+
+_LAT_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+# --- cache tiers -------------------------------------------------------------------------
+CACHE_HITS = Counter("fluidfs_cache_hits_total", "Block lookups served by a tier", ["dataset", "tier"])
+CACHE_MISSES = Counter("fluidfs_cache_misses_total", "Block lookups a tier could not serve", ["dataset", "tier"])
+CACHE_HIT_BYTES = Counter("fluidfs_cache_hit_bytes_total", "Bytes of blocks served by a tier", ["dataset", "tier"])
+CACHE_EVICTIONS = Counter("fluidfs_cache_evictions_total", "Blocks evicted from a tier", ["dataset", "tier"])
+CACHE_REJECTED = Counter(
+    "fluidfs_cache_rejected_total", "Blocks a tier did not admit (full, policy, error)", ["dataset", "tier"]
+)
+CACHE_USED = Gauge("fluidfs_cache_used_bytes", "Bytes held by a tier", ["dataset", "tier"])
+CACHE_QUOTA = Gauge("fluidfs_cache_quota_bytes", "Byte quota of a tier", ["dataset", "tier"])
+
+# --- sources -----------------------------------------------------------------------------
+SOURCE_REQUESTS = Counter("fluidfs_source_requests_total", "Requests sent to sources", ["dataset", "kind", "op"])
+SOURCE_ERRORS = Counter("fluidfs_source_errors_total", "Source requests that failed", ["dataset", "kind", "op"])
+SOURCE_BYTES = Counter("fluidfs_source_bytes_total", "Bytes read from sources", ["dataset", "kind"])
+SOURCE_LATENCY = Histogram(
+    "fluidfs_source_request_duration_seconds",
+    "Latency of source requests",
+    ["dataset", "kind", "op"],
+    buckets=_LAT_BUCKETS,
+)
+
+# --- FUSE operations ---------------------------------------------------------------------
+FUSE_OPS = Counter("fluidfs_fuse_operations_total", "FUSE operations handled", ["dataset", "op"])
+FUSE_ERRORS = Counter("fluidfs_fuse_errors_total", "FUSE operations answered with an error", ["dataset", "op", "errno"])
+FUSE_LATENCY = Histogram(
+    "fluidfs_fuse_operation_duration_seconds", "Latency of FUSE operations", ["dataset", "op"], buckets=_LAT_BUCKETS
+)
+FUSE_READ_BYTES = Counter("fluidfs_fuse_read_bytes_total", "Bytes returned to read() calls", ["dataset"])
+
+# --- readahead ---------------------------------------------------------------------------
+READAHEAD_ISSUED = Counter("fluidfs_readahead_issued_bytes_total", "Bytes prefetched by readahead", ["dataset"])
+READAHEAD_USED = Counter("fluidfs_readahead_used_bytes_total", "Prefetched bytes later read", ["dataset"])
+READAHEAD_WASTED = Counter(
+    "fluidfs_readahead_wasted_bytes_total", "Prefetched bytes evicted or dropped unread", ["dataset"]
+)
+
+# --- metadata ----------------------------------------------------------------------------
+META_HITS = Counter("fluidfs_metadata_hits_total", "Lookups/listings answered from the metadata cache", ["dataset", "op"])
+META_MISSES = Counter("fluidfs_metadata_misses_total", "Lookups/listings that went to the source", ["dataset", "op"])
+
+
+def serve(addr: str) -> tuple[str, int]:
+    """Start the metrics endpoint on ``HOST:PORT`` (port 0 = any); return the bound address."""
+    host, _, port = addr.rpartition(":")
+    server, _thread = start_http_server(int(port), addr=host)
+    bound_host, bound_port = server.server_address[:2]
+    log.info("metrics on http://%s:%d/metrics", bound_host, bound_port)
+    return str(bound_host), int(bound_port)

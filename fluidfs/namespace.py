@@ -1,0 +1,257 @@
+"""Namespace: the Dataset's mounts unioned into one tree, with stable inodes and a metadata
+cache (attributes, complete listings and negative lookups, each with a TTL).
+
+The tree is made of *synthetic* directories (the root and the parents of mount paths, which
+exist only in the Dataset) and *source* nodes (everything at or below a mount's path, backed
+by that mount's Source).  Mount paths never overlap (the spec parser guarantees it), so a
+synthetic directory only ever contains synthetic directories and mount roots.
+
+Inode numbers are assigned on first sight of a path and never reused or forgotten for the life
+of the mount, so they are stable (``ls -i`` twice gives the same numbers).
+
+Caveats: the inode table grows with the number of distinct paths looked up (a few hundred
+bytes each; 1M paths ≈ a few hundred MiB).  A path whose type changes at the source (file ↔
+directory) gets a new inode.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from typing import AsyncIterator
+
+from cachetools import TTLCache
+
+from fluidfs import metrics
+from fluidfs.errors import FsOpError, NotFoundError
+from fluidfs.sources.aio import AsyncSource
+from fluidfs.sources.base import Entry
+from fluidfs.spec_types import MountSpec
+
+import errno as E
+
+log = logging.getLogger(__name__)
+
+ROOT_INODE = 1
+
+
+@dataclass(slots=True)
+class MountRef:
+    """A mount of the Dataset with its (async) source."""
+
+    spec: MountSpec
+    source: AsyncSource
+
+
+@dataclass(slots=True, eq=False)
+class Node:
+    inode: int
+    parent: int
+    path: str  # absolute path in the tree: "/" or "/a/b"
+    mount: MountRef | None  # None: synthetic directory
+    rel: str  # path relative to the mount's source root ("" = the mount root)
+    entry: Entry
+    checked: float  # monotonic time the entry was taken (inf: never expires)
+    listing: dict[str, Entry] | None = None  # the complete listing, when cached
+    listed: float = 0.0
+    children: list[str] = field(default_factory=list)  # synthetic dirs: their fixed children
+
+    @property
+    def is_dir(self) -> bool:
+        return self.entry.is_dir
+
+    @property
+    def url(self) -> str:
+        return self.mount.source.url(self.rel) if self.mount else ""
+
+
+def _join(parent: str, name: str) -> str:
+    return f"/{name}" if parent == "/" else f"{parent}/{name}"
+
+
+class Namespace:
+    """Maps paths/inodes to nodes and answers lookups and listings through the metadata cache."""
+
+    def __init__(self, mounts: list[MountRef], dataset: str, ttl: float, negative_ttl: float) -> None:
+        self.dataset = dataset
+        self.ttl = ttl
+        self.mounts = mounts
+        self._nodes: dict[int, Node] = {}
+        self._by_path: dict[str, int] = {}
+        self._next_inode = ROOT_INODE
+        neg_ttl = negative_ttl if math.isfinite(negative_ttl) else 10.0 * 365 * 86400
+        self._negative: TTLCache[str, bool] = TTLCache(maxsize=100_000, ttl=neg_ttl)
+        self._negative_enabled = negative_ttl > 0
+        self._created = time.time()
+        self._build_skeleton()
+        self._m_hit = {op: metrics.META_HITS.labels(dataset, op) for op in ("lookup", "getattr", "list")}
+        self._m_miss = {op: metrics.META_MISSES.labels(dataset, op) for op in ("lookup", "getattr", "list")}
+
+    # --- construction ---------------------------------------------------------------------
+    def _synthetic_entry(self, name: str) -> Entry:
+        return Entry(name=name, is_dir=True, mtime=self._created, version="synthetic")
+
+    def _add(self, path: str, parent: int, mount: MountRef | None, rel: str, entry: Entry, checked: float) -> Node:
+        inode = self._next_inode
+        self._next_inode += 1
+        node = Node(inode, parent, path, mount, rel, entry, checked)
+        self._nodes[inode] = node
+        self._by_path[path] = inode
+        return node
+
+    def _build_skeleton(self) -> None:
+        root_mount = next((m for m in self.mounts if m.spec.path == "/"), None)
+        self._add("/", ROOT_INODE, root_mount, "", self._synthetic_entry(""), -math.inf if root_mount else math.inf)
+        if root_mount:
+            return
+        for m in self.mounts:
+            parts = m.spec.path.strip("/").split("/")
+            path = "/"
+            for i, part in enumerate(parts):
+                child = _join(path, part)
+                parent = self._nodes[self._by_path[path]]
+                if part not in parent.children:
+                    parent.children.append(part)
+                if child not in self._by_path:
+                    is_root = i == len(parts) - 1
+                    self._add(
+                        child,
+                        parent.inode,
+                        m if is_root else None,
+                        "",
+                        self._synthetic_entry(part),
+                        -math.inf if is_root else math.inf,
+                    )
+                path = child
+
+    # --- queries --------------------------------------------------------------------------
+    def node(self, inode: int) -> Node:
+        try:
+            return self._nodes[inode]
+        except KeyError:
+            raise FsOpError(E.ENOENT, f"unknown inode {inode}") from None
+
+    def node_by_path(self, path: str) -> Node | None:
+        inode = self._by_path.get(path)
+        return self._nodes[inode] if inode is not None else None
+
+    def _fresh(self, stamp: float) -> bool:
+        return time.monotonic() - stamp < self.ttl
+
+    def _upsert(self, parent: Node, name: str, entry: Entry) -> Node:
+        """Record ``entry`` as the child ``name`` of ``parent`` (a source directory)."""
+        path = _join(parent.path, name)
+        now = time.monotonic()
+        inode = self._by_path.get(path)
+        if inode is not None:
+            node = self._nodes[inode]
+            if node.entry.is_dir == entry.is_dir:
+                if node.mount is not None and node.rel:
+                    node.entry = entry
+                    node.checked = now
+                return node
+            log.info("dataset %s: %s changed type at the source; new inode", self.dataset, path)
+        assert parent.mount is not None
+        rel = f"{parent.rel}/{name}" if parent.rel else name
+        return self._add(path, parent.inode, parent.mount, rel, entry, now)
+
+    async def lookup(self, parent_inode: int, name: str) -> Node:
+        parent = self.node(parent_inode)
+        if not parent.is_dir:
+            raise FsOpError(E.ENOTDIR)
+        if name == ".":
+            return parent
+        if name == "..":
+            return self.node(parent.parent)
+        path = _join(parent.path, name)
+        if parent.mount is None or (parent.rel == "" and parent.checked == math.inf):
+            # synthetic directory: fixed children only
+            inode = self._by_path.get(path)
+            if inode is None or name not in parent.children:
+                raise NotFoundError("no such entry", path)
+            return self._nodes[inode]
+        existing = self.node_by_path(path)
+        if existing is not None and self._fresh(existing.checked):
+            self._m_hit["lookup"].inc()
+            return existing
+        if parent.listing is not None and self._fresh(parent.listed):
+            self._m_hit["lookup"].inc()
+            entry = parent.listing.get(name)
+            if entry is None:
+                raise NotFoundError("no such entry", path)
+            return self._upsert(parent, name, entry)
+        if self._negative_enabled and path in self._negative:
+            self._m_hit["lookup"].inc()
+            raise NotFoundError("no such entry (cached)", path)
+        self._m_miss["lookup"].inc()
+        assert parent.mount is not None
+        rel = f"{parent.rel}/{name}" if parent.rel else name
+        try:
+            entry = await parent.mount.source.stat(rel)
+        except NotFoundError:
+            if self._negative_enabled:
+                self._negative[path] = True
+            raise
+        return self._upsert(parent, name, entry)
+
+    async def getattr(self, inode: int) -> Node:
+        node = self.node(inode)
+        if node.mount is None or node.rel == "" or self._fresh(node.checked):
+            self._m_hit["getattr"].inc()
+            return node
+        return await self.refresh(node)
+
+    async def refresh(self, node: Node) -> Node:
+        """Re-stat a source node now (used on expiry and on open)."""
+        if node.mount is None or node.rel == "":
+            return node
+        self._m_miss["getattr"].inc()
+        entry = await node.mount.source.stat(node.rel)
+        if entry.is_dir != node.entry.is_dir:
+            raise NotFoundError("entry changed type", node.path)
+        node.entry = entry
+        node.checked = time.monotonic()
+        return node
+
+    def expire(self, node: Node) -> None:
+        """Forget the cached attributes of ``node`` (e.g. after its version changed)."""
+        node.checked = -math.inf
+
+    def invalidate_all(self) -> None:
+        """Drop every cached attribute, listing and negative entry (``fluidfs refresh``)."""
+        for node in self._nodes.values():
+            if node.mount is not None and node.rel:
+                node.checked = -math.inf
+            node.listing = None
+        self._negative.clear()
+
+    async def list_dir(self, inode: int) -> AsyncIterator[list[Node]]:
+        """Yield the directory's children page by page (from the cache when fresh)."""
+        node = self.node(inode)
+        if not node.is_dir:
+            raise FsOpError(E.ENOTDIR)
+        if node.mount is None or (node.rel == "" and node.checked == math.inf):
+            yield [self._nodes[self._by_path[_join(node.path, c)]] for c in node.children]
+            return
+        if node.listing is not None and self._fresh(node.listed):
+            self._m_hit["list"].inc()
+            names = list(node.listing.items())
+            for i in range(0, len(names), 1000):
+                yield [self._upsert(node, n, e) for n, e in names[i : i + 1000]]
+            return
+        self._m_miss["list"].inc()
+        listing: dict[str, Entry] = {}
+        async for page in node.mount.source.pages(node.rel):
+            out = []
+            for entry in page:
+                if not entry.name or "/" in entry.name or entry.name in (".", "..") or entry.name in listing:
+                    continue
+                listing[entry.name] = entry
+                out.append(self._upsert(node, entry.name, entry))
+            if out:
+                yield out
+        node.listing = listing
+        node.listed = time.monotonic()
+        for name in listing:
+            self._negative.pop(_join(node.path, name), None)
