@@ -90,7 +90,7 @@ class Vfs:
             mode=mode,
             nlink=nlink,
             size=size,
-            mtime_ns=int(round(e.mtime * 1e9)),
+            mtime_ns=e.mtime_ns or int(round(e.mtime * 1e9)),
             uid=self.cfg.uid,
             gid=self.cfg.gid,
             blksize=min(self.cfg.block_size, 1 << 20),
@@ -197,9 +197,9 @@ class Vfs:
         return {
             "f_bsize": bsize,
             "f_frsize": bsize,
-            "f_blocks": max(quota, used) // bsize,
-            "f_bfree": 0,
-            "f_bavail": 0,
+            "f_blocks": max(quota, used) // bsize,  # size = cache quota, used = cached bytes
+            "f_bfree": max(0, quota - used) // bsize,
+            "f_bavail": max(0, quota - used) // bsize,
             "f_files": len(self.ns._by_path),
             "f_ffree": 0,
             "f_favail": 0,

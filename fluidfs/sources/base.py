@@ -28,6 +28,7 @@ class Entry:
     size: int = 0  # bytes; 0 for directories
     mtime: float = 0.0  # seconds since the epoch (float for sub-second precision)
     version: str = ""  # opaque token that changes whenever the content changes (ETag, mtime+size)
+    mtime_ns: int = 0  # exact mtime in nanoseconds when the source knows it (0: use ``mtime``)
 
 
 class Source(abc.ABC):

@@ -1,0 +1,8 @@
+"""``python -m fluidfs`` runs the command line."""
+from __future__ import annotations
+
+import sys
+
+from fluidfs.cli import main
+
+sys.exit(main())

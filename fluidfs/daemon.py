@@ -1,0 +1,210 @@
+"""Process management for mounts: daemonize with a readiness pipe, run in the foreground,
+and unmount.
+
+``fluidfs mount`` (without ``--foreground``) re-executes itself as a detached child
+(``--foreground --ready-fd N``, new session, output to a log file) and waits on a pipe: the
+child writes ``READY`` once the kernel answers through the mount, or ``ERR <code> <message>``
+when it fails.  The parent exits with the child's outcome; if the child dies without a word,
+the parent reports the last line of its log and makes sure nothing is left mounted.
+Credentials are never on argv: the child inherits the environment.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import select
+import shutil
+import subprocess
+import sys
+import time
+from typing import Any
+
+from fluidfs.errors import FluidfsError, MountError, SourceError
+
+log = logging.getLogger(__name__)
+
+
+def _exit_code(exc: BaseException) -> int:
+    from fluidfs.cli import exit_code
+
+    return exit_code(exc)
+
+
+def _default_log(mountpoint: str) -> str:
+    from fluidfs.mountd import record_path
+
+    path = record_path(mountpoint)[: -len(".json")] + ".log"
+    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+    return path
+
+
+def _tail(path: str) -> str:
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - 4096))
+            lines = [ln for ln in f.read().decode("utf-8", "replace").splitlines() if ln.strip()]
+        return lines[-1] if lines else ""
+    except OSError:
+        return ""
+
+
+def spawn_and_wait(argv: list[str], mountpoint: str, log_file: str | None, timeout: float) -> int:
+    """Start the daemon child and wait for its readiness report; return the exit code."""
+    log_path = os.path.abspath(log_file) if log_file else _default_log(mountpoint)
+    r, w = os.pipe()
+    cmd = [sys.executable, "-m", "fluidfs", *argv, "--foreground", "--ready-fd", str(w)]
+    with open(log_path, "ab", buffering=0) as logf:
+        os.chmod(log_path, 0o600)
+        child = subprocess.Popen(
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=logf,
+            stderr=logf,
+            pass_fds=(w,),
+            start_new_session=True,
+            close_fds=True,
+        )
+    os.close(w)
+    deadline = time.monotonic() + timeout
+    buf = b""
+    try:
+        while b"\n" not in buf:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                child.terminate()
+                _force_unmount(mountpoint)
+                print(f"fluidfs: error: mount did not answer within {timeout:.0f}s (log: {log_path})", file=sys.stderr)
+                return 1
+            ready, _, _ = select.select([r], [], [], min(left, 1.0))
+            if ready:
+                chunk = os.read(r, 4096)
+                if not chunk:
+                    break
+                buf += chunk
+    except KeyboardInterrupt:
+        child.terminate()
+        raise
+    finally:
+        os.close(r)
+    line = buf.decode("utf-8", "replace").strip()
+    if line == "READY":
+        return 0
+    if line.startswith("ERR "):
+        _, code, msg = (line.split(" ", 2) + [""])[:3]
+        print(f"fluidfs: error: {msg}", file=sys.stderr)
+        child.wait(timeout=10)
+        return int(code) if code.isdigit() else 1
+    rc = child.wait(timeout=10)
+    _force_unmount(mountpoint)
+    last = _tail(log_path)
+    print(f"fluidfs: error: daemon exited with status {rc} before mounting: {last} (log: {log_path})", file=sys.stderr)
+    return 1
+
+
+def _report(fd: int | None, text: str) -> None:
+    if fd is None:
+        return
+    try:
+        os.write(fd, (text + "\n").encode())
+        os.close(fd)
+    except OSError:
+        pass
+
+
+def run_foreground(dataset: Any, cfg: Any, mountpoint: str, ready_fd: int | None, pid_file: str | None) -> int:
+    """Open sources, mount and serve until unmounted.  Returns the exit code."""
+    from fluidfs.mountd import MountDaemon, check_mountpoint
+
+    try:
+        check_mountpoint(mountpoint)
+        sources = open_sources(dataset)
+        if pid_file:
+            with open(pid_file, "w") as f:
+                f.write(f"{os.getpid()}\n")
+        daemon = MountDaemon(dataset, cfg, mountpoint, sources)
+
+        def ready() -> None:
+            _report(ready_fd, "READY")
+
+        daemon.run(ready)
+        return 0
+    except FluidfsError as exc:
+        code = _exit_code(exc)
+        print(f"fluidfs: error: {exc}", file=sys.stderr)
+        _report(ready_fd, f"ERR {code} {exc}")
+        return code
+    except Exception as exc:  # last line of defence: one line for the parent, traceback in the log
+        log.exception("mount failed")
+        _report(ready_fd, f"ERR 1 unexpected error: {exc}")
+        return 1
+    finally:
+        if pid_file:
+            try:
+                os.unlink(pid_file)
+            except OSError:
+                pass
+
+
+def open_sources(dataset: Any) -> list[tuple[Any, Any]]:
+    """Open every mount's source and check it answers (credentials, bucket, endpoint)."""
+    from fluidfs.sources.registry import open_source
+    from fluidfs.spec import resolve_credentials
+
+    out = []
+    for m in dataset.mounts:
+        src = open_source(m, resolve_credentials(m))
+        try:
+            src.check()
+        except SourceError as exc:
+            raise type(exc)(f"mount '{m.name}' ({m.url}): {exc}") from None
+        out.append((src, m))
+    return out
+
+
+def _fusermount() -> str | None:
+    return shutil.which("fusermount3") or shutil.which("fusermount")
+
+
+def _force_unmount(mountpoint: str) -> None:
+    if os.path.ismount(mountpoint):
+        fm = _fusermount()
+        if fm:
+            subprocess.run([fm, "-uz", mountpoint], capture_output=True)
+
+
+def unmount(mountpoint: str, *, lazy: bool = False, timeout: float = 30.0) -> None:
+    """Unmount ``mountpoint`` and wait for its daemon to exit."""
+    from fluidfs.mountd import read_record
+
+    rec = read_record(mountpoint)
+    if not os.path.ismount(mountpoint):
+        raise MountError(f"{mountpoint} is not mounted")
+    fm = _fusermount()
+    cmd = [fm, "-u"] if fm else ["umount"]
+    if lazy:
+        cmd = [fm, "-uz"] if fm else ["umount", "-l"]
+    res = subprocess.run([*cmd, mountpoint], capture_output=True, text=True)
+    if res.returncode != 0:
+        msg = (res.stderr or res.stdout).strip().splitlines()
+        raise MountError(f"cannot unmount {mountpoint}: {msg[-1] if msg else 'failed'}")
+    pid = rec.get("pid") if rec else None
+    if isinstance(pid, int):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and _alive(pid):
+            time.sleep(0.05)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # a zombie child of ours counts as gone
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ")[-1][:1] != "Z"
+    except OSError:
+        return False
