@@ -24,7 +24,7 @@ from typing import AsyncIterator
 from cachetools import TTLCache
 
 from fluidfs import metrics
-from fluidfs.errors import FsOpError, NotFoundError
+from fluidfs.errors import FsOpError, NotFoundError, UnavailableError
 from fluidfs.sources.aio import AsyncSource
 from fluidfs.sources.base import Entry
 from fluidfs.spec_types import MountSpec
@@ -193,7 +193,18 @@ class Namespace:
             if self._negative_enabled:
                 self._negative[path] = True
             raise
+        except UnavailableError as exc:
+            stale = existing or self._stale_child(parent, name)
+            if stale is None:
+                raise
+            log.info("dataset %s: source unavailable, serving cached metadata of %s: %s", self.dataset, path, exc)
+            return stale
         return self._upsert(parent, name, entry)
+
+    def _stale_child(self, parent: Node, name: str) -> Node | None:
+        if parent.listing is not None and name in parent.listing:
+            return self._upsert(parent, name, parent.listing[name])
+        return None
 
     async def getattr(self, inode: int) -> Node:
         node = self.node(inode)
@@ -207,7 +218,12 @@ class Namespace:
         if node.mount is None or node.rel == "":
             return node
         self._m_miss["getattr"].inc()
-        entry = await node.mount.source.stat(node.rel)
+        try:
+            entry = await node.mount.source.stat(node.rel)
+        except UnavailableError as exc:
+            # stale-if-error: the mount keeps serving what it knows while the source is down
+            log.info("dataset %s: source unavailable, serving cached attributes of %s: %s", self.dataset, node.path, exc)
+            return node
         if entry.is_dir != node.entry.is_dir:
             raise NotFoundError("entry changed type", node.path)
         node.entry = entry
@@ -242,7 +258,26 @@ class Namespace:
             return
         self._m_miss["list"].inc()
         listing: dict[str, Entry] = {}
-        async for page in node.mount.source.pages(node.rel):
+        pages = node.mount.source.pages(node.rel)
+        try:
+            first = await pages.__anext__()
+        except StopAsyncIteration:
+            first = []
+        except UnavailableError as exc:
+            if node.listing is None:
+                raise
+            log.info("dataset %s: source unavailable, serving cached listing of %s: %s", self.dataset, node.path, exc)
+            names = list(node.listing.items())
+            for i in range(0, len(names), 1000):
+                yield [self._upsert(node, n, e) for n, e in names[i : i + 1000]]
+            return
+
+        async def all_pages() -> AsyncIterator[list[Entry]]:
+            yield first
+            async for more in pages:
+                yield more
+
+        async for page in all_pages():
             out = []
             for entry in page:
                 if not entry.name or "/" in entry.name or entry.name in (".", "..") or entry.name in listing:

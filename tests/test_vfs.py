@@ -246,8 +246,12 @@ def test_source_outage_gives_error_then_recovers() -> None:
         vfs = make_vfs({"/": flaky}, metadata_ttl=0.0, prefetch_memory=0)
         ino = await resolve(vfs, "/f")
         flaky.broken.set()
+        # stale-if-error: known attributes are still served, uncached bytes fail
+        assert (await vfs.getattr(ino)).size == 2 * MiB
         with pytest.raises(UnavailableError):
-            await vfs.getattr(ino)
+            await read_file(vfs, ino)
+        with pytest.raises(UnavailableError):
+            await resolve(vfs, "/never-seen")
         flaky.broken.clear()
         assert len(await read_file(vfs, ino)) == 2 * MiB
 
