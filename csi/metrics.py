@@ -1,0 +1,50 @@
+"""Prometheus metrics of the CSI plugin (its own registry; each fluidfs mount exports its own).
+
+- ``fluidfs_csi_volume_mounted{volume_id}``: 1 while the volume is staged and its shared mount
+  answers, 0 while it is broken (being repaired); the series is removed at unstage, so the label
+  set is bounded by the volumes staged on the node.
+- ``fluidfs_csi_recoveries_total{kind}``: repairs performed; ``kind`` is ``mount`` (a dead FUSE
+  daemon remounted) or ``bind`` (a stale staging/publish bind re-bound).
+- ``fluidfs_csi_shared_mounts``: node-level fluidfs mounts currently held.
+"""
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
+
+REGISTRY = CollectorRegistry()
+VOLUME_MOUNTED = Gauge(
+    "fluidfs_csi_volume_mounted",
+    "1 if the staged volume's shared fluidfs mount is healthy, 0 while it is being repaired",
+    ["volume_id"],
+    registry=REGISTRY,
+)
+RECOVERIES = Counter(
+    "fluidfs_csi_recoveries",
+    "Repairs performed by the CSI plugin (kind: mount = dead daemon remounted, bind = re-bound)",
+    ["kind"],
+    registry=REGISTRY,
+)
+SHARED_MOUNTS = Gauge(
+    "fluidfs_csi_shared_mounts", "Node-level fluidfs mounts held by the CSI plugin", registry=REGISTRY
+)
+for _kind in ("mount", "bind"):
+    RECOVERIES.labels(kind=_kind)
+
+
+def set_volume(volume_id: str, healthy: bool) -> None:
+    VOLUME_MOUNTED.labels(volume_id=volume_id).set(1 if healthy else 0)
+
+
+def drop_volume(volume_id: str) -> None:
+    try:
+        VOLUME_MOUNTED.remove(volume_id)
+    except KeyError:
+        pass
+
+
+def serve(addr: str) -> tuple[str, int]:
+    """Serve /metrics on ``HOST:PORT`` (port 0 = any free port); returns the bound address."""
+    host, _, port = addr.rpartition(":")
+    server, _thread = start_http_server(int(port), addr=host or "127.0.0.1", registry=REGISTRY)
+    bound = server.server_address
+    return str(bound[0]), int(bound[1])

@@ -1,0 +1,313 @@
+"""CSI Node service: stage (shared mount + staging bind), publish (read-only bind), and back.
+
+Rules beyond the happy path (CSI spec v1 error tables):
+
+- missing required fields, unsupported capabilities (block, writer access modes), bad volume
+  attributes -> INVALID_ARGUMENT; publish without staging_target_path (we have
+  STAGE_UNSTAGE_VOLUME) -> FAILED_PRECONDITION;
+- volume unknown to this node -> NOT_FOUND (stage without any dataset in its volume_context,
+  publish of a volume never staged, unstage/unpublish/stats of an unknown volume);
+- repeating a call that succeeded succeeds again (a bounded list of recently removed
+  (volume, path) pairs lets a repeated unpublish/unstage answer OK instead of NOT_FOUND);
+  the same volume/path with different parameters -> ALREADY_EXISTS;
+- two calls on one volume at once: the second is answered ABORTED.
+
+Ephemeral inline volumes (``csi.storage.k8s.io/ephemeral: "true"``) are staged internally at
+the first publish and unstaged at their last unpublish; their secrets come with the publish.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import threading
+from typing import Iterator
+
+import grpc
+
+from . import TOPOLOGY_KEY
+from . import csi_pb2 as pb
+from . import csi_pb2_grpc as pb_grpc
+from . import metrics
+from .mounts import MountManager, probe, unmount
+from .state import Publication, Volume
+from .volumes import (
+    RequestError,
+    capability_digest,
+    digest,
+    has_dataset,
+    identity_context,
+    invalid,
+    is_ephemeral,
+    mount_key,
+    parse_context,
+    require_capability,
+)
+
+log = logging.getLogger(__name__)
+RPC = pb.NodeServiceCapability.RPC
+Unit = pb.VolumeUsage.Unit
+
+
+def _err(code: grpc.StatusCode, message: str) -> RequestError:
+    return RequestError(code, message)
+
+
+class NodeServicer(pb_grpc.NodeServicer):
+    def __init__(self, node_id: str, manager: MountManager) -> None:
+        self.node_id = node_id
+        self.mm = manager
+        self.state = manager.state
+        self._busy: set[str] = set()
+        self._busy_lock = threading.Lock()
+
+    # -- plumbing -------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _volume(self, volume_id: str) -> Iterator[None]:
+        with self._busy_lock:
+            if volume_id in self._busy:
+                raise _err(grpc.StatusCode.ABORTED, f"an operation on volume {volume_id} is in progress")
+            self._busy.add(volume_id)
+        try:
+            with self.mm.lock:
+                yield
+        finally:
+            with self._busy_lock:
+                self._busy.discard(volume_id)
+
+    def _call(self, context: grpc.ServicerContext, fn, *args):  # type: ignore[no-untyped-def]
+        try:
+            return fn(*args)
+        except RequestError as e:
+            log.info("%s: %s", grpc.StatusCode(e.code).name, e.message)
+            context.abort(e.code, e.message)
+        except OSError as e:
+            log.exception("node operation failed")
+            context.abort(grpc.StatusCode.INTERNAL, f"{e.strerror or e}: {e.filename or ''}")
+
+    @staticmethod
+    def _require(value: str, name: str) -> None:
+        if not value:
+            raise invalid(f"{name} is required")
+
+    # -- capabilities / info --------------------------------------------------------------------
+    def NodeGetCapabilities(self, request, context):  # type: ignore[no-untyped-def]
+        return pb.NodeGetCapabilitiesResponse(
+            capabilities=[
+                pb.NodeServiceCapability(rpc=RPC(type=RPC.STAGE_UNSTAGE_VOLUME)),
+                pb.NodeServiceCapability(rpc=RPC(type=RPC.GET_VOLUME_STATS)),
+            ]
+        )
+
+    def NodeGetInfo(self, request, context):  # type: ignore[no-untyped-def]
+        return pb.NodeGetInfoResponse(
+            node_id=self.node_id,
+            accessible_topology=pb.Topology(segments={TOPOLOGY_KEY: self.node_id}),
+        )
+
+    # -- stage ----------------------------------------------------------------------------------
+    def NodeStageVolume(self, request, context):  # type: ignore[no-untyped-def]
+        return self._call(context, self._stage, request)
+
+    def _stage(self, r: pb.NodeStageVolumeRequest) -> pb.NodeStageVolumeResponse:
+        self._require(r.volume_id, "volume_id")
+        self._require(r.staging_target_path, "staging_target_path")
+        require_capability(r.volume_capability, r.HasField("volume_capability"))
+        ctx = identity_context(r.volume_context)
+        cdigest = digest(ctx)
+        capd = capability_digest(r.volume_capability)
+        with self._volume(r.volume_id):
+            vol = self.state.volumes.get(r.volume_id)
+            if vol is not None:
+                if (vol.ephemeral or vol.staging_target_path != r.staging_target_path
+                        or vol.context_digest != cdigest or vol.capability != capd):
+                    raise _err(grpc.StatusCode.ALREADY_EXISTS,
+                               f"volume {r.volume_id} is already staged with different parameters")
+                if not self.mm.bind_healthy(vol.staging_target_path):
+                    self.mm.check_all()
+                return pb.NodeStageVolumeResponse()
+            if not has_dataset(ctx):
+                raise _err(grpc.StatusCode.NOT_FOUND,
+                           f"volume {r.volume_id}: volume_context names no dataset (url or dataset)")
+            req = parse_context(ctx)
+            if not os.path.isdir(r.staging_target_path):
+                raise _err(grpc.StatusCode.FAILED_PRECONDITION,
+                           f"staging_target_path {r.staging_target_path} is not a directory")
+            key = mount_key(req.dataset_digest(), r.secrets)
+            self.mm.ensure_shared(key, req, r.secrets)
+            vol = Volume(volume_id=r.volume_id, key=key, staging_target_path=r.staging_target_path,
+                         context_digest=cdigest, sub_path=req.sub_path, capability=capd)
+            self.state.volumes[r.volume_id] = vol
+            try:
+                self.mm.stage_bind(vol)
+            except BaseException:
+                del self.state.volumes[r.volume_id]
+                self.mm.release(key)
+                raise
+            self.state.forget_tombstone(r.volume_id, r.staging_target_path)
+            self.mm.save()
+            metrics.set_volume(r.volume_id, True)
+            log.info("volume %s: staged at %s (dataset %s)", r.volume_id, r.staging_target_path, key)
+        return pb.NodeStageVolumeResponse()
+
+    # -- unstage --------------------------------------------------------------------------------
+    def NodeUnstageVolume(self, request, context):  # type: ignore[no-untyped-def]
+        return self._call(context, self._unstage, request)
+
+    def _unstage(self, r: pb.NodeUnstageVolumeRequest) -> pb.NodeUnstageVolumeResponse:
+        self._require(r.volume_id, "volume_id")
+        self._require(r.staging_target_path, "staging_target_path")
+        with self._volume(r.volume_id):
+            vol = self.state.volumes.get(r.volume_id)
+            if vol is None or vol.ephemeral or vol.staging_target_path != r.staging_target_path:
+                if self.state.has_tombstone(r.volume_id, r.staging_target_path):
+                    return pb.NodeUnstageVolumeResponse()
+                raise _err(grpc.StatusCode.NOT_FOUND,
+                           f"volume {r.volume_id} is not staged at {r.staging_target_path}")
+            if vol.publications:
+                raise _err(grpc.StatusCode.FAILED_PRECONDITION,
+                           f"volume {r.volume_id} is still published at {len(vol.publications)} path(s)")
+            unmount(vol.staging_target_path)
+            del self.state.volumes[r.volume_id]
+            self.state.add_tombstone(r.volume_id, r.staging_target_path)
+            self.mm.save()
+            metrics.drop_volume(r.volume_id)
+            self.mm.release(vol.key)
+            log.info("volume %s: unstaged from %s", r.volume_id, r.staging_target_path)
+        return pb.NodeUnstageVolumeResponse()
+
+    # -- publish --------------------------------------------------------------------------------
+    def NodePublishVolume(self, request, context):  # type: ignore[no-untyped-def]
+        return self._call(context, self._publish, request)
+
+    def _publish(self, r: pb.NodePublishVolumeRequest) -> pb.NodePublishVolumeResponse:
+        self._require(r.volume_id, "volume_id")
+        self._require(r.target_path, "target_path")
+        ephemeral = is_ephemeral(r.volume_context)
+        require_capability(r.volume_capability, r.HasField("volume_capability"), ephemeral=ephemeral)
+        if not ephemeral and not r.staging_target_path:
+            raise _err(grpc.StatusCode.FAILED_PRECONDITION,
+                       "staging_target_path is required (the plugin has STAGE_UNSTAGE_VOLUME)")
+        capd = capability_digest(r.volume_capability)
+        target = os.path.normpath(r.target_path)
+        with self._volume(r.volume_id):
+            vol = self.state.volumes.get(r.volume_id)
+            created = False
+            if vol is None and ephemeral:
+                vol = self._stage_ephemeral(r)
+                created = True
+            elif vol is None:
+                raise _err(grpc.StatusCode.NOT_FOUND, f"volume {r.volume_id} is not staged on this node")
+            elif not vol.ephemeral and vol.staging_target_path != r.staging_target_path:
+                raise _err(grpc.StatusCode.FAILED_PRECONDITION,
+                           f"volume {r.volume_id} is staged at {vol.staging_target_path}, "
+                           f"not {r.staging_target_path}")
+            pub = vol.publications.get(target)
+            if pub is not None:
+                if pub.capability != capd or pub.readonly != r.readonly:
+                    raise _err(grpc.StatusCode.ALREADY_EXISTS,
+                               f"volume {r.volume_id} is already published at {target} differently")
+                if not self.mm.bind_healthy(target):
+                    self.mm.check_all()
+                return pb.NodePublishVolumeResponse()
+            try:
+                src = self.mm.source_of(vol)
+                if not os.path.exists(src):
+                    raise invalid(f"subPath {vol.sub_path!r} does not exist in the dataset")
+                self.mm.publish_bind(vol, target)
+            except BaseException:
+                if created:
+                    del self.state.volumes[vol.volume_id]
+                    self.mm.release(vol.key)
+                raise
+            vol.publications[target] = Publication(target_path=target, readonly=r.readonly, capability=capd)
+            self.state.forget_tombstone(r.volume_id, target)
+            self.mm.save()
+            metrics.set_volume(r.volume_id, True)
+            log.info("volume %s: published at %s", r.volume_id, target)
+        return pb.NodePublishVolumeResponse()
+
+    def _stage_ephemeral(self, r: pb.NodePublishVolumeRequest) -> Volume:
+        ctx = identity_context(r.volume_context)
+        if not has_dataset(ctx):
+            raise invalid("ephemeral volume: volumeAttributes must set 'url' or 'dataset'")
+        req = parse_context(ctx)
+        key = mount_key(req.dataset_digest(), r.secrets)
+        self.mm.ensure_shared(key, req, r.secrets)
+        vol = Volume(volume_id=r.volume_id, key=key, ephemeral=True, context_digest=digest(ctx),
+                     sub_path=req.sub_path)
+        self.state.volumes[r.volume_id] = vol
+        log.info("volume %s: ephemeral, staged internally (dataset %s)", r.volume_id, key)
+        return vol
+
+    # -- unpublish ------------------------------------------------------------------------------
+    def NodeUnpublishVolume(self, request, context):  # type: ignore[no-untyped-def]
+        return self._call(context, self._unpublish, request)
+
+    def _unpublish(self, r: pb.NodeUnpublishVolumeRequest) -> pb.NodeUnpublishVolumeResponse:
+        self._require(r.volume_id, "volume_id")
+        self._require(r.target_path, "target_path")
+        target = os.path.normpath(r.target_path)
+        with self._volume(r.volume_id):
+            vol = self.state.volumes.get(r.volume_id)
+            if vol is None or target not in vol.publications:
+                if vol is None and not self.state.has_tombstone(r.volume_id, target) and os.path.lexists(target):
+                    raise _err(grpc.StatusCode.NOT_FOUND, f"volume {r.volume_id} is not published on this node")
+                # Already unpublished (a repeat): make sure nothing of ours is left behind.
+                if vol is not None or self.state.has_tombstone(r.volume_id, target):
+                    self._remove_target(target)
+                return pb.NodeUnpublishVolumeResponse()
+            self._remove_target(target)
+            del vol.publications[target]
+            self.state.add_tombstone(r.volume_id, target)
+            if vol.ephemeral and not vol.publications:
+                del self.state.volumes[vol.volume_id]
+                metrics.drop_volume(vol.volume_id)
+                self.mm.save()
+                self.mm.release(vol.key)
+            else:
+                self.mm.save()
+            log.info("volume %s: unpublished from %s", r.volume_id, target)
+        return pb.NodeUnpublishVolumeResponse()
+
+    @staticmethod
+    def _remove_target(target: str) -> None:
+        unmount(target)
+        try:
+            if os.path.isdir(target) and not os.path.islink(target):
+                os.rmdir(target)
+            elif os.path.lexists(target):
+                os.unlink(target)
+        except FileNotFoundError:
+            pass
+
+    # -- stats ----------------------------------------------------------------------------------
+    def NodeGetVolumeStats(self, request, context):  # type: ignore[no-untyped-def]
+        return self._call(context, self._stats, request)
+
+    def _stats(self, r: pb.NodeGetVolumeStatsRequest) -> pb.NodeGetVolumeStatsResponse:
+        self._require(r.volume_id, "volume_id")
+        self._require(r.volume_path, "volume_path")
+        path = os.path.normpath(r.volume_path)
+        with self.mm.lock:
+            vol = self.state.volumes.get(r.volume_id)
+            if vol is None:
+                raise _err(grpc.StatusCode.NOT_FOUND, f"volume {r.volume_id} is not staged on this node")
+            known = set(vol.publications) | ({vol.staging_target_path} if vol.staging_target_path else set())
+        if path not in known or not os.path.lexists(path):
+            raise _err(grpc.StatusCode.NOT_FOUND, f"volume {r.volume_id} is not available at {path}")
+        status = probe(path)
+        if status != "ok":
+            return pb.NodeGetVolumeStatsResponse(
+                volume_condition=pb.VolumeCondition(abnormal=True, message=f"mount is {status}; repairing")
+            )
+        st = os.statvfs(path)
+        total, free = st.f_blocks * st.f_frsize, st.f_bavail * st.f_frsize
+        return pb.NodeGetVolumeStatsResponse(
+            usage=[
+                pb.VolumeUsage(unit=Unit.BYTES, total=total, available=free, used=max(0, total - free)),
+                pb.VolumeUsage(unit=Unit.INODES, total=st.f_files, available=st.f_favail,
+                               used=max(0, st.f_files - st.f_ffree)),
+            ],
+            volume_condition=pb.VolumeCondition(abnormal=False, message="mounted"),
+        )
