@@ -251,11 +251,12 @@ class NodeServicer(pb_grpc.NodeServicer):
         with self._volume(r.volume_id):
             vol = self.state.volumes.get(r.volume_id)
             if vol is None or target not in vol.publications:
-                if vol is None and not self.state.has_tombstone(r.volume_id, target) and os.path.lexists(target):
-                    raise _err(grpc.StatusCode.NOT_FOUND, f"volume {r.volume_id} is not published on this node")
-                # Already unpublished (a repeat): make sure nothing of ours is left behind.
-                if vol is not None or self.state.has_tombstone(r.volume_id, target):
+                if self.state.has_tombstone(r.volume_id, target):
+                    # Already unpublished (a repeat): make sure nothing of ours is left behind.
                     self._remove_target(target)
+                elif os.path.lexists(target):
+                    raise _err(grpc.StatusCode.NOT_FOUND,
+                               f"volume {r.volume_id} is not published at {target} on this node")
                 return pb.NodeUnpublishVolumeResponse()
             self._remove_target(target)
             del vol.publications[target]

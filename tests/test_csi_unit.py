@@ -272,3 +272,19 @@ def test_credentials_written_private_and_never_in_state(tmp_path) -> None:
     assert "TOPSECRET" not in open(store.path).read()
     with pytest.raises(RequestError):
         mm._prepare("key2", req, {"../escape": "x"})
+
+
+def test_second_operation_on_one_volume_is_aborted(tmp_path) -> None:
+    from csi.node import NodeServicer
+
+    store = StateStore(str(tmp_path))
+    node = NodeServicer("n1", MountManager(store, State(), cache_root=str(tmp_path / "c")))
+    with node._volume("v1"):
+        with pytest.raises(RequestError) as ei:
+            with node._volume("v1"):
+                pass
+        assert ei.value.code == grpc.StatusCode.ABORTED
+        with node._volume("v2"):  # other volumes are not blocked by v1
+            pass
+    with node._volume("v1"):  # released afterwards
+        pass

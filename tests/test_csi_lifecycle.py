@@ -1,0 +1,344 @@
+"""The CSI plugin end to end: real fluidfs FUSE mounts of a real S3 server (moto, on loopback),
+driven over the plugin's unix socket exactly as kubelet and csi-provisioner would.
+
+create -> stage -> publish into two "pod" target paths -> read and compare -> unpublish ->
+unstage -> delete, with every call repeated (idempotency); two PVs of one dataset share one
+daemon; kill -9 of the daemon, and kill -9 of the plugin followed by a restart on the same state
+dir, are repaired without touching the targets; ephemeral inline volumes; credentials stay off
+argv, out of logs and out of world-readable files.  Every fixture unmounts and kills whatever
+it left behind, also on failure.
+"""
+from __future__ import annotations
+
+import os
+import re
+import signal
+import stat
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Callable, Iterator
+
+import grpc
+import pytest
+
+from csi import csi_pb2 as pb
+from tests.csi_harness import Mode, Plugin, cap, cleanup, expect_code, mounts_under
+
+
+def _cli_mount_available() -> str:
+    if not os.path.exists("/dev/fuse"):
+        return "/dev/fuse does not exist on this machine"
+    r = subprocess.run([sys.executable, "-m", "fluidfs", "mount", "--help"], capture_output=True, timeout=60)
+    return "" if r.returncode == 0 else "`python -m fluidfs mount` is not available yet"
+
+
+SKIP = _cli_mount_available()
+pytestmark = [pytest.mark.fuse, pytest.mark.skipif(bool(SKIP), reason=SKIP or "ok")]
+
+BUCKET = "csi-data"
+TREE: dict[str, bytes] = {
+    "train/a.bin": os.urandom(300_000),
+    "train/b.txt": b"bee\n",
+    "train/sub/c.txt": b"sea\n" * 100,
+    "train/sub/deep/d.bin": os.urandom(5000),
+    "other/x": b"not in the dataset",
+}
+DATASET = {k[len("train/"):]: v for k, v in TREE.items() if k.startswith("train/")}
+SUB = {k[len("sub/"):]: v for k, v in DATASET.items() if k.startswith("sub/")}
+DEADLINE = 30.0  # bounded wait for a repair; never asserted as a duration
+
+
+@pytest.fixture(scope="module")
+def s3() -> Iterator[object]:
+    from fluidfs.embedded.s3server import S3Server
+
+    with S3Server(kind="moto", auth=True) as srv:
+        client = srv.client()
+        client.create_bucket(Bucket=BUCKET)
+        for k, v in TREE.items():
+            client.put_object(Bucket=BUCKET, Key=k, Body=v)
+        yield srv
+
+
+def params(srv: object, **extra: str) -> dict[str, str]:
+    return {"url": f"s3://{BUCKET}/train", "endpoint": srv.endpoint, "region": "us-east-1",  # type: ignore[attr-defined]
+            "metadataTTL": "60", **extra}
+
+
+def secrets(srv: object) -> dict[str, str]:
+    return {"accessKeyId": srv.access_key, "secretAccessKey": srv.secret_key}  # type: ignore[attr-defined]
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> Iterator[Path]:
+    yield tmp_path
+    cleanup(str(tmp_path))
+
+
+@pytest.fixture
+def start_plugin(workdir: Path) -> Iterator[Callable[..., Plugin]]:
+    """Start (or restart) the plugin on ``workdir``; without AWS credentials in its environment,
+    so only the CSI secrets can make the mounts work."""
+    started: list[Plugin] = []
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_") or k == "AWS_CA_BUNDLE"}
+
+    def start(*extra: str) -> Plugin:
+        p = Plugin(workdir, extra=list(extra), env=env).start()
+        p.wait_ready()
+        started.append(p)
+        return p
+
+    yield start
+    for p in started:
+        p.stop(signal.SIGKILL)
+
+
+def read_tree(root: str) -> dict[str, bytes]:
+    out = {}
+    for dirpath, _dirs, files in os.walk(root):
+        for name in files:
+            path = os.path.join(dirpath, name)
+            with open(path, "rb") as f:
+                out[os.path.relpath(path, root)] = f.read()
+    return out
+
+
+def wait_for_tree(root: str, want: dict[str, bytes]) -> None:
+    """Poll (bounded) until ``root`` serves exactly ``want``."""
+    deadline = time.monotonic() + DEADLINE
+    last: object = None
+    while time.monotonic() < deadline:
+        try:
+            got = read_tree(root)
+            if got == want:
+                return
+            last = sorted(got)
+        except OSError as e:
+            last = e
+        time.sleep(0.2)
+    raise AssertionError(f"{root} did not serve the dataset again: {last!r}")
+
+
+def fluidfs_fuse_mounts(workdir: Path) -> list[str]:
+    return [mp for mp, t in mounts_under(str(workdir / "state" / "mounts")) if t.startswith("fuse")]
+
+
+def daemon_pids(workdir: Path) -> list[int]:
+    pids = []
+    for f in (workdir / "state" / "datasets").glob("*/daemon.pid"):
+        try:
+            pids.append(int(f.read_text().strip()))
+        except (OSError, ValueError):
+            pass
+    return pids
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except OSError:
+        return False
+
+
+def stage_req(vid: str, stp: str, ctx: dict[str, str], srv: object) -> pb.NodeStageVolumeRequest:
+    return pb.NodeStageVolumeRequest(volume_id=vid, staging_target_path=stp, volume_capability=cap(),
+                                     volume_context=ctx, secrets=secrets(srv))
+
+
+def publish_req(vid: str, stp: str, tp: str, ctx: dict[str, str]) -> pb.NodePublishVolumeRequest:
+    return pb.NodePublishVolumeRequest(volume_id=vid, staging_target_path=stp, target_path=tp,
+                                       volume_capability=cap(), readonly=True,
+                                       volume_context={**ctx, "csi.storage.k8s.io/pod.name": "p"})
+
+
+def test_full_lifecycle_every_call_repeated(s3: object, workdir: Path, start_plugin: Callable[..., Plugin]) -> None:
+    p = start_plugin()
+    create = pb.CreateVolumeRequest(name="pvc-1", volume_capabilities=[cap()], parameters=params(s3))
+    vol = p.controller.CreateVolume(create).volume
+    assert p.controller.CreateVolume(create).volume == vol
+    ctx = dict(vol.volume_context)
+    stp = str(workdir / "staging" / "pv1")
+    os.makedirs(stp)
+    for _ in range(2):
+        p.node.NodeStageVolume(stage_req(vol.volume_id, stp, ctx, s3))
+    assert read_tree(stp) == DATASET
+    targets = [str(workdir / "pods" / f"pod{i}" / "volumes" / "data") for i in (1, 2)]
+    for tp in targets:
+        os.makedirs(os.path.dirname(tp))
+        for _ in range(2):
+            p.node.NodePublishVolume(publish_req(vol.volume_id, stp, tp, ctx))
+    for tp in targets:
+        assert read_tree(tp) == DATASET
+        assert os.statvfs(tp).f_flag & os.ST_RDONLY
+        with pytest.raises(OSError):
+            open(os.path.join(tp, "new-file"), "wb")
+    assert len(fluidfs_fuse_mounts(workdir)) == 1
+
+    stats = p.node.NodeGetVolumeStats(pb.NodeGetVolumeStatsRequest(volume_id=vol.volume_id, volume_path=targets[0]))
+    assert {u.unit for u in stats.usage} == {pb.VolumeUsage.BYTES, pb.VolumeUsage.INODES}
+    assert not stats.volume_condition.abnormal
+    expect_code(grpc.StatusCode.NOT_FOUND, p.node.NodeGetVolumeStats,
+                pb.NodeGetVolumeStatsRequest(volume_id=vol.volume_id, volume_path=str(workdir)))
+
+    # same volume, same path, different parameters -> ALREADY_EXISTS
+    expect_code(grpc.StatusCode.ALREADY_EXISTS, p.node.NodeStageVolume,
+                stage_req(vol.volume_id, stp, {**ctx, "subPath": "sub"}, s3))
+    other = publish_req(vol.volume_id, stp, targets[0], ctx)
+    other.readonly = False
+    expect_code(grpc.StatusCode.ALREADY_EXISTS, p.node.NodePublishVolume, other)
+    expect_code(grpc.StatusCode.FAILED_PRECONDITION, p.node.NodeUnstageVolume,
+                pb.NodeUnstageVolumeRequest(volume_id=vol.volume_id, staging_target_path=stp))
+
+    for tp in targets:
+        for _ in range(2):
+            p.node.NodeUnpublishVolume(pb.NodeUnpublishVolumeRequest(volume_id=vol.volume_id, target_path=tp))
+        assert not os.path.exists(tp)
+    pids = daemon_pids(workdir)
+    for _ in range(2):
+        p.node.NodeUnstageVolume(pb.NodeUnstageVolumeRequest(volume_id=vol.volume_id, staging_target_path=stp))
+    for _ in range(2):
+        p.controller.DeleteVolume(pb.DeleteVolumeRequest(volume_id=vol.volume_id))
+    assert mounts_under(str(workdir)) == []
+    assert os.listdir(stp) == []
+    assert not any(alive(pid) for pid in pids)
+    assert not (workdir / "state" / "datasets").exists() or not any((workdir / "state" / "datasets").iterdir())
+
+
+def test_two_pvs_share_one_daemon_and_survive_daemon_and_plugin_kill(
+    s3: object, workdir: Path, start_plugin: Callable[..., Plugin]
+) -> None:
+    p = start_plugin("--metrics-addr", "127.0.0.1:0")
+    va = p.controller.CreateVolume(pb.CreateVolumeRequest(name="pvc-a", volume_capabilities=[cap()],
+                                                          parameters=params(s3))).volume
+    vb = p.controller.CreateVolume(pb.CreateVolumeRequest(name="pvc-b", volume_capabilities=[cap()],
+                                                          parameters=params(s3, subPath="sub"))).volume
+    assert va.volume_id != vb.volume_id
+    layout = []
+    for v, want in ((va, DATASET), (vb, SUB)):
+        stp = str(workdir / "staging" / v.volume_id)
+        tp = str(workdir / "pods" / v.volume_id / "data")
+        os.makedirs(stp)
+        os.makedirs(os.path.dirname(tp))
+        p.node.NodeStageVolume(stage_req(v.volume_id, stp, dict(v.volume_context), s3))
+        p.node.NodePublishVolume(publish_req(v.volume_id, stp, tp, dict(v.volume_context)))
+        layout.append((v, stp, tp, want))
+    for _v, _stp, tp, want in layout:
+        assert read_tree(tp) == want
+    assert len(fluidfs_fuse_mounts(workdir)) == 1, "two PVs of one dataset must share one mount"
+    [pid] = daemon_pids(workdir)
+    assert alive(pid)
+
+    # 1. the FUSE daemon dies: the plugin remounts and re-binds, targets work again
+    os.kill(pid, signal.SIGKILL)
+    for _v, _stp, tp, want in layout:
+        wait_for_tree(tp, want)
+    [pid2] = daemon_pids(workdir)
+    assert pid2 != pid and alive(pid2)
+    assert len(fluidfs_fuse_mounts(workdir)) == 1
+    port = re.search(r"metrics on http://[\d.]+:(\d+)/", p.log_tail(200))
+    assert port, p.log_tail()
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port.group(1)}/metrics", timeout=10).read().decode()
+    assert re.search(r'fluidfs_csi_recoveries_total\{kind="mount"\} [1-9]', text), text
+    assert f'fluidfs_csi_volume_mounted{{volume_id="{va.volume_id}"}} 1.0' in text
+
+    # 2. the plugin dies (kill -9), then the daemon too; a restarted plugin repairs everything
+    p.kill9()
+    os.kill(pid2, signal.SIGKILL)
+    p = start_plugin()
+    for _v, _stp, tp, want in layout:
+        wait_for_tree(tp, want)
+    [pid3] = daemon_pids(workdir)
+    assert alive(pid3) and pid3 not in (pid, pid2)
+
+    # the restarted plugin knows every volume: unpublish/unstage clean everything up
+    for v, stp, tp, _want in layout:
+        p.node.NodeUnpublishVolume(pb.NodeUnpublishVolumeRequest(volume_id=v.volume_id, target_path=tp))
+        p.node.NodeUnstageVolume(pb.NodeUnstageVolumeRequest(volume_id=v.volume_id, staging_target_path=stp))
+        if v is va:  # one PV gone: the other still holds the shared mount
+            assert len(fluidfs_fuse_mounts(workdir)) == 1
+            assert read_tree(layout[1][2]) == SUB
+    assert mounts_under(str(workdir)) == []
+    assert not alive(pid3)
+
+
+def test_ephemeral_inline_volume(s3: object, workdir: Path, start_plugin: Callable[..., Plugin]) -> None:
+    p = start_plugin()
+    ctx = {**params(s3, subPath="sub"), "csi.storage.k8s.io/ephemeral": "true",
+           "csi.storage.k8s.io/pod.name": "trainer-0"}
+    tp = str(workdir / "pods" / "eph" / "data")
+    os.makedirs(os.path.dirname(tp))
+    req = pb.NodePublishVolumeRequest(volume_id="csi-eph-1", target_path=tp, readonly=True,
+                                      volume_capability=cap(Mode.SINGLE_NODE_WRITER), volume_context=ctx,
+                                      secrets=secrets(s3))
+    for _ in range(2):
+        p.node.NodePublishVolume(req)
+    assert read_tree(tp) == SUB
+    assert len(fluidfs_fuse_mounts(workdir)) == 1
+    for _ in range(2):
+        p.node.NodeUnpublishVolume(pb.NodeUnpublishVolumeRequest(volume_id="csi-eph-1", target_path=tp))
+    assert mounts_under(str(workdir)) == []
+    assert not os.path.exists(tp)
+
+
+def test_credentials_stay_private(s3: object, workdir: Path, start_plugin: Callable[..., Plugin]) -> None:
+    p = start_plugin()
+    secret = s3.secret_key  # type: ignore[attr-defined]
+    stp = str(workdir / "staging")
+    os.makedirs(stp)
+    p.node.NodeStageVolume(stage_req("pv-cred", stp, params(s3), s3))
+    [pid] = daemon_pids(workdir)
+    with open(f"/proc/{pid}/cmdline", "rb") as f:
+        assert secret.encode() not in f.read()
+    with open(f"/proc/{pid}/environ", "rb") as f:
+        assert secret.encode() not in f.read()
+    state = workdir / "state"
+    for path in state.rglob("*"):
+        if path.is_file():
+            mode = stat.S_IMODE(path.stat().st_mode)
+            if secret.encode() in path.read_bytes():
+                assert mode == 0o600 and path.parent.name == "secrets", path
+                assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    assert secret not in (workdir / "plugin.log").read_text(errors="replace")
+    assert secret not in (state / "state.json").read_text()
+    p.node.NodeUnstageVolume(pb.NodeUnstageVolumeRequest(volume_id="pv-cred", staging_target_path=stp))
+    assert not list(state.rglob("secrets")), "credentials are removed with the last user of the mount"
+
+
+def test_wrong_credentials_fail_cleanly(s3: object, workdir: Path, start_plugin: Callable[..., Plugin]) -> None:
+    p = start_plugin()
+    stp = str(workdir / "staging")
+    os.makedirs(stp)
+    req = stage_req("pv-bad", stp, params(s3), s3)
+    req.secrets["secretAccessKey"] = "wrong"
+    with pytest.raises(grpc.RpcError) as ei:
+        p.node.NodeStageVolume(req, timeout=120)
+    assert ei.value.code() != grpc.StatusCode.OK and ei.value.details()
+    assert "wrong" not in ei.value.details()
+    assert mounts_under(str(workdir)) == []
+    expect_code(grpc.StatusCode.NOT_FOUND, p.node.NodeUnstageVolume,
+                pb.NodeUnstageVolumeRequest(volume_id="pv-bad", staging_target_path=stp))
+
+
+def test_unstage_grace_keeps_the_mount_for_a_restaging_job(
+    s3: object, workdir: Path, start_plugin: Callable[..., Plugin]
+) -> None:
+    p = start_plugin("--unstage-grace", "3s")
+    stp = str(workdir / "staging")
+    os.makedirs(stp)
+    unstage = pb.NodeUnstageVolumeRequest(volume_id="pv-g", staging_target_path=stp)
+    p.node.NodeStageVolume(stage_req("pv-g", stp, params(s3), s3))
+    [pid] = daemon_pids(workdir)
+    p.node.NodeUnstageVolume(unstage)
+    assert len(fluidfs_fuse_mounts(workdir)) == 1  # kept warm during the grace period
+    p.node.NodeStageVolume(stage_req("pv-g", stp, params(s3), s3))
+    assert daemon_pids(workdir) == [pid], "a re-stage within the grace period reuses the daemon"
+    assert read_tree(stp) == DATASET
+    p.node.NodeUnstageVolume(unstage)
+    deadline = time.monotonic() + DEADLINE
+    while fluidfs_fuse_mounts(workdir) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert fluidfs_fuse_mounts(workdir) == []
