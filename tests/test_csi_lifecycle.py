@@ -342,3 +342,51 @@ def test_unstage_grace_keeps_the_mount_for_a_restaging_job(
     while fluidfs_fuse_mounts(workdir) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert fluidfs_fuse_mounts(workdir) == []
+
+
+def test_dataset_document_with_secret_refs_and_two_sources(
+    s3: object, workdir: Path, start_plugin: Callable[..., Plugin]
+) -> None:
+    """``dataset`` volume attribute: a whole Dataset document whose credentials name keys of
+    the node-stage secret; two mounts of one bucket unioned into one tree."""
+    p = start_plugin()
+    endpoint = s3.endpoint  # type: ignore[attr-defined]
+    doc = f"""
+apiVersion: fluidfs.io/v1alpha1
+kind: Dataset
+metadata: {{name: union}}
+spec:
+  mounts:
+  - mountPoint: s3://{BUCKET}/train
+    name: train
+    path: /train
+    options: {{endpoint: "{endpoint}", region: us-east-1}}
+    credentials:
+      accessKeyId: {{secretKeyRef: {{name: s3-creds, key: ak}}}}
+      secretAccessKey: {{secretKeyRef: {{name: s3-creds, key: sk}}}}
+  - mountPoint: s3://{BUCKET}/other
+    name: other
+    path: /other
+    options: {{endpoint: "{endpoint}", region: us-east-1}}
+    credentials:
+      accessKeyId: {{secretKeyRef: {{name: s3-creds, key: ak}}}}
+      secretAccessKey: {{secretKeyRef: {{name: s3-creds, key: sk}}}}
+"""
+    create = pb.CreateVolumeRequest(name="pvc-doc", volume_capabilities=[cap()],
+                                    parameters={"dataset": doc, "subPath": "train/sub"})
+    vol = p.controller.CreateVolume(create).volume
+    stp, tp = str(workdir / "staging"), str(workdir / "pod" / "data")
+    os.makedirs(stp)
+    os.makedirs(os.path.dirname(tp))
+    creds = {"ak": s3.access_key, "sk": s3.secret_key}  # type: ignore[attr-defined]
+    ctx = dict(vol.volume_context)
+    p.node.NodeStageVolume(pb.NodeStageVolumeRequest(volume_id=vol.volume_id, staging_target_path=stp,
+                                                     volume_capability=cap(), volume_context=ctx, secrets=creds))
+    want = {f"train/{k}": v for k, v in DATASET.items()}
+    want.update({f"other/{k[len('other/'):]}": v for k, v in TREE.items() if k.startswith("other/")})
+    assert read_tree(stp) == want
+    p.node.NodePublishVolume(publish_req(vol.volume_id, stp, tp, ctx))
+    assert read_tree(tp) == SUB
+    p.node.NodeUnpublishVolume(pb.NodeUnpublishVolumeRequest(volume_id=vol.volume_id, target_path=tp))
+    p.node.NodeUnstageVolume(pb.NodeUnstageVolumeRequest(volume_id=vol.volume_id, staging_target_path=stp))
+    assert mounts_under(str(workdir)) == []
