@@ -1,0 +1,156 @@
+"""Command line of the benchmark suite: parse flags, run the suite, print/write the report.
+
+Exit codes: 0 done (even if some systems were skipped or errored: the report says so),
+2 usage error, 130 interrupted (everything is still cleaned up).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import signal
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from tools.bench import report
+from tools.bench.datasets import DataSpec
+from tools.bench.suite import ALL_WORKLOADS, Options, Suite
+
+ALL_SYSTEMS = ("fluidfs", "s3fs", "rclone", "boto3", "local")
+_UNITS = {"": 1, "k": 1000, "m": 1000**2, "g": 1000**3, "ki": 1 << 10, "mi": 1 << 20, "gi": 1 << 30}
+
+QUICK = dict(large_files=2, large_size=8 << 20, small_files=32, small_size=16 << 10, classes=4,
+             meta_files=200, runs=1, budget=6.0, rand_ops=60)  # fmt: skip
+
+
+def parse_size(text: str) -> int:
+    """``256Mi``, ``110Ki``, ``1G``, ``4096`` → bytes."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgKMG]i?)?[bB]?\s*", text)
+    if not m:
+        raise argparse.ArgumentTypeError(f"bad size {text!r} (e.g. 256Mi, 110Ki, 1G)")
+    return int(float(m.group(1)) * _UNITS[(m.group(2) or "").lower()])
+
+
+def _csv(allowed: tuple[str, ...]) -> Any:
+    def parse(text: str) -> list[str]:
+        items = [t.strip() for t in text.split(",") if t.strip()]
+        bad = [t for t in items if t not in allowed]
+        if bad or not items:
+            raise argparse.ArgumentTypeError(f"unknown {bad or text!r}; choose from {','.join(allowed)}")
+        return items
+    return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="python -m tools.bench",
+        description="Benchmark fluidfs against s3fs, rclone, direct boto3 and local disk over an "
+                    "emulated remote object store (SeaweedFS behind a latency proxy).",
+    )  # fmt: skip
+    ap.add_argument("--quick", action="store_true", help="tiny datasets, one run (smoke test, < 90 s)")
+    ap.add_argument("--runs", type=int, help="repetitions per measurement (default 3; --quick: 1)")
+    ap.add_argument("--systems", type=_csv(ALL_SYSTEMS), default=list(ALL_SYSTEMS))
+    ap.add_argument("--workloads", type=_csv(ALL_WORKLOADS), default=list(ALL_WORKLOADS))
+    ap.add_argument("--latency-ms", type=float, default=20.0, help="delay per response chunk (default 20)")
+    ap.add_argument("--bandwidth", type=float, metavar="MBIT", help="cap the store's response bandwidth")
+    ap.add_argument("--large-files", type=int)
+    ap.add_argument("--large-size", type=parse_size)
+    ap.add_argument("--small-files", type=int)
+    ap.add_argument("--small-size", type=parse_size)
+    ap.add_argument("--classes", type=int)
+    ap.add_argument("--meta-files", type=int)
+    ap.add_argument("--seed", type=int, default=1234)
+    ap.add_argument("--budget", type=float, help="seconds per measurement before it is cut (default 60)")
+    ap.add_argument("--rand-ops", type=int, help="random reads per measurement (default 400)")
+    ap.add_argument("--loader-workers", type=int, default=2)
+    ap.add_argument("--fluidfs-cache-size", type=parse_size, default=8 << 30)
+    ap.add_argument("--fluidfs-memory-size", type=parse_size, default=256 << 20)
+    ap.add_argument("--fuse-read-ahead-kb", type=int, default=1024,
+                    help="kernel readahead set on every FUSE mount (0: leave)")
+    ap.add_argument("--json", type=Path, metavar="FILE")
+    ap.add_argument("--chart", type=Path, metavar="FILE", help="PNG chart (needs matplotlib)")
+    ap.add_argument("--markdown", type=Path, metavar="FILE", help="also write the report here")
+    ap.add_argument("--workdir", type=Path, help="scratch dir (default: a new temp dir)")
+    ap.add_argument("--keep", action="store_true", help="keep the workdir (datasets, logs)")
+    return ap
+
+
+# Defaults sized so the full suite stays around 20 minutes on 2 cores.
+DEFAULTS = dict(large_files=4, large_size=256 << 20, small_files=10000, small_size=110 << 10, classes=100,
+                meta_files=20000, runs=3, budget=60.0, rand_ops=400)  # fmt: skip
+
+
+def options(ns: argparse.Namespace) -> Options:
+    base = dict(QUICK if ns.quick else DEFAULTS)
+    for k in base:
+        v = getattr(ns, k, None)
+        if v is not None:
+            base[k] = v
+    spec = DataSpec(large_files=base["large_files"], large_size=base["large_size"],
+                    small_files=base["small_files"], small_size=base["small_size"],
+                    classes=base["classes"], meta_files=base["meta_files"],
+                    meta_dirs=min(100, max(1, base["meta_files"] // 50)), seed=ns.seed)  # fmt: skip
+    return Options(systems=ns.systems, workloads=ns.workloads, spec=spec, runs=base["runs"],
+                   latency_ms=ns.latency_ms, bandwidth_mbit=ns.bandwidth, budget=base["budget"],
+                   rand_ops=base["rand_ops"], loader_workers=ns.loader_workers,
+                   fluidfs_cache_size=ns.fluidfs_cache_size, fluidfs_memory_size=ns.fluidfs_memory_size,
+                   fuse_read_ahead_kb=ns.fuse_read_ahead_kb, quick=ns.quick)  # fmt: skip
+
+
+def _raise_interrupt(signum: int, _frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    ns = build_parser().parse_args(argv)
+    opts = options(ns)
+    created = ns.workdir is None
+    workdir = Path(tempfile.mkdtemp(prefix="fluidfs-bench-")) if created else ns.workdir
+    workdir = workdir.resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    signal.signal(signal.SIGINT, _raise_interrupt)
+    suite = Suite(opts, workdir)
+    code = 0
+    try:
+        result = suite.run()
+    except KeyboardInterrupt:
+        print("[bench] interrupted: cleaning up mounts and processes", file=sys.stderr, flush=True)
+        code = 130
+    except Exception as exc:  # noqa: BLE001 - one clear line, cleanup below, non-zero exit
+        print(f"[bench] failed: {exc}", file=sys.stderr, flush=True)
+        code = 1
+    finally:
+        # Ignore a second Ctrl-C while the janitor works.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        suite.janitor.sweep()
+        if not ns.keep:
+            if created:
+                shutil.rmtree(workdir, ignore_errors=True)
+            else:
+                for sub in ("seaweed", "systems"):
+                    shutil.rmtree(workdir / sub, ignore_errors=True)
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    if code:
+        sys.exit(code)
+    text = report.markdown(result)
+    print(text)
+    if ns.markdown:
+        ns.markdown.write_text(text + "\n")
+    if ns.json:
+        report.write_json(result, ns.json)
+    if ns.chart:
+        if not report.chart(result, ns.chart):
+            print("[bench] chart skipped: matplotlib not installed", file=sys.stderr)
+    print(f"[bench] done in {result['meta']['seconds']:.0f}s" + (f"; workdir kept: {workdir}" if ns.keep else ""),
+          file=sys.stderr)  # fmt: skip
+    os.sync()
+
+
+if __name__ == "__main__":
+    main()

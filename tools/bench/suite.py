@@ -1,0 +1,398 @@
+"""The benchmark run: store + proxy, datasets, every workload on every system, N runs, records.
+
+Order: for each run, for each workload, for each system — a *fresh* instance (empty cache) per
+(system, workload, run), so "cold" really is cold.  Phases per workload:
+
+- ``seq``/``rand``: ``cold`` (fresh mount, page cache dropped), ``warm`` (same again),
+  ``warm_dropped`` (page cache dropped, daemon caches kept);
+- ``loader``: ``epoch1`` (cold), ``epoch2``, ``epoch3`` in one DataLoader process, then
+  ``warm_dropped``: one more epoch after dropping the page cache;
+- ``meta``: ``cold`` find (fresh mount), ``cold`` walk (another fresh mount), then ``warm``
+  walk and find, then ``warm_dropped`` walk and find;
+- ``pressure`` (fluidfs only): small-file set = 2 x SSD cache, memory tier small; eviction
+  ``lru`` and ``none``; 3 epochs, page cache dropped before each; per-epoch hit ratio from the
+  metrics endpoint: hits summed over tiers / (hits + misses of the tier with fewest misses,
+  i.e. the lowest), and byte hit ratio = 1 - source bytes / bytes read.
+
+A system that fails to set up or whose measurement crashes is recorded in ``errors`` and the
+run goes on; everything is torn down in ``finally`` and the :class:`Janitor` sweeps the rest.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import platform
+import signal
+import subprocess
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from tools.bench import datasets as ds
+from tools.bench.store import Store, open_store
+from tools.bench.systems import SYSTEMS, Fluidfs, Janitor, System, drop_caches
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+MiB = 1 << 20
+ALL_WORKLOADS = ("seq", "loader", "rand", "meta", "pressure")
+
+
+@dataclass
+class Options:
+    systems: list[str]
+    workloads: list[str]
+    spec: ds.DataSpec
+    runs: int = 3
+    latency_ms: float = 20.0
+    bandwidth_mbit: float | None = None
+    budget: float = 60.0
+    rand_ops: int = 400
+    loader_workers: int = 2
+    fluidfs_cache_size: int = 8 << 30
+    fluidfs_memory_size: int = 256 << 20
+    fuse_read_ahead_kb: int = 1024
+    quick: bool = False
+
+
+@dataclass
+class Suite:
+    opts: Options
+    workdir: Path
+    log: Callable[[str], None] = lambda msg: print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+    records: list[dict[str, Any]] = field(default_factory=list)
+    rss: dict[str, dict[str, float]] = field(default_factory=dict)
+    errors: list[str] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.janitor = Janitor(self.workdir)
+        self.store: Store | None = None
+        self.plans: dict[str, list[ds.FileEntry]] = {}
+        self.can_drop = True
+
+    # ------------------------------------------------------------------ helpers
+
+    def rec(self, system: str, workload: str, phase: str, metric: str, value: float | None,
+            unit: str, better: str, run: int, **extra: Any) -> None:  # fmt: skip
+        self.records.append({"system": system, "workload": workload, "phase": phase, "metric": metric,
+                             "value": value, "unit": unit, "better": better, "run": run, **extra})  # fmt: skip
+
+    def note_rss(self, system: str, workload: str, mib: float | None) -> None:
+        if mib is not None:
+            d = self.rss.setdefault(system, {})
+            d[workload] = max(d.get(workload, 0.0), mib)
+
+    def drop(self) -> None:
+        if not drop_caches() and self.can_drop:
+            self.can_drop = False
+            self.notes.append("drop_caches not permitted (not root): cold/warm_dropped keep the page cache")
+
+    def child(self, args: dict[str, Any], timeout: float) -> dict[str, Any]:
+        """Run one measurement in ``python -m tools.bench.workloads``; kill its group on overrun."""
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "tools.bench.workloads"], cwd=REPO_ROOT,
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            start_new_session=True,
+        )  # fmt: skip
+        try:
+            out, err = proc.communicate(json.dumps(args).encode(), timeout=timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+            return {"timeout": True}
+        finally:
+            if proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        # DataLoader workers share the group: make sure none lingers.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        if proc.returncode != 0:
+            raise RuntimeError(f"workload {args['workload']} failed: {err.decode(errors='replace')[-800:]}")
+        return json.loads(out.decode().strip().splitlines()[-1])
+
+    def files(self, which: str) -> list[list[Any]]:
+        return [[e.key, e.size] for e in self.plans[which]]
+
+    def measure(self, system: System, workload: str, args: dict[str, Any], timeout: float) -> tuple[dict[str, Any], dict[str, float]]:
+        """One child measurement on ``system``, with fluidfs source-counter deltas."""
+        m0 = system.metrics()
+        res = self.child({**args, "backend": system.backend()}, timeout)
+        deltas = source_deltas(m0, system.metrics())
+        if system.name == "boto3" and "ru_maxrss_kib" in res:
+            self.note_rss("boto3", workload, max(res["ru_maxrss_kib"], res.get("ru_maxrss_children_kib", 0)) / 1024)
+        return res, deltas
+
+    def rec_source(self, system: System, workload: str, phase: str, run: int, deltas: dict[str, float]) -> None:
+        if "fluidfs_source_requests_total" in deltas:
+            self.rec(system.name, workload, phase, "source requests", deltas["fluidfs_source_requests_total"], "", "lower", run)
+        if "fluidfs_source_bytes_total" in deltas:
+            self.rec(system.name, workload, phase, "source MB", deltas["fluidfs_source_bytes_total"] / 1e6, "MB", "lower", run)
+
+    # ------------------------------------------------------------------ workloads
+
+    def wl_seq_or_rand(self, system: System, workload: str, run: int) -> None:
+        if workload == "seq":
+            args: dict[str, Any] = {"workload": "seq", "files": self.files("large"), "budget": self.opts.budget}
+        else:
+            args = {"workload": "rand", "files": self.files("large"), "ops": self.opts.rand_ops,
+                    "seed": 1000 + run, "threads": 4, "budget": self.opts.budget}  # fmt: skip
+        timeout = self.opts.budget * 2 + 60
+        for phase in ("cold", "warm", "warm_dropped"):
+            if phase != "warm":
+                self.drop()
+            res, deltas = self.measure(system, workload, args, timeout)
+            if res.get("timeout"):
+                self.rec(system.name, workload, phase, "MB/s", None, "MB/s", "higher", run, timeout=True)
+                continue
+            part = bool(res.get("partial"))
+            self.rec(system.name, workload, phase, "MB/s", res["MB/s"], "MB/s", "higher", run, partial=part)
+            if workload == "rand":
+                self.rec(system.name, workload, phase, "ops/s", res["ops/s"], "ops/s", "higher", run, partial=part)
+            self.rec_source(system, workload, phase, run, deltas)
+
+    def wl_loader(self, system: System, run: int) -> None:
+        """epoch1 (cold) .. epoch3, then warm_dropped, in one DataLoader child process."""
+        args = {"workload": "loader", "files": self.files("small"), "budget": self.opts.budget,
+                "workers": self.opts.loader_workers, "seed": run, "epochs": 4, "drop_before": [0, 3],
+                "metrics_url": system.metrics_url()}  # fmt: skip
+        res, _ = self.measure(system, "loader", args, self.opts.budget * 4 + 120)
+        if res.get("skipped"):
+            self.skipped.setdefault(f"loader:{system.name}", res["skipped"])
+            raise _Skip(res["skipped"])
+        if res.get("timeout"):
+            self.rec(system.name, "loader", "epoch1", "samples/s", None, "samples/s", "higher", run, timeout=True)
+            return
+        for i, ep in enumerate(res["epochs"]):
+            phase = "warm_dropped" if i == 3 else f"epoch{i + 1}"
+            self.rec(system.name, "loader", phase, "samples/s", ep["samples/s"], "samples/s", "higher",
+                     run, partial=ep["partial"])  # fmt: skip
+            self.rec_source(system, "loader", phase, run, source_deltas(ep.get("metrics_before"), ep.get("metrics_after")))
+
+    def wl_meta(self, system: System, run: int, fresh: Callable[[], None]) -> None:
+        timeout = self.opts.budget * 2
+        def one(kind: str, phase: str) -> None:
+            res, deltas = self.measure(system, "meta", {"workload": kind, "prefix": "meta"}, timeout)
+            if res.get("timeout"):
+                self.rec(system.name, "meta", phase, kind, None, "s", "lower", run, timeout=True)
+                return
+            expected = len(self.plans["meta"])
+            if res.get("files") != expected:
+                self.errors.append(f"{system.name} meta {kind} {phase} run {run}: saw {res.get('files')} of {expected} files")
+            self.rec(system.name, "meta", phase, kind, res["seconds"], "s", "lower", run)
+            self.rec_source(system, "meta", f"{phase} {kind}", run, deltas)
+
+        self.drop()
+        one("find", "cold")
+        fresh()
+        self.drop()
+        one("walk", "cold")
+        one("walk", "warm")
+        one("find", "warm")
+        self.drop()
+        one("walk", "warm_dropped")
+        one("find", "warm_dropped")
+
+    def wl_pressure(self, run: int) -> None:
+        assert self.store is not None
+        small_total = ds.total_bytes(self.plans["small"])
+        cache = max(small_total // 2, 16 * MiB)
+        mem = max(8 * MiB, min(32 * MiB, cache // 8))  # fluidfs needs >= 2 blocks (4 MiB default)
+        for ev in ("lru", "none"):
+            system = Fluidfs(self.store, self.workdir, self.janitor, self._sysopts(), eviction=ev,
+                             cache_size=cache, memory_size=mem, name=f"fluidfs-{ev}")  # fmt: skip
+            try:
+                system.setup()
+                res = self.child({"workload": "loader", "files": self.files("small"), "epochs": 3,
+                                  "drop_before": [0, 1, 2], "budget": self.opts.budget,
+                                  "workers": self.opts.loader_workers, "seed": run * 10,
+                                  "metrics_url": system.metrics_url(), "backend": system.backend()},
+                                 self.opts.budget * 3 + 120)  # fmt: skip
+                if res.get("skipped"):
+                    raise _Skip(res["skipped"])
+                if res.get("timeout"):
+                    self.rec(system.name, "pressure", "epoch1", "samples/s", None, "samples/s", "higher", run, timeout=True)
+                for i, ep in enumerate(res.get("epochs", [])):
+                    phase = f"epoch{i + 1}"
+                    self.rec(system.name, "pressure", phase, "samples/s", ep["samples/s"], "samples/s", "higher",
+                             run, partial=ep["partial"])  # fmt: skip
+                    hr, bhr = hit_ratios(ep.get("metrics_before"), ep.get("metrics_after"), ep["bytes"])
+                    self.rec(system.name, "pressure", phase, "hit ratio", hr, "", "higher", run)
+                    self.rec(system.name, "pressure", phase, "byte hit ratio", bhr, "", "higher", run)
+                    self.rec_source(system, "pressure", phase, run,
+                                    source_deltas(ep.get("metrics_before"), ep.get("metrics_after")))
+                self.note_rss(system.name, "pressure", system.peak_rss_mib())
+            except _Skip as exc:
+                for name in ("fluidfs-lru", "fluidfs-none"):
+                    self.skipped.setdefault(name, str(exc))
+                return
+            except Exception as exc:  # noqa: BLE001 - recorded, the suite goes on
+                self.errors.append(f"{system.name} pressure run {run}: {exc}")
+                self.log(f"ERROR {system.name} pressure: {exc}")
+            finally:
+                system.teardown()
+
+    # ------------------------------------------------------------------ driver
+
+    def _sysopts(self) -> dict[str, Any]:
+        return {"fuse_read_ahead_kb": self.opts.fuse_read_ahead_kb,
+                "fluidfs_cache_size": self.opts.fluidfs_cache_size,
+                "fluidfs_memory_size": self.opts.fluidfs_memory_size}  # fmt: skip
+
+    def run(self) -> dict[str, Any]:
+        t_start = time.time()
+        o = self.opts
+        systems: list[System] = []
+        for name in o.systems:
+            why = SYSTEMS[name].skip_reason()
+            if why:
+                self.skipped[name] = why
+                self.log(f"skip {name}: {why}")
+        if "pressure" in o.workloads and "fluidfs" not in o.systems:
+            self.notes.append("pressure workload needs fluidfs in --systems")
+        try:
+            self.log(f"starting SeaweedFS + latency proxy ({o.latency_ms} ms) in {self.workdir}")
+            self.store = open_store(self.workdir, o.latency_ms, o.bandwidth_mbit, register=self.janitor.add_pid)
+            self.log(f"store ready: {self.store.endpoint} (direct {self.store.direct_endpoint})")
+            if os.environ.get("FLUIDFS_BENCH_INJECT_FAILURE") == "after-store":  # cleanup test hook
+                raise RuntimeError("injected failure after the store started")
+            need = {"seq": ["large"], "rand": ["large"], "loader": ["small"], "pressure": ["small"], "meta": ["meta"]}
+            which = sorted({d for w in o.workloads for d in need[w]}, key=ds.PREFIXES.index)
+            t0 = time.monotonic()
+            self.plans = ds.generate(o.spec, which, self.store.direct_client(), self.store.bucket, self.workdir / "local")
+            self.log(f"datasets {which} ready in {time.monotonic() - t0:.1f}s")
+            for name in o.systems:
+                if name not in self.skipped:
+                    systems.append(SYSTEMS[name](self.store, self.workdir, self.janitor, self._sysopts()))
+            for run in range(o.runs):
+                for w in o.workloads:
+                    if w == "pressure":
+                        if "fluidfs" in o.systems and "fluidfs" not in self.skipped:
+                            self.log(f"run {run + 1}/{o.runs} pressure fluidfs lru/none")
+                            self.wl_pressure(run)
+                        continue
+                    for system in systems:
+                        if f"{w}:{system.name}" in self.skipped:
+                            continue
+                        self.log(f"run {run + 1}/{o.runs} {w} {system.name}")
+                        self._one(system, w, run)
+        finally:
+            for system in systems:
+                with contextlib.suppress(Exception):
+                    system.teardown()
+            self.janitor.sweep()
+            if self.store is not None:
+                self.store.close()
+        return self.result(time.time() - t_start)
+
+    def _one(self, system: System, w: str, run: int) -> None:
+        try:
+            system.setup()
+            if w in ("seq", "rand"):
+                self.wl_seq_or_rand(system, w, run)
+            elif w == "loader":
+                self.wl_loader(system, run)
+            elif w == "meta":
+                def fresh() -> None:
+                    self.note_rss(system.name, w, system.peak_rss_mib())
+                    system.teardown()
+                    system.setup()
+                self.wl_meta(system, run, fresh)
+            self.note_rss(system.name, w, system.peak_rss_mib())
+        except _Skip:
+            pass
+        except Exception as exc:  # noqa: BLE001 - recorded, the suite goes on
+            self.errors.append(f"{system.name} {w} run {run}: {exc}")
+            self.log(f"ERROR {system.name} {w}: {exc}")
+            if os.environ.get("FLUIDFS_BENCH_DEBUG"):
+                traceback.print_exc()
+        finally:
+            system.teardown()
+
+    def result(self, seconds: float) -> dict[str, Any]:
+        o = self.opts
+        sp = o.spec
+        skipped = {k: v for k, v in self.skipped.items() if ":" not in k}
+        for k, v in self.skipped.items():
+            if k.startswith("loader:"):
+                skipped.setdefault(f"{k.split(':', 1)[1]} (loader)", v)
+        return {
+            "meta": {
+                "runs": o.runs, "latency_ms": o.latency_ms, "bandwidth_mbit": o.bandwidth_mbit,
+                "systems": o.systems, "workloads": o.workloads, "budget_s": o.budget,
+                "spec": sp.__dict__, "seconds": round(seconds, 1), "quick": o.quick,
+                "datasets_desc": (f"large {sp.large_files} x {sp.large_size / MiB:g} MiB; small {sp.small_files} x "
+                                  f"~{sp.small_size / 1024:g} KiB in {sp.classes} classes; meta {sp.meta_files} files"),
+                "machine": machine(), "notes": self.notes,
+            },  # fmt: skip
+            "records": self.records,
+            "rss": self.rss,
+            "skipped": {k: v for k, v in skipped.items()},
+            "workload_skipped": {"loader": {k.split(":", 1)[1]: v for k, v in self.skipped.items()
+                                            if k.startswith("loader:")}},
+            "errors": self.errors,
+        }
+
+
+class _Skip(Exception):
+    pass
+
+
+def source_deltas(m0: dict[str, dict[str, float]] | None, m1: dict[str, dict[str, float]] | None) -> dict[str, float]:
+    """fluidfs source request/byte counter deltas between two snapshots (empty if unknown)."""
+    out: dict[str, float] = {}
+    if m0 is not None and m1 is not None:
+        for name in ("fluidfs_source_requests_total", "fluidfs_source_bytes_total"):
+            if name in m1:
+                out[name] = m1[name][""] - m0.get(name, {}).get("", 0.0)
+    return out
+
+
+def hit_ratios(m0: dict[str, dict[str, float]] | None, m1: dict[str, dict[str, float]] | None,
+               bytes_read: int) -> tuple[float | None, float | None]:  # fmt: skip
+    """(block hit ratio, byte hit ratio) between two metric snapshots; None where unknown."""
+    if m0 is None or m1 is None:
+        return None, None
+
+    def delta(name: str, key: str = "") -> float | None:
+        if name not in m1:
+            return None
+        return m1[name].get(key, 0.0) - m0.get(name, {}).get(key, 0.0)
+
+    hr = None
+    hits = delta("fluidfs_cache_hits_total")
+    if hits is not None and "fluidfs_cache_misses_total" in m1:
+        tiers = [k for k in m1["fluidfs_cache_misses_total"] if k.startswith("tier=")]
+        misses = [delta("fluidfs_cache_misses_total", t) or 0.0 for t in tiers] or [delta("fluidfs_cache_misses_total") or 0.0]
+        lowest = min(misses)
+        hr = hits / (hits + lowest) if hits + lowest > 0 else None
+    bhr = None
+    src = delta("fluidfs_source_bytes_total")
+    read = delta("fluidfs_fuse_read_bytes_total") or bytes_read
+    if src is not None and read:
+        bhr = max(0.0, 1.0 - src / read)
+    return hr, bhr
+
+
+def machine() -> dict[str, Any]:
+    cpu = ""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    mem = ""
+    with contextlib.suppress(OSError):
+        mem = Path("/proc/meminfo").read_text().splitlines()[0].split(":", 1)[1].strip()
+    load = ""
+    with contextlib.suppress(OSError):
+        load = Path("/proc/loadavg").read_text().split()[:3]  # type: ignore[assignment]
+    return {"cpus": os.cpu_count(), "cpu": cpu, "mem": mem, "kernel": platform.release(),
+            "python": platform.python_version(), "loadavg_at_end": load}  # fmt: skip

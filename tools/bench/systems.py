@@ -1,0 +1,460 @@
+"""Systems under test (fluidfs, s3fs, rclone, boto3-direct, local) with setup/teardown, and the
+janitor that guarantees no mount or process outlives the harness.
+
+Each system exposes ``skip_reason()`` (None when runnable), ``setup()`` (a *fresh* instance:
+empty cache), ``backend()`` (what the workload child reads: a path or the S3 endpoint),
+``peak_rss_mib()`` (VmHWM of the FUSE daemon, read just before teardown), ``metrics()``
+(fluidfs only: its Prometheus counters summed over labels) and ``teardown()``.
+
+All FUSE systems read the bucket root through the same proxied endpoint; the kernel readahead
+of every FUSE mount is raised to the same value (DESIGN.md §3) so none is held to 128 KiB
+requests.
+
+Caveats: s3fs/rclone daemon pids are found by scanning /proc for the mount point in the
+command line.  drop_caches needs root; without it "cold"/"warm_dropped" keep the page cache
+(noted in the result's meta).
+"""
+from __future__ import annotations
+
+import atexit
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from tools.bench.store import Store
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+# ---------------------------------------------------------------------------- janitor
+
+
+class Janitor:
+    """Remembers every mount point and process the harness created; ``sweep()`` removes them.
+
+    Idempotent, registered with atexit, and persisted to ``state.json`` in the workdir so a
+    test can check afterwards that everything is gone.
+    """
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.mounts: list[str] = []
+        self.pids: list[int] = []
+        self.all_mounts: list[str] = []
+        self.all_pids: list[int] = []
+        atexit.register(self.sweep)
+
+    def _save(self) -> None:
+        with contextlib.suppress(OSError):
+            (self.workdir / "state.json").write_text(
+                json.dumps({"mounts": self.all_mounts, "pids": self.all_pids})
+            )
+
+    def add_mount(self, path: str) -> None:
+        self.mounts.append(path)
+        self.all_mounts.append(path)
+        self._save()
+
+    def add_pid(self, pid: int) -> None:
+        self.pids.append(pid)
+        self.all_pids.append(pid)
+        self._save()
+
+    def sweep(self) -> None:
+        for m in reversed(self.mounts):
+            force_unmount(m)
+        self.mounts.clear()
+        # Anything still mounted under the workdir (e.g. a mount we never got to register).
+        for m in mounted_under(self.workdir):
+            force_unmount(m)
+        for pid in reversed(self.pids):
+            kill_pid(pid)
+        self.pids.clear()
+
+
+def mounted_under(root: Path) -> list[str]:
+    prefix = str(root.resolve()).rstrip("/") + "/"
+    out = []
+    with contextlib.suppress(OSError), open("/proc/self/mounts") as f:
+        for line in f:
+            mp = line.split()[1].replace("\\040", " ")
+            if mp.startswith(prefix):
+                out.append(mp)
+    return out
+
+
+def is_mounted(path: str) -> bool:
+    try:
+        return os.path.ismount(path)
+    except OSError:  # "Transport endpoint is not connected": a dead FUSE mount is still mounted
+        return True
+
+
+def force_unmount(path: str) -> None:
+    for cmd in (["fusermount3", "-u", path], ["umount", path], ["fusermount3", "-uz", path], ["umount", "-l", path]):
+        if not is_mounted(path) and path not in mounted_under(Path(path).parent):
+            return
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=20)
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def kill_pid(pid: int, grace: float = 5.0) -> None:
+    if not pid_alive(pid):
+        return
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while pid_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if pid_alive(pid):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def pids_with_arg(exe_names: tuple[str, ...], needle: str) -> list[int]:
+    """Pids whose argv[0] basename is in ``exe_names`` and whose argv contains ``needle``."""
+    out = []
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            argv = Path(f"/proc/{d}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if argv and os.path.basename(argv[0].decode(errors="replace")) in exe_names and needle.encode() in argv:
+            out.append(int(d))
+    return out
+
+
+def vm_hwm_mib(pid: int) -> float | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
+def drop_caches() -> bool:
+    """sync + drop the kernel page cache, dentries and inodes (root only)."""
+    os.sync()
+    try:
+        with open("/proc/sys/vm/drop_caches", "w") as f:
+            f.write("3\n")
+        return True
+    except OSError:
+        return False
+
+
+def raise_readahead(mnt: str, kb: int) -> None:
+    if kb <= 0:
+        return
+    dev = os.stat(mnt).st_dev
+    with contextlib.suppress(OSError):
+        Path(f"/sys/class/bdi/{os.major(dev)}:{os.minor(dev)}/read_ahead_kb").write_text(f"{kb}\n")
+
+
+def wait_mounted(mnt: str, timeout: float, proc: subprocess.Popen[Any] | None = None, log: Path | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while not os.path.ismount(mnt):
+        if proc is not None and proc.poll() not in (None, 0):
+            tail = log.read_text(errors="replace")[-1500:] if log and log.exists() else ""
+            raise RuntimeError(f"mount of {mnt} failed (exit {proc.returncode}): {tail}")
+        if time.monotonic() > deadline:
+            tail = log.read_text(errors="replace")[-1500:] if log and log.exists() else ""
+            raise RuntimeError(f"{mnt} not mounted after {timeout:.0f}s: {tail}")
+        time.sleep(0.05)
+
+
+# ---------------------------------------------------------------------------- systems
+
+
+class System:
+    """Base: a system that is set up fresh (cold) and torn down per measurement group."""
+
+    name = "?"
+    fuse = False
+
+    def __init__(self, store: Store, workdir: Path, janitor: Janitor, opts: dict[str, Any]) -> None:
+        self.store = store
+        self.workdir = workdir
+        self.janitor = janitor
+        self.opts = opts
+        self.seq = 0
+
+    @classmethod
+    def skip_reason(cls) -> str | None:
+        return None
+
+    def setup(self) -> None:
+        pass
+
+    def teardown(self) -> None:
+        pass
+
+    def backend(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def peak_rss_mib(self) -> float | None:
+        return None
+
+    def metrics(self) -> dict[str, dict[str, float]] | None:
+        return None
+
+    def metrics_url(self) -> str | None:
+        return None
+
+
+class Local(System):
+    """The same files on the local filesystem: the storage limit."""
+
+    name = "local"
+
+    def backend(self) -> dict[str, Any]:
+        return {"kind": "path", "root": str(self.workdir / "local")}
+
+
+class Boto3Direct(System):
+    """Parallel (range) GETs with boto3 through the proxy, no FUSE: the network limit."""
+
+    name = "boto3"
+
+    def backend(self) -> dict[str, Any]:
+        return {"kind": "s3", "endpoint": self.store.endpoint, "bucket": self.store.bucket,
+                "access_key": self.store.access_key, "secret_key": self.store.secret_key}  # fmt: skip
+
+
+class _FuseSystem(System):
+    fuse = True
+    exe_names: tuple[str, ...] = ()
+
+    def _fresh_dirs(self) -> tuple[Path, Path]:
+        self.seq += 1
+        base = self.workdir / "systems" / f"{self.name}-{self.seq}"
+        if base.exists():
+            shutil.rmtree(base)
+        mnt, cache = base / "mnt", base / "cache"
+        mnt.mkdir(parents=True)
+        cache.mkdir()
+        self.base, self.mnt, self.cache = base, mnt, cache
+        return mnt, cache
+
+    def backend(self) -> dict[str, Any]:
+        return {"kind": "path", "root": str(self.mnt)}
+
+    def daemon_pids(self) -> list[int]:
+        return pids_with_arg(self.exe_names, str(self.mnt))
+
+    def peak_rss_mib(self) -> float | None:
+        vals = [v for v in (vm_hwm_mib(p) for p in self.daemon_pids()) if v is not None]
+        return max(vals) if vals else None
+
+    def _after_mount(self) -> None:
+        for pid in self.daemon_pids():
+            self.janitor.add_pid(pid)
+        raise_readahead(str(self.mnt), int(self.opts.get("fuse_read_ahead_kb", 1024)))
+
+    def teardown(self) -> None:
+        if not hasattr(self, "mnt"):
+            return
+        pids = self.daemon_pids()
+        self._unmount()
+        force_unmount(str(self.mnt))
+        for pid in pids:
+            kill_pid(pid, grace=10)
+        with contextlib.suppress(OSError):
+            shutil.rmtree(self.base)
+
+    def _unmount(self) -> None:
+        force_unmount(str(self.mnt))
+
+
+class S3fs(_FuseSystem):
+    """s3fs-fuse (Debian ``s3fs``) with its disk cache on."""
+
+    name = "s3fs"
+    exe_names = ("s3fs",)
+
+    @classmethod
+    def skip_reason(cls) -> str | None:
+        return None if shutil.which("s3fs") else "s3fs not installed (apt-get install s3fs)"
+
+    def setup(self) -> None:
+        mnt, cache = self._fresh_dirs()
+        passwd = self.base / "passwd"
+        passwd.write_text(f"{self.store.access_key}:{self.store.secret_key}\n")
+        passwd.chmod(0o600)
+        self.janitor.add_mount(str(mnt))
+        log = self.base / "s3fs.log"
+        opts = (f"ro,use_path_request_style,url={self.store.endpoint},use_cache={cache},"
+                f"passwd_file={passwd},endpoint=us-east-1,logfile={log}")  # fmt: skip
+        proc = subprocess.run(["s3fs", self.store.bucket, str(mnt), "-o", opts],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=60)  # fmt: skip
+        if proc.returncode != 0:
+            raise RuntimeError(f"s3fs failed: {proc.stdout.decode(errors='replace')[-1000:]}")
+        wait_mounted(str(mnt), 30, log=log)
+        self._after_mount()
+
+
+class Rclone(_FuseSystem):
+    """rclone mount (Debian ``rclone``) with ``--vfs-cache-mode full``."""
+
+    name = "rclone"
+    exe_names = ("rclone",)
+
+    @classmethod
+    def skip_reason(cls) -> str | None:
+        return None if shutil.which("rclone") else "rclone not installed (apt-get install rclone)"
+
+    def setup(self) -> None:
+        mnt, cache = self._fresh_dirs()
+        conf = self.base / "rclone.conf"
+        conf.write_text(
+            "[bench]\ntype = s3\nprovider = Other\nenv_auth = false\n"
+            f"access_key_id = {self.store.access_key}\nsecret_access_key = {self.store.secret_key}\n"
+            f"endpoint = {self.store.endpoint}\nregion = us-east-1\nforce_path_style = true\n"
+        )
+        conf.chmod(0o600)
+        log = self.base / "rclone.log"
+        self.janitor.add_mount(str(mnt))
+        cmd = ["env", "-u", "AWS_CA_BUNDLE", "rclone", "--config", str(conf), "mount",
+               f"bench:{self.store.bucket}", str(mnt), "--read-only", "--vfs-cache-mode", "full",
+               "--cache-dir", str(cache), "--daemon", "--log-file", str(log)]  # fmt: skip
+        proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=60)
+        if proc.returncode != 0:
+            raise RuntimeError(f"rclone failed: {proc.stdout.decode(errors='replace')[-1000:]}")
+        wait_mounted(str(mnt), 30, log=log)
+        self._after_mount()
+
+
+def fluidfs_cli_available() -> str | None:
+    """None if ``python -m fluidfs mount --help`` works, else why not."""
+    try:
+        p = subprocess.run([sys.executable, "-m", "fluidfs", "mount", "--help"], cwd=REPO_ROOT,
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=60)  # fmt: skip
+    except (OSError, subprocess.SubprocessError) as exc:
+        return f"fluidfs CLI not runnable ({exc})"
+    if p.returncode != 0:
+        last = (p.stdout.decode(errors="replace").strip().splitlines() or ["?"])[-1]
+        return f"fluidfs mount CLI not available ({last[:80]})"
+    return None
+
+
+class Fluidfs(_FuseSystem):
+    """fluidfs through its CLI (``python -m fluidfs mount``), metrics on a loopback port."""
+
+    name = "fluidfs"
+    exe_names = ()
+    eviction: str | None = None  # None: fluidfs's own default
+
+    def __init__(self, *a: Any, eviction: str | None = None, cache_size: int | None = None,
+                 memory_size: int | None = None, name: str | None = None, **kw: Any) -> None:  # fmt: skip
+        super().__init__(*a, **kw)
+        if eviction:
+            self.eviction = eviction
+        if name:
+            self.name = name
+        self.cache_size = cache_size or int(self.opts.get("fluidfs_cache_size", 8 << 30))
+        self.memory_size = memory_size or int(self.opts.get("fluidfs_memory_size", 256 << 20))
+        self.metrics_port = 0
+        self.pid: int | None = None
+
+    @classmethod
+    def skip_reason(cls) -> str | None:
+        return fluidfs_cli_available()
+
+    def setup(self) -> None:
+        from tools.bench.store import _free_ports
+
+        mnt, cache = self._fresh_dirs()
+        self.metrics_port = _free_ports(1)[0]
+        pidf = self.base / "fluidfs.pid"
+        log = self.base / "fluidfs.log"
+        self.janitor.add_mount(str(mnt))
+        cmd = [sys.executable, "-m", "fluidfs", "mount", f"s3://{self.store.bucket}", str(mnt),
+               "--cache-dir", str(cache), "--cache-size", str(self.cache_size),
+               "--memory-size", str(self.memory_size),
+               "--metrics-addr", f"127.0.0.1:{self.metrics_port}", "--log-file", str(log),
+               "--endpoint", self.store.endpoint, "--pid-file", str(pidf)]  # fmt: skip
+        if self.eviction:
+            cmd += ["--eviction", self.eviction]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+        env.update(self.store.env())
+        out = self.base / "fluidfs.out"
+        with open(out, "ab") as lf:
+            proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdin=subprocess.DEVNULL,
+                                    stdout=lf, stderr=subprocess.STDOUT)  # fmt: skip
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise RuntimeError(f"fluidfs mount did not return in 60s; see {log}") from None
+        if proc.returncode != 0:
+            raise RuntimeError(f"fluidfs mount failed: {out.read_text(errors='replace')[-1500:]}")
+        wait_mounted(str(mnt), 30, log=log)
+        with contextlib.suppress(OSError, ValueError):
+            self.pid = int(pidf.read_text().strip())
+            self.janitor.add_pid(self.pid)
+        raise_readahead(str(mnt), int(self.opts.get("fuse_read_ahead_kb", 1024)))
+
+    def daemon_pids(self) -> list[int]:
+        return [self.pid] if self.pid and pid_alive(self.pid) else []
+
+    def _unmount(self) -> None:
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            subprocess.run([sys.executable, "-m", "fluidfs", "umount", str(self.mnt)], cwd=REPO_ROOT,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=30)  # fmt: skip
+
+    def metrics_url(self) -> str | None:
+        return f"http://127.0.0.1:{self.metrics_port}/metrics" if self.metrics_port else None
+
+    def metrics(self) -> dict[str, dict[str, float]] | None:
+        """Prometheus counters, ``{name: {"": total, "tier=mem": ..., ...}}``; None if unreachable."""
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as r:
+                text = r.read().decode()
+        except OSError:
+            return None
+        return parse_prometheus(text)
+
+
+def parse_prometheus(text: str) -> dict[str, dict[str, float]]:
+    """Sum every sample over its labels, and per ``tier`` label value: {name: {"": sum, "tier=X": v}}."""
+    out: dict[str, dict[str, float]] = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        try:
+            head, value = line.rsplit(None, 1)
+            v = float(value)
+        except ValueError:
+            continue
+        name, _, labels = head.partition("{")
+        d = out.setdefault(name, {})
+        d[""] = d.get("", 0.0) + v
+        for part in labels.rstrip("}").split(","):
+            k, _, lv = part.partition("=")
+            if k.strip() == "tier":
+                key = f"tier={lv.strip().strip(chr(34))}"
+                d[key] = d.get(key, 0.0) + v
+    return out
+
+
+SYSTEMS = {"fluidfs": Fluidfs, "s3fs": S3fs, "rclone": Rclone, "boto3": Boto3Direct, "local": Local}
