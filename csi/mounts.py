@@ -228,6 +228,8 @@ class MountManager:
         self.fluidfs_cmd = fluidfs_cmd
         self.lock = threading.RLock()
         self.state_dir = store.state_dir
+        self._retry_at: dict[str, float] = {}  # key -> monotonic time of the next remount try
+        self._backoff: dict[str, float] = {}
 
     def save(self) -> None:
         self.store.save(self.state)
@@ -437,17 +439,28 @@ class MountManager:
                 if not users:
                     continue
                 if not self.shared_healthy(m):
+                    if time.monotonic() < self._retry_at.get(m.key, 0.0):
+                        continue
                     try:
                         self.remount(m)
                         repairs += 1
+                        self._backoff.pop(m.key, None)
+                        self._retry_at.pop(m.key, None)
                     except RequestError as e:
-                        log.error("dataset %s: remount failed: %s", m.key, e.message)
+                        # Back off (1 s doubling to 60 s): a remount holds the lock for up to
+                        # MOUNT_TIMEOUT, and a source that is down will not come back faster.
+                        delay = min(60.0, self._backoff.get(m.key, 0.5) * 2)
+                        self._backoff[m.key] = delay
+                        self._retry_at[m.key] = time.monotonic() + delay
+                        log.error("dataset %s: remount failed (next try in %.0f s): %s", m.key, delay, e.message)
                         continue
                 for v in users:
                     paths = [v.staging_target_path] if v.staging_target_path else []
                     for p in paths + list(v.publications):
                         if self.bind_healthy(p):
                             continue
+                        if p == v.staging_target_path and not os.path.isdir(p) and not is_mounted(p):
+                            continue  # kubelet removed its staging dir; it will unstage the volume
                         src = m.mountpoint if p == v.staging_target_path else self.source_of(v)
                         try:
                             log.warning("volume %s: bind at %s is stale; re-binding", v.volume_id, p)

@@ -21,7 +21,7 @@ import contextlib
 import logging
 import os
 import threading
-from typing import Iterator
+from typing import Callable, Iterator, TypeVar
 
 import grpc
 
@@ -46,6 +46,8 @@ from .volumes import (
 
 log = logging.getLogger(__name__)
 RPC = pb.NodeServiceCapability.RPC
+R = TypeVar("R")
+T = TypeVar("T")
 Unit = pb.VolumeUsage.Unit
 
 
@@ -75,15 +77,16 @@ class NodeServicer(pb_grpc.NodeServicer):
             with self._busy_lock:
                 self._busy.discard(volume_id)
 
-    def _call(self, context: grpc.ServicerContext, fn, *args):  # type: ignore[no-untyped-def]
+    def _call(self, context: grpc.ServicerContext, fn: Callable[[R], T], request: R) -> T:
         try:
-            return fn(*args)
+            return fn(request)
         except RequestError as e:
             log.info("%s: %s", grpc.StatusCode(e.code).name, e.message)
             context.abort(e.code, e.message)
         except OSError as e:
             log.exception("node operation failed")
             context.abort(grpc.StatusCode.INTERNAL, f"{e.strerror or e}: {e.filename or ''}")
+        raise AssertionError("unreachable: context.abort raises")
 
     @staticmethod
     def _require(value: str, name: str) -> None:
@@ -91,7 +94,9 @@ class NodeServicer(pb_grpc.NodeServicer):
             raise invalid(f"{name} is required")
 
     # -- capabilities / info --------------------------------------------------------------------
-    def NodeGetCapabilities(self, request, context):  # type: ignore[no-untyped-def]
+    def NodeGetCapabilities(
+        self, request: pb.NodeGetCapabilitiesRequest, context: grpc.ServicerContext
+    ) -> pb.NodeGetCapabilitiesResponse:
         return pb.NodeGetCapabilitiesResponse(
             capabilities=[
                 pb.NodeServiceCapability(rpc=RPC(type=RPC.STAGE_UNSTAGE_VOLUME)),
@@ -99,14 +104,14 @@ class NodeServicer(pb_grpc.NodeServicer):
             ]
         )
 
-    def NodeGetInfo(self, request, context):  # type: ignore[no-untyped-def]
+    def NodeGetInfo(self, request: pb.NodeGetInfoRequest, context: grpc.ServicerContext) -> pb.NodeGetInfoResponse:
         return pb.NodeGetInfoResponse(
             node_id=self.node_id,
             accessible_topology=pb.Topology(segments={TOPOLOGY_KEY: self.node_id}),
         )
 
     # -- stage ----------------------------------------------------------------------------------
-    def NodeStageVolume(self, request, context):  # type: ignore[no-untyped-def]
+    def NodeStageVolume(self, request: pb.NodeStageVolumeRequest, context: grpc.ServicerContext) -> pb.NodeStageVolumeResponse:
         return self._call(context, self._stage, request)
 
     def _stage(self, r: pb.NodeStageVolumeRequest) -> pb.NodeStageVolumeResponse:
@@ -151,7 +156,7 @@ class NodeServicer(pb_grpc.NodeServicer):
         return pb.NodeStageVolumeResponse()
 
     # -- unstage --------------------------------------------------------------------------------
-    def NodeUnstageVolume(self, request, context):  # type: ignore[no-untyped-def]
+    def NodeUnstageVolume(self, request: pb.NodeUnstageVolumeRequest, context: grpc.ServicerContext) -> pb.NodeUnstageVolumeResponse:
         return self._call(context, self._unstage, request)
 
     def _unstage(self, r: pb.NodeUnstageVolumeRequest) -> pb.NodeUnstageVolumeResponse:
@@ -177,7 +182,7 @@ class NodeServicer(pb_grpc.NodeServicer):
         return pb.NodeUnstageVolumeResponse()
 
     # -- publish --------------------------------------------------------------------------------
-    def NodePublishVolume(self, request, context):  # type: ignore[no-untyped-def]
+    def NodePublishVolume(self, request: pb.NodePublishVolumeRequest, context: grpc.ServicerContext) -> pb.NodePublishVolumeResponse:
         return self._call(context, self._publish, request)
 
     def _publish(self, r: pb.NodePublishVolumeRequest) -> pb.NodePublishVolumeResponse:
@@ -241,7 +246,7 @@ class NodeServicer(pb_grpc.NodeServicer):
         return vol
 
     # -- unpublish ------------------------------------------------------------------------------
-    def NodeUnpublishVolume(self, request, context):  # type: ignore[no-untyped-def]
+    def NodeUnpublishVolume(self, request: pb.NodeUnpublishVolumeRequest, context: grpc.ServicerContext) -> pb.NodeUnpublishVolumeResponse:
         return self._call(context, self._unpublish, request)
 
     def _unpublish(self, r: pb.NodeUnpublishVolumeRequest) -> pb.NodeUnpublishVolumeResponse:
@@ -283,7 +288,7 @@ class NodeServicer(pb_grpc.NodeServicer):
             pass
 
     # -- stats ----------------------------------------------------------------------------------
-    def NodeGetVolumeStats(self, request, context):  # type: ignore[no-untyped-def]
+    def NodeGetVolumeStats(self, request: pb.NodeGetVolumeStatsRequest, context: grpc.ServicerContext) -> pb.NodeGetVolumeStatsResponse:
         return self._call(context, self._stats, request)
 
     def _stats(self, r: pb.NodeGetVolumeStatsRequest) -> pb.NodeGetVolumeStatsResponse:

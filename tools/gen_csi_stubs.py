@@ -1,4 +1,4 @@
-"""Regenerate the committed CSI gRPC stubs (csi/csi_pb2.py, csi/csi_pb2_grpc.py) from csi/proto/csi.proto.
+"""Regenerate the committed CSI gRPC stubs (csi/csi_pb2.py + .pyi, csi/csi_pb2_grpc.py) from csi/proto/csi.proto.
 
 Usage: ``python tools/gen_csi_stubs.py [--check] [--out DIR]``.  ``--check`` regenerates into a
 temporary directory and exits 1 if the committed stubs differ (used by tests/test_csi_stubs.py).
@@ -17,7 +17,7 @@ import tempfile
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 PROTO_DIR = ROOT / "csi" / "proto"
 STUB_DIR = ROOT / "csi"
-STUBS = ("csi_pb2.py", "csi_pb2_grpc.py")
+STUBS = ("csi_pb2.py", "csi_pb2.pyi", "csi_pb2_grpc.py")
 
 
 def generate(out_dir: pathlib.Path) -> None:
@@ -31,6 +31,7 @@ def generate(out_dir: pathlib.Path) -> None:
         f"-I{PROTO_DIR}",
         f"-I{include}",
         f"--python_out={out_dir}",
+        f"--pyi_out={out_dir}",
         f"--grpc_python_out={out_dir}",
         str(PROTO_DIR / "csi.proto"),
     ]
