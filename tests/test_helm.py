@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 import json
 import re
+import shlex
 import sys
 from pathlib import Path
 from typing import Any, Iterator
@@ -646,6 +647,8 @@ def test_examples_are_consistent() -> None:
             for c in o["spec"]["containers"]:
                 for m in c.get("volumeMounts", []):
                     assert m["readOnly"] is True
+                    # a repaired node mount reaches a running container only this way
+                    assert m["mountPropagation"] == "HostToContainer"
 
 
 # ---------------------------------------------------------------------------------- plugin
@@ -679,14 +682,60 @@ def test_every_volume_context_is_accepted_by_the_plugin(full_objs: list[dict[str
         {"storageClass": {"create": True, "dataset": dataset}}))))
     contexts += list(volume_contexts([o for _, o in example_objects()]))
     assert len(contexts) >= 6
+    from fluidfs.spec import parse_dataset
+
     for where, ctx in contexts:
         try:
             request = volumes.parse_context(ctx)
         except volumes.RequestError as e:
             raise AssertionError(f"{where}: the plugin rejects it: {e.message}") from None
         assert request.url or request.document, where
+        if "dataset" in ctx:  # and fluidfs itself accepts the document
+            parsed = parse_dataset(ctx["dataset"], where)
+            assert parsed.mounts and not parsed.warnings, where
     allowed = one(full_objs, "StorageClass")["allowedTopologies"]
     assert allowed[0]["matchLabelExpressions"][0]["key"] == csi.TOPOLOGY_KEY
+
+
+# ---------------------------------------------------------------------------------- Dockerfile
+
+
+def dockerfile_instructions() -> list[tuple[str, str]]:
+    text = (ROOT / "Dockerfile").read_text().replace("\\\n", " ")
+    out = []
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            word, _, rest = line.partition(" ")
+            out.append((word.upper(), rest.strip()))
+    return out
+
+
+def test_dockerfile_copies_existing_paths_and_runs_the_csi_entry_point() -> None:
+    instructions = dockerfile_instructions()
+    froms = [rest for word, rest in instructions if word == "FROM"]
+    assert froms and all("python:3.11-slim" in f or f.startswith("${PYTHON_IMAGE}") for f in froms)
+    assert any(w == "ARG" and r.startswith("PYTHON_IMAGE=python:3.11-slim") for w, r in instructions)
+    copied = []
+    for word, rest in instructions:
+        if word == "COPY" and "--from=" not in rest:
+            *sources, _dest = shlex.split(rest)
+            copied.extend(sources)
+    assert {"pyproject.toml", "fluidfs", "csi"} <= set(copied)
+    for src in copied:
+        assert (ROOT / src).exists(), f"Dockerfile copies {src}, which does not exist"
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    readme = pyproject["project"].get("readme")
+    if isinstance(readme, str):  # the build needs it
+        assert readme in copied
+    runs = " ".join(rest for word, rest in instructions if word == "RUN")
+    for pkg in ("fuse3", "mount", "libfuse3-dev"):
+        assert re.search(rf"\b{re.escape(pkg)}\b", runs), pkg
+    (entry,) = [json.loads(rest) for word, rest in instructions if word == "ENTRYPOINT"]
+    assert entry == ["fluidfs-csi"]
+    assert "fluidfs-csi" in pyproject["project"]["scripts"]
+    ignored = (ROOT / ".dockerignore").read_text().split()
+    assert not set(ignored) & {"pyproject.toml", "fluidfs", "csi", readme}
 
 
 # ---------------------------------------------------------------------------------- docs
