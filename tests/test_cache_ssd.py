@@ -243,7 +243,7 @@ def test_corrupt_block_is_discarded_then_rewritable(tier: SSDTier, case: str) ->
     assert tier.put(k, data) and tier.put(key(2), payload(2, 700))
     f = block_file(tier, k)
     raw = bytearray(f.read_bytes())
-    hlen = blockfile.decode_header(raw).header_len
+    hlen = blockfile.decode_header(bytes(raw)).header_len
     flip = {"payload-flip": hlen + 1234, "payload-last-byte": len(raw) - 1, "header-magic": 3,
             "header-digest": 20, "header-crc-field": 85, "header-url": blockfile.FIXED_LEN + 2}
     if case in flip:

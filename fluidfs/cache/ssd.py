@@ -264,7 +264,9 @@ class SSDTier:
             err = unlink_quiet(self._path(dg))
             if err is not None:
                 log.warning("SSD cache %s: cannot delete block %s: %s", self.directory, dg, err)
-                return  # keep it accounted (the file is still there) but it stays unreadable
+                e.state = _EVICTING  # the file is still there: keep it counted, never serve it
+                self._ready -= 1
+                return
         del self._index[dg]
         self._used -= e.size
         self._ready -= 1
@@ -299,6 +301,9 @@ class SSDTier:
                         self._degraded_at = time.monotonic()  # this put probes; others wait
                         probing = True
                     decision = self._plan(size)
+                    if isinstance(decision, list):
+                        victims = decision
+                        break
                     if decision == "admit":
                         entry = _Entry(size, _PENDING)
                         self._index[dg] = entry
@@ -308,11 +313,7 @@ class SSDTier:
                     if decision == "reject":
                         self._c["rejected"] += 1
                         return False
-                    if decision == "wait":
-                        self._cond.wait(timeout=5.0)
-                        continue
-                    victims = decision
-                    break
+                    self._cond.wait(timeout=5.0)  # "wait": another thread's eviction makes room
             if entry is not None:
                 break
             self._evict(victims)
