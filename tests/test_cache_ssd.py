@@ -138,6 +138,7 @@ def test_persists_across_close_and_reopen(tmp_path: Path) -> None:
         for i in range(20):
             assert t.put(key(i), payload(i, 100 * i))
         used = t.used_bytes()
+    assert t.get(key(1)) is None and t.put(key(30), b"x") is False  # closed: inert, no raise
     (tmp_path / "c" / "blocks" / "ab").mkdir(exist_ok=True)
     stray = tmp_path / "c" / "blocks" / "ab" / "not-a-block"
     stray.write_bytes(b"junk")
@@ -395,14 +396,20 @@ def test_free_space_floor_with_fake_statvfs(tmp_path: Path, monkeypatch: pytest.
         assert t.stats()["evictions"] > 0
 
 
-def test_free_space_floor_on_real_tmpfs(tmpfs: Path) -> None:
+@pytest.mark.parametrize("eviction", ["none", "lru"])
+def test_free_space_floor_on_real_tmpfs(tmpfs: Path, eviction: str) -> None:
     floor = 512 * 1024
-    with SSDTier(str(tmpfs / "c"), 1 << 30, free_space_floor=floor) as t:
-        results = [t.put(key(i), payload(i, 20_000)) for i in range(60)]
-        assert True in results and results[-1] is False and not t.is_degraded
-        st = os.statvfs(tmpfs)
-        assert st.f_bavail * st.f_frsize >= floor
-        assert t.stats()["errors"] == 0
+    with SSDTier(str(tmpfs / "c"), 1 << 30, free_space_floor=floor, eviction=eviction) as t:  # type: ignore[arg-type]
+        results = []
+        for i in range(60):
+            results.append(t.put(key(i), payload(i, 20_000)))
+            st = os.statvfs(tmpfs)
+            assert st.f_bavail * st.f_frsize >= floor
+        if eviction == "none":
+            assert True in results and results[-1] is False
+        else:  # lru keeps admitting by evicting its own oldest blocks
+            assert all(results) and t.stats()["evictions"] > 0 and t.contains(key(59))
+        assert t.stats()["errors"] == 0 and not t.is_degraded
 
 
 # ----------------------------------------------------------------------------- disk full
