@@ -91,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--keep", action="store_true", help=argparse.SUPPRESS)
 
     try:
-        from fluidfs import warmup
+        from fluidfs import warmup  # type: ignore[attr-defined,unused-ignore]
 
         warmup.add_parsers(sub)
     except ImportError:

@@ -134,9 +134,9 @@ def run_demo(args: argparse.Namespace) -> int:
 
             t0 = time.perf_counter()
             paths = []
-            for d, _dirs, names in os.walk(mnt):
+            for dirpath, _dirs, names in os.walk(mnt):
                 for n in names:
-                    paths.append(os.path.relpath(os.path.join(d, n), mnt))
+                    paths.append(os.path.relpath(os.path.join(dirpath, n), mnt))
             print(f"  listed {len(paths)} files in {time.perf_counter() - t0:.2f}s")
             for top in sorted(os.listdir(mnt)):
                 print(f"    {top}/  ({len(os.listdir(os.path.join(mnt, top)))} entries)")
@@ -149,7 +149,7 @@ def run_demo(args: argparse.Namespace) -> int:
                     label += " [could not drop page cache: not root]"
                 secs, nbytes, got = read_all(mnt, paths)
                 after = scrape(metrics_url) if metrics_url else {}
-                d = {k: after.get(k, 0.0) - before.get(k, 0.0) for k in after}
+                d: dict[str, float] = {k: after.get(k, 0.0) - before.get(k, 0.0) for k in after}
                 before = after
                 hits = d.get("fluidfs_cache_hits_total:mem", 0) + d.get("fluidfs_cache_hits_total:ssd", 0)
                 # every block lookup either hits the MEM tier or misses it (then SSD or source)

@@ -67,15 +67,6 @@ def _op(name: str) -> Callable[[F], F]:
     return deco
 
 
-def _erofs(name: str) -> Callable[..., Awaitable[Any]]:
-    async def handler(self: "FluidOperations", *args: Any) -> Any:
-        metrics.FUSE_ERRORS.labels(self.vfs.dataset, name, str(E.EROFS)).inc()
-        raise pyfuse3.FUSEError(E.EROFS)
-
-    handler.__name__ = name
-    return handler
-
-
 class FluidOperations(pyfuse3.Operations):
     """pyfuse3 request handlers for one mount."""
 
@@ -174,18 +165,50 @@ class FluidOperations(pyfuse3.Operations):
     async def readlink(self, inode: int, ctx: Any) -> bytes:
         raise pyfuse3.FUSEError(E.EINVAL)
 
-    setattr = _erofs("setattr")
-    mknod = _erofs("mknod")
-    mkdir = _erofs("mkdir")
-    unlink = _erofs("unlink")
-    rmdir = _erofs("rmdir")
-    symlink = _erofs("symlink")
-    rename = _erofs("rename")
-    link = _erofs("link")
-    create = _erofs("create")
-    write = _erofs("write")
-    setxattr = _erofs("setxattr")
-    removexattr = _erofs("removexattr")
+    # --- every write operation: EROFS ------------------------------------------------------
+    def _refuse(self, op: str) -> pyfuse3.FUSEError:
+        metrics.FUSE_ERRORS.labels(self.vfs.dataset, op, str(E.EROFS)).inc()
+        return pyfuse3.FUSEError(E.EROFS)
+
+    async def setattr(self, inode: int, attr: Any, fields: Any, fh: Any, ctx: Any) -> pyfuse3.EntryAttributes:
+        raise self._refuse("setattr")
+
+    async def mknod(self, parent_inode: int, name: bytes, mode: int, rdev: int, ctx: Any) -> pyfuse3.EntryAttributes:
+        raise self._refuse("mknod")
+
+    async def mkdir(self, parent_inode: int, name: bytes, mode: int, ctx: Any) -> pyfuse3.EntryAttributes:
+        raise self._refuse("mkdir")
+
+    async def unlink(self, parent_inode: int, name: bytes, ctx: Any) -> None:
+        raise self._refuse("unlink")
+
+    async def rmdir(self, parent_inode: int, name: bytes, ctx: Any) -> None:
+        raise self._refuse("rmdir")
+
+    async def symlink(self, parent_inode: int, name: bytes, target: bytes, ctx: Any) -> pyfuse3.EntryAttributes:
+        raise self._refuse("symlink")
+
+    async def rename(
+        self, parent_inode_old: int, name_old: bytes, parent_inode_new: int, name_new: bytes, flags: int, ctx: Any
+    ) -> None:
+        raise self._refuse("rename")
+
+    async def link(self, inode: int, new_parent_inode: int, new_name: bytes, ctx: Any) -> pyfuse3.EntryAttributes:
+        raise self._refuse("link")
+
+    async def create(
+        self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: Any
+    ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
+        raise self._refuse("create")
+
+    async def write(self, fh: int, off: int, buf: bytes) -> int:
+        raise self._refuse("write")
+
+    async def setxattr(self, inode: int, name: bytes, value: bytes, ctx: Any) -> None:
+        raise self._refuse("setxattr")
+
+    async def removexattr(self, inode: int, name: bytes, ctx: Any) -> None:
+        raise self._refuse("removexattr")
 
     async def fsync(self, fh: int, datasync: bool) -> None:
         return None  # nothing is ever dirty

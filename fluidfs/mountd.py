@@ -82,7 +82,7 @@ def build_cache(dataset: Dataset, cfg: MountConfig) -> TieredCache:
             ssd = SSDTier(
                 os.path.join(cfg.cache_dir),
                 cfg.cache_size,
-                eviction=cfg.eviction,
+                eviction="lru" if cfg.eviction == "lru" else "none",
                 free_space_floor=cfg.free_space_floor,
             )
         except CacheError:
