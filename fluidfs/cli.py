@@ -84,6 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--lazy", "-z", action="store_true", help="detach even if busy or its daemon is dead")
     u.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the daemon to exit")
 
+    r = sub.add_parser("refresh", help="forget cached metadata of a mount (see source changes now)")
+    r.add_argument("mountpoint")
+
     d = sub.add_parser("demo", help="run the self-contained demo (embedded S3 server, no internet)")
     d.add_argument("--files", type=int, default=300, help="number of image-sized files (default 300)")
     d.add_argument("--shards", type=int, default=3, help="number of larger shard files (default 3)")
@@ -214,6 +217,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_mount(args, argv)
         if args.command == "umount":
             return cmd_umount(args)
+        if args.command == "refresh":
+            from fluidfs import daemon
+
+            daemon.request_refresh(args.mountpoint)
+            return EXIT_OK
         if args.command == "demo":
             from fluidfs.demo import run_demo
 

@@ -208,3 +208,16 @@ def _alive(pid: int) -> bool:
             return f.read().split(") ")[-1][:1] != "Z"
     except OSError:
         return False
+
+
+def request_refresh(mountpoint: str) -> None:
+    """Ask a mount's daemon to drop its metadata caches (SIGUSR1)."""
+    import signal
+
+    from fluidfs.mountd import read_record
+
+    rec = read_record(mountpoint)
+    pid = rec.get("pid") if rec else None
+    if not os.path.ismount(mountpoint) or not isinstance(pid, int) or not _alive(pid):
+        raise MountError(f"{mountpoint} is not a running fluidfs mount")
+    os.kill(pid, signal.SIGUSR1)

@@ -177,11 +177,35 @@ class MountDaemon:
             nursery.cancel_scope.cancel()
 
     async def _signals(self, nursery: trio.Nursery) -> None:
-        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as sigs:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1) as sigs:
             async for sig in sigs:
+                if sig == signal.SIGUSR1:
+                    await self.refresh()
+                    continue
                 log.info("dataset %s: signal %d, unmounting %s", self.dataset.name, sig, self.mountpoint)
                 pyfuse3.terminate()
                 return
+
+    async def refresh(self) -> None:
+        """Forget all cached metadata, ours and the kernel's (``fluidfs refresh``)."""
+        assert self.vfs is not None
+        ns = self.vfs.ns
+        ns.invalidate_all()
+        nodes = [(n.inode, n.parent, n.path.rsplit("/", 1)[1]) for n in ns._nodes.values() if n.path != "/"]
+
+        def invalidate() -> None:
+            for inode, parent, name in nodes:
+                for call in (
+                    lambda: pyfuse3.invalidate_inode(inode, attr_only=True),
+                    lambda: pyfuse3.invalidate_entry(parent, name.encode("utf-8", "surrogateescape")),
+                ):
+                    try:
+                        call()
+                    except OSError:
+                        pass  # the kernel does not know this inode/entry: nothing to forget
+
+        await trio.to_thread.run_sync(invalidate)
+        log.info("dataset %s: metadata refreshed (%d entries invalidated)", self.dataset.name, len(nodes))
 
     async def _announce(self, ready: Callable[[], None]) -> None:
         await trio.to_thread.run_sync(os.stat, self.mountpoint)

@@ -142,3 +142,23 @@ def test_mount_failures_leave_nothing_mounted(tree: Path, tmp_path: Path) -> Non
         assert res.returncode == 1 and "busy" in res.stderr
     res = fluidfs("umount", str(mnt))
     assert res.returncode == 1 and "not mounted" in res.stderr
+
+
+def test_refresh_shows_source_changes_before_ttl(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.txt").write_bytes(b"old")
+    mnt = tmp_path / "m"
+    with Mount(f"file://{src}", str(mnt), "--metadata-ttl", "indefinite"):
+        assert sorted(os.listdir(mnt)) == ["a.txt"]
+        assert (mnt / "a.txt").read_bytes() == b"old"
+        (src / "a.txt").write_bytes(b"new content")
+        (src / "b.txt").write_bytes(b"b")
+        assert (mnt / "a.txt").read_bytes() == b"old"  # indefinite TTL: still the old version
+        assert fluidfs("refresh", str(mnt)).returncode == 0
+        deadline = time.monotonic() + 20
+        while sorted(os.listdir(mnt)) != ["a.txt", "b.txt"] and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert sorted(os.listdir(mnt)) == ["a.txt", "b.txt"]
+        assert (mnt / "a.txt").read_bytes() == b"new content"
+    assert fluidfs("refresh", str(mnt)).returncode == 1
