@@ -55,6 +55,8 @@ class TieredCache:
         self._m_hit = {t: metrics.CACHE_HITS.labels(dataset, t) for t in ("mem", "ssd")}
         self._m_miss = {t: metrics.CACHE_MISSES.labels(dataset, t) for t in ("mem", "ssd")}
         self._m_bytes = {t: metrics.CACHE_HIT_BYTES.labels(dataset, t) for t in ("mem", "ssd")}
+        self._m_evict = {t: metrics.CACHE_EVICTIONS.labels(dataset, t) for t in ("mem", "ssd")}
+        self._seen_evictions = {"mem": 0, "ssd": 0}  # tier counters already exported
         metrics.CACHE_QUOTA.labels(dataset, "mem").set(mem.quota_bytes())
         if ssd is not None:
             metrics.CACHE_QUOTA.labels(dataset, "ssd").set(ssd.quota_bytes())
@@ -143,8 +145,19 @@ class TieredCache:
 
     def _update_gauges(self) -> None:
         metrics.CACHE_USED.labels(self.dataset, "mem").set(self.mem.used_bytes())
+        self._export_evictions("mem", self.mem.evictions)
         if self.ssd is not None:
             metrics.CACHE_USED.labels(self.dataset, "ssd").set(self.ssd.used_bytes())
+            stats = getattr(self.ssd, "stats", None)
+            if stats is not None:
+                self._export_evictions("ssd", int(stats().get("evictions", 0)))
+
+    def _export_evictions(self, tier: str, total: int) -> None:
+        """Advance the evictions counter by what the tier evicted since the last export."""
+        delta = total - self._seen_evictions[tier]
+        if delta > 0:
+            self._m_evict[tier].inc(delta)
+            self._seen_evictions[tier] = total
 
     def _warn(self, exc: BaseException) -> None:
         if not self._warned:
