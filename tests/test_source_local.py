@@ -175,15 +175,35 @@ def test_check_and_url(tmp_path: Path, tree: Path):
     assert LocalSource(tree).url("") == f"file://{tree}"
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root bypasses file permissions")
 def test_permission_denied(tmp_path: Path):
     tree = tmp_path
+    tree.chmod(0o755)
     locked = tree / "locked"
     locked.write_bytes(b"x")
     locked.chmod(0)
-    try:
+
+    def check() -> None:
         with pytest.raises(AccessDeniedError):
             LocalSource(tree).read("locked", 0, 1)
+
+    try:
+        if os.geteuid() != 0:
+            check()
+            return
+        # root bypasses file permissions: check as an unprivileged user in a forked child
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - child
+            code = 1
+            try:
+                os.setgroups([])
+                os.setresgid(65534, 65534, 65534)
+                os.setresuid(65534, 65534, 65534)
+                check()
+                code = 0
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
     finally:
         locked.chmod(0o644)
 
