@@ -162,3 +162,17 @@ def test_refresh_shows_source_changes_before_ttl(tmp_path: Path) -> None:
         assert sorted(os.listdir(mnt)) == ["a.txt", "b.txt"]
         assert (mnt / "a.txt").read_bytes() == b"new content"
     assert fluidfs("refresh", str(mnt)).returncode == 1
+
+
+def test_owner_modes_and_allow_other(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    (src / "d").mkdir(parents=True)
+    (src / "d" / "f").write_bytes(b"x")
+    mnt = tmp_path / "m"
+    flags = ("--uid", "1234", "--gid", "5678", "--file-mode", "0440", "--dir-mode", "0550", "--allow-other")
+    with Mount(f"file://{src}", str(mnt), *flags):
+        f, d = os.stat(mnt / "d" / "f"), os.stat(mnt / "d")
+        assert (f.st_uid, f.st_gid, f.st_mode & 0o7777) == (1234, 5678, 0o440)
+        assert (d.st_uid, d.st_gid, d.st_mode & 0o7777) == (1234, 5678, 0o550)
+        line = next(ln for ln in open("/proc/mounts") if f" {mnt} " in ln)
+        assert "allow_other" in line.split()[3].split(",")
