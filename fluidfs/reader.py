@@ -9,17 +9,23 @@ the old blocks are still cached).
 Readahead: a read that starts where the previous one ended grows the window (doubling from
 one block up to ``readahead``); any other read resets it.  Prefetches are cache lookups run in
 the background nursery, bounded globally by ``Prefetcher`` (bytes in flight); a prefetch
-that finds no free budget is skipped, never queued.  Blocks prefetched but never read by the
-handle are counted as wasted when it is released.
+that finds no free budget is skipped, never queued.  Prefetched blocks that drop out of the
+Prefetcher's bounded memory before any read uses them are counted as wasted.
 
-Caveats: small objects (≤ one block) are naturally fetched whole with a single GET.
+Small objects (≤ one block) are fetched whole with a single GET; opening one also prefetches
+a few of its not-yet-cached small siblings (see ``Vfs``), which is what makes a cold shuffled
+epoch over many small files fast.
+
+Caveats: "wasted" is an estimate: a prefetched block evicted from the cache before it is read
+is only counted once the Prefetcher forgets it.
 """
 from __future__ import annotations
 
 import logging
-from typing import Awaitable, Callable
+from typing import Any, Awaitable, Callable
 
 import trio
+from cachetools import LRUCache
 
 from fluidfs import metrics
 from fluidfs.cache.base import BlockKey, Buffer
@@ -33,38 +39,74 @@ _SEQ_SLACK = 2 * 1024 * 1024
 
 
 class Prefetcher:
-    """Shared budget and nursery for background prefetches of all open files."""
+    """Shared budget, nursery and bookkeeping for background prefetches of all open files.
+
+    At most ``budget_bytes / block_size`` prefetches run at once; a submission beyond that is
+    dropped (never queued).  Prefetched blocks are remembered (bounded LRU) until a demand read
+    uses them; blocks that fall out of that memory unread are counted as wasted.
+    """
 
     def __init__(self, cache: TieredCache, budget_bytes: int, block_size: int, dataset: str) -> None:
         self.cache = cache
         self.limiter = trio.CapacityLimiter(max(1, budget_bytes // block_size))
         self.nursery: trio.Nursery | None = None
         self.enabled = budget_bytes > 0
+        self._inflight: set[BlockKey] = set()
+        tracked = max(1024, (cache.mem.quota_bytes() + (cache.ssd.quota_bytes() if cache.ssd else 0)) // block_size)
+        self._unused: _WasteTracker = _WasteTracker(min(tracked, 1_000_000), metrics.READAHEAD_WASTED.labels(dataset))
         self._issued = metrics.READAHEAD_ISSUED.labels(dataset)
+        self._used = metrics.READAHEAD_USED.labels(dataset)
 
     def start(self, nursery: trio.Nursery) -> None:
         self.nursery = nursery
 
     def submit(self, key: BlockKey, fetch: Callable[[], Awaitable[bytes]], nbytes: int) -> bool:
+        """Start fetching ``key`` in the background; False if there is no budget now."""
         if not self.enabled or self.nursery is None:
             return False
+        if key in self._inflight:
+            return True
         try:
             self.limiter.acquire_on_behalf_of_nowait(key)
         except trio.WouldBlock:
             return False
+        self._inflight.add(key)
         self._issued.inc(nbytes)
+        self._unused[key] = nbytes
         self.nursery.start_soon(self._run, key, fetch)
         return True
+
+    def used(self, key: BlockKey) -> None:
+        """A demand read just used ``key``: count it if it came from a prefetch."""
+        nbytes = self._unused.pop(key, None)
+        if nbytes is not None:
+            self._used.inc(nbytes)
 
     async def _run(self, key: BlockKey, fetch: Callable[[], Awaitable[bytes]]) -> None:
         try:
             await self.cache.get(key, fetch)
         except SourceError as exc:
+            self._unused.pop(key, None)
             log.debug("prefetch of %s block %d failed: %s", key.url, key.index, exc)
         except Exception:
+            self._unused.pop(key, None)
             log.exception("prefetch of %s block %d failed", key.url, key.index)
         finally:
+            self._inflight.discard(key)
             self.limiter.release_on_behalf_of(key)
+
+
+class _WasteTracker(LRUCache):  # type: ignore[type-arg]
+    """Prefetched-but-unread blocks; those pushed out unread count as wasted."""
+
+    def __init__(self, maxsize: int, wasted: Any) -> None:
+        super().__init__(maxsize=maxsize)
+        self._wasted = wasted
+
+    def popitem(self) -> tuple[Any, Any]:
+        key, nbytes = super().popitem()
+        self._wasted.inc(nbytes)
+        return key, nbytes
 
 
 class FileReader:
@@ -94,9 +136,6 @@ class FileReader:
         self._next_offset = -1
         self._window = 0
         self._ahead_until = 0  # first block index not yet considered for prefetch
-        self._prefetched: set[int] = set()
-        self._m_used = metrics.READAHEAD_USED.labels(source.dataset)
-        self._m_wasted = metrics.READAHEAD_WASTED.labels(source.dataset)
 
     def key(self, index: int) -> BlockKey:
         return BlockKey(self.url, self.version, self.bs, index)
@@ -114,10 +153,10 @@ class FileReader:
         return fetch
 
     async def block(self, index: int) -> Buffer:
-        data = await self.cache.get(self.key(index), self.fetcher(index))
-        if index in self._prefetched:
-            self._prefetched.discard(index)
-            self._m_used.inc(len(data))
+        key = self.key(index)
+        data = await self.cache.get(key, self.fetcher(index))
+        if self.prefetcher is not None:
+            self.prefetcher.used(key)
         return data
 
     async def read(self, offset: int, length: int) -> Buffer:
@@ -161,11 +200,7 @@ class FileReader:
                 continue
             if not self.prefetcher.submit(key, self.fetcher(index), self._block_len(index)):
                 break
-            self._prefetched.add(index)
             self._ahead_until = index + 1
 
     def close(self) -> None:
-        """Count prefetched-but-unread blocks as wasted."""
-        for index in self._prefetched:
-            self._m_wasted.inc(self._block_len(index))
-        self._prefetched.clear()
+        """Nothing to release: prefetched blocks stay tracked by the Prefetcher."""
