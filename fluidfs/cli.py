@@ -45,6 +45,7 @@ def _add_mount_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--block-size", metavar="SIZE", help="cache block size, 1Mi-64Mi (default 4Mi)")
     g.add_argument("--eviction", choices=("lru", "none"), help="SSD eviction policy (default none)")
     g.add_argument("--readahead", metavar="SIZE", help="largest per-file readahead window (default 32Mi)")
+    g.add_argument("--prefetch-siblings", type=int, metavar="N", help="small files of a directory prefetched per small-file open (default 16; 0 disables)")
     g.add_argument("--free-space-floor", metavar="SIZE", help="never fill the cache disk below this (default 1Gi)")
     g = p.add_argument_group("metadata")
     g.add_argument("--metadata-ttl", metavar="SECONDS", help="attribute/listing TTL or 'indefinite' (default 60)")
@@ -130,6 +131,7 @@ def _mount_overrides(args: argparse.Namespace) -> dict[str, Any]:
         "eviction": args.eviction,
         "readahead": size("--readahead", args.readahead),
         "free_space_floor": size("--free-space-floor", args.free_space_floor),
+        "sibling_prefetch": args.prefetch_siblings,
         "metadata_ttl": dur("--metadata-ttl", args.metadata_ttl),
         "negative_ttl": dur("--negative-ttl", args.negative_ttl),
         "uid": args.uid,

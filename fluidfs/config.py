@@ -38,6 +38,7 @@ class MountConfig:
     # readahead
     readahead: int = 32 * MiB  # largest per-file readahead window
     prefetch_memory: int = 256 * MiB  # bytes of prefetch in flight, all files together
+    sibling_prefetch: int = 16  # small files of the same directory prefetched per small-file open
     # metadata
     metadata_ttl: float = 60.0  # seconds; math.inf = indefinite (immutable datasets)
     negative_ttl: float = 10.0
@@ -68,7 +69,7 @@ def validate(cfg: MountConfig) -> MountConfig:
         raise ConfigError(f"eviction must be 'lru' or 'none', got {cfg.eviction!r}")
     if cfg.memory_size < cfg.block_size * 2:
         raise ConfigError("memory size must hold at least two blocks")
-    if cfg.cache_size < 0 or cfg.readahead < 0 or cfg.prefetch_memory < 0:
+    if cfg.cache_size < 0 or cfg.readahead < 0 or cfg.prefetch_memory < 0 or cfg.sibling_prefetch < 0:
         raise ConfigError("sizes must not be negative")
     if cfg.metadata_ttl < 0 or cfg.negative_ttl < 0:
         raise ConfigError("TTLs must not be negative")

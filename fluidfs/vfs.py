@@ -77,6 +77,7 @@ class Vfs:
         self._dirs: dict[int, _DirHandle] = {}
         self._files: dict[int, _FileHandle] = {}
         self._kernel_version: dict[int, str] = {}  # inode -> version the page cache holds
+        self._sibling_cursor: dict[int, int] = {}  # dir inode -> next listing index to prefetch
 
     # --- attributes -----------------------------------------------------------------------
     def attr(self, node: Node) -> Attr:
@@ -163,7 +164,44 @@ class Vfs:
         self._files[fh] = _FileHandle(node, reader)
         keep = self._kernel_version.get(inode) == e.version
         self._kernel_version[inode] = e.version
+        if e.size <= self.cfg.block_size and self.cfg.sibling_prefetch:
+            self._prefetch_siblings(node)
         return fh, keep
+
+    def _prefetch_siblings(self, node: Node) -> None:
+        """Prefetch the next few small files of ``node``'s directory that are not cached.
+
+        Each small-file open moves a per-directory cursor forward by up to ``sibling_prefetch``
+        submissions, so a shuffled pass over many small files keeps the source busy with
+        parallel whole-object GETs instead of one GET per open.
+        """
+        parent = self.ns.node(node.parent)
+        listing = parent.listing
+        if listing is None or parent.mount is None:
+            return
+        names = list(listing)
+        start = self._sibling_cursor.get(parent.inode, 0)
+        budget = self.cfg.sibling_prefetch
+        i = start
+        while i < len(names) and budget > 0:
+            entry = listing[names[i]]
+            if entry.is_dir or entry.size == 0 or entry.size > self.cfg.block_size:
+                i += 1
+                continue
+            rel = f"{parent.rel}/{entry.name}" if parent.rel else entry.name
+            url = parent.mount.source.url(rel)
+            key = BlockKey(url, entry.version, self.cfg.block_size, 0)
+            if self.cache.tier_of(key) is None:
+                src = parent.mount.source
+
+                async def fetch(rel: str = rel, size: int = entry.size, version: str = entry.version) -> bytes:
+                    return await src.read(rel, 0, size, version)
+
+                if not self.prefetcher.submit(key, fetch, entry.size):
+                    break
+                budget -= 1
+            i += 1
+        self._sibling_cursor[parent.inode] = i
 
     async def read(self, fh: int, offset: int, size: int) -> bytes | memoryview:
         h = self._file(fh)

@@ -307,3 +307,29 @@ def test_stat_matches_source_exactly() -> None:
         assert a.size == 5 and a.mtime_ns == int(round(e.mtime * 1e9))
 
     trio.run(main)
+
+
+def test_small_file_open_prefetches_siblings() -> None:
+    files = {f"cls/img{i:03d}.jpg": blob(50_000, i) for i in range(40)}
+    src = CountingSource(MemorySource(files))
+
+    async def main() -> None:
+        vfs = make_vfs({"/": src}, sibling_prefetch=8, prefetch_memory=64 * MiB)
+        async with trio.open_nursery() as n:
+            vfs.prefetcher.start(n)
+            d = await resolve(vfs, "/cls")
+            await listdir(vfs, d)
+            ino = await resolve(vfs, "/cls/img017.jpg")
+            assert await read_file(vfs, ino) == files["cls/img017.jpg"]
+            await trio.sleep(0.2)
+            fetched = {p for p, _s, _e in src.reads}
+            assert len(fetched) >= 8  # siblings arrived in the background
+            reads = src.calls["read"]
+            for p in sorted(fetched)[:5]:
+                assert await read_file(vfs, await resolve(vfs, "/" + p)) == files[p]
+            n.cancel_scope.cancel()
+        # each prefetched sibling was fetched exactly once
+        assert len(src.reads) == len({p for p, _s, _e in src.reads})
+        assert reads <= src.calls["read"]
+
+    trio.run(main)
