@@ -369,3 +369,36 @@ def test_tier_metrics_follow_the_tiers(tmp_path: Path) -> None:
                 assert s["rejected"] > 0 and s["evictions"] == 0
         finally:
             ssd.close()
+
+
+# ------------------------------------------------------------------- readahead sharing
+
+
+def test_two_handles_of_one_file_read_ahead_together() -> None:
+    """Regression: a second handle asking to prefetch a block the first handle is already
+    prefetching made the prefetch limiter raise RuntimeError (→ EIO for ``cat f & cat f``)."""
+    bs = 8 * KiB
+    data = blob(12 * bs + 3, 7)
+    counting = CountingSource(FlakySource(MemorySource({"f": data}), delay=0.01))
+    ds = unique_dataset("ra")
+    cache = TieredCache(MemoryTier(64 * bs), None, dataset=ds)
+    vfs = make_vfs_with_cache({"/": counting}, cache, block_size=bs, dataset=ds, readahead=4 * bs, prefetch_memory=8 * bs)
+
+    async def main() -> list[bytes]:
+        async with trio.open_nursery() as background:
+            vfs.prefetcher.start(background)
+            ino = await resolve(vfs, "/f")
+            out: list[bytes] = []
+
+            async def one() -> None:
+                out.append(await read_all(vfs, ino, 3000))
+
+            async with trio.open_nursery() as readers:
+                for _ in range(4):
+                    readers.start_soon(one)
+            return out
+
+    results = trio.run(main)
+    assert results == [data] * 4
+    assert counting.calls["read"] == 13  # every block fetched once, however many handles
+    assert metric("fluidfs_readahead_issued_bytes_total", dataset=ds) > 0
