@@ -24,7 +24,7 @@ SYSTEM_ORDER = ("fluidfs", "s3fs", "rclone", "boto3", "local", "fluidfs-lru", "f
 
 WORKLOAD_TITLES = {
     "seq": "Sequential read, large files (1 MiB reads)",
-    "loader": "PyTorch DataLoader over the small-file set (shuffle, 3 epochs)",
+    "loader": "PyTorch DataLoader over the small-file set (shuffle=True, 3 epochs)",
     "rand": "Random reads 4 KiB-1 MiB over the large files",
     "meta": "Metadata walk over the metadata set",
     "pressure": "Dataset = 2 x cache, 3 shuffled epochs: fluidfs eviction lru vs none",
@@ -106,12 +106,13 @@ def _fmt(v: float | None) -> str:
     return f"{v:.3f}"
 
 
-def cell(s: Summary | None) -> str:
+def cell(s: Summary | None, integer: bool = False) -> str:
     if s is None:
         return "n/a"
     if s.n == 0:
         return f"timeout ({s.timeouts}x)"
-    txt = _fmt(s.median) if s.n == 1 else f"{_fmt(s.median)} ({_fmt(s.lo)}–{_fmt(s.hi)})"
+    f = (lambda v: f"{v:,.0f}") if integer else _fmt
+    txt = f(s.median) if s.n == 1 else f"{f(s.median)} ({f(s.lo)}–{f(s.hi)})"
     if s.partial:
         txt += "*"
     if s.timeouts:
@@ -155,6 +156,7 @@ def markdown(result: dict[str, Any]) -> str:
         lines.append(
             f"Runs: {m.get('runs')} · latency {m.get('latency_ms')} ms/response chunk"
             + (f" · bandwidth {m['bandwidth_mbit']} Mbit/s" if m.get("bandwidth_mbit") else "")
+            + f" · DataLoader workers {m.get('loader_workers')} · budget {m.get('budget_s')} s per measurement"
             + f" · datasets: {m.get('datasets_desc', '')}"
         )
         lines.append("")
@@ -228,7 +230,7 @@ def markdown(result: dict[str, Any]) -> str:
             for s in subjects:
                 for metric in ("source requests", "source MB"):
                     g = groups.get((w, p, metric))
-                    row.append(cell(g["systems"].get(s)) if g else "n/a")
+                    row.append(cell(g["systems"].get(s), integer=metric == "source requests") if g else "n/a")
             lines.append("| " + " | ".join(row) + " |")
         lines.append("")
     rss = result.get("rss", {})
@@ -312,7 +314,9 @@ def chart(result: dict[str, Any], path: Path) -> bool:
         ax.set_xticks([j + 0.4 - width / 2 for j in range(len(keys))])
         ax.set_xticklabels([k[1] for k in keys])
         unit = groups[keys[0]]["unit"]
-        ax.set_ylabel(f"{CHART_METRICS[w]} ({unit})" if unit else CHART_METRICS[w])
+        ax.set_ylabel(f"{CHART_METRICS[w]} ({unit})" if unit and unit != CHART_METRICS[w] else CHART_METRICS[w])
+        if w != "pressure":
+            ax.set_yscale("log")  # cold (network-bound) and warm (memory-bound) differ by 10-100x
         better = groups[keys[0]]["better"]
         ax.set_title(f"{WORKLOAD_TITLES.get(w, w)} — {'higher' if better == 'higher' else 'lower'} is better",
                      fontsize=9)  # fmt: skip

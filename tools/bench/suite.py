@@ -5,8 +5,8 @@ Order: for each run, for each workload, for each system — a *fresh* instance (
 
 - ``seq``/``rand``: ``cold`` (fresh mount, page cache dropped), ``warm`` (same again),
   ``warm_dropped`` (page cache dropped, daemon caches kept);
-- ``loader``: ``epoch1`` (cold), ``epoch2``, ``epoch3`` in one DataLoader process, then
-  ``warm_dropped``: one more epoch after dropping the page cache;
+- ``loader``: 3 shuffled epochs in one DataLoader process: ``epoch1 cold`` (fresh mount, page
+  cache dropped), ``epoch2 warm``, ``epoch3 warm_dropped`` (page cache dropped before it);
 - ``meta``: ``cold`` find (fresh mount), ``cold`` walk (another fresh mount), then ``warm``
   walk and find, then ``warm_dropped`` walk and find;
 - ``pressure`` (fluidfs only): small-file set = 2 x SSD cache, memory tier small; eviction
@@ -159,19 +159,19 @@ class Suite:
             self.rec_source(system, workload, phase, run, deltas)
 
     def wl_loader(self, system: System, run: int) -> None:
-        """epoch1 (cold) .. epoch3, then warm_dropped, in one DataLoader child process."""
+        """3 epochs in one DataLoader child: cold, warm, warm after dropping the page cache."""
         args = {"workload": "loader", "files": self.files("small"), "budget": self.opts.budget,
-                "workers": self.opts.loader_workers, "seed": run, "epochs": 4, "drop_before": [0, 3],
+                "workers": self.opts.loader_workers, "seed": run, "epochs": 3, "drop_before": [0, 2],
                 "metrics_url": system.metrics_url()}  # fmt: skip
-        res, _ = self.measure(system, "loader", args, self.opts.budget * 4 + 120)
+        res, _ = self.measure(system, "loader", args, self.opts.budget * 3 + 120)
         if res.get("skipped"):
             self.skipped.setdefault(f"loader:{system.name}", res["skipped"])
             raise _Skip(res["skipped"])
         if res.get("timeout"):
-            self.rec(system.name, "loader", "epoch1", "samples/s", None, "samples/s", "higher", run, timeout=True)
+            self.rec(system.name, "loader", "epoch1 cold", "samples/s", None, "samples/s", "higher", run, timeout=True)
             return
         for i, ep in enumerate(res["epochs"]):
-            phase = "warm_dropped" if i == 3 else f"epoch{i + 1}"
+            phase = ("epoch1 cold", "epoch2 warm", "epoch3 warm_dropped")[i]
             self.rec(system.name, "loader", phase, "samples/s", ep["samples/s"], "samples/s", "higher",
                      run, partial=ep["partial"])  # fmt: skip
             self.rec_source(system, "loader", phase, run, source_deltas(ep.get("metrics_before"), ep.get("metrics_after")))
@@ -205,6 +205,10 @@ class Suite:
         small_total = ds.total_bytes(self.plans["small"])
         cache = max(small_total // 2, 16 * MiB)
         mem = max(8 * MiB, min(32 * MiB, cache // 8))  # fluidfs needs >= 2 blocks (4 MiB default)
+        note = (f"pressure: small set {small_total / 1e6:.1f} MB, fluidfs SSD cache {cache / 1e6:.1f} MB, "
+                f"memory tier {mem / MiB:.0f} MiB")  # fmt: skip
+        if note not in self.notes:
+            self.notes.append(note)
         for ev in ("lru", "none"):
             system = Fluidfs(self.store, self.workdir, self.janitor, self._sysopts(), eviction=ev,
                              cache_size=cache, memory_size=mem, name=f"fluidfs-{ev}")  # fmt: skip
@@ -234,7 +238,7 @@ class Suite:
                     self.skipped.setdefault(name, str(exc))
                 return
             except Exception as exc:  # noqa: BLE001 - recorded, the suite goes on
-                self.errors.append(f"{system.name} pressure run {run}: {exc}")
+                self.errors.append(f"{system.name} pressure run {run}: {str(exc)[:400]}")
                 self.log(f"ERROR {system.name} pressure: {exc}")
             finally:
                 system.teardown()
@@ -309,7 +313,7 @@ class Suite:
         except _Skip:
             pass
         except Exception as exc:  # noqa: BLE001 - recorded, the suite goes on
-            self.errors.append(f"{system.name} {w} run {run}: {exc}")
+            self.errors.append(f"{system.name} {w} run {run}: {str(exc)[:400]}")
             self.log(f"ERROR {system.name} {w}: {exc}")
             if os.environ.get("FLUIDFS_BENCH_DEBUG"):
                 traceback.print_exc()
@@ -327,6 +331,7 @@ class Suite:
             "meta": {
                 "runs": o.runs, "latency_ms": o.latency_ms, "bandwidth_mbit": o.bandwidth_mbit,
                 "systems": o.systems, "workloads": o.workloads, "budget_s": o.budget,
+                "loader_workers": o.loader_workers, "rand_ops": o.rand_ops,
                 "spec": sp.__dict__, "seconds": round(seconds, 1), "quick": o.quick,
                 "datasets_desc": (f"large {sp.large_files} x {sp.large_size / MiB:g} MiB; small {sp.small_files} x "
                                   f"~{sp.small_size / 1024:g} KiB in {sp.classes} classes; meta {sp.meta_files} files"),

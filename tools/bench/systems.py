@@ -305,10 +305,12 @@ class S3fs(_FuseSystem):
         log = self.base / "s3fs.log"
         opts = (f"ro,use_path_request_style,url={self.store.endpoint},use_cache={cache},"
                 f"passwd_file={passwd},endpoint=us-east-1,logfile={log}")  # fmt: skip
-        proc = subprocess.run(["s3fs", self.store.bucket, str(mnt), "-o", opts],
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=60)  # fmt: skip
+        out = self.base / "s3fs.out"
+        with open(out, "wb") as f:
+            proc = subprocess.run(["s3fs", self.store.bucket, str(mnt), "-o", opts], stdin=subprocess.DEVNULL,
+                                  stdout=f, stderr=subprocess.STDOUT, timeout=60)  # fmt: skip
         if proc.returncode != 0:
-            raise RuntimeError(f"s3fs failed: {proc.stdout.decode(errors='replace')[-1000:]}")
+            raise RuntimeError(f"s3fs failed: {out.read_text(errors='replace')[-1000:]}")
         wait_mounted(str(mnt), 30, log=log)
         self._after_mount()
 
@@ -337,9 +339,12 @@ class Rclone(_FuseSystem):
         cmd = ["env", "-u", "AWS_CA_BUNDLE", "rclone", "--config", str(conf), "mount",
                f"bench:{self.store.bucket}", str(mnt), "--read-only", "--vfs-cache-mode", "full",
                "--cache-dir", str(cache), "--daemon", "--log-file", str(log)]  # fmt: skip
-        proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=60)
+        # Not a pipe: the --daemon child would inherit it and run() would wait for its EOF.
+        out = self.base / "rclone.out"
+        with open(out, "wb") as f:
+            proc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, timeout=60)
         if proc.returncode != 0:
-            raise RuntimeError(f"rclone failed: {proc.stdout.decode(errors='replace')[-1000:]}")
+            raise RuntimeError(f"rclone failed: {out.read_text(errors='replace')[-1000:]}")
         wait_mounted(str(mnt), 30, log=log)
         self._after_mount()
 
