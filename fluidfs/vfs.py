@@ -206,7 +206,7 @@ class Vfs:
     async def read(self, fh: int, offset: int, size: int) -> bytes | memoryview:
         h = self._file(fh)
         try:
-            return await h.reader.read(offset, size)
+            data = await h.reader.read(offset, size)
         except VersionChangedError:
             log.warning(
                 "dataset %s: %s changed at the source while open; re-open to read the new version",
@@ -215,6 +215,12 @@ class Vfs:
             )
             self.ns.expire(h.node)
             raise
+        inode = h.node.inode
+        if self._kernel_version.get(inode) != h.reader.version:
+            # a handle opened before the object changed just put bytes of its (old) version into
+            # the inode's page cache, which a newer open kept: the next open must drop it
+            self._kernel_version.pop(inode, None)
+        return data
 
     def release(self, fh: int) -> None:
         h = self._files.pop(fh, None)
