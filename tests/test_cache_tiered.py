@@ -402,3 +402,34 @@ def test_two_handles_of_one_file_read_ahead_together() -> None:
     assert results == [data] * 4
     assert counting.calls["read"] == 13  # every block fetched once, however many handles
     assert metric("fluidfs_readahead_issued_bytes_total", dataset=ds) > 0
+
+
+def test_open_after_old_handle_read_drops_page_cache() -> None:
+    """Regression: a handle opened before an object changed reads old bytes into the inode's
+    page cache; the next open must not keep that cache (keep_cache=False), or it would serve
+    old pages mixed with new ones."""
+    bs = 8 * KiB
+    old, new = blob(3 * bs, 1), blob(3 * bs, 2)
+    src = MemorySource({"f": old})
+    ds = unique_dataset("pagecache")
+    cache = TieredCache(MemoryTier(16 * bs), None, dataset=ds)
+    vfs = make_vfs_with_cache({"/": src}, cache, block_size=bs, dataset=ds, metadata_ttl=0.0, prefetch_memory=0)
+
+    async def main() -> None:
+        ino = await resolve(vfs, "/f")
+        fh_old, _ = await vfs.open(ino, os.O_RDONLY)
+        assert bytes(await vfs.read(fh_old, 0, bs)) == old[:bs]
+        src.put("f", new)
+        fh_new, keep = await vfs.open(ino, os.O_RDONLY)
+        assert keep is False  # the version changed: drop the kernel's pages
+        assert bytes(await vfs.read(fh_new, 0, 3 * bs)) == new
+        fh_again, keep = await vfs.open(ino, os.O_RDONLY)
+        assert keep is True  # unchanged since the last open, nothing old read meanwhile
+        vfs.release(fh_again)
+        assert bytes(await vfs.read(fh_old, 0, bs)) == old[:bs]  # old pages enter the page cache
+        fh_after, keep = await vfs.open(ino, os.O_RDONLY)
+        assert keep is False, "a new open kept a page cache holding the old version's bytes"
+        for fh in (fh_old, fh_new, fh_after):
+            vfs.release(fh)
+
+    trio.run(main)
