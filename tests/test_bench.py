@@ -16,6 +16,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any, Iterator
 
 import pytest
 
@@ -60,7 +61,7 @@ class EchoServer:
 
 
 @pytest.fixture
-def echo() -> EchoServer:
+def echo() -> Iterator[EchoServer]:
     srv = EchoServer()
     yield srv
     srv.close()
@@ -120,8 +121,9 @@ def test_proxy_bandwidth_cap(echo: EchoServer) -> None:
 
 def test_summarize_median_min_max() -> None:
     s = report.summarize([3.0, 1.0, 2.0])
-    assert (s.median, s.lo, s.hi, s.n) == (2.0, 1.0, 3.0, 3)
-    assert report.summarize([1.0, 4.0]).median == 2.5
+    assert s is not None and (s.median, s.lo, s.hi, s.n) == (2.0, 1.0, 3.0, 3)
+    s2 = report.summarize([1.0, 4.0])
+    assert s2 is not None and s2.median == 2.5
     assert report.summarize([]) is None
 
 
@@ -216,11 +218,10 @@ def _fluidfs_cli_ok() -> bool:
     return p.returncode == 0 and os.path.exists("/dev/fuse") and os.geteuid() == 0
 
 
-def _bench(args: list[str], **kw: object) -> subprocess.Popen[str]:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    env.update(kw.pop("env", {}) or {})  # type: ignore[arg-type]
-    return subprocess.Popen([sys.executable, "-m", "tools.bench", *args], cwd=REPO, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kw)  # type: ignore[call-overload]
+def _bench(args: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    full: dict[str, Any] = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    return subprocess.Popen([sys.executable, "-m", "tools.bench", *args], cwd=REPO, env=full, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
 
 
 def _assert_clean(workdir: Path) -> None:

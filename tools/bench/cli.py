@@ -22,7 +22,7 @@ from tools.bench.suite import ALL_WORKLOADS, Options, Suite
 ALL_SYSTEMS = ("fluidfs", "s3fs", "rclone", "boto3", "local")
 _UNITS = {"": 1, "k": 1000, "m": 1000**2, "g": 1000**3, "ki": 1 << 10, "mi": 1 << 20, "gi": 1 << 30}
 
-QUICK = dict(large_files=2, large_size=8 << 20, small_files=32, small_size=16 << 10, classes=4,
+QUICK: dict[str, Any] = dict(large_files=2, large_size=8 << 20, small_files=32, small_size=16 << 10, classes=4,
              meta_files=200, runs=1, budget=6.0, rand_ops=60)  # fmt: skip
 
 
@@ -83,12 +83,12 @@ def build_parser() -> argparse.ArgumentParser:
 # small enough for fluidfs's cold epoch to finish within the budget; slower systems are cut at
 # the budget and flagged.  The full-size sets: --large-size 256Mi --small-files 10000
 # --meta-files 100000 --budget 600 (hours, not minutes, with s3fs and rclone included).
-DEFAULTS = dict(large_files=4, large_size=128 << 20, small_files=300, small_size=110 << 10, classes=30,
+DEFAULTS: dict[str, Any] = dict(large_files=4, large_size=128 << 20, small_files=300, small_size=110 << 10, classes=30,
                 meta_files=5000, runs=3, budget=20.0, rand_ops=300)  # fmt: skip
 
 
 def options(ns: argparse.Namespace) -> Options:
-    base = dict(QUICK if ns.quick else DEFAULTS)
+    base: dict[str, Any] = dict(QUICK if ns.quick else DEFAULTS)
     for k in base:
         v = getattr(ns, k, None)
         if v is not None:

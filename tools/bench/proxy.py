@@ -185,7 +185,7 @@ class Proxy:
             )
         finally:
             self.stats.active -= 1
-            for w in (cwriter, uwriter):
+            for w in (cwriter, uwriter):  # type: ignore[assignment]
                 if w is not None:
                     with contextlib.suppress(Exception):
                         w.close()

@@ -173,7 +173,7 @@ def markdown(result: dict[str, Any]) -> str:
         wskip = {**{s: r for s, r in skipped.items() if s in SYSTEM_ORDER[:5]},
                  **result.get("workload_skipped", {}).get(w, {})}
         if w == "pressure":
-            wskip = {s: r for s, r in skipped.items() if s.startswith("fluidfs")}
+            wskip = {s: r for s, r in skipped.items() if s.startswith("fluidfs-")}
         cols = _order(set(in_wl) | set(wskip))
         if not keys and not wskip:
             continue
@@ -229,8 +229,8 @@ def markdown(result: dict[str, Any]) -> str:
             row = [w, p]
             for s in subjects:
                 for metric in ("source requests", "source MB"):
-                    g = groups.get((w, p, metric))
-                    row.append(cell(g["systems"].get(s), integer=metric == "source requests") if g else "n/a")
+                    sg = groups.get((w, p, metric))
+                    row.append(cell(sg["systems"].get(s), integer=metric == "source requests") if sg else "n/a")
             lines.append("| " + " | ".join(row) + " |")
         lines.append("")
     rss = result.get("rss", {})

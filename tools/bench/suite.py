@@ -126,7 +126,7 @@ class Suite:
         m0 = system.metrics()
         res = self.child({**args, "backend": system.backend()}, timeout)
         deltas = source_deltas(m0, system.metrics())
-        if system.name == "boto3" and "ru_maxrss_kib" in res:
+        if system.name == "boto3" and "ru_maxrss_kib" in res and not res.get("skipped"):
             self.note_rss("boto3", workload, max(res["ru_maxrss_kib"], res.get("ru_maxrss_children_kib", 0)) / 1024)
         return res, deltas
 
@@ -255,7 +255,7 @@ class Suite:
         o = self.opts
         systems: list[System] = []
         for name in o.systems:
-            why = SYSTEMS[name].skip_reason()
+            why = SYSTEMS[name].skip_reason()  # type: ignore[attr-defined]
             if why:
                 self.skipped[name] = why
                 self.log(f"skip {name}: {why}")
