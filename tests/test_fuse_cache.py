@@ -285,6 +285,8 @@ def test_metrics_endpoint(server: S3Server, tmp_path: Path) -> None:
         assert total(samples, "fluidfs_cache_used_bytes", dataset=dataset, tier=tier) > 0, tier
         assert total(samples, "fluidfs_cache_quota_bytes", dataset=dataset, tier=tier) > 0, tier
     assert total(samples, "fluidfs_cache_evictions_total", dataset=dataset, tier="mem") > 0
+    tiers_exported = {lab.get("tier") for n, lab, _v in samples if n == "fluidfs_cache_evictions_total"}
+    assert tiers_exported == {"mem", "ssd"}, tiers_exported
     assert total(samples, "fluidfs_source_requests_total", dataset=dataset, kind="s3", op="read") == N_BLOCKS
     assert total(samples, "fluidfs_source_bytes_total", dataset=dataset, kind="s3") == sum(map(len, FILES.values()))
     assert total(samples, "fluidfs_source_request_duration_seconds_count", dataset=dataset, op="read") == N_BLOCKS
