@@ -124,7 +124,7 @@ class FluidOperations(pyfuse3.Operations):
     @_op("open")
     async def open(self, inode: int, flags: int, ctx: Any) -> pyfuse3.FileInfo:
         fh, keep = await self.vfs.open(inode, flags)
-        return pyfuse3.FileInfo(fh=fh, keep_cache=keep, direct_io=False)
+        return pyfuse3.FileInfo(fh=fh, keep_cache=keep, direct_io=self.vfs.direct_io(fh))
 
     @_op("read")
     async def read(self, fh: int, off: int, size: int) -> Any:

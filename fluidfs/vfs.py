@@ -77,6 +77,7 @@ class Vfs:
         self._dirs: dict[int, _DirHandle] = {}
         self._files: dict[int, _FileHandle] = {}
         self._kernel_version: dict[int, str] = {}  # inode -> version the page cache holds
+        self._open_versions: dict[int, dict[str, int]] = {}  # inode -> {version: open handles}
         self._sibling_cursor: dict[int, int] = {}  # dir inode -> next listing index to prefetch
 
     # --- attributes -----------------------------------------------------------------------
@@ -162,6 +163,8 @@ class Vfs:
         )
         fh = next(self._fh)
         self._files[fh] = _FileHandle(node, reader)
+        versions = self._open_versions.setdefault(inode, {})
+        versions[e.version] = versions.get(e.version, 0) + 1
         keep = self._kernel_version.get(inode) == e.version
         self._kernel_version[inode] = e.version
         if e.size <= self.cfg.block_size and self.cfg.sibling_prefetch:
@@ -222,9 +225,24 @@ class Vfs:
             self._kernel_version.pop(inode, None)
         return data
 
+    def direct_io(self, fh: int) -> bool:
+        """Whether handle ``fh`` must bypass the kernel page cache: true while handles of another
+        version of the same inode are open, since their reads fill the (per-inode) page cache
+        with that version's bytes."""
+        h = self._files.get(fh)
+        return h is not None and len(self._open_versions.get(h.node.inode, ())) > 1
+
     def release(self, fh: int) -> None:
         h = self._files.pop(fh, None)
         if h is not None:
+            versions = self._open_versions.get(h.node.inode, {})
+            left = versions.get(h.reader.version, 0) - 1
+            if left > 0:
+                versions[h.reader.version] = left
+            else:
+                versions.pop(h.reader.version, None)
+                if not versions:
+                    self._open_versions.pop(h.node.inode, None)
             h.reader.close()
 
     def _file(self, fh: int) -> _FileHandle:
