@@ -433,3 +433,33 @@ def test_open_after_old_handle_read_drops_page_cache() -> None:
             vfs.release(fh)
 
     trio.run(main)
+
+
+def test_handles_of_two_versions_bypass_the_page_cache() -> None:
+    """Regression: while a handle of the old version is open (and fills the inode's page cache
+    with old bytes), handles of the new version are opened with direct_io."""
+    bs = 8 * KiB
+    src = MemorySource({"f": blob(bs, 1)})
+    ds = unique_dataset("directio")
+    cache = TieredCache(MemoryTier(16 * bs), None, dataset=ds)
+    vfs = make_vfs_with_cache({"/": src}, cache, block_size=bs, dataset=ds, metadata_ttl=0.0, prefetch_memory=0)
+
+    async def main() -> None:
+        ino = await resolve(vfs, "/f")
+        a1, _ = await vfs.open(ino, os.O_RDONLY)
+        a2, _ = await vfs.open(ino, os.O_RDONLY)
+        assert not vfs.direct_io(a1) and not vfs.direct_io(a2)  # one version: page cache is fine
+        src.put("f", blob(bs, 2))
+        b, _ = await vfs.open(ino, os.O_RDONLY)
+        assert vfs.direct_io(b)
+        vfs.release(a1)
+        c, _ = await vfs.open(ino, os.O_RDONLY)
+        assert vfs.direct_io(c)  # a2 (old) is still open
+        vfs.release(a2)
+        d, _ = await vfs.open(ino, os.O_RDONLY)
+        assert not vfs.direct_io(d)  # only the new version is open now
+        for fh in (b, c, d):
+            vfs.release(fh)
+        assert not vfs._open_versions
+
+    trio.run(main)

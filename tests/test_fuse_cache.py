@@ -248,6 +248,7 @@ def test_changed_object_new_bytes_after_ttl_open_handle_never_mixes(server: S3Se
             assert os.pread(fd_old, MiB, 0) == old[:MiB]  # block 0 read (and cached) before the change
             client.put_object(Bucket=BUCKET, Key=key, Body=new)
             time.sleep(1.5)  # past the metadata TTL
+            fd_new = os.open(path, os.O_RDONLY)  # stays open while the old handle reads
             with open(path, "rb") as f:
                 assert f.read() == new
             drop_page_cache()
@@ -263,6 +264,11 @@ def test_changed_object_new_bytes_after_ttl_open_handle_never_mixes(server: S3Se
                 assert got == old[off : off + 256 * 1024], f"old handle returned other bytes at {off}"
                 outcomes.append("old")
             assert "old" in outcomes[:4], outcomes  # block 0 is still cached under the old version
+            # the old handle's reads put old pages in the inode's page cache: a handle of the new
+            # version, open meanwhile, must still read only new bytes
+            for off in range(0, len(new), 256 * 1024):
+                assert os.pread(fd_new, 256 * 1024, off) == new[off : off + 256 * 1024], f"new handle mixed at {off}"
+            os.close(fd_new)
         finally:
             os.close(fd_old)
         with open(path, "rb") as f:
