@@ -23,6 +23,7 @@ import pytest
 from tools.bench import report
 from tools.bench.cli import parse_size
 from tools.bench.proxy import ProxyThread
+from tools.bench.store import make_client, netns_available, open_store
 from tools.bench.suite import hit_ratios
 from tools.bench.systems import Janitor, mounted_under, parse_prometheus, pid_alive
 
@@ -304,3 +305,22 @@ def test_failure_cleans_up(tmp_path: Path) -> None:
     st = json.loads((workdir / "state.json").read_text())
     assert len(st["pids"]) >= 1  # the store and the proxy were started ...
     _assert_clean(workdir)  # ... and are gone
+
+
+@needs_weed
+@pytest.mark.skipif(netns_available() is not None, reason=f"no netns/tc here: {netns_available()}")
+def test_tc_netns_shaper_caps_bandwidth_and_cleans_up(tmp_path: Path) -> None:
+    store = open_store(tmp_path, latency_ms=0, bandwidth_mbit=16, shaper="tc")  # 2 MB/s
+    try:
+        assert store.shaping.startswith("tc tbf")
+        name = store.shaping.rsplit(" ", 1)[1]
+        assert name in subprocess.run(["ip", "netns", "list"], stdout=subprocess.PIPE, text=True).stdout
+        store.direct_client().put_object(Bucket=store.bucket, Key="k", Body=b"z" * (2 << 20))
+        client = make_client(store.endpoint, store.access_key, store.secret_key)
+        t0 = time.monotonic()
+        assert client.get_object(Bucket=store.bucket, Key="k")["Body"].read() == b"z" * (2 << 20)
+        assert time.monotonic() - t0 >= 0.5  # 2 MiB at 2 MB/s: ~1 s; generous lower bound only
+    finally:
+        store.close()
+    assert name not in subprocess.run(["ip", "netns", "list"], stdout=subprocess.PIPE, text=True).stdout
+    assert all(not pid_alive(p) for p in store.pids)

@@ -56,6 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--workloads", type=_csv(ALL_WORKLOADS), default=list(ALL_WORKLOADS))
     ap.add_argument("--latency-ms", type=float, default=20.0, help="delay per response chunk (default 20)")
     ap.add_argument("--bandwidth", type=float, metavar="MBIT", help="cap the store's response bandwidth")
+    ap.add_argument("--shaper", choices=("auto", "tc", "proxy"), default="auto",
+                    help="bandwidth cap by tc tbf on a veth in a netns (root) or in the proxy; auto: tc if possible")
     ap.add_argument("--large-files", type=int)
     ap.add_argument("--large-size", type=parse_size)
     ap.add_argument("--small-files", type=int)
@@ -84,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
 # the budget and flagged.  The full-size sets: --large-size 256Mi --small-files 10000
 # --meta-files 100000 --budget 600 (hours, not minutes, with s3fs and rclone included).
 DEFAULTS: dict[str, Any] = dict(large_files=4, large_size=128 << 20, small_files=300, small_size=110 << 10, classes=30,
-                meta_files=5000, runs=3, budget=20.0, rand_ops=300)  # fmt: skip
+                meta_files=2000, runs=3, budget=20.0, rand_ops=300)  # fmt: skip
 
 
 def options(ns: argparse.Namespace) -> Options:
@@ -101,7 +103,7 @@ def options(ns: argparse.Namespace) -> Options:
                    latency_ms=ns.latency_ms, bandwidth_mbit=ns.bandwidth, budget=base["budget"],
                    rand_ops=base["rand_ops"], loader_workers=ns.loader_workers,
                    fluidfs_cache_size=ns.fluidfs_cache_size, fluidfs_memory_size=ns.fluidfs_memory_size,
-                   fuse_read_ahead_kb=ns.fuse_read_ahead_kb, quick=ns.quick)  # fmt: skip
+                   fuse_read_ahead_kb=ns.fuse_read_ahead_kb, quick=ns.quick, shaper=ns.shaper)  # fmt: skip
 
 
 def _raise_interrupt(signum: int, _frame: Any) -> None:

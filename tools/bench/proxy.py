@@ -16,8 +16,8 @@ Run standalone (the benchmark harness does this, so the proxy has its own interp
 
 or in-process with :class:`ProxyThread` (tests).
 
-Caveats: the bandwidth cap is a user-space token bucket, not ``tc tbf`` on a veth in a network
-namespace; it shapes payload bytes, not packets, and burst is 1/10 s of rate.  Python asyncio
+Caveats: this bandwidth cap is a user-space token bucket (payload bytes, burst 1/10 s of rate);
+the harness prefers ``tc tbf`` on a veth in a network namespace when it can (see store.py).  Python asyncio
 forwards at roughly 1-2 GB/s on loopback, which is above what the emulated store serves.
 """
 from __future__ import annotations

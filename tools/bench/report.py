@@ -155,7 +155,7 @@ def markdown(result: dict[str, Any]) -> str:
     if m:
         lines.append(
             f"Runs: {m.get('runs')} · latency {m.get('latency_ms')} ms/response chunk"
-            + (f" · bandwidth {m['bandwidth_mbit']} Mbit/s" if m.get("bandwidth_mbit") else "")
+            + (f" · bandwidth {m.get('shaping')}" if m.get("bandwidth_mbit") else "")
             + f" · DataLoader workers {m.get('loader_workers')} · budget {m.get('budget_s')} s per measurement"
             + f" · datasets: {m.get('datasets_desc', '')}"
         )

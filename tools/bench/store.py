@@ -1,5 +1,8 @@
 """The emulated remote object store: SeaweedFS on loopback plus the latency proxy in front of it.
 
+With a bandwidth cap and root, the proxy runs inside a network namespace joined by a veth pair
+that carries a ``tc tbf`` qdisc (:class:`NetnsLink`); otherwise the proxy shapes in user space.
+
 :func:`open_store` starts SeaweedFS through ``fluidfs.embedded.s3server.S3Server("seaweed")``
 when that module is importable, else through a minimal launcher of ``weed mini`` kept here;
 then starts ``python -m tools.bench.proxy`` as its own process.  Dataset generation talks to
@@ -135,11 +138,8 @@ class Store:
     secret_key: str
     bucket: str = BUCKET
     pids: list[int] = field(default_factory=list)
+    shaping: str = "none"
     _closers: list[Callable[[], None]] = field(default_factory=list, repr=False)
-
-    @property
-    def proxy_port(self) -> int:
-        return int(self.endpoint.rsplit(":", 1)[1])
 
     def env(self) -> dict[str, str]:
         return {
@@ -158,13 +158,98 @@ class Store:
                 self._closers.pop()()
 
 
+def netns_available() -> str | None:
+    """None if a network namespace with a shaped veth can be made here, else why not."""
+    if os.geteuid() != 0:
+        return "not root"
+    for tool in ("ip", "tc"):
+        if shutil.which(tool) is None:
+            return f"'{tool}' not installed (iproute2)"
+    return None
+
+
+class NetnsLink:
+    """A network namespace joined to the host by a veth pair, ``tc tbf`` on the namespace side.
+
+    Addresses are a /30 out of 10.199.0.0/16 picked from our pid; both ends live on this machine
+    (the host end in the root namespace, the other in our own namespace).  ``close()`` deletes
+    the namespace, which also removes the veth pair.
+    """
+
+    def __init__(self, mbit: float) -> None:
+        pid = os.getpid() & 0x3FFF
+        self.name = f"fbench{os.getpid()}"
+        self.host_if, self.ns_if = f"fbh{pid}", f"fbn{pid}"
+        base = (pid << 2) & 0xFFFF
+        self.host_ip = f"10.199.{base >> 8}.{(base & 0xFF) + 1}"
+        self.ns_ip = f"10.199.{base >> 8}.{(base & 0xFF) + 2}"
+        self.mbit = mbit
+        self.created = False
+
+    def _ip(self, *args: str, ns: bool = False) -> None:
+        cmd = (["ip", "netns", "exec", self.name] if ns else []) + list(args)
+        p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=20)
+        if p.returncode != 0:
+            raise RuntimeError(f"{' '.join(cmd)}: {p.stdout.decode(errors='replace').strip()}")
+
+    def open(self) -> None:
+        self._ip("ip", "netns", "add", self.name)
+        self.created = True
+        self._ip("ip", "link", "add", self.host_if, "type", "veth", "peer", "name", self.ns_if)
+        self._ip("ip", "link", "set", self.ns_if, "netns", self.name)
+        self._ip("ip", "addr", "add", f"{self.host_ip}/30", "dev", self.host_if)
+        self._ip("ip", "link", "set", self.host_if, "up")
+        self._ip("ip", "addr", "add", f"{self.ns_ip}/30", "dev", self.ns_if, ns=True)
+        self._ip("ip", "link", "set", self.ns_if, "up", ns=True)
+        self._ip("ip", "link", "set", "lo", "up", ns=True)
+        # Shape what leaves the namespace: the responses of the proxy running inside it.
+        self._ip("tc", "qdisc", "add", "dev", self.ns_if, "root", "tbf", "rate", f"{self.mbit:g}mbit",
+                 "burst", "256kb", "latency", "400ms", ns=True)  # fmt: skip
+
+    def close(self) -> None:
+        if self.created:
+            subprocess.run(["ip", "netns", "del", self.name], stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL, timeout=20)  # fmt: skip
+            subprocess.run(["ip", "link", "del", self.host_if], stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL, timeout=20)  # fmt: skip
+            self.created = False
+
+
+def _start_proxy(workdir: Path, tag: str, upstream: str, delay_ms: float, listen: str,
+                 prefix: list[str], extra: list[str]) -> tuple[subprocess.Popen[bytes], int]:  # fmt: skip
+    port_file = workdir / f"{tag}.port"
+    with contextlib.suppress(FileNotFoundError):
+        port_file.unlink()
+    cmd = [*prefix, sys.executable, "-m", "tools.bench.proxy", "--upstream", upstream, "--listen", listen,
+           "--delay-ms", str(delay_ms), "--port-file", str(port_file), *extra]  # fmt: skip
+    proc = subprocess.Popen(
+        cmd, stdin=subprocess.DEVNULL, cwd=str(Path(__file__).resolve().parents[2]),
+        stdout=subprocess.DEVNULL, stderr=open(workdir / f"{tag}.log", "ab"),  # noqa: SIM115
+        start_new_session=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 20
+    while not port_file.exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            kill_group(proc)
+            raise RuntimeError(f"{tag} did not start; see {workdir}/{tag}.log")
+        time.sleep(0.05)
+    return proc, int(port_file.read_text())
+
+
 def open_store(
     workdir: Path,
     latency_ms: float,
     bandwidth_mbit: float | None = None,
     register: Callable[[int], None] | None = None,
+    shaper: str = "auto",
 ) -> Store:
-    """Start SeaweedFS and the proxy; the caller must ``close()`` (also on failure paths)."""
+    """Start SeaweedFS and the proxy; the caller must ``close()`` (also on failure paths).
+
+    With ``bandwidth_mbit``, ``shaper`` picks how: ``tc`` (the latency proxy runs inside a
+    network namespace whose veth carries a ``tc tbf`` qdisc; a plain relay in the root namespace
+    forwards to SeaweedFS), ``proxy`` (the proxy's token bucket), or ``auto`` (tc when
+    :func:`netns_available`, else proxy).  ``Store.shaping`` says which was used.
+    """
     data_dir = workdir / "seaweed"
     if data_dir.exists():
         shutil.rmtree(data_dir)
@@ -190,30 +275,36 @@ def open_store(
             if register:
                 register(proc.pid)
         direct = str(srv.endpoint)
-        port_file = workdir / "proxy.port"
-        with contextlib.suppress(FileNotFoundError):
-            port_file.unlink()
-        cmd = [sys.executable, "-m", "tools.bench.proxy", "--upstream", direct.split("//", 1)[1],
-               "--delay-ms", str(latency_ms), "--port-file", str(port_file)]  # fmt: skip
-        if bandwidth_mbit:
-            cmd += ["--bandwidth-mbit", str(bandwidth_mbit)]
-        pproc = subprocess.Popen(
-            cmd, stdin=subprocess.DEVNULL, cwd=str(Path(__file__).resolve().parents[2]),
-            stdout=subprocess.DEVNULL, stderr=open(workdir / "proxy.log", "ab"),  # noqa: SIM115
-            start_new_session=True,
-        )  # fmt: skip
-        closers.append(lambda: kill_group(pproc))
-        pids.append(pproc.pid)
-        if register:
-            register(pproc.pid)
-        deadline = time.monotonic() + 20
-        while not port_file.exists():
-            if pproc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"latency proxy did not start; see {workdir}/proxy.log")
-            time.sleep(0.05)
-        port = int(port_file.read_text())
-        store = Store(direct, f"http://127.0.0.1:{port}", srv.access_key, srv.secret_key,
-                      pids=pids, _closers=closers)  # fmt: skip
+        upstream = direct.split("//", 1)[1]
+        use_tc = bool(bandwidth_mbit) and shaper in ("tc", "auto") and (shaper == "tc" or netns_available() is None)
+        if bandwidth_mbit and shaper == "tc" and netns_available():
+            raise RuntimeError(f"--shaper tc: {netns_available()}")
+
+        def started(proc: subprocess.Popen[bytes]) -> None:
+            closers.append(lambda: kill_group(proc))
+            pids.append(proc.pid)
+            if register:
+                register(proc.pid)
+
+        if use_tc:
+            assert bandwidth_mbit
+            link = NetnsLink(bandwidth_mbit)
+            closers.append(link.close)
+            link.open()
+            relay, rport = _start_proxy(workdir, "relay", upstream, 0.0, f"{link.host_ip}:0", [], [])
+            started(relay)
+            pproc, port = _start_proxy(workdir, "proxy", f"{link.host_ip}:{rport}", latency_ms, f"{link.ns_ip}:0",
+                                       ["ip", "netns", "exec", link.name], [])  # fmt: skip
+            started(pproc)
+            endpoint, shaping = f"http://{link.ns_ip}:{port}", f"tc tbf {bandwidth_mbit:g} Mbit/s in netns {link.name}"
+        else:
+            extra = ["--bandwidth-mbit", str(bandwidth_mbit)] if bandwidth_mbit else []
+            pproc, port = _start_proxy(workdir, "proxy", upstream, latency_ms, "127.0.0.1:0", [], extra)
+            started(pproc)
+            endpoint = f"http://127.0.0.1:{port}"
+            shaping = f"proxy token bucket {bandwidth_mbit:g} Mbit/s" if bandwidth_mbit else "none"
+        store = Store(direct, endpoint, srv.access_key, srv.secret_key, pids=pids, _closers=closers,
+                      shaping=shaping)  # fmt: skip
         store.direct_client().create_bucket(Bucket=BUCKET)
         return store
     except BaseException:

@@ -56,6 +56,7 @@ class Options:
     fluidfs_memory_size: int = 256 << 20
     fuse_read_ahead_kb: int = 1024
     quick: bool = False
+    shaper: str = "auto"
 
 
 @dataclass
@@ -74,6 +75,7 @@ class Suite:
         self.store: Store | None = None
         self.plans: dict[str, list[ds.FileEntry]] = {}
         self.can_drop = True
+        self.shaping = "none"
 
     # ------------------------------------------------------------------ helpers
 
@@ -263,8 +265,11 @@ class Suite:
             self.notes.append("pressure workload needs fluidfs in --systems")
         try:
             self.log(f"starting SeaweedFS + latency proxy ({o.latency_ms} ms) in {self.workdir}")
-            self.store = open_store(self.workdir, o.latency_ms, o.bandwidth_mbit, register=self.janitor.add_pid)
-            self.log(f"store ready: {self.store.endpoint} (direct {self.store.direct_endpoint})")
+            self.store = open_store(self.workdir, o.latency_ms, o.bandwidth_mbit, register=self.janitor.add_pid,
+                                    shaper=o.shaper)  # fmt: skip
+            self.shaping = self.store.shaping
+            self.log(f"store ready: {self.store.endpoint} (direct {self.store.direct_endpoint}; "
+                     f"bandwidth shaping: {self.shaping})")  # fmt: skip
             if os.environ.get("FLUIDFS_BENCH_INJECT_FAILURE") == "after-store":  # cleanup test hook
                 raise RuntimeError("injected failure after the store started")
             need = {"seq": ["large"], "rand": ["large"], "loader": ["small"], "pressure": ["small"], "meta": ["meta"]}
@@ -331,7 +336,7 @@ class Suite:
             "meta": {
                 "runs": o.runs, "latency_ms": o.latency_ms, "bandwidth_mbit": o.bandwidth_mbit,
                 "systems": o.systems, "workloads": o.workloads, "budget_s": o.budget,
-                "loader_workers": o.loader_workers, "rand_ops": o.rand_ops,
+                "loader_workers": o.loader_workers, "rand_ops": o.rand_ops, "shaping": self.shaping,
                 "spec": sp.__dict__, "seconds": round(seconds, 1), "quick": o.quick,
                 "datasets_desc": (f"large {sp.large_files} x {sp.large_size / MiB:g} MiB; small {sp.small_files} x "
                                   f"~{sp.small_size / 1024:g} KiB in {sp.classes} classes; meta {sp.meta_files} files"),
