@@ -194,7 +194,15 @@ def _pid_alive(pid: int) -> bool:
             state = f.read().rsplit(")", 1)[1].split()[0]
     except (OSError, IndexError):
         return False
-    return state not in ("Z", "X")
+    if state == "Z":
+        # When the plugin is PID 1 of its container, exited daemons are re-parented to it:
+        # reap them so they do not pile up as zombies.
+        try:
+            os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            pass
+        return False
+    return state != "X"
 
 
 def _write_private(path: str, data: str) -> None:
