@@ -324,3 +324,27 @@ def test_tc_netns_shaper_caps_bandwidth_and_cleans_up(tmp_path: Path) -> None:
         store.close()
     assert name not in subprocess.run(["ip", "netns", "list"], stdout=subprocess.PIPE, text=True).stdout
     assert all(not pid_alive(p) for p in store.pids)
+
+
+def test_goals_from_medians() -> None:
+    def r(system: str, workload: str, phase: str, metric: str, value: float, better: str = "higher") -> dict:
+        return {"system": system, "workload": workload, "phase": phase, "metric": metric, "value": value,
+                "unit": "", "better": better, "run": 0}  # fmt: skip
+
+    records = [r("fluidfs", "seq", "cold", "MB/s", 300), r("s3fs", "seq", "cold", "MB/s", 100),
+               r("rclone", "seq", "cold", "MB/s", 200), r("boto3", "seq", "cold", "MB/s", 400),
+               r("fluidfs", "meta", "warm", "walk", 0.3, "lower"), r("local", "meta", "warm", "walk", 0.1, "lower"),
+               r("fluidfs-none", "pressure", "epoch2", "hit ratio", 0.5),
+               r("fluidfs-lru", "pressure", "epoch2", "hit ratio", 0.1)]  # fmt: skip
+    result = {"records": records, "rss": {"fluidfs": {"seq": 300.0}}, "meta": {"fluidfs_memory_mib": 256}}
+    g = {x["goal"]: x for x in report.goals(result)}
+    assert g["cold large-file read vs best FUSE peer"]["measured"] == 1.5
+    assert g["cold large-file read vs best FUSE peer"]["met"] is False
+    assert g["cold large-file read vs direct boto3"]["met"] is True  # 0.75 >= 0.7
+    assert g["warm metadata walk time vs local disk"]["measured"] == pytest.approx(3.0)
+    assert g["warm metadata walk time vs local disk"]["met"] is False
+    assert g["dataset = 2 x cache, eviction none, epoch2 hit ratio"]["met"] is True
+    assert g["dataset = 2 x cache, eviction none, epoch2 hit ratio"]["beside"] == "lru 0.10"
+    assert g["fluidfs peak RSS vs memory tier + 200 MiB"]["met"] is True
+    assert g["cold small-file epoch vs best FUSE peer"]["met"] is None  # not measured: n/a
+    assert "| cold large-file read vs best FUSE peer | >= 2x | 1.5x | **no** |" in "\n".join(report.goals_markdown(result))

@@ -233,6 +233,8 @@ def markdown(result: dict[str, Any]) -> str:
                     row.append(cell(sg["systems"].get(s), integer=metric == "source requests") if sg else "n/a")
             lines.append("| " + " | ".join(row) + " |")
         lines.append("")
+    if SUBJECT in {r["system"] for r in records}:
+        lines.extend(goals_markdown(result))
     rss = result.get("rss", {})
     if rss:
         lines.append("### Peak RSS (MiB, max over runs)")
@@ -258,6 +260,67 @@ def markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _median(groups: dict[Key, dict[str, Any]], key: Key, system: str) -> float | None:
+    g = groups.get(key)
+    v = g["systems"].get(system) if g else None
+    return v.median if v is not None and v.n else None
+
+
+def goals(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """The issue's goals, evaluated on this run's medians: {goal, target, measured, met}."""
+    groups = aggregate(result["records"])
+    out: list[dict[str, Any]] = []
+
+    def add(goal: str, target: float, measured: float | None, unit: str = "x", at_most: bool = False) -> None:
+        met = None if measured is None else (measured <= target if at_most else measured >= target)
+        out.append({"goal": goal, "target": f"{'<=' if at_most else '>='} {target:g}{unit}",
+                    "measured": None if measured is None else round(measured, 3), "unit": unit, "met": met})
+
+    def vs_peer(key: Key) -> float | None:
+        g = groups.get(key)
+        return ratios_for(g)["best_peer"] if g else None
+
+    def vs(key: Key, other: str) -> float | None:
+        g = groups.get(key)
+        return ratio(_median(groups, key, SUBJECT), _median(groups, key, other), g["better"]) if g else None
+
+    add("cold large-file read vs best FUSE peer", 2, vs_peer(("seq", "cold", "MB/s")))
+    add("cold large-file read vs direct boto3", 0.7, vs(("seq", "cold", "MB/s"), "boto3"))
+    add("warm small-file epoch, page cache dropped, vs best FUSE peer", 3,
+        vs_peer(("loader", "epoch3 warm_dropped", "samples/s")))
+    add("warm large-file read vs local disk", 0.6, vs(("seq", "warm", "MB/s"), "local"))
+    add("cold small-file epoch vs best FUSE peer", 3, vs_peer(("loader", "epoch1 cold", "samples/s")))
+    local_ratio = vs(("meta", "warm", "walk"), "local")  # local_time / fluidfs_time
+    add("warm metadata walk time vs local disk", 2, None if not local_ratio else 1 / local_ratio, at_most=True)
+    add("cold metadata walk, times faster than s3fs", 5, vs(("meta", "cold", "walk"), "s3fs"))
+    for e in ("epoch2", "epoch3"):
+        add(f"dataset = 2 x cache, eviction none, {e} hit ratio", 0.4,
+            _median(groups, ("pressure", e, "hit ratio"), "fluidfs-none"), unit="")
+        lru = _median(groups, ("pressure", e, "hit ratio"), "fluidfs-lru")
+        out[-1]["beside"] = None if lru is None else f"lru {lru:.2f}"
+    rss = result.get("rss", {}).get(SUBJECT, {})
+    mem = result.get("meta", {}).get("fluidfs_memory_mib")
+    if rss and mem:
+        add("fluidfs peak RSS vs memory tier + 200 MiB", mem + 200, max(rss.values()), unit=" MiB", at_most=True)
+    return out
+
+
+def goals_markdown(result: dict[str, Any]) -> list[str]:
+    rows = goals(result)
+    if not any(r["measured"] is not None for r in rows):
+        return []
+    lines = ["### Goals from the issue (this run's medians)", "",
+             "| goal | target | measured | met |", "|---|---|---|---|"]  # fmt: skip
+    for r in rows:
+        meas = "n/a" if r["measured"] is None else f"{r['measured']:g}{r['unit']}"
+        if r.get("beside"):
+            meas += f" ({r['beside']})"
+        met = {True: "yes", False: "**no**", None: "n/a"}[r["met"]]
+        lines.append(f"| {r['goal']} | {r['target']} | {meas} | {met} |")
+    lines.append("")
+    return lines
+
+
 def to_json(result: dict[str, Any]) -> dict[str, Any]:
     """The JSON document: meta, raw records, and the summaries with ratios."""
     groups = aggregate(result["records"])
@@ -270,7 +333,7 @@ def to_json(result: dict[str, Any]) -> dict[str, Any]:
                             "timeouts": v.timeouts} for s, v in g["systems"].items()},
             "ratios": ratios_for(g),
         })  # fmt: skip
-    return {**result, "summaries": summaries}
+    return {**result, "summaries": summaries, "goals": goals(result)}
 
 
 def write_json(result: dict[str, Any], path: Path) -> None:

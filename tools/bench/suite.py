@@ -337,6 +337,7 @@ class Suite:
                 "runs": o.runs, "latency_ms": o.latency_ms, "bandwidth_mbit": o.bandwidth_mbit,
                 "systems": o.systems, "workloads": o.workloads, "budget_s": o.budget,
                 "loader_workers": o.loader_workers, "rand_ops": o.rand_ops, "shaping": self.shaping,
+                "fluidfs_memory_mib": o.fluidfs_memory_size / MiB, "fluidfs_cache_mib": o.fluidfs_cache_size / MiB,
                 "spec": sp.__dict__, "seconds": round(seconds, 1), "quick": o.quick,
                 "datasets_desc": (f"large {sp.large_files} x {sp.large_size / MiB:g} MiB; small {sp.small_files} x "
                                   f"~{sp.small_size / 1024:g} KiB in {sp.classes} classes; meta {sp.meta_files} files"),
