@@ -142,9 +142,10 @@ class _Loader:
 
     # --- bookkeeping -------------------------------------------------------------------------
     def error(self, what: str, exc: BaseException) -> None:
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         with self._lock:
-            if len(self.res.errors) < 5:
-                self.res.errors.append(f"{what}: {exc}")
+            if len(self.res.errors) < 3:
+                self.res.errors.append(f"{what}: {why}")
         log.debug("load: %s: %s", what, exc)
 
     def found(self, f: _File) -> None:
@@ -617,7 +618,8 @@ def report(res: LoadResult, progress: Progress, out: Callable[[str], None] | Non
         print(f"fluidfs: {format_size(res.loaded_bytes)} loaded now; {res.skipped_files} files were already cached",
               file=sys.stderr)
     if res.failed:
-        print(f"fluidfs: {res.failed} files could not be loaded: {'; '.join(res.errors)}", file=sys.stderr)
+        more = ", ..." if res.failed > len(res.errors) else ""
+        print(f"fluidfs: {res.failed} files could not be loaded: {'; '.join(res.errors)}{more}", file=sys.stderr)
     if res.halted:
         print(f"fluidfs: stopped: {res.halted}", file=sys.stderr)
     return EXIT_OK if res.complete else EXIT_INCOMPLETE

@@ -228,10 +228,17 @@ def s3(tmp_path_factory: pytest.TempPathFactory, local_src: Path) -> Iterator[ob
         yield server
 
 
+def running(server: object) -> object:
+    """The module's S3 server, restarted if an earlier test killed it (outage tests)."""
+    if not server.running:  # type: ignore[attr-defined]
+        server.restart()  # type: ignore[attr-defined]
+    return server
+
+
 def test_load_interrupted_then_rerun_completes(s3: object, tmp_path: Path) -> None:
     from tools.bench.proxy import ProxyThread
 
-    server = s3
+    server = running(s3)
     cache = str(tmp_path / "cache")
     env = {k: v for k, v in {**os.environ, **server.env()}.items() if k != "AWS_ENDPOINT_URL"}  # type: ignore[attr-defined]
     with ProxyThread(("127.0.0.1", server.port), delay_down=0.0, bandwidth_mbit=40) as proxy:  # type: ignore[attr-defined]
@@ -266,7 +273,7 @@ def test_load_interrupted_then_rerun_completes(s3: object, tmp_path: Path) -> No
 def test_load_source_then_read_everything_with_the_server_down(s3: object, local_src: Path, tmp_path: Path) -> None:
     from fluidfs.demo import drop_page_cache
 
-    server = s3
+    server = running(s3)
     cache = str(tmp_path / "cache")
     env = server.env()  # type: ignore[attr-defined]
     res = fluidfs("load", f"s3://{BUCKET}", "--cache-dir", cache, "--block-size", "1Mi", "--quiet", env=env)
@@ -278,13 +285,29 @@ def test_load_source_then_read_everything_with_the_server_down(s3: object, local
         cached = st["cached"]
         assert isinstance(cached, dict) and cached["fraction"] == 1.0 and cached["files"] == 46
         server.kill()  # type: ignore[attr-defined]
-        try:
-            drop_page_cache()
-            n = compare_tree(m.mnt, str(local_src), mtime_of=lambda _rel, _st: None)
-            assert n == 46
-            after = status_json(m.mnt)
-            source = after["source"]
-            assert isinstance(source, dict) and source["requests_by_op"].get("read", 0) == 0
-            assert after["tiers"]["ssd"]["hits"] > 0  # type: ignore[index]
-        finally:
-            server.restart()  # type: ignore[attr-defined]
+        drop_page_cache()
+        n = compare_tree(m.mnt, str(local_src), mtime_of=lambda _rel, _st: None)
+        assert n == 46
+        after = status_json(m.mnt)
+        source = after["source"]
+        assert isinstance(source, dict) and source["requests_by_op"].get("read", 0) == 0
+        assert after["tiers"]["ssd"]["hits"] > 0  # type: ignore[index]
+
+
+@needs_fuse
+@pytest.mark.fuse
+def test_load_through_mount_counts_read_errors(s3: object, local_src: Path, tmp_path: Path) -> None:
+    server = running(s3)
+    env = server.env()  # type: ignore[attr-defined]
+    flags = ("--block-size", "1Mi", "-o", "max_attempts=1", "-o", "connect_timeout=1")
+    with Mount(f"s3://{BUCKET}", str(tmp_path / "mnt"), *flags, env=env) as m:
+        sum(1 for _ in os.walk(m.mnt))  # listings are cached: the tree stays visible
+        ok = fluidfs("load", m.mnt, "big")
+        assert ok.returncode == 0, ok.stderr
+        server.kill()  # type: ignore[attr-defined]
+        res = fluidfs("load", m.mnt, "--parallel", "4")
+        assert res.returncode == 1, (res.stdout, res.stderr)
+        done, total, pct = final(res.stdout)
+        assert total == 46 and 2 <= done < 46 and pct < 100.0  # big/one.bin and the empty file
+        assert re.search(r"fluidfs: \d+ files could not be loaded: .*Input/output error", res.stderr), res.stderr
+        assert os.path.ismount(m.mnt)
