@@ -348,3 +348,18 @@ def test_goals_from_medians() -> None:
     assert g["fluidfs peak RSS vs memory tier + 200 MiB"]["met"] is True
     assert g["cold small-file epoch vs best FUSE peer"]["met"] is None  # not measured: n/a
     assert "| cold large-file read vs best FUSE peer | >= 2x | 1.5x | **no** |" in "\n".join(report.goals_markdown(result))
+
+
+def test_datasets_are_deterministic() -> None:
+    from tools.bench import datasets as ds
+
+    spec = ds.DataSpec(large_files=2, large_size=1000, small_files=50, small_size=2048, classes=5, meta_files=30)
+    small = ds.plan(spec, "small")
+    assert small == ds.plan(spec, "small")
+    assert len({e.key.split("/")[1] for e in small}) == 5
+    assert all(1536 <= e.size <= 2560 for e in small)
+    assert ds.content(spec, small[0]) == ds.content(spec, small[0])
+    assert ds.content(spec, small[0]) != ds.content(spec, small[1])
+    assert len(ds.content(spec, ds.plan(spec, "large")[0])) == 1000
+    other = ds.DataSpec(**{**spec.__dict__, "seed": 99})
+    assert ds.content(other, small[0]) != ds.content(spec, small[0])
