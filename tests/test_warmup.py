@@ -311,3 +311,27 @@ def test_load_through_mount_counts_read_errors(s3: object, local_src: Path, tmp_
         assert total == 46 and 2 <= done < 46 and pct < 100.0  # big/one.bin and the empty file
         assert re.search(r"fluidfs: \d+ files could not be loaded: .*Input/output error", res.stderr), res.stderr
         assert os.path.ismount(m.mnt)
+
+
+def test_source_load_of_a_dataset_file_with_two_mounts(local_src: Path, tmp_path: Path) -> None:
+    other = tmp_path / "other"
+    (other / "x").mkdir(parents=True)
+    (other / "x" / "y.bin").write_bytes(b"y" * 3_000_000)
+    cache = tmp_path / "cache"
+    doc = tmp_path / "ds.yaml"
+    doc.write_text(
+        "apiVersion: fluidfs.io/v1alpha1\nkind: Dataset\nmetadata: {name: two}\nspec:\n"
+        f"  mounts:\n    - {{mountPoint: 'local://{local_src}', path: /data/main}}\n"
+        f"    - {{mountPoint: 'local://{other}', path: /data/other}}\n"
+        f"  cache: {{directory: '{cache}', blockSize: 1Mi}}\n"
+    )
+    res = fluidfs("load", str(doc), "/data/other")  # cache dir and block size from the document
+    assert res.returncode == 0, res.stderr
+    assert final(res.stdout)[:3] == (1, 1, 100.0)
+    assert SSDTier.inspect(str(cache)).blocks == 3
+    res = fluidfs("load", str(doc), "/data")  # both mounts; /data/other is found cached
+    assert res.returncode == 0, res.stderr
+    assert final(res.stdout)[:3] == (47, 47, 100.0)
+    assert "2 files were already cached" in res.stderr, res.stderr  # y.bin and the empty file
+    res = fluidfs("load", str(doc), "/elsewhere")
+    assert res.returncode == 2 and "/data/main, /data/other" in res.stderr
