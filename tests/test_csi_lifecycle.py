@@ -14,8 +14,6 @@ import os
 import re
 import signal
 import stat
-import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -25,18 +23,11 @@ import grpc
 import pytest
 
 from csi import csi_pb2 as pb
+from tests.fusehelp import needs_fuse
 from tests.csi_harness import Mode, Plugin, cap, cleanup, expect_code, mounts_under
 
 
-def _cli_mount_available() -> str:
-    if not os.path.exists("/dev/fuse"):
-        return "/dev/fuse does not exist on this machine"
-    r = subprocess.run([sys.executable, "-m", "fluidfs", "mount", "--help"], capture_output=True, timeout=60)
-    return "" if r.returncode == 0 else "`python -m fluidfs mount` is not available yet"
-
-
-SKIP = _cli_mount_available()
-pytestmark = [pytest.mark.fuse, pytest.mark.skipif(bool(SKIP), reason=SKIP or "ok")]
+pytestmark = [pytest.mark.fuse, needs_fuse]
 
 BUCKET = "csi-data"
 TREE: dict[str, bytes] = {
