@@ -278,8 +278,18 @@ def test_server_outage_and_recovery(s3_outage_server: S3Server):
         client = srv.client()
         client.create_bucket(Bucket="outage")
         client.put_object(Bucket="outage", Key="k", Body=b"payload")
-    src.check()
-    assert src.read("k", 0, 100) == b"payload"  # same source, same port, works again
+    # same source, same port, works again once the server is fully back (a restarted SeaweedFS
+    # may answer S3 before its volume server has re-registered: poll, bounded)
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            src.check()
+            assert src.read("k", 0, 100) == b"payload"
+            break
+        except UnavailableError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
     src.close()
 
 
