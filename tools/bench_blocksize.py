@@ -110,7 +110,7 @@ def main() -> int:
         client = store.direct_client()
         files = [f"large/shard-{i}.bin" for i in range(args.files)]
         for i, key in enumerate(files):
-            client.put_object(Bucket=BUCKET, Key=key, Body=random.Random(i).randbytes(size))
+            client.put_object(Bucket=BUCKET, Key=key, Body=os.urandom(size))
         env = store.env()
         print(f"SeaweedFS behind a {args.latency_ms:g} ms proxy; {args.files} x {args.size}; median of {args.runs}\n")
         print("| block size | readahead | cold seq MB/s | cold random 4 KiB ops/s | source bytes per 4 KiB read |")
