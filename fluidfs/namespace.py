@@ -21,6 +21,7 @@ import time
 from dataclasses import dataclass, field
 from typing import AsyncIterator
 
+import trio
 from cachetools import TTLCache
 
 from fluidfs import metrics
@@ -34,6 +35,9 @@ import errno as E
 log = logging.getLogger(__name__)
 
 ROOT_INODE = 1
+
+#: below this metadata TTL a listing would expire before it is used: stat per name instead
+_LIST_ON_MISS_MIN_TTL = 1.0
 
 
 @dataclass(slots=True)
@@ -56,6 +60,7 @@ class Node:
     listing: dict[str, Entry] | None = None  # the complete listing, when cached
     listed: float = 0.0
     children: list[str] = field(default_factory=list)  # synthetic dirs: their fixed children
+    lookup_misses: int = 0  # lookups answered by a stat; the second one lists the directory
 
     @property
     def is_dir(self) -> bool:
@@ -84,6 +89,7 @@ class Namespace:
         self._negative: TTLCache[str, bool] = TTLCache(maxsize=100_000, ttl=neg_ttl)
         self._negative_enabled = negative_ttl > 0
         self._created = time.time()
+        self._listing_flights: dict[int, trio.Event] = {}
         self._build_skeleton()
         self._m_hit = {op: metrics.META_HITS.labels(dataset, op) for op in ("lookup", "getattr", "list")}
         self._m_miss = {op: metrics.META_MISSES.labels(dataset, op) for op in ("lookup", "getattr", "list")}
@@ -184,6 +190,16 @@ class Namespace:
         if self._negative_enabled and path in self._negative:
             self._m_hit["lookup"].inc()
             raise NotFoundError("no such entry (cached)", path)
+        if self.ttl >= _LIST_ON_MISS_MIN_TTL:
+            parent.lookup_misses += 1
+            if parent.lookup_misses >= 2 and await self._ensure_listing(parent):
+                # the second lookup miss in a directory lists it whole (one paginated LIST)
+                # instead of a stat (HEAD + LIST on S3) per name
+                assert parent.listing is not None
+                entry_or_none = parent.listing.get(name)
+                if entry_or_none is None:
+                    raise NotFoundError("no such entry", path)
+                return self._upsert(parent, name, entry_or_none)
         self._m_miss["lookup"].inc()
         assert parent.mount is not None
         rel = f"{parent.rel}/{name}" if parent.rel else name
@@ -200,6 +216,25 @@ class Namespace:
             log.info("dataset %s: source unavailable, serving cached metadata of %s: %s", self.dataset, path, exc)
             return stale
         return self._upsert(parent, name, entry)
+
+    async def _ensure_listing(self, node: Node) -> bool:
+        """Make ``node``'s complete listing cached and fresh (single-flight per directory).
+
+        Returns False when it could not be listed (source unavailable)."""
+        flight = self._listing_flights.get(node.inode)
+        if flight is not None:
+            await flight.wait()
+        else:
+            flight = self._listing_flights[node.inode] = trio.Event()
+            try:
+                async for _page in self.list_dir(node.inode):
+                    pass
+            except UnavailableError:
+                return False
+            finally:
+                del self._listing_flights[node.inode]
+                flight.set()
+        return node.listing is not None and self._fresh(node.listed)
 
     def _stale_child(self, parent: Node, name: str) -> Node | None:
         if parent.listing is not None and name in parent.listing:

@@ -333,3 +333,22 @@ def test_small_file_open_prefetches_siblings() -> None:
         assert reads <= src.calls["read"]
 
     trio.run(main)
+
+
+def test_lookups_without_listing_list_the_directory_once() -> None:
+    files = {f"d/f{i:03d}": b"x" for i in range(300)}
+    src = CountingSource(MemorySource(files, page_size=100))
+
+    async def main() -> None:
+        vfs = make_vfs({"/": src}, metadata_ttl=60.0)
+        d = await resolve(vfs, "/d")
+        before = dict(src.calls)
+        for i in range(0, 300, 7):
+            assert (await vfs.lookup(d, f"f{i:03d}")).size == 1
+        with pytest.raises(NotFoundError):
+            await vfs.lookup(d, "missing")
+        stats = src.calls["stat"] - before.get("stat", 0)
+        lists = src.calls["list"] - before.get("list", 0)
+        assert stats == 1 and lists == 1, dict(src.calls)  # not one request per name
+
+    trio.run(main)
