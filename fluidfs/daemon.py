@@ -191,11 +191,12 @@ def unmount(mountpoint: str, *, lazy: bool = False, timeout: float = 30.0) -> No
     pid = rec.get("pid") if rec else None
     if isinstance(pid, int):
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and _alive(pid):
+        while time.monotonic() < deadline and pid_alive(pid):
             time.sleep(0.05)
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists (one we may not signal counts; a zombie does not)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -218,6 +219,6 @@ def request_refresh(mountpoint: str) -> None:
 
     rec = read_record(mountpoint)
     pid = rec.get("pid") if rec else None
-    if not os.path.ismount(mountpoint) or not isinstance(pid, int) or not _alive(pid):
+    if not os.path.ismount(mountpoint) or not isinstance(pid, int) or not pid_alive(pid):
         raise MountError(f"{mountpoint} is not a running fluidfs mount")
     os.kill(pid, signal.SIGUSR1)

@@ -33,6 +33,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterator, Sequence
 
+from fluidfs.daemon import pid_alive
 from fluidfs.errors import ConfigError, MountError
 from fluidfs.sizes import format_duration, format_size
 
@@ -63,19 +64,9 @@ def require_mount(path: str) -> dict[str, Any]:
     if rec is None:
         raise MountError(f"{path} is not a fluidfs mount")
     pid = rec.get("pid")
-    if isinstance(pid, int) and not _alive(pid):
+    if isinstance(pid, int) and not pid_alive(pid):
         raise MountError(f"{path}: its fluidfs daemon (pid {pid}) is not running; unmount it with fluidfs umount --lazy")
     return rec
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def resolve_paths(root: str, paths: Sequence[str]) -> list[str]:
