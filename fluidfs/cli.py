@@ -214,6 +214,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=getattr(logging, str(level).upper(), logging.INFO),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # library debug logs can carry signed headers and request details: keep them out
+    for noisy in ("botocore", "boto3", "s3transfer", "urllib3"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
     try:
         if args.command == "mount":
             return cmd_mount(args, argv)
