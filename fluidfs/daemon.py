@@ -167,7 +167,9 @@ def _fusermount() -> str | None:
 
 
 def _force_unmount(mountpoint: str) -> None:
-    if os.path.ismount(mountpoint):
+    from fluidfs.mountd import is_mounted
+
+    if is_mounted(mountpoint):
         fm = _fusermount()
         if fm:
             subprocess.run([fm, "-uz", mountpoint], capture_output=True)
@@ -175,10 +177,10 @@ def _force_unmount(mountpoint: str) -> None:
 
 def unmount(mountpoint: str, *, lazy: bool = False, timeout: float = 30.0) -> None:
     """Unmount ``mountpoint`` and wait for its daemon to exit."""
-    from fluidfs.mountd import read_record
+    from fluidfs.mountd import is_mounted, read_record
 
     rec = read_record(mountpoint)
-    if not os.path.ismount(mountpoint):
+    if not is_mounted(mountpoint):
         raise MountError(f"{mountpoint} is not mounted")
     fm = _fusermount()
     cmd = [fm, "-u"] if fm else ["umount"]

@@ -16,6 +16,7 @@ import json
 import logging
 import math
 import os
+import re
 import signal
 import stat
 from typing import Callable
@@ -60,7 +61,29 @@ def read_record(mountpoint: str) -> dict[str, object] | None:
         return None
 
 
+def is_mounted(path: str) -> bool:
+    """Whether something is mounted at ``path`` — from /proc/self/mounts, so a mount whose
+    FUSE daemon died ("Transport endpoint is not connected") counts too."""
+    target = os.path.abspath(path)
+    try:
+        with open("/proc/self/mounts", encoding="utf-8", errors="surrogateescape") as f:
+            for line in f:
+                fields = line.split()
+                if len(fields) > 1 and _unescape(fields[1]) == target:
+                    return True
+    except OSError:
+        return os.path.ismount(path)
+    return False
+
+
+def _unescape(field: str) -> str:
+    """Undo the octal escapes (``\\040`` for a space) of /proc/mounts fields."""
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
+
+
 def check_mountpoint(mountpoint: str) -> None:
+    if is_mounted(mountpoint):
+        raise MountError(f"mountpoint {mountpoint} is busy (something is already mounted there)")
     try:
         st = os.stat(mountpoint)
     except FileNotFoundError:
@@ -69,8 +92,6 @@ def check_mountpoint(mountpoint: str) -> None:
         raise MountError(f"mountpoint {mountpoint} is not usable: {exc.strerror}") from None
     if not stat.S_ISDIR(st.st_mode):
         raise MountError(f"mountpoint {mountpoint} is not a directory")
-    if os.path.ismount(mountpoint):
-        raise MountError(f"mountpoint {mountpoint} is busy (something is already mounted there)")
 
 
 def build_cache(dataset: Dataset, cfg: MountConfig) -> TieredCache:

@@ -34,7 +34,9 @@ def fluidfs(*args: str, env: dict[str, str] | None = None, timeout: float = 120)
 
 
 def force_unmount(mnt: str) -> None:
-    if os.path.ismount(mnt):
+    from fluidfs.mountd import is_mounted
+
+    if is_mounted(mnt):
         subprocess.run(["fusermount3", "-uz", mnt], capture_output=True)
 
 

@@ -176,3 +176,25 @@ def test_owner_modes_and_allow_other(tmp_path: Path) -> None:
         assert (d.st_uid, d.st_gid, d.st_mode & 0o7777) == (1234, 5678, 0o550)
         line = next(ln for ln in open("/proc/mounts") if f" {mnt} " in ln)
         assert "allow_other" in line.split()[3].split(",")
+
+
+def test_umount_after_daemon_crash(tree: Path, tmp_path: Path) -> None:
+    mnt = tmp_path / "crash"
+    mnt.mkdir()
+    pidfile = tmp_path / "pid"
+    assert fluidfs("mount", f"file://{tree}", str(mnt), "--pid-file", str(pidfile)).returncode == 0
+    try:
+        os.kill(int(pidfile.read_text()), signal.SIGKILL)
+        time.sleep(0.5)
+        with pytest.raises(OSError) as ei:
+            os.listdir(mnt)
+        assert ei.value.errno == errno.ENOTCONN
+        res = fluidfs("mount", f"file://{tree}", str(mnt))
+        assert res.returncode == 1 and "busy" in res.stderr
+        res = fluidfs("umount", str(mnt))
+        assert res.returncode == 0, res.stderr
+        assert fluidfs("mount", f"file://{tree}", str(mnt)).returncode == 0
+        assert (mnt / "small.txt").read_bytes() == b"hello fluidfs\n"
+        assert fluidfs("umount", str(mnt)).returncode == 0
+    finally:
+        force_unmount(str(mnt))
