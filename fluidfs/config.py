@@ -37,7 +37,7 @@ class MountConfig:
     free_space_floor: int = 1 * GiB
     # readahead
     readahead: int = 32 * MiB  # largest per-file readahead window
-    prefetch_memory: int = 256 * MiB  # bytes of prefetch in flight, all files together
+    prefetch_memory: int = 128 * MiB  # bytes of prefetch in flight, all files together
     sibling_prefetch: int = 16  # small files of the same directory prefetched per small-file open
     # metadata
     metadata_ttl: float = 60.0  # seconds; math.inf = indefinite (immutable datasets)

@@ -42,7 +42,10 @@ def _op(name: str) -> Callable[[F], F]:
         @functools.wraps(fn)
         async def wrapper(self: "FluidOperations", *args: Any) -> Any:
             ds = self.vfs.dataset
-            metrics.FUSE_OPS.labels(ds, name).inc()
+            m = self._m.get(name)
+            if m is None:
+                m = self._m[name] = (metrics.FUSE_OPS.labels(ds, name), metrics.FUSE_LATENCY.labels(ds, name))
+            m[0].inc()
             t0 = time.perf_counter()
             try:
                 return await fn(self, *args)
@@ -60,7 +63,7 @@ def _op(name: str) -> Callable[[F], F]:
                 metrics.FUSE_ERRORS.labels(ds, name, str(E.EIO)).inc()
                 raise pyfuse3.FUSEError(E.EIO) from None
             finally:
-                metrics.FUSE_LATENCY.labels(ds, name).observe(time.perf_counter() - t0)
+                m[1].observe(time.perf_counter() - t0)
 
         return wrapper  # type: ignore[return-value]
 
@@ -78,8 +81,19 @@ class FluidOperations(pyfuse3.Operations):
         super().__init__()
         self.vfs = vfs
         self.timeout = vfs.cfg.kernel_timeout
+        self._m: dict[str, tuple[Any, Any]] = {}
+        self._ea: dict[int, tuple[Attr, pyfuse3.EntryAttributes]] = {}  # inode -> last reply
+        self._read_bytes = metrics.FUSE_READ_BYTES.labels(vfs.dataset)
 
     def _entry(self, a: Attr) -> pyfuse3.EntryAttributes:
+        cached = self._ea.get(a.inode)
+        if cached is not None and cached[0] is a:
+            return cached[1]
+        ea = self._build_entry(a)
+        self._ea[a.inode] = (a, ea)
+        return ea
+
+    def _build_entry(self, a: Attr) -> pyfuse3.EntryAttributes:
         ea = pyfuse3.EntryAttributes()
         ea.st_ino = a.inode
         ea.generation = 0
@@ -129,7 +143,7 @@ class FluidOperations(pyfuse3.Operations):
     @_op("read")
     async def read(self, fh: int, off: int, size: int) -> Any:
         data = await self.vfs.read(fh, off, size)
-        metrics.FUSE_READ_BYTES.labels(self.vfs.dataset).inc(len(data))
+        self._read_bytes.inc(len(data))
         return data
 
     @_op("release")

@@ -192,6 +192,7 @@ class MountDaemon:
         async with trio.open_nursery() as nursery:
             self.cache.start(nursery)
             self.vfs.prefetcher.start(nursery)
+            self.vfs.ns.start(nursery)
             nursery.start_soon(self._signals, nursery)
             nursery.start_soon(self._announce, ready)
             await pyfuse3.main(min_tasks=8, max_tasks=128)

@@ -25,7 +25,7 @@ import trio
 from cachetools import TTLCache
 
 from fluidfs import metrics
-from fluidfs.errors import FsOpError, NotFoundError, UnavailableError
+from fluidfs.errors import FsOpError, NotFoundError, SourceError, UnavailableError
 from fluidfs.sources.aio import AsyncSource
 from fluidfs.sources.base import Entry
 from fluidfs.spec_types import MountSpec
@@ -38,6 +38,8 @@ ROOT_INODE = 1
 
 #: below this metadata TTL a listing would expire before it is used: stat per name instead
 _LIST_ON_MISS_MIN_TTL = 1.0
+#: subdirectories listed in the background after each demand listing
+_SUBDIR_PREFETCH = 64
 
 
 @dataclass(slots=True)
@@ -61,6 +63,7 @@ class Node:
     listed: float = 0.0
     children: list[str] = field(default_factory=list)  # synthetic dirs: their fixed children
     lookup_misses: int = 0  # lookups answered by a stat; the second one lists the directory
+    listing_names: list[str] = field(default_factory=list)  # the listing's names, in order
 
     @property
     def is_dir(self) -> bool:
@@ -90,6 +93,8 @@ class Namespace:
         self._negative_enabled = negative_ttl > 0
         self._created = time.time()
         self._listing_flights: dict[int, trio.Event] = {}
+        self._nursery: trio.Nursery | None = None
+        self._list_limiter = trio.CapacityLimiter(16)
         self._build_skeleton()
         self._m_hit = {op: metrics.META_HITS.labels(dataset, op) for op in ("lookup", "getattr", "list")}
         self._m_miss = {op: metrics.META_MISSES.labels(dataset, op) for op in ("lookup", "getattr", "list")}
@@ -217,7 +222,7 @@ class Namespace:
             return stale
         return self._upsert(parent, name, entry)
 
-    async def _ensure_listing(self, node: Node) -> bool:
+    async def _ensure_listing(self, node: Node, prefetch_children: bool = True) -> bool:
         """Make ``node``'s complete listing cached and fresh (single-flight per directory).
 
         Returns False when it could not be listed (source unavailable)."""
@@ -227,7 +232,7 @@ class Namespace:
         else:
             flight = self._listing_flights[node.inode] = trio.Event()
             try:
-                async for _page in self.list_dir(node.inode):
+                async for _page in self.list_dir(node.inode, prefetch_children, _in_flight=True):
                     pass
             except UnavailableError:
                 return False
@@ -277,11 +282,47 @@ class Namespace:
             node.listing = None
         self._negative.clear()
 
-    async def list_dir(self, inode: int) -> AsyncIterator[list[Node]]:
+    def start(self, nursery: trio.Nursery, parallel: int = 16) -> None:
+        """Give the namespace a nursery for background listing prefetches."""
+        self._nursery = nursery
+        self._list_limiter = trio.CapacityLimiter(parallel)
+
+    def _prefetch_subdirs(self, node: Node) -> None:
+        """After a demand listing, list its first subdirectories in the background (bounded),
+        so a tree walk (``ls -R``, ``find``, ``os.walk``) finds them cached."""
+        if self._nursery is None or node.listing is None:
+            return
+        queued = 0
+        for name, entry in node.listing.items():
+            if queued >= _SUBDIR_PREFETCH or not entry.is_dir:
+                continue
+            child = self.node_by_path(_join(node.path, name))
+            if child is None or child.inode in self._listing_flights:
+                continue
+            if child.listing is not None and self._fresh(child.listed):
+                continue
+            queued += 1
+            self._nursery.start_soon(self._prefetch_listing, child)
+
+    async def _prefetch_listing(self, node: Node) -> None:
+        async with self._list_limiter:
+            try:
+                await self._ensure_listing(node, prefetch_children=False)
+            except SourceError as exc:
+                log.debug("dataset %s: listing prefetch of %s failed: %s", self.dataset, node.path, exc)
+            except Exception:
+                log.exception("dataset %s: listing prefetch of %s failed", self.dataset, node.path)
+
+    async def list_dir(
+        self, inode: int, prefetch_children: bool = True, _in_flight: bool = False
+    ) -> AsyncIterator[list[Node]]:
         """Yield the directory's children page by page (from the cache when fresh)."""
         node = self.node(inode)
         if not node.is_dir:
             raise FsOpError(E.ENOTDIR)
+        flight = None if _in_flight else self._listing_flights.get(node.inode)
+        if flight is not None:
+            await flight.wait()  # a background listing of this directory is under way: reuse it
         if node.mount is None or (node.rel == "" and node.checked == math.inf):
             yield [self._nodes[self._by_path[_join(node.path, c)]] for c in node.children]
             return
@@ -322,6 +363,9 @@ class Namespace:
             if out:
                 yield out
         node.listing = listing
+        node.listing_names = list(listing)
         node.listed = time.monotonic()
+        if prefetch_children:
+            self._prefetch_subdirs(node)
         for name in listing:
             self._negative.pop(_join(node.path, name), None)

@@ -24,6 +24,7 @@ from fluidfs.config import MountConfig
 from fluidfs.errors import FsOpError, VersionChangedError
 from fluidfs.namespace import Namespace, Node
 from fluidfs.reader import FileReader, Prefetcher
+from fluidfs.sources.base import Entry
 
 log = logging.getLogger(__name__)
 
@@ -79,9 +80,19 @@ class Vfs:
         self._kernel_version: dict[int, str] = {}  # inode -> version the page cache holds
         self._open_versions: dict[int, dict[str, int]] = {}  # inode -> {version: open handles}
         self._sibling_cursor: dict[int, int] = {}  # dir inode -> next listing index to prefetch
+        self._attrs: dict[int, tuple[Entry, Attr]] = {}  # inode -> (entry it was made from, attr)
 
     # --- attributes -----------------------------------------------------------------------
     def attr(self, node: Node) -> Attr:
+        """The node's stat attributes (the same object while the node's entry is unchanged)."""
+        cached = self._attrs.get(node.inode)
+        if cached is not None and cached[0] is node.entry:
+            return cached[1]
+        a = self._make_attr(node)
+        self._attrs[node.inode] = (node.entry, a)
+        return a
+
+    def _make_attr(self, node: Node) -> Attr:
         e = node.entry
         if e.is_dir:
             mode, nlink, size = S.S_IFDIR | self.cfg.dir_mode, 2, 0
@@ -182,8 +193,10 @@ class Vfs:
         listing = parent.listing
         if listing is None or parent.mount is None:
             return
-        names = list(listing)
         start = self._sibling_cursor.get(parent.inode, 0)
+        if start >= len(listing):
+            return
+        names = parent.listing_names
         budget = self.cfg.sibling_prefetch
         i = start
         while i < len(names) and budget > 0:

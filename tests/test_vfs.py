@@ -352,3 +352,23 @@ def test_lookups_without_listing_list_the_directory_once() -> None:
         assert stats == 1 and lists == 1, dict(src.calls)  # not one request per name
 
     trio.run(main)
+
+
+def test_listing_a_directory_prefetches_its_subdirectories() -> None:
+    files = {f"c{i:02d}/f{j}": b"x" for i in range(20) for j in range(5)}
+    src = CountingSource(MemorySource(files))
+
+    async def main() -> None:
+        vfs = make_vfs({"/": src}, metadata_ttl=60.0)
+        async with trio.open_nursery() as n:
+            vfs.ns.start(n)
+            assert len(await listdir(vfs, ROOT_INODE)) == 20
+            await trio.sleep(0.3)
+            lists = src.calls["list"]
+            assert lists == 21  # the root, then every class directory in the background
+            for i in range(20):
+                assert len(await listdir(vfs, await resolve(vfs, f"/c{i:02d}"))) == 5
+            assert src.calls["list"] == lists  # the walk itself sent no request
+            n.cancel_scope.cancel()
+
+    trio.run(main)

@@ -41,7 +41,7 @@ class TieredCache:
         *,
         dataset: str = "",
         ssd_limiter: trio.CapacityLimiter | None = None,
-        ssd_write_slots: int = 16,
+        ssd_write_slots: int = 8,
     ) -> None:
         self.mem = mem
         self.ssd = ssd
