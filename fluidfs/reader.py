@@ -22,6 +22,7 @@ is only counted once the Prefetcher forgets it.
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 from typing import Any, Awaitable, Callable
 
 import trio
@@ -56,6 +57,11 @@ class Prefetcher:
         self._unused: _WasteTracker = _WasteTracker(min(tracked, 1_000_000), metrics.READAHEAD_WASTED.labels(dataset))
         self._issued = metrics.READAHEAD_ISSUED.labels(dataset)
         self._used = metrics.READAHEAD_USED.labels(dataset)
+        # prefetched blocks the cache did not admit (memory tier full under ``none``) are held
+        # here until read, so readahead is never thrown away before it is used (bounded, FIFO)
+        self._held: OrderedDict[BlockKey, Buffer] = OrderedDict()
+        self._held_bytes = 0
+        self._held_limit = budget_bytes
 
     def start(self, nursery: trio.Nursery) -> None:
         self.nursery = nursery
@@ -76,6 +82,25 @@ class Prefetcher:
         self.nursery.start_soon(self._run, key, fetch)
         return True
 
+    def holds(self, key: BlockKey) -> bool:
+        return key in self._held
+
+    def take(self, key: BlockKey) -> Buffer | None:
+        """The prefetched block ``key`` if it is held outside the cache (then forgotten)."""
+        data = self._held.pop(key, None)
+        if data is not None:
+            self._held_bytes -= len(data)
+        return data
+
+    def _hold(self, key: BlockKey, data: Buffer) -> None:
+        if key in self._held or len(data) > self._held_limit:
+            return
+        self._held[key] = data
+        self._held_bytes += len(data)
+        while self._held_bytes > self._held_limit:
+            _old, dropped = self._held.popitem(last=False)
+            self._held_bytes -= len(dropped)
+
     def used(self, key: BlockKey) -> None:
         """A demand read just used ``key``: count it if it came from a prefetch."""
         nbytes = self._unused.pop(key, None)
@@ -84,7 +109,9 @@ class Prefetcher:
 
     async def _run(self, key: BlockKey, fetch: Callable[[], Awaitable[bytes]]) -> None:
         try:
-            await self.cache.get(key, fetch)
+            data = await self.cache.get(key, fetch)
+            if self.cache.tier_of(key) is None:
+                self._hold(key, data)
         except SourceError as exc:
             self._unused.pop(key, None)
             log.debug("prefetch of %s block %d failed: %s", key.url, key.index, exc)
@@ -154,7 +181,12 @@ class FileReader:
 
     async def block(self, index: int) -> Buffer:
         key = self.key(index)
-        data = await self.cache.get(key, self.fetcher(index))
+        held = self.prefetcher.take(key) if self.prefetcher is not None else None
+        if held is not None:
+            self.cache.note_hit("mem", held)
+            data = held
+        else:
+            data = await self.cache.get(key, self.fetcher(index))
         if self.prefetcher is not None:
             self.prefetcher.used(key)
         return data
@@ -195,7 +227,7 @@ class FileReader:
         stop = min(last_block, (end + self._window - 1) // self.bs)
         for index in range(first, stop + 1):
             key = self.key(index)
-            if self.cache.tier_of(key) == "mem":
+            if self.cache.tier_of(key) == "mem" or self.prefetcher.holds(key):
                 self._ahead_until = index + 1
                 continue
             if not self.prefetcher.submit(key, self.fetcher(index), self._block_len(index)):

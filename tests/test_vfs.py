@@ -25,14 +25,15 @@ MiB = 1 << 20
 
 
 def make_vfs(mounts: dict[str, Source], **cfg_kw: object) -> Vfs:
-    cfg = MountConfig(block_size=1 * MiB, memory_size=64 * MiB, metrics_addr=None, **cfg_kw)  # type: ignore[arg-type]
+    cfg_kw.setdefault("memory_size", 64 * MiB)
+    cfg = MountConfig(block_size=1 * MiB, metrics_addr=None, **cfg_kw)  # type: ignore[arg-type]
     limiter = trio.CapacityLimiter(8)
     refs = [
         MountRef(MountSpec(name=f"m{i}", url=f"memory:///{i}", scheme="file", path=path), AsyncSource(src, "t", limiter))
         for i, (path, src) in enumerate(mounts.items())
     ]
     ns = Namespace(refs, "t", cfg.metadata_ttl, cfg.negative_ttl)
-    cache = TieredCache(MemoryTier(cfg.memory_size), None, dataset="t")
+    cache = TieredCache(MemoryTier(cfg.memory_size, cfg.eviction), None, dataset="t")
     return Vfs(ns, cache, cfg, "t")
 
 
@@ -370,5 +371,30 @@ def test_listing_a_directory_prefetches_its_subdirectories() -> None:
                 assert len(await listdir(vfs, await resolve(vfs, f"/c{i:02d}"))) == 5
             assert src.calls["list"] == lists  # the walk itself sent no request
             n.cancel_scope.cancel()
+
+    trio.run(main)
+
+
+def test_readahead_is_not_lost_when_the_memory_tier_is_full_under_none() -> None:
+    data = blob(24 * MiB, 5)
+    src = CountingSource(MemorySource({"f": data}))
+
+    async def main() -> None:
+        # memory-only, policy none, memory 4 blocks: the tier fills and stops admitting
+        vfs = make_vfs({"/": src}, eviction="none", memory_size=4 * MiB, readahead=8 * MiB, prefetch_memory=16 * MiB)
+        ino = await resolve(vfs, "/f")
+        async with trio.open_nursery() as n:
+            vfs.prefetcher.start(n)
+            fh, _ = await vfs.open(ino, os.O_RDONLY)
+            out = bytearray()
+            off = 0
+            while chunk := await vfs.read(fh, off, 1 << 20):
+                out += chunk
+                off += len(chunk)
+                await trio.sleep(0.001)
+            n.cancel_scope.cancel()
+        assert bytes(out) == data
+        starts = [start for _p, start, _e in src.reads]
+        assert len(starts) == len(set(starts)) == 24  # every block fetched once: no prefetch thrown away
 
     trio.run(main)

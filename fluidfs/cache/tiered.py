@@ -139,6 +139,10 @@ class TieredCache:
             return "ssd"
         return None
 
+    def note_hit(self, tier: str, data: Buffer) -> None:
+        """Count a block served from memory outside the tiers (the readahead buffer)."""
+        self._hit(tier, data)
+
     def _hit(self, tier: str, data: Buffer) -> None:
         self._m_hit[tier].inc()
         self._m_bytes[tier].inc(len(data))
