@@ -86,11 +86,9 @@ class Prefetcher:
         return key in self._held
 
     def take(self, key: BlockKey) -> Buffer | None:
-        """The prefetched block ``key`` if it is held outside the cache (then forgotten)."""
-        data = self._held.pop(key, None)
-        if data is not None:
-            self._held_bytes -= len(data)
-        return data
+        """The prefetched block ``key`` if it is held outside the cache.  It stays held (the
+        kernel often has several requests for one block in flight) until pushed out FIFO."""
+        return self._held.get(key)
 
     def _hold(self, key: BlockKey, data: Buffer) -> None:
         if key in self._held or len(data) > self._held_limit:
