@@ -128,8 +128,10 @@ class Suite:
         m0 = system.metrics()
         res = self.child({**args, "backend": system.backend()}, timeout)
         deltas = source_deltas(m0, system.metrics())
-        if system.name == "boto3" and "ru_maxrss_kib" in res and not res.get("skipped"):
-            self.note_rss("boto3", workload, max(res["ru_maxrss_kib"], res.get("ru_maxrss_children_kib", 0)) / 1024)
+        if system.name == "boto3" and res.get("vm_hwm_kib") and not res.get("skipped"):
+            # DataLoader workers are forks of the child: their ru_maxrss is not inherited from the harness.
+            workers = res.get("ru_maxrss_children_kib", 0) if workload == "loader" else 0
+            self.note_rss("boto3", workload, max(res["vm_hwm_kib"], workers) / 1024)
         return res, deltas
 
     def rec_source(self, system: System, workload: str, phase: str, run: int, deltas: dict[str, float]) -> None:

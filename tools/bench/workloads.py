@@ -271,11 +271,25 @@ def _metrics(url: str | None) -> dict[str, dict[str, float]] | None:
 WORKLOADS = {"seq": seq, "rand": rand, "find": find, "walk": walk, "loader": loader}
 
 
+def _vm_hwm_kib() -> int | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
 def main() -> None:
     args = json.loads(sys.argv[1] if len(sys.argv) > 1 else sys.stdin.read())
     result = WORKLOADS[args["workload"]](args)
+    # ru_maxrss survives execve on Linux (it would report the harness's peak we were forked
+    # from), so the peak of this process is VmHWM; ru_maxrss of the children covers workers.
     result["ru_maxrss_kib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     result["ru_maxrss_children_kib"] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    result["vm_hwm_kib"] = _vm_hwm_kib()
     sys.stdout.write(json.dumps(result) + "\n")
     sys.stdout.flush()
 
