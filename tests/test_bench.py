@@ -214,9 +214,8 @@ def test_janitor_kills_registered_processes(tmp_path: Path) -> None:
 
 
 def _fluidfs_cli_ok() -> bool:
-    p = subprocess.run([sys.executable, "-m", "fluidfs", "mount", "--help"], cwd=REPO,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-    return p.returncode == 0 and os.path.exists("/dev/fuse") and os.geteuid() == 0
+    """fluidfs takes part wherever FUSE mounts are possible (root with /dev/fuse)."""
+    return os.path.exists("/dev/fuse") and os.geteuid() == 0
 
 
 def _bench(args: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[str]:
