@@ -93,6 +93,9 @@ def build_config(dataset: Dataset, overrides: Mapping[str, Any] | None = None) -
         ("block_size", c.block_size),
         ("eviction", c.eviction),
         ("readahead", c.readahead),
+        ("free_space_floor", c.free_space_floor),
+        ("sibling_prefetch", c.sibling_prefetch),
+        ("metrics_addr", c.metrics_addr),
         ("metadata_ttl", m.ttl),
         ("negative_ttl", m.negative_ttl),
     ):
@@ -101,6 +104,8 @@ def build_config(dataset: Dataset, overrides: Mapping[str, Any] | None = None) -
     for name, value in (overrides or {}).items():
         if value is not None:
             values[name] = value
+    if str(values.get("metrics_addr", "")).lower() in ("none", "off"):
+        values["metrics_addr"] = None  # explicitly disabled
     cfg = replace(MountConfig(), **values)
     if math.isnan(cfg.metadata_ttl):
         raise ConfigError("metadata TTL must be a number of seconds or 'indefinite'")

@@ -111,7 +111,7 @@ def _duration(ctx: Ctx, m: Mapping[str, Any], key: str, field: str) -> float | N
 def _cache(ctx: Ctx, value: object, field: str) -> CacheSpec:
     m = mapping(ctx, value, field)
     check_keys(ctx, m, field, ("directory", "size", "memorySize", "blockSize", "eviction",
-                               "readahead"))
+                               "readahead", "freeSpaceFloor", "prefetchSiblings", "metricsAddr"))
     block = _size(ctx, m, "blockSize", field)
     if block is not None and not MIN_BLOCK_SIZE <= block <= MAX_BLOCK_SIZE:
         ctx.fail(f"{field}.blockSize", f"must be between 1Mi and 64Mi, got {m['blockSize']!r}")
@@ -123,9 +123,23 @@ def _cache(ctx: Ctx, value: object, field: str) -> CacheSpec:
     directory = None
     if m.get("directory") is not None:
         directory = string(ctx, m["directory"], f"{field}.directory")
+    siblings = None
+    if m.get("prefetchSiblings") is not None:
+        raw = m["prefetchSiblings"]
+        if isinstance(raw, bool) or not isinstance(raw, int) or raw < 0:
+            ctx.fail(f"{field}.prefetchSiblings", f"must be a whole number >= 0, got {raw!r}")
+        siblings = int(raw)
+    metrics_addr = None
+    if m.get("metricsAddr") is not None:
+        metrics_addr = string(ctx, m["metricsAddr"], f"{field}.metricsAddr")
+        host, sep, port = metrics_addr.rpartition(":")
+        if metrics_addr.lower() not in ("none", "off") and not (sep and host and port.isdigit() and int(port) < 65536):
+            ctx.fail(f"{field}.metricsAddr", f"must be HOST:PORT or 'none', got {metrics_addr!r}")
     return CacheSpec(directory=directory, size=_size(ctx, m, "size", field),
                      memory_size=_size(ctx, m, "memorySize", field), block_size=block,
-                     eviction=eviction, readahead=_size(ctx, m, "readahead", field))
+                     eviction=eviction, readahead=_size(ctx, m, "readahead", field),
+                     free_space_floor=_size(ctx, m, "freeSpaceFloor", field),
+                     sibling_prefetch=siblings, metrics_addr=metrics_addr)
 
 
 def _metadata(ctx: Ctx, value: object, field: str) -> MetadataSpec:

@@ -49,6 +49,9 @@ class CacheSpec:
     block_size: int | None = None  # bytes
     eviction: str | None = None  # "lru" | "none"
     readahead: int | None = None  # max readahead window, bytes
+    free_space_floor: int | None = None  # never fill the cache disk below this, bytes
+    sibling_prefetch: int | None = None  # small siblings prefetched per small-file open
+    metrics_addr: str | None = None  # "HOST:PORT" or "none"
 
 
 @dataclass(frozen=True, slots=True)
