@@ -14,10 +14,10 @@ import argparse
 import logging
 import os
 import sys
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from fluidfs import __version__
-from fluidfs.errors import ConfigError, FluidfsError, MountError, SourceError, SpecError
+from fluidfs.errors import ConfigError, FluidfsError, SourceError, SpecError
 
 log = logging.getLogger("fluidfs")
 
@@ -94,35 +94,29 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--shard-size", default="32Mi", help="size of each shard (default 32Mi)")
     d.add_argument("--keep", action="store_true", help=argparse.SUPPRESS)
 
-    try:
-        from fluidfs import warmup  # type: ignore[attr-defined,unused-ignore]
+    from fluidfs import warmup
 
-        warmup.add_parsers(sub)
-    except ImportError:
-        pass
+    warmup.add_parsers(sub)
     return p
 
 
 def _mount_overrides(args: argparse.Namespace) -> dict[str, Any]:
     from fluidfs.sizes import parse_duration, parse_size
 
-    def size(flag: str, v: str | None) -> int | None:
+    def parsed(parse: Callable[[str, str], Any], flag: str, v: str | None) -> Any:
         if v is None:
             return None
         try:
-            return parse_size(v, flag)
+            return parse(v, flag)  # the message already names the flag
         except ValueError as exc:
-            raise ConfigError(f"{flag}: {exc}") from None
+            raise ConfigError(str(exc)) from None
+
+    def size(flag: str, v: str | None) -> int | None:
+        return parsed(parse_size, flag, v)  # type: ignore[no-any-return]
 
     def dur(flag: str, v: str | None) -> float | None:
-        if v is None:
-            return None
-        try:
-            return parse_duration(v, flag)
-        except ValueError as exc:
-            raise ConfigError(f"{flag}: {exc}") from None
+        return parsed(parse_duration, flag, v)  # type: ignore[no-any-return]
 
-    metrics_addr: str | None = args.metrics_addr
     return {
         "cache_dir": os.path.abspath(args.cache_dir) if args.cache_dir else None,
         "cache_size": size("--cache-size", args.cache_size),
@@ -139,7 +133,7 @@ def _mount_overrides(args: argparse.Namespace) -> dict[str, Any]:
         "file_mode": args.file_mode,
         "dir_mode": args.dir_mode,
         "allow_other": args.allow_other,
-        "metrics_addr": metrics_addr,
+        "metrics_addr": args.metrics_addr,  # "none" disables (build_config)
     }
 
 
@@ -158,16 +152,7 @@ def prepare(args: argparse.Namespace) -> tuple[Any, Any]:
     defaults = {k: v for k, v in (("endpoint", args.endpoint), ("region", args.region)) if v}
     if defaults:
         dataset = with_default_options(dataset, defaults)
-    overrides = _mount_overrides(args)
-    if overrides["metrics_addr"] in ("none", "off", ""):
-        overrides["metrics_addr"] = None
-        cfg = build_config(dataset, overrides)
-        from dataclasses import replace
-
-        cfg = replace(cfg, metrics_addr=None)
-    else:
-        cfg = build_config(dataset, overrides)
-    return dataset, cfg
+    return dataset, build_config(dataset, _mount_overrides(args))
 
 
 def with_default_options(dataset: Any, defaults: dict[str, str]) -> Any:

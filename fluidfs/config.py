@@ -104,7 +104,7 @@ def build_config(dataset: Dataset, overrides: Mapping[str, Any] | None = None) -
     for name, value in (overrides or {}).items():
         if value is not None:
             values[name] = value
-    if str(values.get("metrics_addr", "")).lower() in ("none", "off"):
+    if "metrics_addr" in values and str(values["metrics_addr"]).lower() in ("none", "off", ""):
         values["metrics_addr"] = None  # explicitly disabled
     cfg = replace(MountConfig(), **values)
     if math.isnan(cfg.metadata_ttl):

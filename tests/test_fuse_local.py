@@ -135,6 +135,7 @@ def test_mount_failures_leave_nothing_mounted(tree: Path, tmp_path: Path) -> Non
         lines = res.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("fluidfs: error: "), res.stderr
         assert "Traceback" not in res.stderr
+        assert "--cache-size: --cache-size" not in res.stderr  # the flag is named once
         assert not os.path.ismount(mnt)
     # busy mountpoint
     with Mount(f"file://{tree}", str(mnt)):
