@@ -17,11 +17,11 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
 from fluidfs.mountd import read_record
 from fluidfs.sizes import format_size, parse_size
+from fluidfs.status import fetch_metrics
 
 BUCKET = "demo"
 
@@ -71,17 +71,11 @@ def read_all(root: str, paths: list[str]) -> tuple[float, int, dict[str, str]]:
 
 
 def scrape(url: str) -> dict[str, float]:
-    """Sum each metric family of a Prometheus text page over its labels (tier kept apart)."""
+    """Each metric of the mount's endpoint summed over its labels (the tier kept apart)."""
     out: dict[str, float] = {}
-    with urllib.request.urlopen(url, timeout=5) as resp:
-        for line in resp.read().decode().splitlines():
-            if line.startswith("#") or not line.strip():
-                continue
-            name_labels, _, value = line.rpartition(" ")
-            name = name_labels.split("{")[0]
-            if 'tier="' in name_labels:
-                name += ":" + name_labels.split('tier="')[1].split('"')[0]
-            out[name] = out.get(name, 0.0) + float(value)
+    for name, labels, value in fetch_metrics(url):
+        key = f"{name}:{labels['tier']}" if "tier" in labels else name
+        out[key] = out.get(key, 0.0) + value
     return out
 
 

@@ -16,7 +16,7 @@ from typing import Any, Awaitable, Callable, TypeVar
 import pyfuse3
 
 from fluidfs import metrics
-from fluidfs.errors import AccessDeniedError, FsOpError, NotFoundError, SourceError, VersionChangedError
+from fluidfs.errors import AccessDeniedError, FsOpError, NotFoundError, SourceError
 from fluidfs.vfs import Attr, Vfs
 
 log = logging.getLogger(__name__)
@@ -32,9 +32,7 @@ def errno_of(exc: BaseException) -> int:
         return E.ENOENT
     if isinstance(exc, AccessDeniedError):
         return E.EACCES
-    if isinstance(exc, (VersionChangedError, SourceError)):
-        return E.EIO
-    return E.EIO
+    return E.EIO  # SourceError (unavailable, version changed) and anything unexpected
 
 
 def _op(name: str) -> Callable[[F], F]:

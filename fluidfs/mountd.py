@@ -232,7 +232,7 @@ class MountDaemon:
         assert self.vfs is not None
         ns = self.vfs.ns
         ns.invalidate_all()
-        nodes = [(n.inode, n.parent, n.path.rsplit("/", 1)[1]) for n in ns._nodes.values() if n.path != "/"]
+        nodes = [(n.inode, n.parent, n.path.rsplit("/", 1)[1]) for n in ns.all_nodes() if n.path != "/"]
 
         def invalidate() -> None:
             for inode, parent, name in nodes:

@@ -143,6 +143,13 @@ class Namespace:
         except KeyError:
             raise FsOpError(E.ENOENT, f"unknown inode {inode}") from None
 
+    def all_nodes(self) -> list[Node]:
+        """Every node known so far (a snapshot)."""
+        return list(self._nodes.values())
+
+    def __len__(self) -> int:
+        return len(self._nodes)
+
     def node_by_path(self, path: str) -> Node | None:
         inode = self._by_path.get(path)
         return self._nodes[inode] if inode is not None else None

@@ -275,7 +275,7 @@ class Vfs:
             "f_blocks": max(quota, used) // bsize,  # size = cache quota, used = cached bytes
             "f_bfree": max(0, quota - used) // bsize,
             "f_bavail": max(0, quota - used) // bsize,
-            "f_files": len(self.ns._by_path),
+            "f_files": len(self.ns),
             "f_ffree": 0,
             "f_favail": 0,
             "f_namemax": 255,

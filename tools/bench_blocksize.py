@@ -18,13 +18,13 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fluidfs.mountd import read_record  # noqa: E402
 from fluidfs.sizes import parse_size  # noqa: E402
+from fluidfs.status import fetch_metrics  # noqa: E402
 from tools.bench.store import BUCKET, open_store  # noqa: E402
 
 MiB = 1 << 20
@@ -32,12 +32,7 @@ MiB = 1 << 20
 
 def source_bytes(mnt: str) -> float:
     url = str((read_record(mnt) or {}).get("metrics"))
-    total = 0.0
-    with urllib.request.urlopen(url, timeout=5) as r:
-        for line in r.read().decode().splitlines():
-            if line.startswith("fluidfs_source_bytes_total{"):
-                total += float(line.rsplit(" ", 1)[1])
-    return total
+    return sum(v for name, _labels, v in fetch_metrics(url) if name == "fluidfs_source_bytes_total")
 
 
 def mount(mnt: str, env: dict[str, str], endpoint: str, *flags: str) -> None:

@@ -39,13 +39,9 @@ def parse_size(text: str) -> int:
 
 
 def drop_caches() -> bool:
-    try:
-        os.sync()
-        with open("/proc/sys/vm/drop_caches", "w") as f:
-            f.write("3\n")
-        return True
-    except OSError:
-        return False
+    from fluidfs.demo import drop_page_cache
+
+    return drop_page_cache()
 
 
 def keys(n: int, block_size: int) -> list[BlockKey]:
