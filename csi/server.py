@@ -25,7 +25,7 @@ from typing import Sequence
 
 import grpc
 
-from fluidfs.sizes import parse_duration
+from fluidfs.util.sizes import parse_duration
 
 from . import csi_pb2_grpc as pb_grpc
 from . import metrics

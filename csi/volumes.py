@@ -30,7 +30,7 @@ from typing import Any, Mapping
 import grpc
 import yaml
 
-from fluidfs.sizes import parse_duration, parse_size
+from fluidfs.util.sizes import parse_duration, parse_size
 
 from . import EPHEMERAL_KEY
 from . import csi_pb2 as pb

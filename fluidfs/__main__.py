@@ -3,6 +3,6 @@ from __future__ import annotations
 
 import sys
 
-from fluidfs.cli import main
+from fluidfs.cli.main import main
 
 sys.exit(main())

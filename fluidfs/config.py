@@ -11,7 +11,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Mapping
 
 from fluidfs.errors import ConfigError
-from fluidfs.spec_types import Dataset
+from fluidfs.spec.model import Dataset
 
 KiB = 1024
 MiB = 1024 * KiB

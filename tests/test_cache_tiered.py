@@ -25,13 +25,13 @@ from fluidfs.cache.ssd import SSDTier
 from fluidfs.cache.ssdlayout import round_up
 from fluidfs.cache.tiered import TieredCache
 from fluidfs.config import MountConfig
-from fluidfs.mountd import build_cache
-from fluidfs.namespace import ROOT_INODE, MountRef, Namespace
+from fluidfs.daemon.run import build_cache
+from fluidfs.fs.namespace import ROOT_INODE, MountRef, Namespace
 from fluidfs.sources.aio import AsyncSource
 from fluidfs.sources.base import Source
-from fluidfs.spec_types import MountSpec
+from fluidfs.spec.model import MountSpec
 from fluidfs.testing import CountingSource, FlakySource, MemorySource
-from fluidfs.vfs import Vfs
+from fluidfs.fs.vfs import Vfs
 
 KiB = 1024
 UNIT = 4096

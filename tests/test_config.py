@@ -7,7 +7,7 @@ import pytest
 
 from fluidfs.config import MountConfig, build_config
 from fluidfs.errors import ConfigError, SpecError
-from fluidfs.spec import parse_dataset
+from fluidfs.spec.parse import parse_dataset
 
 DOC = """
 apiVersion: fluidfs.io/v1alpha1

@@ -27,7 +27,7 @@ from csi.volumes import (
     parse_context,
     volume_id_for,
 )
-from fluidfs.spec import parse_dataset, resolve_credentials
+from fluidfs.spec.parse import parse_dataset, resolve_credentials
 
 Mode = pb.VolumeCapability.AccessMode.Mode
 

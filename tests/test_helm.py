@@ -696,7 +696,7 @@ def test_every_volume_context_is_accepted_by_the_plugin(full_objs: list[dict[str
         {"storageClass": {"create": True, "dataset": dataset}}))))
     contexts += list(volume_contexts([o for _, o in example_objects()]))
     assert len(contexts) >= 6
-    from fluidfs.spec import parse_dataset
+    from fluidfs.spec.parse import parse_dataset
 
     for where, ctx in contexts:
         try:

@@ -1,11 +1,11 @@
-"""Unit tests for fluidfs.sizes: parse_size, format_size, parse_duration, format_duration."""
+"""Unit tests for fluidfs.util.sizes: parse_size, format_size, parse_duration, format_duration."""
 from __future__ import annotations
 
 import math
 
 import pytest
 
-from fluidfs.sizes import format_duration, format_size, parse_duration, parse_size
+from fluidfs.util.sizes import format_duration, format_size, parse_duration, parse_size
 
 
 @pytest.mark.parametrize(

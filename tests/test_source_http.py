@@ -25,7 +25,7 @@ from fluidfs.errors import (
 from fluidfs.sources.base import Entry
 from fluidfs.sources.http import HTTPSource
 from fluidfs.sources.http_listing import looks_like_autoindex, parse_autoindex, parse_manifest
-from fluidfs.spec_types import MountSpec
+from fluidfs.spec.model import MountSpec
 from tests.fixtures_http import HTTP_TREE_EMPTY_DIRS, HTTP_TREE_FILES  # fixtures: tests/conftest.py
 
 ServerFactory = Callable[..., RangeHTTPServer]

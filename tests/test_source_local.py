@@ -17,7 +17,7 @@ from fluidfs.errors import (
 )
 from fluidfs.sources.local import LocalSource, version_of
 from fluidfs.sources.registry import local_path, open_source
-from fluidfs.spec_types import MountSpec
+from fluidfs.spec.model import MountSpec
 
 BIG_COUNT = 2500
 BLOB = bytes(range(256)) * 40  # 10240 bytes

@@ -17,7 +17,7 @@ from fluidfs.errors import (
 )
 from fluidfs.sources.registry import open_source
 from fluidfs.sources.s3 import S3Source
-from fluidfs.spec_types import MountSpec
+from fluidfs.spec.model import MountSpec
 from tests.conftest_s3 import closed_port, put_objects
 
 # fixtures s3_server, s3_bucket, make_s3_source, s3_outage_server come from tests/fixtures_s3.py

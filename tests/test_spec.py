@@ -12,14 +12,14 @@ import pytest
 import yaml
 
 from fluidfs.errors import SpecError
-from fluidfs.spec import (
+from fluidfs.spec.parse import (
     dataset_from_source_arg,
     dataset_from_url,
     load_dataset,
     parse_dataset,
     resolve_credentials,
 )
-from fluidfs.spec_types import CacheSpec, MetadataSpec, MountSpec, SecretRef
+from fluidfs.spec.model import CacheSpec, MetadataSpec, MountSpec, SecretRef
 
 DOC = "ds.yaml"
 SECRET = "s3cr3t-VALUE-never-shown"

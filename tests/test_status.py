@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from fluidfs.status import iter_files, metrics_summary, resolve_paths
+from fluidfs.cli.status import iter_files, metrics_summary, resolve_paths
 from tests.fusehelp import Mount, fluidfs, needs_fuse
 
 

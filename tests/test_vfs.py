@@ -14,12 +14,12 @@ from fluidfs.cache.memory import MemoryTier
 from fluidfs.cache.tiered import TieredCache
 from fluidfs.config import MountConfig
 from fluidfs.errors import FsOpError, NotFoundError, UnavailableError, VersionChangedError
-from fluidfs.namespace import ROOT_INODE, MountRef, Namespace
+from fluidfs.fs.namespace import ROOT_INODE, MountRef, Namespace
 from fluidfs.sources.aio import AsyncSource
 from fluidfs.sources.base import Source
-from fluidfs.spec_types import MountSpec
+from fluidfs.spec.model import MountSpec
 from fluidfs.testing import CountingSource, FlakySource, MemorySource
-from fluidfs.vfs import Vfs
+from fluidfs.fs.vfs import Vfs
 
 MiB = 1 << 20
 

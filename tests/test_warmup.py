@@ -18,7 +18,7 @@ from typing import Iterator
 import pytest
 
 from fluidfs.cache.ssd import SSDTier
-from fluidfs.progress import Progress, final_line, format_eta
+from fluidfs.warmup.progress import Progress, final_line, format_eta
 from tests.fusehelp import Mount, compare_tree, fluidfs, needs_fuse
 
 FINAL = re.compile(r"^cached (\d+)/(\d+) files, (\S+ \S+)/(\S+ \S+) \((\d+\.\d)%\) in \d+\.\ds$", re.M)
@@ -271,7 +271,7 @@ def test_load_interrupted_then_rerun_completes(s3: object, tmp_path: Path) -> No
 @needs_fuse
 @pytest.mark.fuse
 def test_load_source_then_read_everything_with_the_server_down(s3: object, local_src: Path, tmp_path: Path) -> None:
-    from fluidfs.demo import drop_page_cache
+    from fluidfs.cli.demo import drop_page_cache
 
     server = running(s3)
     cache = str(tmp_path / "cache")

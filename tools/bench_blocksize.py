@@ -22,9 +22,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from fluidfs.mountd import read_record  # noqa: E402
-from fluidfs.sizes import parse_size  # noqa: E402
-from fluidfs.status import fetch_metrics  # noqa: E402
+from fluidfs.daemon.run import read_record  # noqa: E402
+from fluidfs.util.sizes import parse_size  # noqa: E402
+from fluidfs.cli.status import fetch_metrics  # noqa: E402
 from tools.bench.store import BUCKET, open_store  # noqa: E402
 
 MiB = 1 << 20

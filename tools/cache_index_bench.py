@@ -39,7 +39,7 @@ def parse_size(text: str) -> int:
 
 
 def drop_caches() -> bool:
-    from fluidfs.demo import drop_page_cache
+    from fluidfs.cli.demo import drop_page_cache
 
     return drop_page_cache()
 

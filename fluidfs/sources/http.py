@@ -61,7 +61,7 @@ from fluidfs.sources.http_listing import (
     parse_manifest,
     strip_etag,
 )
-from fluidfs.spec_types import MountSpec
+from fluidfs.spec.model import MountSpec
 
 log = logging.getLogger(__name__)
 

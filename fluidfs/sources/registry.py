@@ -28,7 +28,7 @@ from urllib.parse import unquote, urlsplit
 
 from fluidfs.errors import SpecError
 from fluidfs.sources.base import Source
-from fluidfs.spec_types import MountSpec
+from fluidfs.spec.model import MountSpec
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""Field-level validation shared by the Dataset parsers (``fluidfs.spec``, ``fluidfs.spec_fluid``).
+"""Field-level validation shared by the Dataset parsers (``fluidfs.spec``, ``fluidfs.spec.fluid``).
 
 Each helper checks one value and raises ``SpecError`` through ``Ctx.fail`` with the field path
 it was given; type errors never echo the offending value (it might be a secret).  ``assemble``
@@ -19,7 +19,7 @@ from typing import Any, Iterable, Mapping, NoReturn
 from urllib.parse import urlsplit
 
 from fluidfs.errors import SpecError
-from fluidfs.spec_types import MountSpec, SecretRef
+from fluidfs.spec.model import MountSpec, SecretRef
 
 log = logging.getLogger("fluidfs.spec")  # the public module: one logger for all parse warnings
 

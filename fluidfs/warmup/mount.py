@@ -21,10 +21,10 @@ from typing import Any
 
 import trio
 
-from fluidfs import status
+from fluidfs.cli import status
 from fluidfs.errors import ConfigError
-from fluidfs.progress import Progress
-from fluidfs.warmup import _SOURCE_ONLY, LoadResult, _File, _Job, _Loader
+from fluidfs.warmup.progress import Progress
+from fluidfs.warmup.pipeline import _SOURCE_ONLY, LoadResult, _File, _Job, _Loader
 
 READ_SIZE = 1 << 20  # pread size through a mount
 MOUNT_CHUNK = 64 << 20  # files above this are read as parallel ranges through a mount

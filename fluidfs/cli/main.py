@@ -94,14 +94,14 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--shard-size", default="32Mi", help="size of each shard (default 32Mi)")
     d.add_argument("--keep", action="store_true", help=argparse.SUPPRESS)
 
-    from fluidfs import warmup
+    from fluidfs.warmup import pipeline as warmup
 
     warmup.add_parsers(sub)
     return p
 
 
 def _mount_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    from fluidfs.sizes import parse_duration, parse_size
+    from fluidfs.util.sizes import parse_duration, parse_size
 
     def parsed(parse: Callable[[str, str], Any], flag: str, v: str | None) -> Any:
         if v is None:
@@ -140,7 +140,7 @@ def _mount_overrides(args: argparse.Namespace) -> dict[str, Any]:
 def prepare(args: argparse.Namespace) -> tuple[Any, Any]:
     """Parse and validate the dataset and the configuration (no I/O beyond reading the spec)."""
     from fluidfs.config import build_config
-    from fluidfs.spec import dataset_from_source_arg
+    from fluidfs.spec.parse import dataset_from_source_arg
 
     options: dict[str, str] = {}
     for item in args.option:
@@ -171,13 +171,13 @@ def with_default_options(dataset: Any, defaults: dict[str, str]) -> Any:
 
 
 def cmd_mount(args: argparse.Namespace, argv: Sequence[str]) -> int:
-    from fluidfs import daemon
+    from fluidfs.daemon import spawn as daemon
 
     dataset, cfg = prepare(args)
     for w in dataset.warnings:
         print(f"fluidfs: warning: {w}", file=sys.stderr)
     if not args.foreground:
-        from fluidfs.mountd import check_mountpoint
+        from fluidfs.daemon.run import check_mountpoint
 
         check_mountpoint(args.mountpoint)
         return daemon.spawn_and_wait(list(argv), args.mountpoint, args.log_file, args.timeout)
@@ -185,7 +185,7 @@ def cmd_mount(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
 
 def cmd_umount(args: argparse.Namespace) -> int:
-    from fluidfs import daemon
+    from fluidfs.daemon import spawn as daemon
 
     daemon.unmount(args.mountpoint, lazy=args.lazy, timeout=args.timeout)
     return EXIT_OK
@@ -208,12 +208,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "umount":
             return cmd_umount(args)
         if args.command == "refresh":
-            from fluidfs import daemon
+            from fluidfs.daemon import spawn as daemon
 
             daemon.request_refresh(args.mountpoint)
             return EXIT_OK
         if args.command == "demo":
-            from fluidfs.demo import run_demo
+            from fluidfs.cli.demo import run_demo
 
             return run_demo(args)
         handler = getattr(args, "handler", None)

@@ -23,7 +23,7 @@ import time
 from collections import deque
 from typing import Callable, TextIO
 
-from fluidfs.sizes import format_size
+from fluidfs.util.sizes import format_size
 
 
 def format_eta(seconds: float) -> str:

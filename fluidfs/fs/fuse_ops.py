@@ -17,7 +17,7 @@ import pyfuse3
 
 from fluidfs import metrics
 from fluidfs.errors import AccessDeniedError, FsOpError, NotFoundError, SourceError
-from fluidfs.vfs import Attr, Vfs
+from fluidfs.fs.vfs import Attr, Vfs
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from fluidfs.spec_fields import (
+from fluidfs.spec.fields import (
     CREDENTIAL_NAMES,
     KNOWN_OPTIONS,
     Ctx,
@@ -37,7 +37,7 @@ from fluidfs.spec_fields import (
     string,
     sub,
 )
-from fluidfs.spec_types import SecretRef
+from fluidfs.spec.model import SecretRef
 
 __all__ = ["translate", "FLUID_OPTIONS", "FLUID_CREDENTIALS"]
 

@@ -1,15 +1,15 @@
-"""Parse and validate Dataset documents and command-line URLs into ``fluidfs.spec_types``.
+"""Parse and validate Dataset documents and command-line URLs into ``fluidfs.spec.model``.
 
 A Dataset is a YAML document (``apiVersion: fluidfs.io/v1alpha1``, ``kind: Dataset``; the full
 format is in ``docs/dataset.md``) or a single URL given on the command line.  Fluid's own
-``data.fluid.io/v1alpha1`` Dataset is accepted too and translated by ``fluidfs.spec_fluid``;
+``data.fluid.io/v1alpha1`` Dataset is accepted too and translated by ``fluidfs.spec.fluid``;
 fields of it that fluidfs does not use become ``Dataset.warnings`` instead of errors.
 
 Every mistake raises ``fluidfs.errors.SpecError(document, field_path, problem)`` with a field
 path like ``spec.mounts[1].mountPoint``.  Credential *values* are never read while parsing, and
 never appear in an exception or a log line: ``resolve_credentials`` reads them at mount time.
 
-Field-level checks live in ``fluidfs.spec_fields``; this module handles the YAML, the
+Field-level checks live in ``fluidfs.spec.fields``; this module handles the YAML, the
 ``fluidfs.io`` document shape and the public entry points.
 
 Caveats: local paths and URLs are taken literally (no percent-decoding); a normalised local
@@ -28,9 +28,10 @@ from typing import Any, Mapping
 
 import yaml
 
-from fluidfs import sizes, spec_fluid
+from fluidfs.spec import fluid as spec_fluid
+from fluidfs.util import sizes
 from fluidfs.errors import SpecError
-from fluidfs.spec_fields import (
+from fluidfs.spec.fields import (
     API_VERSION,
     COMMAND_LINE,
     CREDENTIAL_NAMES,
@@ -54,7 +55,7 @@ from fluidfs.spec_fields import (
     parse_options,
     string,
 )
-from fluidfs.spec_types import CacheSpec, Dataset, MetadataSpec, MountSpec
+from fluidfs.spec.model import CacheSpec, Dataset, MetadataSpec, MountSpec
 
 __all__ = [
     "load_dataset",

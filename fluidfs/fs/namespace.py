@@ -28,7 +28,7 @@ from fluidfs import metrics
 from fluidfs.errors import FsOpError, NotFoundError, SourceError, UnavailableError
 from fluidfs.sources.aio import AsyncSource
 from fluidfs.sources.base import Entry
-from fluidfs.spec_types import MountSpec
+from fluidfs.spec.model import MountSpec
 
 import errno as E
 

@@ -29,12 +29,12 @@ from fluidfs.cache.memory import MemoryTier
 from fluidfs.cache.tiered import TieredCache
 from fluidfs.config import MountConfig
 from fluidfs.errors import CacheError, MountError
-from fluidfs.fuse_ops import FluidOperations
-from fluidfs.namespace import MountRef, Namespace
+from fluidfs.fs.fuse_ops import FluidOperations
+from fluidfs.fs.namespace import MountRef, Namespace
 from fluidfs.sources.aio import AsyncSource
 from fluidfs.sources.base import Source
-from fluidfs.spec_types import Dataset
-from fluidfs.vfs import Vfs
+from fluidfs.spec.model import Dataset
+from fluidfs.fs.vfs import Vfs
 
 log = logging.getLogger(__name__)
 

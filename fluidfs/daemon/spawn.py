@@ -25,13 +25,13 @@ log = logging.getLogger(__name__)
 
 
 def _exit_code(exc: BaseException) -> int:
-    from fluidfs.cli import exit_code
+    from fluidfs.cli.main import exit_code
 
     return exit_code(exc)
 
 
 def _default_log(mountpoint: str) -> str:
-    from fluidfs.mountd import record_path
+    from fluidfs.daemon.run import record_path
 
     path = record_path(mountpoint)[: -len(".json")] + ".log"
     os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
@@ -114,7 +114,7 @@ def _report(fd: int | None, text: str) -> None:
 
 def run_foreground(dataset: Any, cfg: Any, mountpoint: str, ready_fd: int | None, pid_file: str | None) -> int:
     """Open sources, mount and serve until unmounted.  Returns the exit code."""
-    from fluidfs.mountd import MountDaemon, check_mountpoint
+    from fluidfs.daemon.run import MountDaemon, check_mountpoint
 
     try:
         check_mountpoint(mountpoint)
@@ -149,7 +149,7 @@ def run_foreground(dataset: Any, cfg: Any, mountpoint: str, ready_fd: int | None
 def open_sources(dataset: Any) -> list[tuple[Any, Any]]:
     """Open every mount's source and check it answers (credentials, bucket, endpoint)."""
     from fluidfs.sources.registry import open_source
-    from fluidfs.spec import resolve_credentials
+    from fluidfs.spec.parse import resolve_credentials
 
     out = []
     for m in dataset.mounts:
@@ -167,7 +167,7 @@ def _fusermount() -> str | None:
 
 
 def _force_unmount(mountpoint: str) -> None:
-    from fluidfs.mountd import is_mounted
+    from fluidfs.daemon.run import is_mounted
 
     if is_mounted(mountpoint):
         fm = _fusermount()
@@ -177,7 +177,7 @@ def _force_unmount(mountpoint: str) -> None:
 
 def unmount(mountpoint: str, *, lazy: bool = False, timeout: float = 30.0) -> None:
     """Unmount ``mountpoint`` and wait for its daemon to exit."""
-    from fluidfs.mountd import is_mounted, read_record
+    from fluidfs.daemon.run import is_mounted, read_record
 
     rec = read_record(mountpoint)
     if not is_mounted(mountpoint):
@@ -217,7 +217,7 @@ def request_refresh(mountpoint: str) -> None:
     """Ask a mount's daemon to drop its metadata caches (SIGUSR1)."""
     import signal
 
-    from fluidfs.mountd import read_record
+    from fluidfs.daemon.run import read_record
 
     rec = read_record(mountpoint)
     pid = rec.get("pid") if rec else None

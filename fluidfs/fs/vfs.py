@@ -22,8 +22,8 @@ from fluidfs.cache.base import BlockKey
 from fluidfs.cache.tiered import TieredCache
 from fluidfs.config import MountConfig
 from fluidfs.errors import FsOpError, VersionChangedError
-from fluidfs.namespace import Namespace, Node
-from fluidfs.reader import FileReader, Prefetcher
+from fluidfs.fs.namespace import Namespace, Node
+from fluidfs.fs.reader import FileReader, Prefetcher
 from fluidfs.sources.base import Entry
 
 log = logging.getLogger(__name__)

@@ -19,9 +19,9 @@ import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from fluidfs.mountd import read_record
-from fluidfs.sizes import format_size, parse_size
-from fluidfs.status import fetch_metrics
+from fluidfs.daemon.run import read_record
+from fluidfs.util.sizes import format_size, parse_size
+from fluidfs.cli.status import fetch_metrics
 
 BUCKET = "demo"
 

@@ -33,9 +33,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterator, Sequence
 
-from fluidfs.daemon import pid_alive
+from fluidfs.daemon.spawn import pid_alive
 from fluidfs.errors import ConfigError, MountError
-from fluidfs.sizes import format_duration, format_size
+from fluidfs.util.sizes import format_duration, format_size
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ WALK_BATCH = 256
 
 def mount_record(path: str) -> dict[str, Any] | None:
     """The runtime record of the live fluidfs mount at ``path``, or None if it is not one."""
-    from fluidfs.mountd import read_record
+    from fluidfs.daemon.run import read_record
 
     if not os.path.isdir(path) or not os.path.ismount(path):
         return None
@@ -377,7 +377,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def add_parser(sub: Any) -> None:
-    from fluidfs.warmup import _intermixed
+    from fluidfs.warmup.pipeline import _intermixed
 
     p = _intermixed(sub.add_parser("status", help="show a mount's configuration, cache usage, hit ratios and %% cached"))
     p.add_argument("mountpoint")

@@ -29,9 +29,9 @@ import trio
 
 from fluidfs.cache.base import BlockKey
 from fluidfs.errors import CacheError, ConfigError, MountError, NotFoundError, SourceError
-from fluidfs.progress import Progress
-from fluidfs.sizes import format_size
-from fluidfs.warmup import LoadResult, _as_mount_args, _File, _Job, _Loader
+from fluidfs.warmup.progress import Progress
+from fluidfs.util.sizes import format_size
+from fluidfs.warmup.pipeline import LoadResult, _as_mount_args, _File, _Job, _Loader
 
 log = logging.getLogger(__name__)
 
@@ -174,7 +174,7 @@ def _dataset_targets(dataset: Any, sources: list[tuple[Any, Any]], paths: Sequen
 
 
 def _in_use(cache_dir: str, pid: int | None) -> MountError:
-    from fluidfs.mountd import runtime_dir
+    from fluidfs.daemon.run import runtime_dir
 
     for path in glob.glob(os.path.join(runtime_dir(), "*.json")):
         try:
@@ -192,7 +192,8 @@ def _in_use(cache_dir: str, pid: int | None) -> MountError:
 
 
 def load_source(args: argparse.Namespace, progress: Progress) -> LoadResult:
-    from fluidfs import cli, daemon
+    from fluidfs.cli import main as cli
+    from fluidfs.daemon import spawn as daemon
     from fluidfs.cache.dirlock import lock_holder
     from fluidfs.cache.ssd import SSDTier
 

@@ -4,10 +4,10 @@
 ways, chosen by the first argument:
 
 * **A fluidfs mountpoint** (a live mount with a runtime record): the files are read fully
-  through the mount, which fills its MEM and SSD tiers — :mod:`fluidfs.warmup_mount`.
+  through the mount, which fills its MEM and SSD tiers — :mod:`fluidfs.warmup.mount`.
 * **A SOURCE** (URL, directory or Dataset file, as for ``fluidfs mount``): the SSD cache
   directory (``--cache-dir`` or the Dataset's ``spec.cache.directory``) is filled directly from
-  the source, without mounting — :mod:`fluidfs.warmup_source`.
+  the source, without mounting — :mod:`fluidfs.warmup.source`.
 
 This module holds what both share: the pipeline (:class:`_Loader`: lister → planner →
 ``--parallel`` worker threads), its result (:class:`LoadResult`), the final report, and the
@@ -39,10 +39,10 @@ from typing import Any, Callable
 
 import trio
 
-from fluidfs import status
+from fluidfs.cli import status
 from fluidfs.errors import ConfigError, FluidfsError
-from fluidfs.progress import Progress, final_line
-from fluidfs.sizes import format_size
+from fluidfs.warmup.progress import Progress, final_line
+from fluidfs.util.sizes import format_size
 
 log = logging.getLogger(__name__)
 
@@ -248,7 +248,7 @@ class _Loader:
 
 def _as_mount_args(args: argparse.Namespace) -> argparse.Namespace:
     """``args`` completed with the defaults of every ``fluidfs mount`` option, for cli.prepare()."""
-    from fluidfs import cli
+    from fluidfs.cli import main as cli
 
     mount_parser = argparse.ArgumentParser(add_help=False)
     cli._add_mount_options(mount_parser)
@@ -277,8 +277,8 @@ def report(res: LoadResult, progress: Progress, out: Callable[[str], None] | Non
 
 
 def cmd_load(args: argparse.Namespace) -> int:
-    from fluidfs.warmup_mount import find_mount, load_mount
-    from fluidfs.warmup_source import load_source
+    from fluidfs.warmup.mount import find_mount, load_mount
+    from fluidfs.warmup.source import load_source
 
     if args.parallel < 1:
         raise ConfigError("--parallel must be at least 1")

@@ -1,0 +1,1 @@
+"""The mount daemon (run), starting it detached or in the foreground (spawn), its runtime record (record)."""
