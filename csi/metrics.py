@@ -9,7 +9,9 @@
 """
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from fluidfs.util import prom
 
 REGISTRY = CollectorRegistry()
 VOLUME_MOUNTED = Gauge(
@@ -44,7 +46,4 @@ def drop_volume(volume_id: str) -> None:
 
 def serve(addr: str) -> tuple[str, int]:
     """Serve /metrics on ``HOST:PORT`` (port 0 = any free port); returns the bound address."""
-    host, _, port = addr.rpartition(":")
-    server, _thread = start_http_server(int(port), addr=host or "127.0.0.1", registry=REGISTRY)
-    bound = server.server_address
-    return str(bound[0]), int(bound[1])
+    return prom.serve(addr, REGISTRY)

@@ -44,6 +44,9 @@ from typing import Mapping
 import grpc
 import yaml
 
+from fluidfs.util.mounts import is_mounted
+from fluidfs.util.proc import pid_alive
+
 from . import metrics
 from .state import SharedMount, State, StateStore, Volume
 from .volumes import DatasetRequest, RequestError, build_document
@@ -60,29 +63,6 @@ class MountFailed(RequestError):
 
     def __init__(self, message: str, code: grpc.StatusCode = grpc.StatusCode.INTERNAL) -> None:
         super().__init__(code, message)
-
-
-# -- mount table helpers ------------------------------------------------------------------------
-def _unescape(field: str) -> str:
-    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
-
-
-def mount_points() -> list[tuple[str, str]]:
-    """(mount point, fs type) of every mount in this process's namespace, in mount order."""
-    out = []
-    with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
-        for line in f:
-            left, _, right = line.partition(" - ")
-            parts = left.split()
-            fstype = right.split()[0] if right else ""
-            if len(parts) >= 5:
-                out.append((_unescape(parts[4]), fstype))
-    return out
-
-
-def is_mounted(path: str) -> bool:
-    path = os.path.normpath(path)
-    return any(mp == path for mp, _ in mount_points())
 
 
 _probes: dict[str, threading.Thread] = {}
@@ -186,23 +166,6 @@ def fuse_usable() -> bool:
         return False
     os.close(fd)
     return True
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat", encoding="utf-8") as f:
-            state = f.read().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    if state == "Z":
-        # When the plugin is PID 1 of its container, exited daemons are re-parented to it:
-        # reap them so they do not pile up as zombies.
-        try:
-            os.waitpid(pid, os.WNOHANG)
-        except ChildProcessError:
-            pass
-        return False
-    return state != "X"
 
 
 def _write_private(path: str, data: str) -> None:
@@ -337,7 +300,7 @@ class MountManager:
 
     def shared_healthy(self, m: SharedMount) -> bool:
         pid = self.daemon_pid(m)
-        if pid is not None and not _pid_alive(pid):
+        if pid is not None and not pid_alive(pid, reap=True):
             return False
         if not is_mounted(m.mountpoint):
             return False
@@ -350,7 +313,7 @@ class MountManager:
             for v in self.state.users_of(m.key):
                 metrics.set_volume(v.volume_id, False)
             pid = self.daemon_pid(m)
-            if pid is not None and _pid_alive(pid):
+            if pid is not None and pid_alive(pid, reap=True):
                 try:
                     os.kill(pid, signal.SIGKILL)
                 except OSError:
@@ -386,7 +349,7 @@ class MountManager:
             r = _run(["fusermount3", "-u", m.mountpoint]) if shutil.which("fusermount3") else None
             if r is None or r.returncode != 0:
                 unmount(m.mountpoint, lazy=True)
-        if pid is not None and _pid_alive(pid):
+        if pid is not None and pid_alive(pid, reap=True):
             try:
                 os.kill(pid, signal.SIGTERM)
             except OSError:

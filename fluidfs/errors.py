@@ -2,8 +2,8 @@
 
 Every error fluidfs raises on purpose is a ``FluidfsError``.  Library errors (botocore,
 urllib, OSError from a source) are converted at the *source edge* into one of these; they are
-turned into errnos only in the FUSE adapter (``fluidfs/fuse_ops.py``) and into exit codes only
-in the CLI (``fluidfs/cli.py``).
+turned into errnos only in the FUSE adapter (``fluidfs/fs/fuse_ops.py``) and into exit codes
+only by :func:`exit_code` below (used by the CLI and by the daemon's readiness report).
 
     FluidfsError
     ├── SpecError            malformed Dataset document / bad option       (exit 2)
@@ -78,3 +78,16 @@ class FsOpError(FluidfsError):
     def __init__(self, errno: int, message: str = "") -> None:
         self.errno = errno
         super().__init__(message or f"errno {errno}")
+
+
+#: Exit codes of every ``fluidfs`` command (the README's tables).
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_SOURCE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+
+
+def exit_code(exc: BaseException) -> int:
+    """The exit code for an error that ends a command: 2 usage/spec/config, 3 source, else 1."""
+    if isinstance(exc, (SpecError, ConfigError)):
+        return EXIT_USAGE
+    if isinstance(exc, SourceError):
+        return EXIT_SOURCE
+    return EXIT_FAILURE

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import logging
 
-from prometheus_client import Counter, Gauge, Histogram, start_http_server
+from prometheus_client import Counter, Gauge, Histogram
+
+from fluidfs.util import prom
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +63,6 @@ META_MISSES = Counter("fluidfs_metadata_misses_total", "Lookups/listings that we
 
 def serve(addr: str) -> tuple[str, int]:
     """Start the metrics endpoint on ``HOST:PORT`` (port 0 = any); return the bound address."""
-    host, _, port = addr.rpartition(":")
-    server, _thread = start_http_server(int(port), addr=host)
-    bound_host, bound_port = server.server_address[:2]
-    log.info("metrics on http://%s:%d/metrics", bound_host, bound_port)
-    return str(bound_host), int(bound_port)
+    host, port = prom.serve(addr)
+    log.info("metrics on http://%s:%d/metrics", host, port)
+    return host, port

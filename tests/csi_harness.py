@@ -13,6 +13,7 @@ from typing import Any
 import grpc
 
 from csi import csi_pb2 as pb
+from fluidfs.util.mounts import mount_table
 from csi import csi_pb2_grpc as pb_grpc
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -106,10 +107,8 @@ def expect_code(code: grpc.StatusCode, fn: Any, request: Any) -> grpc.RpcError:
 
 def mounts_under(path: str) -> list[tuple[str, str]]:
     """(mount point, fs type) of every mount at or below ``path``."""
-    from csi.mounts import mount_points
-
     path = os.path.normpath(path)
-    return [(mp, t) for mp, t in mount_points() if mp == path or mp.startswith(path + "/")]
+    return [(m.mountpoint, m.fstype) for m in mount_table() if m.mountpoint == path or m.mountpoint.startswith(path + "/")]
 
 
 def cleanup(workdir: str) -> None:

@@ -34,7 +34,7 @@ def fluidfs(*args: str, env: dict[str, str] | None = None, timeout: float = 120)
 
 
 def force_unmount(mnt: str) -> None:
-    from fluidfs.daemon.run import is_mounted
+    from fluidfs.util.mounts import is_mounted
 
     if is_mounted(mnt):
         subprocess.run(["fusermount3", "-uz", mnt], capture_output=True)
@@ -64,7 +64,7 @@ class Mount:
         assert not os.path.ismount(self.mnt)
 
     def record(self) -> dict[str, object]:
-        from fluidfs.daemon.run import read_record
+        from fluidfs.daemon.record import read_record
 
         rec = read_record(self.mnt)
         assert rec is not None

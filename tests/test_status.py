@@ -8,12 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from fluidfs.cli.status import iter_files, metrics_summary, resolve_paths
+from fluidfs.cli.status import metrics_summary
+from fluidfs.util.prom import Sample
+from fluidfs.warmup.mounted import iter_files, resolve_paths
 from tests.fusehelp import Mount, fluidfs, needs_fuse
 
 
-def sample(name: str, value: float, **labels: str) -> tuple[str, dict[str, str], float]:
-    return name, {"dataset": "d", **labels}, value
+def sample(name: str, value: float, **labels: str) -> Sample:
+    return Sample(name, {"dataset": "d", **labels}, value)
 
 
 def test_metrics_summary_hit_ratios_and_source() -> None:

@@ -271,7 +271,7 @@ def test_load_interrupted_then_rerun_completes(s3: object, tmp_path: Path) -> No
 @needs_fuse
 @pytest.mark.fuse
 def test_load_source_then_read_everything_with_the_server_down(s3: object, local_src: Path, tmp_path: Path) -> None:
-    from fluidfs.cli.demo import drop_page_cache
+    from fluidfs.util.proc import drop_page_cache
 
     server = running(s3)
     cache = str(tmp_path / "cache")

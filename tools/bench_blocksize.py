@@ -22,9 +22,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from fluidfs.daemon.run import read_record  # noqa: E402
+from fluidfs.daemon.record import read_record  # noqa: E402
 from fluidfs.util.sizes import parse_size  # noqa: E402
-from fluidfs.cli.status import fetch_metrics  # noqa: E402
+from fluidfs.util.prom import fetch_samples, total  # noqa: E402
 from tools.bench.store import BUCKET, open_store  # noqa: E402
 
 MiB = 1 << 20
@@ -32,7 +32,7 @@ MiB = 1 << 20
 
 def source_bytes(mnt: str) -> float:
     url = str((read_record(mnt) or {}).get("metrics"))
-    return sum(v for name, _labels, v in fetch_metrics(url) if name == "fluidfs_source_bytes_total")
+    return total(fetch_samples(url), "fluidfs_source_bytes_total")
 
 
 def mount(mnt: str, env: dict[str, str], endpoint: str, *flags: str) -> None:

@@ -29,19 +29,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from fluidfs.cache.base import BlockKey  # noqa: E402
 from fluidfs.cache.ssd import SSDTier  # noqa: E402
-
-
-def parse_size(text: str) -> int:
-    units = {"": 1, "k": 1000, "kib": 1024, "m": 10**6, "mib": 1 << 20, "g": 10**9, "gib": 1 << 30}
-    t = text.strip().lower()
-    num = t.rstrip("abcdefghijklmnopqrstuvwxyz")
-    return int(float(num) * units[t[len(num):]])
-
-
-def drop_caches() -> bool:
-    from fluidfs.cli.demo import drop_page_cache
-
-    return drop_page_cache()
+from fluidfs.util.proc import drop_page_cache as drop_caches  # noqa: E402
+from fluidfs.util.sizes import parse_size  # noqa: E402
 
 
 def keys(n: int, block_size: int) -> list[BlockKey]:

@@ -17,11 +17,14 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
-from fluidfs.daemon.run import read_record
+from fluidfs.daemon.record import read_record
+from fluidfs.util.proc import drop_page_cache
+from fluidfs.util.prom import fetch_samples
 from fluidfs.util.sizes import format_size, parse_size
-from fluidfs.cli.status import fetch_metrics
 
 BUCKET = "demo"
 
@@ -73,23 +76,13 @@ def read_all(root: str, paths: list[str]) -> tuple[float, int, dict[str, str]]:
 def scrape(url: str) -> dict[str, float]:
     """Each metric of the mount's endpoint summed over its labels (the tier kept apart)."""
     out: dict[str, float] = {}
-    for name, labels, value in fetch_metrics(url):
+    for name, labels, value in fetch_samples(url):
         key = f"{name}:{labels['tier']}" if "tier" in labels else name
         out[key] = out.get(key, 0.0) + value
     return out
 
 
-def drop_page_cache() -> bool:
-    try:
-        os.sync()
-        with open("/proc/sys/vm/drop_caches", "w") as f:
-            f.write("3\n")
-        return True
-    except OSError:
-        return False
-
-
-def run_demo(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from fluidfs.embedded.s3server import S3Server
 
     work = tempfile.mkdtemp(prefix="fluidfs-demo-")
@@ -170,3 +163,12 @@ def run_demo(args: argparse.Namespace) -> int:
             subprocess.run([sys.executable, "-m", "fluidfs", "umount", "--lazy", mnt], capture_output=True)
         if not getattr(args, "keep", False):
             shutil.rmtree(work, ignore_errors=True)
+
+
+def add_parser(sub: Any) -> None:
+    p = sub.add_parser("demo", help="run the self-contained demo (embedded S3 server, no internet)")
+    p.add_argument("--files", type=int, default=300, help="number of image-sized files (default 300)")
+    p.add_argument("--shards", type=int, default=3, help="number of larger shard files (default 3)")
+    p.add_argument("--shard-size", default="32Mi", help="size of each shard (default 32Mi)")
+    p.add_argument("--keep", action="store_true", help=argparse.SUPPRESS)
+    p.set_defaults(handler=run)

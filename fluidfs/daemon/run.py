@@ -1,113 +1,58 @@
 """The mount daemon: open and check the sources, build cache → namespace → VFS, mount with
 pyfuse3 and serve until unmounted or signalled (SIGTERM/SIGINT/SIGHUP unmount cleanly).
 
-Readiness: once the kernel answers ``stat(mountpoint)`` through our own loop, ``ready()`` is
-called (the CLI's daemon parent waits for it, so ``fluidfs mount`` exits 0 only when the mount
-answers).  A small JSON runtime record (pid, mountpoint, dataset, metrics address, config) is
-written for ``fluidfs status`` / ``fluidfs umount`` and removed on exit.
+:func:`run_foreground` is the daemon's entry point (``fluidfs mount --foreground``, also the
+detached child that :mod:`fluidfs.daemon.spawn` starts).  Readiness: once the kernel answers
+``stat(mountpoint)`` through our own loop, ``READY`` is written to the readiness pipe (the
+parent waits for it, so ``fluidfs mount`` exits 0 only when the mount answers), or ``ERR <exit
+code> <message>`` when mounting fails.  The runtime record (:mod:`fluidfs.daemon.record`) is
+written once the mount answers and removed on exit.
 
 Caveats: one mount per process.
 """
 from __future__ import annotations
 
+import ctypes
 import dataclasses
-import hashlib
-import json
 import logging
 import math
 import os
-import re
 import signal
-import stat
-from typing import Callable
+import sys
+from collections.abc import Callable
 
 import pyfuse3
 import trio
 
 from fluidfs import metrics
 from fluidfs.cache.memory import MemoryTier
+from fluidfs.cache.ssd import SSDTier
 from fluidfs.cache.tiered import TieredCache
 from fluidfs.config import MountConfig
-from fluidfs.errors import CacheError, MountError
+from fluidfs.daemon.record import remove_record, write_record
+from fluidfs.daemon.spawn import check_mountpoint
+from fluidfs.errors import FluidfsError, MountError, exit_code
 from fluidfs.fs.fuse_ops import FluidOperations
 from fluidfs.fs.namespace import MountRef, Namespace
 from fluidfs.sources.aio import AsyncSource
 from fluidfs.sources.base import Source
-from fluidfs.spec.model import Dataset
+from fluidfs.sources.registry import open_sources
+from fluidfs.spec.model import Dataset, MountSpec
 from fluidfs.fs.vfs import Vfs
 
 log = logging.getLogger(__name__)
-
-
-def runtime_dir() -> str:
-    """Where runtime records live: /run/fluidfs for root, else $XDG_RUNTIME_DIR or /tmp."""
-    if os.geteuid() == 0:
-        return "/run/fluidfs"
-    base = os.environ.get("XDG_RUNTIME_DIR") or f"/tmp/fluidfs-{os.geteuid()}"
-    return os.path.join(base, "fluidfs")
-
-
-def record_path(mountpoint: str) -> str:
-    h = hashlib.sha256(os.path.realpath(mountpoint).encode()).hexdigest()[:16]
-    return os.path.join(runtime_dir(), f"{h}.json")
-
-
-def read_record(mountpoint: str) -> dict[str, object] | None:
-    try:
-        with open(record_path(mountpoint), encoding="utf-8") as f:
-            data: dict[str, object] = json.load(f)
-            return data
-    except (OSError, ValueError):
-        return None
-
-
-def is_mounted(path: str) -> bool:
-    """Whether something is mounted at ``path`` — from /proc/self/mounts, so a mount whose
-    FUSE daemon died ("Transport endpoint is not connected") counts too."""
-    target = os.path.abspath(path)
-    try:
-        with open("/proc/self/mounts", encoding="utf-8", errors="surrogateescape") as f:
-            for line in f:
-                fields = line.split()
-                if len(fields) > 1 and _unescape(fields[1]) == target:
-                    return True
-    except OSError:
-        return os.path.ismount(path)
-    return False
-
-
-def _unescape(field: str) -> str:
-    """Undo the octal escapes (``\\040`` for a space) of /proc/mounts fields."""
-    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
-
-
-def check_mountpoint(mountpoint: str) -> None:
-    if is_mounted(mountpoint):
-        raise MountError(f"mountpoint {mountpoint} is busy (something is already mounted there)")
-    try:
-        st = os.stat(mountpoint)
-    except FileNotFoundError:
-        raise MountError(f"mountpoint {mountpoint} does not exist") from None
-    except OSError as exc:
-        raise MountError(f"mountpoint {mountpoint} is not usable: {exc.strerror}") from None
-    if not stat.S_ISDIR(st.st_mode):
-        raise MountError(f"mountpoint {mountpoint} is not a directory")
 
 
 def build_cache(dataset: Dataset, cfg: MountConfig) -> TieredCache:
     ssd = None
     if cfg.cache_dir:
         try:
-            from fluidfs.cache.ssd import SSDTier
-
             ssd = SSDTier(
-                os.path.join(cfg.cache_dir),
+                cfg.cache_dir,
                 cfg.cache_size,
                 eviction="lru" if cfg.eviction == "lru" else "none",
                 free_space_floor=cfg.free_space_floor,
             )
-        except CacheError:
-            raise
         except OSError as exc:
             raise MountError(f"cache directory {cfg.cache_dir}: {exc.strerror or exc}") from None
     mem_policy = "lru" if ssd is not None else cfg.eviction
@@ -122,8 +67,6 @@ def tune_malloc() -> None:
     A fixed 1 MiB threshold keeps them mmap-backed (freed at once) and two arenas bound the rest.
     """
     try:
-        import ctypes
-
         libc = ctypes.CDLL("libc.so.6")
         m_mmap_threshold, m_arena_max = -3, -8
         libc.mallopt(m_mmap_threshold, 1 << 20)
@@ -152,7 +95,7 @@ class MountDaemon:
         dataset: Dataset,
         cfg: MountConfig,
         mountpoint: str,
-        sources: list[tuple[Source, "object"]],
+        sources: list[tuple[Source, MountSpec]],
     ) -> None:
         self.dataset = dataset
         self.cfg = cfg
@@ -165,7 +108,7 @@ class MountDaemon:
 
     def _build(self) -> FluidOperations:
         mounts = [
-            MountRef(spec, AsyncSource(src, self.dataset.name, self.limiter))  # type: ignore[arg-type]
+            MountRef(spec, AsyncSource(src, self.dataset.name, self.limiter))
             for src, spec in self._sources
         ]
         ns = Namespace(mounts, self.dataset.name, self.cfg.metadata_ttl, self.cfg.negative_ttl)
@@ -194,17 +137,13 @@ class MountDaemon:
             pyfuse3.init(ops, self.mountpoint, self._options())
         except RuntimeError as exc:
             raise MountError(f"cannot mount {self.mountpoint}: {exc}") from None
-        mounted = True
         try:
             trio.run(self._main, ready)
         finally:
-            self._remove_record()
-            if mounted:
-                pyfuse3.close(unmount=True)
-            if self.cache is not None and self.cache.ssd is not None:
-                close = getattr(self.cache.ssd, "close", None)
-                if close:
-                    close()
+            remove_record(self.mountpoint, os.getpid())
+            pyfuse3.close(unmount=True)
+            if self.cache is not None and isinstance(self.cache.ssd, SSDTier):
+                self.cache.ssd.close()
 
     async def _main(self, ready: Callable[[], None]) -> None:
         assert self.cache is not None and self.vfs is not None
@@ -268,20 +207,43 @@ class MountDaemon:
             "metrics": f"http://{self.metrics_addr[0]}:{self.metrics_addr[1]}/metrics" if self.metrics_addr else None,
             "config": cfg,
         }
-        path = record_path(self.mountpoint)
-        try:
-            os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-            tmp = f"{path}.{os.getpid()}.tmp"
-            with open(tmp, "w", encoding="utf-8") as f:
-                json.dump(rec, f, indent=1)
-            os.replace(tmp, path)
-        except OSError as exc:
-            log.warning("could not write runtime record %s: %s", path, exc)
+        write_record(self.mountpoint, rec)
 
-    def _remove_record(self) -> None:
-        rec = read_record(self.mountpoint)
-        if rec and rec.get("pid") == os.getpid():
+
+def _report(fd: int | None, text: str) -> None:
+    """One line to the parent's readiness pipe (``READY`` or ``ERR <code> <message>``), then close it."""
+    if fd is None:
+        return
+    try:
+        os.write(fd, (text + "\n").encode())
+        os.close(fd)
+    except OSError:
+        pass
+
+
+def run_foreground(dataset: Dataset, cfg: MountConfig, mountpoint: str, ready_fd: int | None, pid_file: str | None) -> int:
+    """Open sources, mount and serve until unmounted.  Returns the exit code."""
+    try:
+        check_mountpoint(mountpoint)
+        sources = open_sources(dataset)
+        if pid_file:
+            with open(pid_file, "w", encoding="ascii") as f:
+                f.write(f"{os.getpid()}\n")
+        daemon = MountDaemon(dataset, cfg, mountpoint, sources)
+        daemon.run(lambda: _report(ready_fd, "READY"))
+        return 0
+    except FluidfsError as exc:
+        code = exit_code(exc)
+        print(f"fluidfs: error: {exc}", file=sys.stderr)
+        _report(ready_fd, f"ERR {code} {exc}")
+        return code
+    except Exception as exc:  # last line of defence: one line for the parent, traceback in the log
+        log.exception("mount failed")
+        _report(ready_fd, f"ERR 1 unexpected error: {exc}")
+        return 1
+    finally:
+        if pid_file:
             try:
-                os.unlink(record_path(self.mountpoint))
+                os.unlink(pid_file)
             except OSError:
                 pass

@@ -1,12 +1,15 @@
-"""Process management for mounts: daemonize with a readiness pipe, run in the foreground,
-and unmount.
+"""Process management for mounts: start the daemon detached and wait for its readiness report,
+check a mountpoint, unmount, and signal a running daemon.
 
 ``fluidfs mount`` (without ``--foreground``) re-executes itself as a detached child
 (``--foreground --ready-fd N``, new session, output to a log file) and waits on a pipe: the
 child writes ``READY`` once the kernel answers through the mount, or ``ERR <code> <message>``
 when it fails.  The parent exits with the child's outcome; if the child dies without a word,
 the parent reports the last line of its log and makes sure nothing is left mounted.
-Credentials are never on argv: the child inherits the environment.
+Credentials are never on argv: the child inherits the environment.  The child itself runs
+:func:`fluidfs.daemon.run.run_foreground`.
+
+Caveats: ``unmount`` and ``request_refresh`` find the daemon through its runtime record.
 """
 from __future__ import annotations
 
@@ -14,25 +17,35 @@ import logging
 import os
 import select
 import shutil
+import signal
+import stat
 import subprocess
 import sys
 import time
-from typing import Any
 
-from fluidfs.errors import FluidfsError, MountError, SourceError
+from fluidfs.daemon.record import read_record, record_path
+from fluidfs.errors import MountError
+from fluidfs.util.mounts import is_mounted
+from fluidfs.util.proc import pid_alive
 
 log = logging.getLogger(__name__)
 
 
-def _exit_code(exc: BaseException) -> int:
-    from fluidfs.cli.main import exit_code
-
-    return exit_code(exc)
+def check_mountpoint(mountpoint: str) -> None:
+    """Raise MountError unless ``mountpoint`` is an existing directory with nothing mounted on it."""
+    if is_mounted(mountpoint):
+        raise MountError(f"mountpoint {mountpoint} is busy (something is already mounted there)")
+    try:
+        st = os.stat(mountpoint)
+    except FileNotFoundError:
+        raise MountError(f"mountpoint {mountpoint} does not exist") from None
+    except OSError as exc:
+        raise MountError(f"mountpoint {mountpoint} is not usable: {exc.strerror}") from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise MountError(f"mountpoint {mountpoint} is not a directory")
 
 
 def _default_log(mountpoint: str) -> str:
-    from fluidfs.daemon.run import record_path
-
     path = record_path(mountpoint)[: -len(".json")] + ".log"
     os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
     return path
@@ -102,73 +115,11 @@ def spawn_and_wait(argv: list[str], mountpoint: str, log_file: str | None, timeo
     return 1
 
 
-def _report(fd: int | None, text: str) -> None:
-    if fd is None:
-        return
-    try:
-        os.write(fd, (text + "\n").encode())
-        os.close(fd)
-    except OSError:
-        pass
-
-
-def run_foreground(dataset: Any, cfg: Any, mountpoint: str, ready_fd: int | None, pid_file: str | None) -> int:
-    """Open sources, mount and serve until unmounted.  Returns the exit code."""
-    from fluidfs.daemon.run import MountDaemon, check_mountpoint
-
-    try:
-        check_mountpoint(mountpoint)
-        sources = open_sources(dataset)
-        if pid_file:
-            with open(pid_file, "w") as f:
-                f.write(f"{os.getpid()}\n")
-        daemon = MountDaemon(dataset, cfg, mountpoint, sources)
-
-        def ready() -> None:
-            _report(ready_fd, "READY")
-
-        daemon.run(ready)
-        return 0
-    except FluidfsError as exc:
-        code = _exit_code(exc)
-        print(f"fluidfs: error: {exc}", file=sys.stderr)
-        _report(ready_fd, f"ERR {code} {exc}")
-        return code
-    except Exception as exc:  # last line of defence: one line for the parent, traceback in the log
-        log.exception("mount failed")
-        _report(ready_fd, f"ERR 1 unexpected error: {exc}")
-        return 1
-    finally:
-        if pid_file:
-            try:
-                os.unlink(pid_file)
-            except OSError:
-                pass
-
-
-def open_sources(dataset: Any) -> list[tuple[Any, Any]]:
-    """Open every mount's source and check it answers (credentials, bucket, endpoint)."""
-    from fluidfs.sources.registry import open_source
-    from fluidfs.spec.parse import resolve_credentials
-
-    out = []
-    for m in dataset.mounts:
-        src = open_source(m, resolve_credentials(m))
-        try:
-            src.check()
-        except SourceError as exc:
-            raise type(exc)(f"mount '{m.name}' ({m.url}): {exc}") from None
-        out.append((src, m))
-    return out
-
-
 def _fusermount() -> str | None:
     return shutil.which("fusermount3") or shutil.which("fusermount")
 
 
 def _force_unmount(mountpoint: str) -> None:
-    from fluidfs.daemon.run import is_mounted
-
     if is_mounted(mountpoint):
         fm = _fusermount()
         if fm:
@@ -177,8 +128,6 @@ def _force_unmount(mountpoint: str) -> None:
 
 def unmount(mountpoint: str, *, lazy: bool = False, timeout: float = 30.0) -> None:
     """Unmount ``mountpoint`` and wait for its daemon to exit."""
-    from fluidfs.daemon.run import is_mounted, read_record
-
     rec = read_record(mountpoint)
     if not is_mounted(mountpoint):
         raise MountError(f"{mountpoint} is not mounted")
@@ -197,28 +146,8 @@ def unmount(mountpoint: str, *, lazy: bool = False, timeout: float = 30.0) -> No
             time.sleep(0.05)
 
 
-def pid_alive(pid: int) -> bool:
-    """Whether process ``pid`` exists (one we may not signal counts; a zombie does not)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # a zombie child of ours counts as gone
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(") ")[-1][:1] != "Z"
-    except OSError:
-        return False
-
-
 def request_refresh(mountpoint: str) -> None:
     """Ask a mount's daemon to drop its metadata caches (SIGUSR1)."""
-    import signal
-
-    from fluidfs.daemon.run import read_record
-
     rec = read_record(mountpoint)
     pid = rec.get("pid") if rec else None
     if not os.path.ismount(mountpoint) or not isinstance(pid, int) or not pid_alive(pid):

@@ -24,13 +24,11 @@ from fluidfs.config import MountConfig
 from fluidfs.errors import FsOpError, VersionChangedError
 from fluidfs.fs.namespace import Namespace, Node
 from fluidfs.fs.reader import FileReader, Prefetcher
+from fluidfs.fs.xattrs import XATTR_CACHED, XATTR_SOURCE, XATTR_VERSION
 from fluidfs.sources.base import Entry
 
 log = logging.getLogger(__name__)
 
-XATTR_SOURCE = b"user.fluidfs.source"
-XATTR_VERSION = b"user.fluidfs.version"
-XATTR_CACHED = b"user.fluidfs.cached"
 _BLOCK = 512
 
 

@@ -59,9 +59,9 @@ from fluidfs.sources.http_listing import (
     looks_like_autoindex,
     parse_autoindex,
     parse_manifest,
-    strip_etag,
 )
 from fluidfs.spec.model import MountSpec
+from fluidfs.util.etag import normalize_etag
 
 log = logging.getLogger(__name__)
 
@@ -259,7 +259,7 @@ class HTTPSource(Source):
             raise self._fail(resp, url, "HEAD")
         if size is None:
             raise SourceError("server does not tell the object's size", url)
-        etag = strip_etag(headers.get("ETag"))
+        etag = normalize_etag(headers.get("ETag"))
         last_mod = headers.get("Last-Modified")
         version = etag or (f"lm:{last_mod}-{size}" if last_mod else f"sz:{size}")
         return Entry(name=name, is_dir=False, size=size, mtime=http_mtime(last_mod), version=version)
@@ -467,7 +467,7 @@ class HTTPSource(Source):
         else:
             length = resp.headers.get("Content-Length", "")
             total = int(length) if length.isdigit() else None
-        got_etag = strip_etag(resp.headers.get("ETag"))
+        got_etag = normalize_etag(resp.headers.get("ETag"))
         got_lm = resp.headers.get("Last-Modified")
         if etag and got_etag and got_etag != etag:
             raise VersionChangedError("object changed (ETag differs)", url)

@@ -32,6 +32,7 @@ from typing import Any, Iterable
 
 from fluidfs.errors import SourceError
 from fluidfs.sources.base import Entry
+from fluidfs.util.etag import normalize_etag
 
 #: manifest version tokens look like this when the manifest carries no ETag (size is checked on read)
 MANIFEST_VERSION_PREFIX = "mf:"
@@ -82,18 +83,6 @@ def bad_relpath(path: str) -> str | None:
         if comp in (".", ".."):
             return f"'{comp}' path component"
     return None
-
-
-def strip_etag(raw: str | None) -> str:
-    """The version token for an ``ETag`` header: quotes stripped; ``""`` for weak or missing tags."""
-    if not raw:
-        return ""
-    raw = raw.strip()
-    if raw.startswith("W/"):
-        return ""
-    if len(raw) >= 2 and raw[0] == raw[-1] == '"':
-        raw = raw[1:-1]
-    return raw
 
 
 # ---- manifest ----------------------------------------------------------------------------------
@@ -163,7 +152,7 @@ def _file_entry(tree: ManifestTree, where: str, path: Any, size: Any, mtime: Any
         raise SourceError(f"manifest {where}: 'mtime' must be a number", tree.url)
     if etag is not None and not isinstance(etag, str):
         raise SourceError(f"manifest {where}: 'etag' must be a string", tree.url)
-    version = strip_etag(etag) or f"{MANIFEST_VERSION_PREFIX}{size}-{float(mtime)!r}"
+    version = normalize_etag(etag) or f"{MANIFEST_VERSION_PREFIX}{size}-{float(mtime)!r}"
     name = path.rpartition("/")[2]
     return path, Entry(name=name, is_dir=False, size=size, mtime=float(mtime), version=version)
 

@@ -26,9 +26,10 @@ import os
 from typing import Mapping
 from urllib.parse import unquote, urlsplit
 
-from fluidfs.errors import SpecError
+from fluidfs.errors import SourceError, SpecError
 from fluidfs.sources.base import Source
-from fluidfs.spec.model import MountSpec
+from fluidfs.spec.model import Dataset, MountSpec
+from fluidfs.spec.parse import resolve_credentials
 
 log = logging.getLogger(__name__)
 
@@ -45,15 +46,29 @@ def open_source(mount: MountSpec, credentials: Mapping[str, str]) -> Source:
     scheme = mount.scheme.lower()
     if scheme == "s3":
         return _open_s3(mount, credentials)
+    # backends are imported on use, so only the client library a dataset needs is loaded
     if scheme == "file":
         from fluidfs.sources.local import LocalSource
 
         return LocalSource(local_path(mount.url))
     if scheme in ("http", "https"):
-        from fluidfs.sources.http import HTTPSource  # written separately; import lazily
+        from fluidfs.sources.http import HTTPSource
 
         return HTTPSource.from_mount(mount, dict(credentials))
     raise SpecError(_doc(mount), "mountPoint", f"unsupported scheme {mount.scheme!r} in {mount.url!r}")
+
+
+def open_sources(dataset: Dataset) -> list[tuple[Source, MountSpec]]:
+    """Open every mount's source and check it answers (credentials, bucket, endpoint)."""
+    out = []
+    for m in dataset.mounts:
+        src = open_source(m, resolve_credentials(m))
+        try:
+            src.check()
+        except SourceError as exc:
+            raise type(exc)(f"mount '{m.name}' ({m.url}): {exc}") from None
+        out.append((src, m))
+    return out
 
 
 def local_path(url: str) -> str:

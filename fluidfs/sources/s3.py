@@ -13,7 +13,7 @@ Mapping of keys to a tree (``prefix`` is the source root, ``/`` the separator):
   directory costs one request, a file two.
 - Keys whose last component would be empty, ``.`` or ``..`` (``a//b``, ``a/./b``) cannot be
   shown in a POSIX tree and are skipped by ``list``.
-- ``version`` is the ETag without quotes; ``read(..., version)`` sends ``If-Match`` so a changed
+- ``version`` is the ETag without quotes (``fluidfs.util.etag``); ``read(..., version)`` sends ``If-Match`` so a changed
   object raises VersionChangedError instead of returning bytes of another version.
 
 Listing is lazy: one ListObjectsV2 request (up to 1000 keys) per yielded page.  S3 returns keys
@@ -59,6 +59,7 @@ from fluidfs.errors import (
     VersionChangedError,
 )
 from fluidfs.sources.base import Entry, Source
+from fluidfs.util.etag import normalize_etag
 
 log = logging.getLogger(__name__)
 
@@ -83,13 +84,6 @@ def _code_status(e: ClientError) -> tuple[str, int]:
     err = e.response.get("Error", {}) or {}
     meta = e.response.get("ResponseMetadata", {}) or {}
     return str(err.get("Code", "")), int(meta.get("HTTPStatusCode", 0) or 0)
-
-
-def _strip_etag(etag: str) -> str:
-    etag = etag.strip()
-    if etag.startswith("W/"):
-        etag = etag[2:]
-    return etag.strip('"')
 
 
 class S3Source(Source):
@@ -239,7 +233,7 @@ class S3Source(Source):
             is_dir=False,
             size=int(head.get("ContentLength", 0)),
             mtime=head["LastModified"].timestamp() if head.get("LastModified") else 0.0,
-            version=_strip_etag(head.get("ETag", "")),
+            version=normalize_etag(head.get("ETag")),
         )
 
     def list(self, path: str) -> Iterator[list[Entry]]:
@@ -284,7 +278,7 @@ class S3Source(Source):
                             is_dir=False,
                             size=int(obj.get("Size", 0)),
                             mtime=lm.timestamp() if lm is not None else 0.0,
-                            version=_strip_etag(obj.get("ETag", "")),
+                            version=normalize_etag(obj.get("ETag")),
                         ),
                     )
                 )
@@ -340,7 +334,8 @@ class S3Source(Source):
             raise self._error(e, path, "read") from e
         finally:
             body.close()
-        if version and resp.get("ETag") and _strip_etag(resp["ETag"]) != version:
+        got = normalize_etag(resp.get("ETag"))
+        if version and got and got != version:
             # a server that ignores If-Match must not hand us bytes of another version
             raise VersionChangedError("object changed since it was opened", self.url(path))
         if len(data) > end - start:

@@ -7,30 +7,29 @@ above 64 MiB are split into ranges read in parallel).  ``posix_fadvise(DONTNEED)
 after each range keeps the kernel page cache from being flooded and makes sure the reads reach
 fluidfs.  This fills the mount's MEM and SSD tiers.  Afterwards each file's xattr is read again,
 so the final line reports what the mount really holds.  The pipeline, progress, interrupt
-handling and exit codes are :mod:`fluidfs.warmup`'s.
+handling and result are :mod:`fluidfs.warmup.pipeline`'s.
 
 Caveats: with ``eviction: lru`` (or a mount without an SSD tier) loading more than the cache
 holds evicts what was loaded first; the final line then says so (exit 1).
 """
 from __future__ import annotations
 
-import argparse
 import os
 import threading
+from collections.abc import Mapping
 from typing import Any
 
 import trio
 
-from fluidfs.cli import status
-from fluidfs.errors import ConfigError
+from fluidfs.warmup.mounted import cached_fraction, cached_summary, iter_files
+from fluidfs.warmup.pipeline import File, Job, LoadResult, Loader
 from fluidfs.warmup.progress import Progress
-from fluidfs.warmup.pipeline import _SOURCE_ONLY, LoadResult, _File, _Job, _Loader
 
 READ_SIZE = 1 << 20  # pread size through a mount
 MOUNT_CHUNK = 64 << 20  # files above this are read as parallel ranges through a mount
 
 
-class MountLoader(_Loader):
+class MountLoader(Loader):
     """Reads files through a live mount so its tiers fill."""
 
     def __init__(self, root: str, rels: list[str], parallel: int, progress: Progress) -> None:
@@ -38,10 +37,10 @@ class MountLoader(_Loader):
         self.root = root
         self.rels = rels
         self.meta_limiter = trio.CapacityLimiter(parallel)  # "fluidfs-load-xattr" threads
-        self.recheck: list[_File] = []
+        self.recheck: list[File] = []
 
-    async def list_files(self, send: trio.MemorySendChannel[_File]) -> None:
-        it = status.iter_files(self.root, self.rels)
+    async def list_files(self, send: trio.MemorySendChannel[File]) -> None:
+        it = iter_files(self.root, self.rels)
         while True:
             try:
                 batch = await trio.to_thread.run_sync(next, it, None)
@@ -52,23 +51,23 @@ class MountLoader(_Loader):
             if batch is None:
                 return
             for rel, size in batch:
-                f = _File(rel, size)
+                f = File(rel, size)
                 self.found(f)
                 await send.send(f)
 
-    def _fraction(self, f: _File) -> float:
-        return status.cached_fraction(os.path.join(self.root, f.path))
+    def _fraction(self, f: File) -> float:
+        return cached_fraction(os.path.join(self.root, f.path))
 
-    async def plan(self, f: _File) -> list[_Job]:
+    async def plan(self, f: File) -> list[Job]:
         frac = await trio.to_thread.run_sync(self._fraction, f, limiter=self.meta_limiter)
         if frac >= 1.0:
             self.add_cached(f, f.size)
             f.skipped = True
             self.res.skipped_files += 1
             return []
-        return [_Job(f, s, min(s + MOUNT_CHUNK, f.size)) for s in range(0, f.size, MOUNT_CHUNK)]
+        return [Job(f, s, min(s + MOUNT_CHUNK, f.size)) for s in range(0, f.size, MOUNT_CHUNK)]
 
-    def run_job(self, job: _Job) -> bool:
+    def run_job(self, job: Job) -> bool:
         whole = job.start == 0 and job.end == job.file.size
         length = 0 if whole else job.end - job.start
         fd = os.open(os.path.join(self.root, job.file.path), os.O_RDONLY | os.O_CLOEXEC)
@@ -88,7 +87,7 @@ class MountLoader(_Loader):
         finally:
             os.close(fd)
 
-    async def finish(self, f: _File) -> None:
+    async def finish(self, f: File) -> None:
         if f.failed or f.skipped or f.size == 0:
             return
         frac = await trio.to_thread.run_sync(self._fraction, f, limiter=self.meta_limiter)
@@ -118,43 +117,23 @@ class MountLoader(_Loader):
             threading.Event().wait(0.5)
 
 
-def _mount_capacity(cfg: dict[str, Any]) -> int:
+def _mount_capacity(cfg: Mapping[str, Any]) -> int:
     """Bytes the mount can keep: its SSD quota, or its memory tier without one."""
     return int((cfg.get("cache_size") if cfg.get("cache_dir") else cfg.get("memory_size")) or 0)
 
 
-def find_mount(path: str) -> tuple[str, str] | None:
-    """(mountpoint, path relative to it) if ``path`` is in a live fluidfs mount, else None."""
-    if "://" in path or not os.path.exists(path):
-        return None
-    full = os.path.abspath(path)
-    probe = full
-    while True:
-        if status.mount_record(probe) is not None:
-            return probe, os.path.relpath(full, probe) if probe != full else ""
-        parent = os.path.dirname(probe)
-        if parent == probe:
-            return None
-        probe = parent
+def load_mount(root: str, rels: list[str], config: Mapping[str, Any], parallel: int, progress: Progress) -> LoadResult:
+    """Read the files under ``rels`` (relative to the mount ``root``) through the mount.
 
-
-def load_mount(args: argparse.Namespace, rec: dict[str, Any], progress: Progress) -> LoadResult:
-    given = [f"--{k.replace('_', '-')}" for k in _SOURCE_ONLY if getattr(args, k, None) is not None]
-    if args.option:
-        given.append("-o")
-    if given:
-        raise ConfigError(f"{', '.join(given)}: only for loading a SOURCE; {args.source} is a mount and uses its own configuration")
-    root, sub = find_mount(args.source) or (os.path.abspath(args.source), "")
-    # inside a mount: `load /mnt/data/train [PATH]` = `load /mnt/data train[/PATH]`
-    rels = status.resolve_paths(root, [os.path.join(sub, p) for p in args.paths] or [sub])
-    loader = MountLoader(root, rels, args.parallel, progress)
+    ``config`` is the mount's configuration from its runtime record (for its cache capacity).
+    """
+    loader = MountLoader(root, rels, parallel, progress)
     res = loader.run()
     if not res.interrupted:
         loader.settle()
-        if res.bytes_total > _mount_capacity(dict(rec.get("config") or {})):
-            summary = status.cached_summary(root, rels)  # loading may have evicted earlier files
+        if res.bytes_total > _mount_capacity(config):
+            summary = cached_summary(root, rels)  # loading may have evicted earlier files
             res.files_cached, res.bytes_cached = summary.fully_cached_files, summary.cached_bytes
             if res.bytes_cached < res.bytes_total:
                 res.halted = res.halted or "the data is larger than the mount's cache; not all of it stays cached"
     return res
-

@@ -9,7 +9,7 @@ ways, chosen by the first argument:
   directory (``--cache-dir`` or the Dataset's ``spec.cache.directory``) is filled directly from
   the source, without mounting — :mod:`fluidfs.warmup.source`.
 
-This module holds what both share: the pipeline (:class:`_Loader`: lister → planner →
+This module holds what both share: the pipeline (:class:`Loader`: lister → planner →
 ``--parallel`` worker threads), its result (:class:`LoadResult`), the final report, and the
 ``load`` sub-command (:func:`add_parsers`, which also adds ``status``; :func:`cmd_load`).
 
@@ -29,30 +29,24 @@ PATH.
 """
 from __future__ import annotations
 
-import argparse
 import logging
 import signal
-import sys
 import threading
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import trio
 
-from fluidfs.cli import status
-from fluidfs.errors import ConfigError, FluidfsError
-from fluidfs.warmup.progress import Progress, final_line
-from fluidfs.util.sizes import format_size
+from fluidfs.errors import FluidfsError
+from fluidfs.warmup.progress import Progress
 
 log = logging.getLogger(__name__)
 
 LIST_AHEAD = 10_000  # files the listing may run ahead of the loaders
-EXIT_OK, EXIT_INCOMPLETE, EXIT_INTERRUPTED = 0, 1, 130
-_SOURCE_ONLY = ("cache_dir", "cache_size", "block_size", "eviction", "free_space_floor", "endpoint", "region")
 
 
 @dataclass(eq=False)
-class _File:
+class File:
     path: str  # relative to the mount (mount mode) / path in the dataset tree (source mode)
     size: int
     pending: int = 0  # jobs not finished yet
@@ -66,8 +60,8 @@ class _File:
 
 
 @dataclass(eq=False)
-class _Job:
-    file: _File
+class Job:
+    file: File
     start: int
     end: int
     index: int = 0
@@ -96,10 +90,10 @@ class LoadResult:
         )
 
 
-class _Loader:
+class Loader:
     """The pipeline shared by both modes: lister → planner → ``parallel`` workers.
 
-    Subclasses provide ``list_files`` (send _File objects, streamed), ``plan`` (which ranges
+    Subclasses provide ``list_files`` (send File objects, streamed), ``plan`` (which ranges
     still need loading), ``run_job`` (blocking, in a worker thread) and ``finish``.
     """
 
@@ -113,16 +107,16 @@ class _Loader:
         self._lock = threading.Lock()
 
     # --- hooks ------------------------------------------------------------------------------
-    async def list_files(self, send: trio.MemorySendChannel[_File]) -> None:
+    async def list_files(self, send: trio.MemorySendChannel[File]) -> None:
         raise NotImplementedError
 
-    async def plan(self, f: _File) -> list[_Job]:
+    async def plan(self, f: File) -> list[Job]:
         raise NotImplementedError
 
-    def run_job(self, job: _Job) -> bool:
+    def run_job(self, job: Job) -> bool:
         raise NotImplementedError
 
-    async def finish(self, f: _File) -> None:
+    async def finish(self, f: File) -> None:
         """Called once per file when its last job is done (adjust ``f.cached``)."""
 
     # --- bookkeeping -------------------------------------------------------------------------
@@ -133,16 +127,16 @@ class _Loader:
                 self.res.errors.append(f"{what}: {why}")
         log.debug("load: %s: %s", what, exc)
 
-    def found(self, f: _File) -> None:
+    def found(self, f: File) -> None:
         self.res.files_total += 1
         self.res.bytes_total += f.size
         self.progress.add_total(1, f.size)
 
-    def add_cached(self, f: _File, nbytes: int) -> None:
+    def add_cached(self, f: File, nbytes: int) -> None:
         f.cached += nbytes
         self.res.bytes_cached += nbytes
 
-    async def _finish(self, f: _File) -> None:
+    async def _finish(self, f: File) -> None:
         before = f.cached
         try:
             await self.finish(f)
@@ -164,8 +158,8 @@ class _Loader:
         return self.res
 
     async def _main(self) -> None:
-        files_send, files_recv = trio.open_memory_channel[_File](LIST_AHEAD)
-        jobs_send, jobs_recv = trio.open_memory_channel[_Job](self.parallel * 2)
+        files_send, files_recv = trio.open_memory_channel[File](LIST_AHEAD)
+        jobs_send, jobs_recv = trio.open_memory_channel[Job](self.parallel * 2)
         async with trio.open_nursery() as outer:
             outer.start_soon(self._signals, outer.cancel_scope)
             outer.start_soon(self._ticker)
@@ -190,13 +184,13 @@ class _Loader:
             self.progress.tick()
             await trio.sleep(0.1)
 
-    async def _lister(self, send: trio.MemorySendChannel[_File]) -> None:
+    async def _lister(self, send: trio.MemorySendChannel[File]) -> None:
         async with send:
             await self.list_files(send)
             self.res.listing_complete = True
             self.progress.totals_final()
 
-    async def _planner(self, recv: trio.MemoryReceiveChannel[_File], send: trio.MemorySendChannel[_Job]) -> None:
+    async def _planner(self, recv: trio.MemoryReceiveChannel[File], send: trio.MemorySendChannel[Job]) -> None:
         sem = trio.Semaphore(self.parallel)
         async with recv, send:
             async with trio.open_nursery() as nursery:
@@ -204,7 +198,7 @@ class _Loader:
                     await sem.acquire()
                     nursery.start_soon(self._plan_one, f, send, sem)
 
-    async def _plan_one(self, f: _File, send: trio.MemorySendChannel[_Job], sem: trio.Semaphore) -> None:
+    async def _plan_one(self, f: File, send: trio.MemorySendChannel[Job], sem: trio.Semaphore) -> None:
         try:
             try:
                 jobs = [] if self.halted else await self.plan(f)
@@ -223,7 +217,7 @@ class _Loader:
         finally:
             sem.release()
 
-    async def _worker(self, recv: trio.MemoryReceiveChannel[_Job]) -> None:
+    async def _worker(self, recv: trio.MemoryReceiveChannel[Job]) -> None:
         async with recv:
             async for job in recv:
                 f = job.file
@@ -241,92 +235,3 @@ class _Loader:
                 f.pending -= 1
                 if f.pending == 0:
                     await self._finish(f)
-
-
-# ----------------------------------------------------------------------------- command line
-
-
-def _as_mount_args(args: argparse.Namespace) -> argparse.Namespace:
-    """``args`` completed with the defaults of every ``fluidfs mount`` option, for cli.prepare()."""
-    from fluidfs.cli import main as cli
-
-    mount_parser = argparse.ArgumentParser(add_help=False)
-    cli._add_mount_options(mount_parser)
-    merged = vars(mount_parser.parse_args([]))
-    merged.update(vars(args))
-    merged["metrics_addr"] = "none"  # no endpoint: nothing is served
-    return argparse.Namespace(**merged)
-
-
-def report(res: LoadResult, progress: Progress, out: Callable[[str], None] | None = None) -> int:
-    line = final_line(res.files_cached, res.files_total, res.bytes_cached, res.bytes_total, res.seconds)
-    if res.interrupted:
-        more = "" if res.listing_complete else " (listing incomplete)"
-        progress.finish(f"interrupted: {line}{more} so far; run the same command again to continue", sys.stdout)
-        return EXIT_INTERRUPTED
-    progress.finish(line, sys.stdout)
-    if not progress.quiet:
-        print(f"fluidfs: {format_size(res.loaded_bytes)} loaded now; {res.skipped_files} files were already cached",
-              file=sys.stderr)
-    if res.failed:
-        more = ", ..." if res.failed > len(res.errors) else ""
-        print(f"fluidfs: {res.failed} files could not be loaded: {'; '.join(res.errors)}{more}", file=sys.stderr)
-    if res.halted:
-        print(f"fluidfs: stopped: {res.halted}", file=sys.stderr)
-    return EXIT_OK if res.complete else EXIT_INCOMPLETE
-
-
-def cmd_load(args: argparse.Namespace) -> int:
-    from fluidfs.warmup.mount import find_mount, load_mount
-    from fluidfs.warmup.source import load_source
-
-    if args.parallel < 1:
-        raise ConfigError("--parallel must be at least 1")
-    progress = Progress(sys.stderr, quiet=args.quiet)
-    found = find_mount(args.source)
-    if found is not None:
-        rec = status.require_mount(found[0])
-        res = load_mount(args, rec, progress)
-    else:
-        res = load_source(args, progress)
-    return report(res, progress)
-
-
-class _Intermixed:
-    """Parser mixin: PATHs may follow options (``load SOURCE --cache-dir D PATH``)."""
-
-    _inside = False
-
-    def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
-        if self._inside:  # parse_known_intermixed_args calls back into us
-            return super().parse_known_args(args, namespace)  # type: ignore[misc]
-        self._inside = True
-        try:
-            return self.parse_known_intermixed_args(args, namespace)  # type: ignore[attr-defined]
-        finally:
-            self._inside = False
-
-
-def _intermixed(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    p.__class__ = type(f"Intermixed{type(p).__name__}", (_Intermixed, type(p)), {})
-    return p
-
-
-def add_parsers(sub: Any) -> None:
-    p = _intermixed(sub.add_parser("load", help="preload a dataset into the cache (through a mount, or into a cache dir)"))
-    p.add_argument("source", metavar="SOURCE|MOUNTPOINT",
-                   help="a fluidfs mountpoint, or a URL / directory / Dataset file to load into --cache-dir")
-    p.add_argument("paths", nargs="*", metavar="PATH", help="files or directories to load (default: everything)")
-    p.add_argument("--parallel", "-p", type=int, default=16, help="parallel readers (default 16)")
-    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar, only the final line")
-    g = p.add_argument_group("loading a SOURCE (override the Dataset's spec.cache)")
-    g.add_argument("--cache-dir", metavar="DIR", help="SSD cache directory to fill (default: spec.cache.directory)")
-    g.add_argument("--cache-size", metavar="SIZE", help="SSD tier quota (default 10Gi)")
-    g.add_argument("--block-size", metavar="SIZE", help="cache block size; must match the mount's (default 4Mi)")
-    g.add_argument("--eviction", choices=("lru", "none"), help="SSD eviction policy (default none)")
-    g.add_argument("--free-space-floor", metavar="SIZE", help="never fill the cache disk below this (default 1Gi)")
-    g.add_argument("--endpoint", metavar="URL", help="S3 endpoint for s3:// mounts without one")
-    g.add_argument("--region", help="S3 region for s3:// mounts without one")
-    g.add_argument("-o", "--option", action="append", default=[], metavar="KEY=VALUE", help="source option (repeatable)")
-    p.set_defaults(handler=cmd_load, log_level="warning")
-    status.add_parser(sub)

@@ -5,9 +5,9 @@ directly: the sources are listed (streamed) and every block of every file is rea
 source and put into an :class:`~fluidfs.cache.ssd.SSDTier`, keyed exactly like a mount keys it
 (object URL, version, block size, index), so a later ``fluidfs mount`` of the same Dataset with
 that cache directory and the same block size serves it from the SSD tier.  Blocks already
-present are skipped.  If a running mount holds the directory's lock, the load refuses and names
-the mountpoint to load through instead.  The pipeline, progress, interrupt handling and exit
-codes are :mod:`fluidfs.warmup`'s.
+present are skipped.  The pipeline, progress, interrupt handling and result are
+:mod:`fluidfs.warmup.pipeline`'s; the command line (which refuses a directory held by a running
+mount) is :mod:`fluidfs.cli.load`.
 
 Caveats: with ``eviction: lru`` loading more than the cache holds evicts what was loaded first;
 the final line then says so (exit 1).  Source mode uses the Dataset's (or ``--block-size``)
@@ -15,31 +15,34 @@ block size: a mount with another block size will not find the blocks.
 """
 from __future__ import annotations
 
-import argparse
-import glob
-import json
 import logging
 import math
-import os
 import posixpath
-import sys
-from typing import Any, Sequence
+from collections.abc import Sequence
 
 import trio
 
 from fluidfs.cache.base import BlockKey
-from fluidfs.errors import CacheError, ConfigError, MountError, NotFoundError, SourceError
-from fluidfs.warmup.progress import Progress
+from fluidfs.cache.ssd import SSDTier
+from fluidfs.config import MountConfig
+from fluidfs.errors import ConfigError, NotFoundError, SourceError
+from fluidfs.sources.base import Entry, Source
+from fluidfs.sources.registry import open_sources
+from fluidfs.spec.model import Dataset, MountSpec
 from fluidfs.util.sizes import format_size
-from fluidfs.warmup.pipeline import LoadResult, _as_mount_args, _File, _Job, _Loader
+from fluidfs.warmup.pipeline import File, Job, LoadResult, Loader
+from fluidfs.warmup.progress import Progress
 
 log = logging.getLogger(__name__)
 
+#: what to load: (source, its mount spec, path relative to the source, its entry)
+Target = tuple[Source, MountSpec, str, Entry]
 
-class SourceLoader(_Loader):
+
+class SourceLoader(Loader):
     """Fills an SSD cache directory straight from the sources, no mount."""
 
-    def __init__(self, targets: list[tuple[Any, Any, str, Any]], tier: Any, block_size: int,
+    def __init__(self, targets: list[Target], tier: SSDTier, block_size: int,
                  parallel: int, progress: Progress, *, lru: bool = False) -> None:
         super().__init__(parallel, progress)
         self.targets = targets  # (source, mount spec, rel, entry)
@@ -47,9 +50,9 @@ class SourceLoader(_Loader):
         self.bs = block_size
         self.list_limiter = trio.CapacityLimiter(1)  # "fluidfs-load-list": one listing at a time
         self.lru = lru  # evictions may undo earlier loads: keep files for a recount
-        self.done_files: list[_File] = []
+        self.done_files: list[File] = []
 
-    async def list_files(self, send: trio.MemorySendChannel[_File]) -> None:
+    async def list_files(self, send: trio.MemorySendChannel[File]) -> None:
         seen: set[tuple[int, str]] = set()
         for src, m, rel, entry in self.targets:
             base = f"{m.path.rstrip('/')}/"
@@ -70,7 +73,7 @@ class SourceLoader(_Loader):
                     continue
                 stack.extend(reversed(subdirs))
 
-    async def _list_dir(self, send: trio.MemorySendChannel[_File], src: Any, base: str, d: str) -> list[str]:
+    async def _list_dir(self, send: trio.MemorySendChannel[File], src: Source, base: str, d: str) -> list[str]:
         it = iter(src.list(d))
         names: set[str] = set()
         subdirs: list[str] = []
@@ -88,16 +91,16 @@ class SourceLoader(_Loader):
                 else:
                     await self._emit(send, src, base, child, e)
 
-    async def _emit(self, send: trio.MemorySendChannel[_File], src: Any, base: str, rel: str, e: Any) -> None:
-        f = _File(posixpath.join(base, rel) if rel else base.rstrip("/") or "/", e.size, src=src, rel=rel,
+    async def _emit(self, send: trio.MemorySendChannel[File], src: Source, base: str, rel: str, e: Entry) -> None:
+        f = File(posixpath.join(base, rel) if rel else base.rstrip("/") or "/", e.size, src=src, rel=rel,
                   url=src.url(rel), version=e.version)
         self.found(f)
         await send.send(f)
 
-    def key(self, f: _File, index: int) -> BlockKey:
+    def key(self, f: File, index: int) -> BlockKey:
         return BlockKey(f.url, f.version, self.bs, index)
 
-    async def plan(self, f: _File) -> list[_Job]:
+    async def plan(self, f: File) -> list[Job]:
         jobs = []
         present = 0
         for i in range(math.ceil(f.size / self.bs)):
@@ -105,13 +108,13 @@ class SourceLoader(_Loader):
             if self.tier.contains(self.key(f, i)):
                 present += end - start
             else:
-                jobs.append(_Job(f, start, end, i))
+                jobs.append(Job(f, start, end, i))
         self.add_cached(f, present)
         if not jobs:
             self.res.skipped_files += 1
         return jobs
 
-    def run_job(self, job: _Job) -> bool:
+    def run_job(self, job: Job) -> bool:
         if self.stop.is_set():
             return False
         f = job.file
@@ -128,7 +131,7 @@ class SourceLoader(_Loader):
         self.halted = self.halted or why
         return False
 
-    async def finish(self, f: _File) -> None:
+    async def finish(self, f: File) -> None:
         if self.lru:
             self.done_files.append(f)
 
@@ -143,9 +146,9 @@ class SourceLoader(_Loader):
         self.res.files_cached, self.res.bytes_cached = files, bytes_
 
 
-def _dataset_targets(dataset: Any, sources: list[tuple[Any, Any]], paths: Sequence[str]) -> list[tuple[Any, Any, str, Any]]:
+def dataset_targets(sources: list[tuple[Source, MountSpec]], paths: Sequence[str]) -> list[Target]:
     """PATHs in the dataset tree → (source, mount spec, rel, entry) to load."""
-    out: list[tuple[Any, Any, str, Any]] = []
+    out: list[Target] = []
     for p in paths or ["/"]:
         tp = posixpath.normpath("/" + p.strip("/"))
         if tp.startswith("/.."):
@@ -173,54 +176,23 @@ def _dataset_targets(dataset: Any, sources: list[tuple[Any, Any]], paths: Sequen
     return out
 
 
-def _in_use(cache_dir: str, pid: int | None) -> MountError:
-    from fluidfs.daemon.run import runtime_dir
+def load_source(dataset: Dataset, cfg: MountConfig, paths: Sequence[str], parallel: int,
+                progress: Progress) -> LoadResult:
+    """Fill ``cfg.cache_dir`` with the blocks of the files under ``paths`` (in the dataset tree).
 
-    for path in glob.glob(os.path.join(runtime_dir(), "*.json")):
-        try:
-            with open(path, encoding="utf-8") as f:
-                rec = json.load(f)
-        except (OSError, ValueError):
-            continue
-        if pid is not None and rec.get("pid") == pid and rec.get("mountpoint"):
-            mnt = rec["mountpoint"]
-            return MountError(f"cache directory {cache_dir} is in use by the fluidfs mount at {mnt} (pid {pid}); "
-                              f"load through the mountpoint instead: fluidfs load {mnt}")
-    who = f"pid {pid}" if pid else "another process"
-    return MountError(f"cache directory {cache_dir} is in use by a running fluidfs mount ({who}); "
-                      "load through its mountpoint instead (fluidfs load MOUNTPOINT)")
-
-
-def load_source(args: argparse.Namespace, progress: Progress) -> LoadResult:
-    from fluidfs.cli import main as cli
-    from fluidfs.daemon import spawn as daemon
-    from fluidfs.cache.dirlock import lock_holder
-    from fluidfs.cache.ssd import SSDTier
-
-    dataset, cfg = cli.prepare(_as_mount_args(args))
-    for w in dataset.warnings:
-        print(f"fluidfs: warning: {w}", file=sys.stderr)
+    Raises CacheError when the directory cannot be opened (e.g. a running mount holds it).
+    """
     if not cfg.cache_dir:
         raise ConfigError("loading a SOURCE needs --cache-dir DIR (or spec.cache.directory in the Dataset), "
                           "or give the mountpoint of a running mount")
-    if os.path.isdir(cfg.cache_dir):
-        holder = lock_holder(cfg.cache_dir)
-        if holder is not None:
-            raise _in_use(cfg.cache_dir, holder)
-    sources = daemon.open_sources(dataset)
+    sources = open_sources(dataset)
     try:
-        targets = _dataset_targets(dataset, sources, args.paths)
-        try:
-            tier = SSDTier(cfg.cache_dir, cfg.cache_size, eviction=cfg.eviction,
-                           free_space_floor=cfg.free_space_floor)
-        except CacheError as exc:
-            if "in use" in str(exc):
-                raise _in_use(cfg.cache_dir, lock_holder(cfg.cache_dir)) from None
-            raise
+        targets = dataset_targets(sources, paths)
+        tier = SSDTier(cfg.cache_dir, cfg.cache_size, eviction="lru" if cfg.eviction == "lru" else "none",
+                       free_space_floor=cfg.free_space_floor)
         try:
             evictions = tier.stats()["evictions"]
-            loader = SourceLoader(targets, tier, cfg.block_size, args.parallel, progress,
-                                  lru=cfg.eviction == "lru")
+            loader = SourceLoader(targets, tier, cfg.block_size, parallel, progress, lru=cfg.eviction == "lru")
             res = loader.run()
             if loader.lru and tier.stats()["evictions"] > evictions:
                 loader.recount()

@@ -15,23 +15,23 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from fluidfs.util import sizes
 from tools.bench import report
 from tools.bench.datasets import DataSpec
 from tools.bench.suite import ALL_WORKLOADS, Options, Suite
 
 ALL_SYSTEMS = ("fluidfs", "s3fs", "rclone", "boto3", "local")
-_UNITS = {"": 1, "k": 1000, "m": 1000**2, "g": 1000**3, "ki": 1 << 10, "mi": 1 << 20, "gi": 1 << 30}
 
 QUICK: dict[str, Any] = dict(large_files=2, large_size=8 << 20, small_files=32, small_size=16 << 10, classes=4,
              meta_files=200, runs=1, budget=6.0, rand_ops=60)  # fmt: skip
 
 
 def parse_size(text: str) -> int:
-    """``256Mi``, ``110Ki``, ``1G``, ``4096`` → bytes."""
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgKMG]i?)?[bB]?\s*", text)
-    if not m:
-        raise argparse.ArgumentTypeError(f"bad size {text!r} (e.g. 256Mi, 110Ki, 1G)")
-    return int(float(m.group(1)) * _UNITS[(m.group(2) or "").lower()])
+    """``256Mi``, ``110Ki``, ``1G``, ``4096`` → bytes (fluidfs's size syntax)."""
+    try:
+        return sizes.parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _csv(allowed: tuple[str, ...]) -> Any:

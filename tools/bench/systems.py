@@ -7,7 +7,7 @@ empty cache), ``backend()`` (what the workload child reads: a path or the S3 end
 (fluidfs only: its Prometheus counters summed over labels) and ``teardown()``.
 
 All FUSE systems read the bucket root through the same proxied endpoint; the kernel readahead
-of every FUSE mount is raised to the same value (DESIGN.md §3) so none is held to 128 KiB
+of every FUSE mount is raised to the same value (docs/benchmarks.md) so none is held to 128 KiB
 requests.
 
 Caveats: s3fs/rclone daemon pids are found by scanning /proc for the mount point in the
@@ -29,6 +29,10 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from fluidfs.util.mounts import is_mounted, mounts_under
+from fluidfs.util.proc import drop_page_cache as drop_caches
+from fluidfs.util.proc import pid_alive
+from fluidfs.util.prom import parse_samples
 from tools.bench.store import Store
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -81,37 +85,15 @@ class Janitor:
 
 
 def mounted_under(root: Path) -> list[str]:
-    prefix = str(root.resolve()).rstrip("/") + "/"
-    out = []
-    with contextlib.suppress(OSError), open("/proc/self/mounts") as f:
-        for line in f:
-            mp = line.split()[1].replace("\\040", " ")
-            if mp.startswith(prefix):
-                out.append(mp)
-    return out
-
-
-def is_mounted(path: str) -> bool:
-    try:
-        return os.path.ismount(path)
-    except OSError:  # "Transport endpoint is not connected": a dead FUSE mount is still mounted
-        return True
+    return mounts_under(str(root.resolve()))
 
 
 def force_unmount(path: str) -> None:
     for cmd in (["fusermount3", "-u", path], ["umount", path], ["fusermount3", "-uz", path], ["umount", "-l", path]):
-        if not is_mounted(path) and path not in mounted_under(Path(path).parent):
+        if not is_mounted(path):
             return
         with contextlib.suppress(OSError, subprocess.SubprocessError):
             subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=20)
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def kill_pid(pid: int, grace: float = 5.0) -> None:
@@ -150,17 +132,6 @@ def vm_hwm_mib(pid: int) -> float | None:
     except OSError:
         pass
     return None
-
-
-def drop_caches() -> bool:
-    """sync + drop the kernel page cache, dentries and inodes (root only)."""
-    os.sync()
-    try:
-        with open("/proc/sys/vm/drop_caches", "w") as f:
-            f.write("3\n")
-        return True
-    except OSError:
-        return False
 
 
 def raise_readahead(mnt: str, kb: int) -> None:
@@ -443,22 +414,12 @@ class Fluidfs(_FuseSystem):
 def parse_prometheus(text: str) -> dict[str, dict[str, float]]:
     """Sum every sample over its labels, and per ``tier`` label value: {name: {"": sum, "tier=X": v}}."""
     out: dict[str, dict[str, float]] = {}
-    for line in text.splitlines():
-        if not line or line.startswith("#"):
-            continue
-        try:
-            head, value = line.rsplit(None, 1)
-            v = float(value)
-        except ValueError:
-            continue
-        name, _, labels = head.partition("{")
-        d = out.setdefault(name, {})
-        d[""] = d.get("", 0.0) + v
-        for part in labels.rstrip("}").split(","):
-            k, _, lv = part.partition("=")
-            if k.strip() == "tier":
-                key = f"tier={lv.strip().strip(chr(34))}"
-                d[key] = d.get(key, 0.0) + v
+    for s in parse_samples(text):
+        d = out.setdefault(s.name, {})
+        d[""] = d.get("", 0.0) + s.value
+        if "tier" in s.labels:
+            key = f"tier={s.labels['tier']}"
+            d[key] = d.get(key, 0.0) + s.value
     return out
 
 

@@ -249,9 +249,9 @@ def loader(args: dict[str, Any]) -> dict[str, Any]:
 
 
 def _drop_caches() -> None:
-    from tools.bench.systems import drop_caches
+    from fluidfs.util.proc import drop_page_cache
 
-    drop_caches()
+    drop_page_cache()
 
 
 def _metrics(url: str | None) -> dict[str, dict[str, float]] | None:

@@ -1,0 +1,39 @@
+"""``fluidfs mount SOURCE MOUNTPOINT [options]``: mount a dataset (URL or Dataset YAML file).
+
+Without ``--foreground`` the command re-executes itself as a detached daemon and exits once the
+mount answers (:mod:`fluidfs.daemon.spawn`); with it, this process is the daemon
+(:func:`fluidfs.daemon.run.run_foreground`).
+
+Caveats: the daemon module (pyfuse3, trio, the cache) is imported only on the foreground path,
+so the parent and every other command start quickly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from fluidfs.cli.options import add_mount_options, prepare
+from fluidfs.daemon.spawn import check_mountpoint, spawn_and_wait
+
+
+def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    dataset, cfg = prepare(args)
+    for w in dataset.warnings:
+        print(f"fluidfs: warning: {w}", file=sys.stderr)
+    if not args.foreground:
+        check_mountpoint(args.mountpoint)
+        return spawn_and_wait(list(argv), args.mountpoint, args.log_file, args.timeout)
+    from fluidfs.daemon.run import run_foreground  # start-up cost: only the daemon needs it
+
+    return run_foreground(dataset, cfg, args.mountpoint, args.ready_fd, args.pid_file)
+
+
+def add_parser(sub: Any) -> None:
+    p = sub.add_parser("mount", help="mount a dataset (URL or Dataset YAML file)")
+    p.add_argument("source", help="s3://bucket/prefix, http(s)://..., file:///dir, or a Dataset YAML file")
+    p.add_argument("mountpoint")
+    add_mount_options(p)
+    p.set_defaults(handler=run)
