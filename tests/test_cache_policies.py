@@ -18,7 +18,7 @@ import pytest
 import trio
 
 from fluidfs.cache.ssd import SSDTier
-from fluidfs.testing import CountingSource, MemorySource
+from tests.support.doubles import CountingSource, MemorySource
 from tests.test_cache_tiered import (
     block_disk_size,
     blob,

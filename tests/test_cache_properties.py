@@ -17,7 +17,7 @@ from fluidfs.cache.memory import MemoryTier
 from fluidfs.cache.ssd import SSDTier
 from fluidfs.cache.tiered import TieredCache
 from fluidfs.errors import VersionChangedError
-from fluidfs.testing import CountingSource, MemorySource
+from tests.support.doubles import CountingSource, MemorySource
 from tests.test_cache_tiered import (
     block_disk_size,
     blob,

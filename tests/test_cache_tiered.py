@@ -30,7 +30,7 @@ from fluidfs.fs.namespace import ROOT_INODE, MountRef, Namespace
 from fluidfs.sources.aio import AsyncSource
 from fluidfs.sources.base import Source
 from fluidfs.spec.model import MountSpec
-from fluidfs.testing import CountingSource, FlakySource, MemorySource
+from tests.support.doubles import CountingSource, FlakySource, MemorySource
 from fluidfs.fs.vfs import Vfs
 
 KiB = 1024

@@ -16,7 +16,7 @@ import fluidfs
 from csi import DRIVER_NAME, TOPOLOGY_KEY
 from csi import csi_pb2 as pb
 from csi.mounts import fluidfs_command, fuse_usable
-from tests.csi_harness import Mode, Plugin, cap, cleanup, expect_code
+from tests.support.csi import Mode, Plugin, cap, cleanup, expect_code
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 NOT_FOUND = grpc.StatusCode.NOT_FOUND

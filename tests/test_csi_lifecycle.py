@@ -23,8 +23,8 @@ import grpc
 import pytest
 
 from csi import csi_pb2 as pb
-from tests.fusehelp import needs_fuse
-from tests.csi_harness import Mode, Plugin, cap, cleanup, expect_code, mounts_under
+from tests.support.fuse import needs_fuse
+from tests.support.csi import Mode, Plugin, cap, cleanup, expect_code, mounts_under
 
 
 pytestmark = [pytest.mark.fuse, needs_fuse]
@@ -44,7 +44,7 @@ DEADLINE = 30.0  # bounded wait for a repair; never asserted as a duration
 
 @pytest.fixture(scope="module")
 def s3() -> Iterator[object]:
-    from fluidfs.embedded.s3server import S3Server
+    from tests.support.s3server import S3Server
 
     with S3Server(kind="moto", auth=True) as srv:
         client = srv.client()

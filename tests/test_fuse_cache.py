@@ -22,8 +22,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from fluidfs.cache.ssd import SSDTier
-from fluidfs.embedded.s3server import S3Server
-from tests.fusehelp import Mount, fluidfs, force_unmount, needs_fuse
+from tests.support.s3server import S3Server
+from tests.support.fuse import Mount, fluidfs, force_unmount, needs_fuse
 
 pytestmark = [needs_fuse, pytest.mark.fuse]
 

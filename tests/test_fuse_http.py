@@ -9,8 +9,8 @@ from typing import Iterator
 
 import pytest
 
-from fluidfs.embedded.httpserver import RangeHTTPServer
-from tests.fusehelp import Mount, compare_tree, make_tree, mmap_compare, needs_fuse, random_preads
+from tests.support.httpserver import RangeHTTPServer
+from tests.support.fuse import Mount, compare_tree, make_tree, mmap_compare, needs_fuse, random_preads
 
 pytestmark = [needs_fuse, pytest.mark.fuse]
 

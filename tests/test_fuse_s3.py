@@ -11,8 +11,8 @@ from typing import Iterator
 
 import pytest
 
-from fluidfs.embedded.s3server import S3Server
-from tests.fusehelp import Mount, compare_tree, fluidfs, make_tree, mmap_compare, needs_fuse, random_preads
+from tests.support.s3server import S3Server
+from tests.support.fuse import Mount, compare_tree, fluidfs, make_tree, mmap_compare, needs_fuse, random_preads
 
 pytestmark = [needs_fuse, pytest.mark.fuse]
 

@@ -13,7 +13,7 @@ from typing import Callable
 
 import pytest
 
-from fluidfs.embedded.httpserver import RangeHTTPServer, RangeRequestHandler
+from tests.support.httpserver import RangeHTTPServer, RangeRequestHandler
 from fluidfs.errors import (
     AccessDeniedError,
     NotFoundError,
@@ -26,7 +26,7 @@ from fluidfs.sources.base import Entry
 from fluidfs.sources.http import HTTPSource
 from fluidfs.sources.http_listing import looks_like_autoindex, parse_autoindex, parse_manifest
 from fluidfs.spec.model import MountSpec
-from tests.fixtures_http import HTTP_TREE_EMPTY_DIRS, HTTP_TREE_FILES  # fixtures: tests/conftest.py
+from tests.support.fixtures_http import HTTP_TREE_EMPTY_DIRS, HTTP_TREE_FILES  # fixtures: tests/conftest.py
 
 ServerFactory = Callable[..., RangeHTTPServer]
 SourceFactory = Callable[..., HTTPSource]

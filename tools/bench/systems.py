@@ -33,6 +33,7 @@ from fluidfs.util.mounts import is_mounted, mounts_under
 from fluidfs.util.proc import drop_page_cache as drop_caches
 from fluidfs.util.proc import pid_alive
 from fluidfs.util.prom import parse_samples
+from tests.support.net import free_port
 from tools.bench.store import Store
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -357,10 +358,8 @@ class Fluidfs(_FuseSystem):
         return fluidfs_cli_available()
 
     def setup(self) -> None:
-        from tools.bench.store import _free_ports
-
         mnt, cache = self._fresh_dirs()
-        self.metrics_port = _free_ports(1)[0]
+        self.metrics_port = free_port()
         pidf = self.base / "fluidfs.pid"
         log = self.base / "fluidfs.log"
         self.janitor.add_mount(str(mnt))

@@ -1,7 +1,6 @@
 """Helpers for tests that talk to an embedded S3 server (no fixtures here; see fixtures_s3.py)."""
 from __future__ import annotations
 
-import socket
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Mapping
 
@@ -14,10 +13,3 @@ def put_objects(client: Any, bucket: str, objects: Mapping[str, bytes], workers:
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
         list(pool.map(put, objects.items()))
-
-
-def closed_port() -> int:
-    """A loopback port with nothing listening (bound then released)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])

@@ -1,7 +1,7 @@
 """pytest fixtures for S3 source tests: real moto and SeaweedFS servers on loopback.
 
-Fixtures (wire into conftest.py with ``from tests.fixtures_s3 import *`` or
-``pytest_plugins = ["tests.fixtures_s3"]``):
+Fixtures (wire into conftest.py with ``from tests.support.fixtures_s3 import *`` or
+``pytest_plugins = ["tests.support.fixtures_s3"]``):
 
 - ``s3_server``        session-scoped, parametrized ``moto`` / ``seaweed``: one running
                        ``S3Server`` per kind for the whole session (moto with auth enforced,
@@ -22,9 +22,9 @@ from typing import Any, Callable, Iterator
 
 import pytest
 
-from fluidfs.embedded.s3server import S3Server
+from tests.support.s3server import S3Server
 from fluidfs.sources.s3 import S3Source
-from tests.conftest_s3 import put_objects
+from tests.support.s3 import put_objects
 
 S3_KINDS = ["moto", "seaweed"]
 TEST_BUCKET = "fluidfs-test"

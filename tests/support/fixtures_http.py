@@ -1,7 +1,7 @@
 """Pytest fixtures for HTTP-source tests: a standard file tree, RangeHTTPServer instances on
 loopback, and HTTPSource instances that are closed at teardown.
 
-Wire into a conftest with ``pytest_plugins = ["tests.fixtures_http"]`` (or import the names).
+Wire into a conftest with ``pytest_plugins = ["tests.support.fixtures_http"]`` (or import the names).
 """
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Any, Callable, Iterator
 
 import pytest
 
-from fluidfs.embedded.httpserver import RangeHTTPServer
+from tests.support.httpserver import RangeHTTPServer
 from fluidfs.sources.http import HTTPSource
 
 #: relative path -> content of the standard tree built by ``http_tree``

@@ -1,4 +1,4 @@
-"""Embedded S3-compatible servers (moto or SeaweedFS) on loopback, for tests and ``fluidfs demo``.
+"""Embedded S3-compatible servers (moto or SeaweedFS) on loopback, for tests and benchmarks.
 
 ``S3Server(kind="moto"|"seaweed")`` starts a real server as a subprocess on 127.0.0.1 on free
 ports, waits (bounded) until it answers S3 ``ListBuckets`` and stops it again, killing the whole
@@ -51,33 +51,14 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from tests.support.net import free_port, free_ports
+
 log = logging.getLogger(__name__)
 
 KINDS = ("moto", "seaweed")
 DEFAULT_ACCESS_KEY = "fluidfs-test-key"
 DEFAULT_SECRET_KEY = "fluidfs-test-secret"  # a throw-away secret for loopback test servers
 DEFAULT_REGION = "us-east-1"
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def free_ports(n: int) -> list[int]:
-    """``n`` distinct free ports (all sockets held open together so none repeats)."""
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [int(s.getsockname()[1]) for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 def find_binary(name: str) -> str | None:
@@ -166,6 +147,11 @@ class S3Server:
         if not self.port:
             raise RuntimeError("S3Server is not started")
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def pid(self) -> int | None:
+        """The pid of the server's process group leader (its guardian), None when stopped."""
+        return self._proc.pid if self._proc is not None else None
 
     @property
     def running(self) -> bool:

@@ -1,0 +1,1 @@
+"""Test support (never installed): fixtures, test doubles, harnesses and embedded test servers."""
