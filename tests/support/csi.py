@@ -13,10 +13,10 @@ from typing import Any
 import grpc
 
 from csi import csi_pb2 as pb
-from fluidfs.util.mounts import mount_table
 from csi import csi_pb2_grpc as pb_grpc
+from fluidfs.util.mounts import mount_table
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 Mode = pb.VolumeCapability.AccessMode.Mode
 
 

@@ -11,8 +11,8 @@ from typing import Any, Callable, Iterator
 
 import pytest
 
-from tests.support.httpserver import RangeHTTPServer
 from fluidfs.sources.http import HTTPSource
+from tests.support.httpserver import RangeHTTPServer
 
 #: relative path -> content of the standard tree built by ``http_tree``
 HTTP_TREE_FILES: dict[str, bytes] = {

@@ -22,9 +22,9 @@ from typing import Any, Callable, Iterator
 
 import pytest
 
-from tests.support.s3server import S3Server
 from fluidfs.sources.s3 import S3Source
 from tests.support.s3 import put_objects
+from tests.support.s3server import S3Server
 
 S3_KINDS = ["moto", "seaweed"]
 TEST_BUCKET = "fluidfs-test"

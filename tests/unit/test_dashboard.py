@@ -13,7 +13,7 @@ from prometheus_client.metrics import MetricWrapperBase
 
 from fluidfs import metrics
 
-DASHBOARD = Path(__file__).resolve().parents[1] / "tools" / "grafana" / "fluidfs-dashboard.json"
+DASHBOARD = Path(__file__).resolve().parents[2] / "tools" / "grafana" / "fluidfs-dashboard.json"
 _NAME = re.compile(r"\b(fluidfs_[a-zA-Z0-9_]+)")
 _SUFFIXES = {"counter": ("_total", "_created"), "gauge": ("",), "histogram": ("_bucket", "_sum", "_count", "_created")}
 

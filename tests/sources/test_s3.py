@@ -6,11 +6,10 @@ import time
 import pytest
 
 import fluidfs.sources.s3 as s3mod
-from tests.support.s3server import S3Server
 from fluidfs.errors import (
-    SourceError,
     AccessDeniedError,
     NotFoundError,
+    SourceError,
     SpecError,
     UnavailableError,
     VersionChangedError,
@@ -18,12 +17,13 @@ from fluidfs.errors import (
 from fluidfs.sources.registry import open_source
 from fluidfs.sources.s3 import S3Source
 from fluidfs.spec.model import MountSpec
-from tests.support.net import free_port
-from tests.support.s3 import put_objects
 
 # fixtures s3_server, s3_bucket, make_s3_source, s3_outage_server come from tests/fixtures_s3.py
 # (wired in tests/conftest.py)
 from tests.support.fixtures_s3 import BIG_COUNT, S3_TREE
+from tests.support.net import free_port
+from tests.support.s3 import put_objects
+from tests.support.s3server import S3Server
 
 
 def names(src: S3Source, path: str) -> dict[str, bool]:

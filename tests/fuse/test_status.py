@@ -8,50 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from fluidfs.cli.status import metrics_summary
-from fluidfs.util.prom import Sample
-from fluidfs.warmup.mounted import iter_files, resolve_paths
 from tests.support.fuse import Mount, fluidfs, needs_fuse
-
-
-def sample(name: str, value: float, **labels: str) -> Sample:
-    return Sample(name, {"dataset": "d", **labels}, value)
-
-
-def test_metrics_summary_hit_ratios_and_source() -> None:
-    s = [
-        sample("fluidfs_cache_hits_total", 30, tier="mem"),
-        sample("fluidfs_cache_misses_total", 70, tier="mem"),
-        sample("fluidfs_cache_hits_total", 50, tier="ssd"),
-        sample("fluidfs_cache_misses_total", 20, tier="ssd"),
-        sample("fluidfs_cache_used_bytes", 1024, tier="ssd"),
-        sample("fluidfs_cache_quota_bytes", 4096, tier="ssd"),
-        sample("fluidfs_source_requests_total", 20, kind="s3", op="read"),
-        sample("fluidfs_source_requests_total", 3, kind="s3", op="list"),
-        sample("fluidfs_source_bytes_total", 123456, kind="s3"),
-        sample("fluidfs_readahead_wasted_bytes_total", 7),
-    ]
-    m = metrics_summary(s)
-    assert m["tiers"]["mem"]["hit_ratio"] == pytest.approx(0.3)
-    assert m["tiers"]["ssd"]["hit_ratio"] == pytest.approx(50 / 70)
-    assert m["hit_ratio"] == pytest.approx((30 + 50) / (30 + 70))  # (mem + ssd hits) / mem lookups
-    assert m["tiers"]["ssd"]["used_bytes"] == 1024 and m["tiers"]["ssd"]["quota_bytes"] == 4096
-    assert m["source"] == {"bytes": 123456, "requests": 23, "errors": 0, "requests_by_op": {"list": 3, "read": 20}}
-    assert m["readahead"] == {"issued": 0, "used": 0, "wasted": 7}
-    assert metrics_summary([])["hit_ratio"] is None  # nothing read yet: no ratio, not 0
-
-
-def test_walk_helpers(tmp_path: Path) -> None:
-    for rel in ("a/1", "a/b/2", "c", "d/3"):
-        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / rel).write_bytes(b"x" * len(rel))
-    rels = resolve_paths(str(tmp_path), ["a", "a/b", "./c"])
-    assert rels == ["a", "a/b", "c"]
-    files = [f for batch in iter_files(str(tmp_path), rels) for f in batch]
-    assert sorted(files) == [("a/1", 3), ("a/b/2", 5), ("c", 1)]  # a/b is inside a: once
-    assert sorted(f for b in iter_files(str(tmp_path), [""]) for f in b)[-1] == ("d/3", 3)
-    with pytest.raises(Exception, match="not inside"):
-        resolve_paths(str(tmp_path), ["../x"])
 
 
 def test_status_of_a_non_mount(tmp_path: Path) -> None:
@@ -63,7 +20,6 @@ def test_status_of_a_non_mount(tmp_path: Path) -> None:
 
 
 @needs_fuse
-@pytest.mark.fuse
 def test_status_of_a_mount(tmp_path: Path) -> None:
     src = tmp_path / "src"
     (src / "dir").mkdir(parents=True)

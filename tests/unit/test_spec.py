@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from fluidfs.errors import SpecError
+from fluidfs.spec.model import CacheSpec, MetadataSpec, MountSpec, SecretRef
 from fluidfs.spec.parse import (
     dataset_from_source_arg,
     dataset_from_url,
@@ -19,7 +20,6 @@ from fluidfs.spec.parse import (
     parse_dataset,
     resolve_credentials,
 )
-from fluidfs.spec.model import CacheSpec, MetadataSpec, MountSpec, SecretRef
 
 DOC = "ds.yaml"
 SECRET = "s3cr3t-VALUE-never-shown"
@@ -732,7 +732,7 @@ def test_env_var_for_options_is_not_interpolated() -> None:
 def test_examples_in_docs_parse() -> None:
     import re
 
-    doc = Path(__file__).resolve().parent.parent / "docs" / "dataset.md"
+    doc = Path(__file__).resolve().parents[2] / "docs" / "dataset.md"
     blocks = [b for b in re.findall(r"```yaml\n(.*?)```", doc.read_text(), re.S)
               if "apiVersion" in b]
     assert len(blocks) >= 3

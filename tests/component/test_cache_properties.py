@@ -17,15 +17,15 @@ from fluidfs.cache.memory import MemoryTier
 from fluidfs.cache.ssd import SSDTier
 from fluidfs.cache.tiered import TieredCache
 from fluidfs.errors import VersionChangedError
-from tests.support.doubles import CountingSource, MemorySource
-from tests.test_cache_tiered import (
-    block_disk_size,
+from tests.support.cache import (
     blob,
+    block_disk_size,
     check_quotas,
     make_vfs_with_cache,
     resolve,
     unique_dataset,
 )
+from tests.support.doubles import CountingSource, MemorySource
 
 BS = 8 * 1024  # tiny blocks: many blocks per file, many evictions per example
 

@@ -11,10 +11,10 @@ from typing import Iterator
 
 import pytest
 
-from tests.support.s3server import S3Server
 from tests.support.fuse import Mount, compare_tree, fluidfs, make_tree, mmap_compare, needs_fuse, random_preads
+from tests.support.s3server import S3Server
 
-pytestmark = [needs_fuse, pytest.mark.fuse]
+pytestmark = needs_fuse
 
 BUCKET = "fusetest"
 

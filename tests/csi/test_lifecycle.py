@@ -23,11 +23,10 @@ import grpc
 import pytest
 
 from csi import csi_pb2 as pb
-from tests.support.fuse import needs_fuse
 from tests.support.csi import Mode, Plugin, cap, cleanup, expect_code, mounts_under
+from tests.support.fuse import needs_fuse
 
-
-pytestmark = [pytest.mark.fuse, needs_fuse]
+pytestmark = needs_fuse
 
 BUCKET = "csi-data"
 TREE: dict[str, bytes] = {

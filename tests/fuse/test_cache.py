@@ -22,10 +22,10 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from fluidfs.cache.ssd import SSDTier
-from tests.support.s3server import S3Server
 from tests.support.fuse import Mount, fluidfs, force_unmount, needs_fuse
+from tests.support.s3server import S3Server
 
-pytestmark = [needs_fuse, pytest.mark.fuse]
+pytestmark = needs_fuse
 
 BUCKET = "cachetest"
 MiB = 1 << 20

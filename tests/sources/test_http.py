@@ -13,7 +13,6 @@ from typing import Callable
 
 import pytest
 
-from tests.support.httpserver import RangeHTTPServer, RangeRequestHandler
 from fluidfs.errors import (
     AccessDeniedError,
     NotFoundError,
@@ -27,6 +26,7 @@ from fluidfs.sources.http import HTTPSource
 from fluidfs.sources.http_listing import looks_like_autoindex, parse_autoindex, parse_manifest
 from fluidfs.spec.model import MountSpec
 from tests.support.fixtures_http import HTTP_TREE_EMPTY_DIRS, HTTP_TREE_FILES  # fixtures: tests/conftest.py
+from tests.support.httpserver import RangeHTTPServer, RangeRequestHandler
 
 ServerFactory = Callable[..., RangeHTTPServer]
 SourceFactory = Callable[..., HTTPSource]

@@ -11,9 +11,18 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.fuse import Mount, compare_tree, fluidfs, force_unmount, make_tree, mmap_compare, needs_fuse, random_preads
+from tests.support.fuse import (
+    Mount,
+    compare_tree,
+    fluidfs,
+    force_unmount,
+    make_tree,
+    mmap_compare,
+    needs_fuse,
+    random_preads,
+)
 
-pytestmark = [needs_fuse, pytest.mark.fuse]
+pytestmark = needs_fuse
 
 
 @pytest.fixture(scope="module")

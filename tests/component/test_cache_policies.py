@@ -18,10 +18,9 @@ import pytest
 import trio
 
 from fluidfs.cache.ssd import SSDTier
-from tests.support.doubles import CountingSource, MemorySource
-from tests.test_cache_tiered import (
-    block_disk_size,
+from tests.support.cache import (
     blob,
+    block_disk_size,
     cache_from_config,
     make_vfs_with_cache,
     metric,
@@ -29,6 +28,7 @@ from tests.test_cache_tiered import (
     resolve,
     unique_dataset,
 )
+from tests.support.doubles import CountingSource, MemorySource
 
 BS = 4096  # one block per file; the policy, not the block size, is under test
 FILES = 400  # dataset = 2 × cache

@@ -9,10 +9,10 @@ from typing import Iterator
 
 import pytest
 
-from tests.support.httpserver import RangeHTTPServer
 from tests.support.fuse import Mount, compare_tree, make_tree, mmap_compare, needs_fuse, random_preads
+from tests.support.httpserver import RangeHTTPServer
 
-pytestmark = [needs_fuse, pytest.mark.fuse]
+pytestmark = needs_fuse
 
 
 @pytest.fixture(scope="module")

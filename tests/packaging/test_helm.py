@@ -33,7 +33,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "helm" / "fluidfs"
 EXAMPLES = ROOT / "helm" / "examples"
 ALL_FEATURES = CHART / "ci" / "all-features-values.yaml"

@@ -22,7 +22,7 @@ from fluidfs.cache.ssd import SSDTier, cache_dir_usage
 from fluidfs.cache.ssdlayout import TMP_PREFIX
 from fluidfs.errors import CacheError, ConfigError
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 BS = 64 * 1024
 UNIT = 4096
 

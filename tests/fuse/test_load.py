@@ -3,7 +3,6 @@ loading a SeaweedFS bucket straight into an SSD cache directory and then reading
 with the S3 server stopped, and an interrupted load that a rerun completes."""
 from __future__ import annotations
 
-import io
 import json
 import os
 import random
@@ -18,7 +17,6 @@ from typing import Iterator
 import pytest
 
 from fluidfs.cache.ssd import SSDTier
-from fluidfs.warmup.progress import Progress, final_line, format_eta
 from tests.support.fuse import Mount, compare_tree, fluidfs, needs_fuse
 
 FINAL = re.compile(r"^cached (\d+)/(\d+) files, (\S+ \S+)/(\S+ \S+) \((\d+\.\d)%\) in \d+\.\ds$", re.M)
@@ -50,68 +48,6 @@ def make_dataset(root: Path, seed: int = 3) -> None:
         p.write_bytes(rng.randbytes(size))
 
 
-# ------------------------------------------------------------------------------- progress
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.t = 100.0
-
-    def __call__(self) -> float:
-        return self.t
-
-
-def test_final_line_format() -> None:
-    assert final_line(1234, 1234, 6012954214, 6012954214, 12.34) == (
-        "cached 1234/1234 files, 5.6 GiB/5.6 GiB (100.0%) in 12.3s"
-    )
-    # an incomplete load never rounds up to 100.0%
-    assert "(99.9%)" in final_line(9, 10, 10**9 - 1, 10**9, 1.0)
-    assert format_eta(7) == "0:07" and format_eta(754) == "12:34" and format_eta(10930) == "3:02:10"
-
-
-def test_progress_log_lines_rate_and_eta() -> None:
-    out, clock = io.StringIO(), Clock()
-    p = Progress(out, tty=False, log_interval=5.0, clock=clock)
-    p.add_total(10, 100_000_000)
-    p.tick(force=True)
-    assert "listing" in out.getvalue() and "/>=10 files" in out.getvalue()  # totals not final yet
-    p.totals_final()
-    clock.t += 2.0
-    p.advance(files=5, nbytes=50_000_000, loaded=50_000_000)
-    p.tick()  # within the interval: nothing new
-    assert out.getvalue().count("\n") == 1
-    clock.t += 4.0
-    p.tick()
-    last = out.getvalue().splitlines()[-1]
-    assert "5/10 files" in last and "50.0%" in last
-    assert "MB/s" in last and "ETA 0:" in last
-    assert "\r" not in out.getvalue()
-    p.finish(final_line(10, 10, 100, 100, 1.0))
-    assert out.getvalue().splitlines()[-1].startswith("cached 10/10 files")
-
-
-def test_progress_tty_redraws_in_place_and_quiet() -> None:
-    out, clock = io.StringIO(), Clock()
-    p = Progress(out, tty=True, tty_interval=0.2, clock=clock)
-    p.add_total(2, 2048)
-    p.totals_final()
-    for _ in range(3):
-        clock.t += 0.5
-        p.advance(files=0, nbytes=100, loaded=100)
-        p.tick()
-    text = out.getvalue()
-    assert text.count("\r") == 3 and "\n" not in text
-    p.finish("done")
-    assert out.getvalue().endswith("\r\x1b[Kdone\n")
-    q = io.StringIO()
-    pq = Progress(q, tty=True, quiet=True, clock=clock)
-    pq.add_total(1, 1)
-    pq.tick(force=True)
-    pq.finish("only this")
-    assert q.getvalue() == "only this\n"
-
-
 # ------------------------------------------------------------------------------- through a mount (local source)
 
 
@@ -123,7 +59,6 @@ def local_src(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @needs_fuse
-@pytest.mark.fuse
 def test_load_through_mount_then_status_100(local_src: Path, tmp_path: Path) -> None:
     mnt = tmp_path / "mnt"
     with Mount(str(local_src), str(mnt), "--cache-dir", str(tmp_path / "cache"), "--block-size", "1Mi") as m:
@@ -153,7 +88,6 @@ def test_load_through_mount_then_status_100(local_src: Path, tmp_path: Path) -> 
 
 
 @needs_fuse
-@pytest.mark.fuse
 def test_load_path_subset(local_src: Path, tmp_path: Path) -> None:
     mnt = tmp_path / "mnt"
     with Mount(str(local_src), str(mnt), "--block-size", "1Mi") as m:  # memory tier only
@@ -172,7 +106,6 @@ def test_load_path_subset(local_src: Path, tmp_path: Path) -> None:
 
 
 @needs_fuse
-@pytest.mark.fuse
 def test_source_load_refuses_a_cache_dir_held_by_a_mount(local_src: Path, tmp_path: Path) -> None:
     cache = tmp_path / "cache"
     with Mount(str(local_src), str(tmp_path / "mnt"), "--cache-dir", str(cache)) as m:
@@ -269,7 +202,6 @@ def test_load_interrupted_then_rerun_completes(s3: object, tmp_path: Path) -> No
 
 
 @needs_fuse
-@pytest.mark.fuse
 def test_load_source_then_read_everything_with_the_server_down(s3: object, local_src: Path, tmp_path: Path) -> None:
     from fluidfs.util.proc import drop_page_cache
 
@@ -295,7 +227,6 @@ def test_load_source_then_read_everything_with_the_server_down(s3: object, local
 
 
 @needs_fuse
-@pytest.mark.fuse
 def test_load_through_mount_counts_read_errors(s3: object, local_src: Path, tmp_path: Path) -> None:
     server = running(s3)
     env = server.env()  # type: ignore[attr-defined]

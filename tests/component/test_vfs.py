@@ -15,11 +15,11 @@ from fluidfs.cache.tiered import TieredCache
 from fluidfs.config import MountConfig
 from fluidfs.errors import FsOpError, NotFoundError, UnavailableError, VersionChangedError
 from fluidfs.fs.namespace import ROOT_INODE, MountRef, Namespace
+from fluidfs.fs.vfs import Vfs
 from fluidfs.sources.aio import AsyncSource
 from fluidfs.sources.base import Source
 from fluidfs.spec.model import MountSpec
 from tests.support.doubles import CountingSource, FlakySource, MemorySource
-from fluidfs.fs.vfs import Vfs
 
 MiB = 1 << 20
 

@@ -245,7 +245,7 @@ def test_second_plugin_on_same_state_dir_refused(plugin: Plugin) -> None:
 
     r = subprocess.run([sys.executable, "-m", "csi", "--endpoint", f"unix://{plugin.workdir}/other.sock",
                         "--node-id", "x", "--state-dir", plugin.state_dir],
-                       capture_output=True, text=True, timeout=60, cwd=str(Path(__file__).parent.parent))
+                       capture_output=True, text=True, timeout=60, cwd=str(Path(__file__).resolve().parents[2]))
     assert r.returncode == 1 and "another plugin" in r.stderr
 
 
@@ -255,5 +255,5 @@ def test_bad_endpoint_is_a_usage_error(tmp_path: Path) -> None:
 
     r = subprocess.run([sys.executable, "-m", "csi", "--endpoint", "tcp://0.0.0.0:1", "--node-id", "x",
                         "--state-dir", str(tmp_path)], capture_output=True, text=True, timeout=60,
-                       cwd=str(Path(__file__).parent.parent))
+                       cwd=str(Path(__file__).resolve().parents[2]))
     assert r.returncode == 2 and "unix://" in r.stderr and "Traceback" not in r.stderr

@@ -1,0 +1,1 @@
+"""Component tests: one subsystem in-process (cache tiers, VFS) against test doubles and temporary directories."""
