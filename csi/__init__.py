@@ -11,7 +11,7 @@ Layout:
 - ``csi/recovery.py``   monitor thread: repairs dead FUSE daemons and stale bind mounts
 - ``csi/state.py``      the persisted JSON state file (atomic tmp -> rename)
 - ``csi/metrics.py``    the plugin's Prometheus registry
-- ``csi/csi_pb2*.py``   stubs generated from ``csi/proto/csi.proto`` by ``tools/gen_csi_stubs.py``
+- ``csi/_gen/``        stubs generated from ``csi/proto/csi.proto`` by ``tools/gen_csi_stubs.py``
 """
 from __future__ import annotations
 

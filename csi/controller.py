@@ -18,8 +18,8 @@ import threading
 import grpc
 
 from . import TOPOLOGY_KEY
-from . import csi_pb2 as pb
-from . import csi_pb2_grpc as pb_grpc
+from ._gen import csi_pb2 as pb
+from ._gen import csi_pb2_grpc as pb_grpc
 from .state import State, StateStore
 from .volumes import (
     RequestError,

@@ -8,8 +8,8 @@ from google.protobuf import wrappers_pb2
 import fluidfs
 
 from . import DRIVER_NAME
-from . import csi_pb2 as pb
-from . import csi_pb2_grpc as pb_grpc
+from ._gen import csi_pb2 as pb
+from ._gen import csi_pb2_grpc as pb_grpc
 
 Service = pb.PluginCapability.Service
 

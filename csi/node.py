@@ -26,8 +26,8 @@ from typing import Callable, Iterator, TypeVar
 import grpc
 
 from . import TOPOLOGY_KEY
-from . import csi_pb2 as pb
-from . import csi_pb2_grpc as pb_grpc
+from ._gen import csi_pb2 as pb
+from ._gen import csi_pb2_grpc as pb_grpc
 from . import metrics
 from .mounts import MountManager, probe, unmount
 from .state import Publication, Volume

@@ -27,7 +27,7 @@ import grpc
 
 from fluidfs.util.sizes import parse_duration
 
-from . import csi_pb2_grpc as pb_grpc
+from ._gen import csi_pb2_grpc as pb_grpc
 from . import metrics
 from .controller import ControllerServicer
 from .identity import IdentityServicer

@@ -33,7 +33,7 @@ import yaml
 from fluidfs.util.sizes import parse_duration, parse_size
 
 from . import EPHEMERAL_KEY
-from . import csi_pb2 as pb
+from ._gen import csi_pb2 as pb
 
 Mode = pb.VolumeCapability.AccessMode.Mode
 READ_ONLY_MODES = frozenset({Mode.SINGLE_NODE_READER_ONLY, Mode.MULTI_NODE_READER_ONLY})

@@ -1,7 +1,7 @@
-"""Regenerate the committed CSI gRPC stubs (csi/csi_pb2.py + .pyi, csi/csi_pb2_grpc.py) from csi/proto/csi.proto.
+"""Regenerate the committed CSI gRPC stubs (csi/_gen/csi_pb2.py + .pyi, csi/_gen/csi_pb2_grpc.py) from csi/proto/csi.proto.
 
 Usage: ``python tools/gen_csi_stubs.py [--check] [--out DIR]``.  ``--check`` regenerates into a
-temporary directory and exits 1 if the committed stubs differ (used by tests/test_csi_stubs.py).
+temporary directory and exits 1 if the committed stubs differ (used by tests/csi/test_stubs.py).
 
 Caveats: the output depends on the grpcio-tools version (its header names the protobuf version);
 regenerate with the version pinned in pyproject's dev extras.
@@ -16,7 +16,7 @@ import tempfile
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 PROTO_DIR = ROOT / "csi" / "proto"
-STUB_DIR = ROOT / "csi"
+STUB_DIR = ROOT / "csi" / "_gen"
 STUBS = ("csi_pb2.py", "csi_pb2.pyi", "csi_pb2_grpc.py")
 
 
@@ -40,7 +40,7 @@ def generate(out_dir: pathlib.Path) -> None:
         raise SystemExit(f"protoc failed with exit code {rc}")
     grpc_file = out_dir / "csi_pb2_grpc.py"
     text = grpc_file.read_text()
-    # protoc emits an absolute import; the stubs live inside the ``csi`` package.
+    # protoc emits an absolute import; the stubs live inside the ``csi._gen`` package.
     text = re.sub(r"^import csi_pb2 as csi__pb2$", "from . import csi_pb2 as csi__pb2", text, flags=re.M)
     grpc_file.write_text(text)
 

@@ -14,7 +14,7 @@ import pytest
 
 import fluidfs
 from csi import DRIVER_NAME, TOPOLOGY_KEY
-from csi import csi_pb2 as pb
+from csi._gen import csi_pb2 as pb
 from csi.mounts import fluidfs_command, fuse_usable
 from tests.support.csi import Mode, Plugin, cap, cleanup, expect_code
 

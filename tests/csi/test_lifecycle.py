@@ -22,7 +22,7 @@ from typing import Callable, Iterator
 import grpc
 import pytest
 
-from csi import csi_pb2 as pb
+from csi._gen import csi_pb2 as pb
 from tests.support.csi import Mode, Plugin, cap, cleanup, expect_code, mounts_under
 from tests.support.fuse import needs_fuse
 

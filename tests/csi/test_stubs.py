@@ -1,4 +1,4 @@
-"""The committed CSI stubs are exactly what tools/gen_csi_stubs.py generates from csi/proto/csi.proto."""
+"""The committed CSI stubs (csi/_gen) are exactly what tools/gen_csi_stubs.py generates from csi/proto/csi.proto."""
 from __future__ import annotations
 
 import importlib.metadata
@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_stubs_match_proto() -> None:
     pytest.importorskip("grpc_tools", reason="grpcio-tools (dev extra) is not installed")
-    header = (ROOT / "csi" / "csi_pb2_grpc.py").read_text()
+    header = (ROOT / "csi" / "_gen" / "csi_pb2_grpc.py").read_text()
     pinned = next(line.split("'")[1] for line in header.splitlines() if line.startswith("GRPC_GENERATED_VERSION"))
     installed = importlib.metadata.version("grpcio-tools")
     if installed != pinned:
@@ -24,7 +24,7 @@ def test_stubs_match_proto() -> None:
 
 
 def test_proto_is_csi_v1_with_the_services_we_serve() -> None:
-    from csi import csi_pb2
+    from csi._gen import csi_pb2
 
     services = csi_pb2.DESCRIPTOR.services_by_name
     assert csi_pb2.DESCRIPTOR.package == "csi.v1"

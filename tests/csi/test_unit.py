@@ -12,7 +12,7 @@ import grpc
 import pytest
 import yaml
 
-from csi import csi_pb2 as pb
+from csi._gen import csi_pb2 as pb
 from csi.mounts import MountManager
 from csi.state import MAX_TOMBSTONES, Publication, SharedMount, State, StateStore, Volume
 from csi.volumes import (

@@ -12,8 +12,8 @@ from typing import Any
 
 import grpc
 
-from csi import csi_pb2 as pb
-from csi import csi_pb2_grpc as pb_grpc
+from csi._gen import csi_pb2 as pb
+from csi._gen import csi_pb2_grpc as pb_grpc
 from fluidfs.util.mounts import mount_table
 
 ROOT = Path(__file__).resolve().parents[2]
