@@ -106,10 +106,6 @@ class DirLock:
             log.debug("could not record pid in %s: %s", self.path, e)
         self._fd: int | None = fd
 
-    @property
-    def held(self) -> bool:
-        return self._fd is not None
-
     def release(self) -> None:
         """Drop the lock (idempotent).  The file stays; its content is only informational."""
         fd, self._fd = self._fd, None

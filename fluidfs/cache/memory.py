@@ -52,10 +52,6 @@ class MemoryTier:
             self._data[key] = bytes(data)
             return True
 
-    def discard(self, key: BlockKey) -> None:
-        with self._lock:
-            self._data.pop(key, None)
-
     def contains(self, key: BlockKey) -> bool:
         with self._lock:
             return key in self._data

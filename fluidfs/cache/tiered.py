@@ -51,7 +51,6 @@ class TieredCache:
         self._ssd_slots = trio.Semaphore(ssd_write_slots)
         self._nursery: trio.Nursery | None = None
         self._warned = False
-        self.source_fetches = 0
         self._m_hit = {t: metrics.CACHE_HITS.labels(dataset, t) for t in ("mem", "ssd")}
         self._m_miss = {t: metrics.CACHE_MISSES.labels(dataset, t) for t in ("mem", "ssd")}
         self._m_bytes = {t: metrics.CACHE_HIT_BYTES.labels(dataset, t) for t in ("mem", "ssd")}
@@ -100,7 +99,6 @@ class TieredCache:
                 return data
             self._m_miss["ssd"].inc()
         raw = await fetch()
-        self.source_fetches += 1
         self.mem.put(key, raw)
         if self.ssd is not None:
             await self._ssd_slots.acquire()

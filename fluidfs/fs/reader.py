@@ -231,6 +231,3 @@ class FileReader:
             if not self.prefetcher.submit(key, self.fetcher(index), self._block_len(index)):
                 break
             self._ahead_until = index + 1
-
-    def close(self) -> None:
-        """Nothing to release: prefetched blocks stay tracked by the Prefetcher."""

@@ -254,7 +254,6 @@ class Vfs:
                 versions.pop(h.reader.version, None)
                 if not versions:
                     self._open_versions.pop(h.node.inode, None)
-            h.reader.close()
 
     def _file(self, fh: int) -> _FileHandle:
         try:

@@ -36,7 +36,6 @@ class MountSpec:
     # credential name -> reference.  Names: access_key_id, secret_access_key, session_token
     # (S3); username, password, bearer_token (HTTP).
     credentials: Mapping[str, SecretRef] = field(default_factory=dict)
-    read_only: bool = True
 
 
 @dataclass(frozen=True, slots=True)

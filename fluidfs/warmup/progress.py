@@ -1,19 +1,22 @@
-"""A small live progress bar for ``fluidfs load``: files, bytes, rate and ETA.
+"""The live progress line of ``fluidfs load`` (files, bytes, MB/s, ETA), rendered by tqdm.
 
-On a terminal the bar is redrawn in place (``\\r`` + clear-to-end-of-line) at most every
+On a terminal the line is redrawn in place (``\\r`` + clear-to-end-of-line) at most every
 ``tty_interval`` seconds; on anything else (a pipe, a log file, CI) one plain line is printed
-every ``log_interval`` seconds, so logs stay readable.  ``quiet`` prints nothing until the
-final line.  Counters may be updated from worker threads (one lock); drawing happens only in
-:meth:`Progress.tick` / :meth:`Progress.finish`, called by the owner.
+every ``log_interval`` seconds, so logs stay readable.  ``quiet`` prints nothing until the final
+line.  Counters may be updated from worker threads (one lock); drawing happens only in
+:meth:`Progress.tick` / :meth:`Progress.finish`, called by the owner.  The line itself is
+``tqdm.format_meter``'s (bar, percentage, bytes, elapsed<ETA, rate) with the file counts appended.
 
 Totals may grow while the tree is still being listed (the listing is streamed); until
-:meth:`Progress.totals_final` is called the bar shows ``>=`` totals and no ETA.  The rate counts
-only bytes transferred in this run (bytes found already cached are "done" but do not make a
-rerun look infinitely fast), over a sliding window of the last ``window`` seconds.
+:meth:`Progress.totals_final` is called the line shows ``>=`` file totals, ``listing...`` and no
+bar or ETA.  The rate counts only bytes transferred in this run (bytes found already cached are
+"done" but do not make a rerun look infinitely fast), over a sliding window of the last
+``window`` seconds; the ETA is the bytes left at that rate.
 
-Caveats: the bar is one line; if something else writes to the same terminal meanwhile, the
-next redraw simply continues on the new line.
+Caveats: the line is one line; if something else writes to the same terminal meanwhile, the next
+redraw simply continues on the new line.
 """
+
 from __future__ import annotations
 
 import shutil
@@ -21,21 +24,12 @@ import sys
 import threading
 import time
 from collections import deque
-from typing import Callable, TextIO
+from collections.abc import Callable
+from typing import TextIO
+
+from tqdm import tqdm
 
 from fluidfs.util.sizes import format_size
-
-
-def format_eta(seconds: float) -> str:
-    """``0:07``, ``12:34``, ``3:02:10``."""
-    s = max(0, int(round(seconds)))
-    h, rem = divmod(s, 3600)
-    m, sec = divmod(rem, 60)
-    return f"{h}:{m:02d}:{sec:02d}" if h else f"{m}:{sec:02d}"
-
-
-def format_rate(bytes_per_s: float) -> str:
-    return f"{bytes_per_s / 1e6:.1f} MB/s"
 
 
 def final_line(files_cached: int, files_total: int, bytes_cached: int, bytes_total: int, seconds: float) -> str:
@@ -83,7 +77,7 @@ class Progress:
         self.files_failed = 0
         self._samples: deque[tuple[float, int]] = deque([(self.started, 0)])
         self._last_draw = self.started
-        self._drawn = False  # a bar is on the terminal line (tty)
+        self._drawn = False  # a line is on the terminal (tty)
 
     # ------------------------------------------------------------------ counters
 
@@ -123,38 +117,29 @@ class Progress:
         dt = now - t0
         return (loaded - b0) / dt if dt > 0 else 0.0
 
-    def eta(self, rate: float) -> float | None:
-        with self._lock:
-            if not self.final_totals or rate <= 0:
-                return None
-            left = self.bytes_total - self.bytes_done
-        return max(0.0, left / rate)
-
     def line(self, width: int | None = None) -> str:
         """The status line (without ``\\r``), at most ``width`` characters."""
         rate = self.rate()
-        eta = self.eta(rate)
         with self._lock:
             ft, bt, fd, bd = self.files_total, self.bytes_total, self.files_done, self.bytes_done
             final, failed = self.final_totals, self.files_failed
-        ge = "" if final else ">="
-        frac = bd / bt if bt else (fd / ft if ft else 0.0)
-        frac = min(1.0, frac)
-        bar_w = 20
-        filled = int(frac * bar_w)
-        parts = [
-            f"[{'#' * filled}{'.' * (bar_w - filled)}] {100 * frac:5.1f}%",
-            f"{fd}/{ge}{ft} files",
-            f"{format_size(bd)}/{ge}{format_size(bt)}",
-            format_rate(rate),
-            f"ETA {format_eta(eta)}" if eta is not None else ("listing..." if not final else "ETA -"),
-        ]
+        files = f"{fd}/{ft} files" if final else f"{fd}/>={ft} files"
         if failed:
-            parts.append(f"{failed} failed")
-        text = "  ".join(parts)
-        if width is not None and len(text) > width:
-            text = text[: max(0, width - 1)]
-        return text
+            files += f", {failed} failed"
+        if not final:
+            files += ", listing..."
+        text: str = tqdm.format_meter(
+            min(bd, bt) if final else bd,
+            bt if final and bt else None,
+            self.elapsed(),
+            ncols=width,
+            unit="B",
+            unit_scale=True,
+            rate=rate,
+            postfix=files,
+            ascii=not self.tty,
+        )
+        return text[:width] if width is not None else text
 
     # ------------------------------------------------------------------ drawing
 
@@ -175,7 +160,7 @@ class Progress:
         self.stream.flush()
 
     def clear(self) -> None:
-        """Remove the bar from the terminal line (before printing something else)."""
+        """Remove the line from the terminal (before printing something else)."""
         if self.tty and self._drawn and not self.quiet:
             self.stream.write("\r\x1b[K")
             self.stream.flush()
@@ -185,7 +170,7 @@ class Progress:
         return self.clock() - self.started
 
     def finish(self, text: str, out: TextIO | None = None) -> None:
-        """Clear the bar and print the final line to ``out`` (default: the bar's stream)."""
+        """Clear the line and print the final line to ``out`` (default: the line's stream)."""
         self.clear()
         target = out if out is not None else self.stream
         target.write(text + "\n")

@@ -155,7 +155,7 @@ def test_single_flight_through_the_tiers(tmp_path: Path) -> None:
         key = BlockKey(counting.url("f"), counting.stat("f").version, bs, 0)
         assert cache.tier_of(key) == "mem" and ssd.contains(key)
 
-        cache.mem.discard(key)  # now the block is on SSD only
+        cache.mem = MemoryTier(cache.mem.quota_bytes(), "lru")  # now the block is on SSD only
         assert cache.tier_of(key) == "ssd"
         ssd_gets.clear()
         hits_before = metric("fluidfs_cache_hits_total", dataset=ds, tier="ssd")

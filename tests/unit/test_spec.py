@@ -144,7 +144,7 @@ spec:
         ("x", "file", "file:///mnt/x", "/x"),
     ]
     assert ds.mounts[1].options == {"verify_ssl": "false", "manifest": "index.txt"}
-    assert all(m.read_only and m.credentials == {} for m in ds.mounts)
+    assert all(m.credentials == {} for m in ds.mounts)
     assert ds.cache == CacheSpec()
     assert ds.metadata == MetadataSpec()
 
@@ -268,7 +268,6 @@ def test_fluid_document_translates_and_warns(caplog: pytest.LogCaptureFixture) -
         "access_key_id": SecretRef(secret_name="shared", secret_key="ak"),
         "secret_access_key": SecretRef(secret_name="s3-secret", secret_key="sk"),
     }
-    assert train.read_only
     assert (val.name, val.path) == ("val", "/val")
     assert val.options == {"region": "eu-west-1", "endpoint": "http://s3.example.com",
                            "addressing_style": "virtual", "anonymous": "true"}
