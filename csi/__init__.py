@@ -13,6 +13,7 @@ Layout:
 - ``csi/metrics.py``    the plugin's Prometheus registry
 - ``csi/_gen/``        stubs generated from ``csi/proto/csi.proto`` by ``tools/gen_csi_stubs.py``
 """
+
 from __future__ import annotations
 
 DRIVER_NAME = "csi.fluidfs.io"

@@ -1,4 +1,5 @@
 """``python -m csi``: same as ``fluidfs-csi``."""
+
 from __future__ import annotations
 
 import sys

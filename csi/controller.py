@@ -10,6 +10,7 @@ Caveats: ``capacity_bytes`` echoes the requested size (a dataset has no capacity
 With ``pinToNode: "true"`` the volume is tied to the CO's preferred (else first requisite)
 topology segment, i.e. the node that will hold its cache; by default it is usable everywhere.
 """
+
 from __future__ import annotations
 
 import logging
@@ -101,9 +102,7 @@ class ControllerServicer(pb_grpc.ControllerServicer):
             ar = request.accessibility_requirements
             for topo in list(ar.preferred) + list(ar.requisite):
                 if TOPOLOGY_KEY in topo.segments:
-                    volume.accessible_topology.append(
-                        pb.Topology(segments={TOPOLOGY_KEY: topo.segments[TOPOLOGY_KEY]})
-                    )
+                    volume.accessible_topology.append(pb.Topology(segments={TOPOLOGY_KEY: topo.segments[TOPOLOGY_KEY]}))
                     break
         return pb.CreateVolumeResponse(volume=volume)
 

@@ -1,4 +1,5 @@
 """CSI Identity service: plugin name/version, plugin capabilities, readiness probe."""
+
 from __future__ import annotations
 
 from typing import Callable

@@ -7,6 +7,7 @@
   daemon remounted) or ``bind`` (a stale staging/publish bind re-bound).
 - ``fluidfs_csi_shared_mounts``: node-level fluidfs mounts currently held.
 """
+
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge

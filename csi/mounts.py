@@ -26,6 +26,7 @@ which other RPCs wait).  Containers see a re-bound target only if their volumeMo
 thread with a timeout so a hung (not dead) daemon cannot stall the monitor; a hung daemon is
 reported, not killed.
 """
+
 from __future__ import annotations
 
 import errno
@@ -102,9 +103,7 @@ def probe(path: str, timeout: float = PROBE_TIMEOUT) -> str:
 
 
 def _run(cmd: list[str], timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout, check=False
-    )
+    return subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout, check=False)
 
 
 def unmount(path: str, lazy: bool = False) -> None:
@@ -267,17 +266,31 @@ class MountManager:
         os.makedirs(m.cache_dir, mode=0o700, exist_ok=True)
         log_file = os.path.join(os.path.dirname(m.source), "daemon.log")
         cmd = [
-            *self.fluidfs_cmd, "mount", m.source, m.mountpoint,
-            "--cache-dir", m.cache_dir, "--allow-other",
-            "--pid-file", m.pid_file, "--log-file", log_file, *m.args,
+            *self.fluidfs_cmd,
+            "mount",
+            m.source,
+            m.mountpoint,
+            "--cache-dir",
+            m.cache_dir,
+            "--allow-other",
+            "--pid-file",
+            m.pid_file,
+            "--log-file",
+            log_file,
+            *m.args,
         ]
         log.info("dataset %s: mounting at %s", m.key, m.mountpoint)
         with tempfile.TemporaryFile("w+", encoding="utf-8", errors="replace") as err:
             # stderr to a file, not a pipe: the daemon may keep inherited fds open.
             try:
                 proc = subprocess.run(
-                    cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
-                    timeout=MOUNT_TIMEOUT, start_new_session=True, check=False,
+                    cmd,
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL,
+                    stderr=err,
+                    timeout=MOUNT_TIMEOUT,
+                    start_new_session=True,
+                    check=False,
                 )
             except subprocess.TimeoutExpired:
                 unmount(m.mountpoint, lazy=True)

@@ -15,6 +15,7 @@ Rules beyond the happy path (CSI spec v1 error tables):
 Ephemeral inline volumes (``csi.storage.k8s.io/ephemeral: "true"``) are staged internally at
 the first publish and unstaged at their last unpublish; their secrets come with the publish.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -111,7 +112,9 @@ class NodeServicer(pb_grpc.NodeServicer):
         )
 
     # -- stage ----------------------------------------------------------------------------------
-    def NodeStageVolume(self, request: pb.NodeStageVolumeRequest, context: grpc.ServicerContext) -> pb.NodeStageVolumeResponse:
+    def NodeStageVolume(
+        self, request: pb.NodeStageVolumeRequest, context: grpc.ServicerContext
+    ) -> pb.NodeStageVolumeResponse:
         return self._call(context, self._stage, request)
 
     def _stage(self, r: pb.NodeStageVolumeRequest) -> pb.NodeStageVolumeResponse:
@@ -124,24 +127,39 @@ class NodeServicer(pb_grpc.NodeServicer):
         with self._volume(r.volume_id):
             vol = self.state.volumes.get(r.volume_id)
             if vol is not None:
-                if (vol.ephemeral or vol.staging_target_path != r.staging_target_path
-                        or vol.context_digest != cdigest or vol.capability != capd):
-                    raise _err(grpc.StatusCode.ALREADY_EXISTS,
-                               f"volume {r.volume_id} is already staged with different parameters")
+                if (
+                    vol.ephemeral
+                    or vol.staging_target_path != r.staging_target_path
+                    or vol.context_digest != cdigest
+                    or vol.capability != capd
+                ):
+                    raise _err(
+                        grpc.StatusCode.ALREADY_EXISTS,
+                        f"volume {r.volume_id} is already staged with different parameters",
+                    )
                 if not self.mm.bind_healthy(vol.staging_target_path):
                     self.mm.check_all()
                 return pb.NodeStageVolumeResponse()
             if not has_dataset(ctx):
-                raise _err(grpc.StatusCode.NOT_FOUND,
-                           f"volume {r.volume_id}: volume_context names no dataset (url or dataset)")
+                raise _err(
+                    grpc.StatusCode.NOT_FOUND, f"volume {r.volume_id}: volume_context names no dataset (url or dataset)"
+                )
             req = parse_context(ctx)
             if not os.path.isdir(r.staging_target_path):
-                raise _err(grpc.StatusCode.FAILED_PRECONDITION,
-                           f"staging_target_path {r.staging_target_path} is not a directory")
+                raise _err(
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                    f"staging_target_path {r.staging_target_path} is not a directory",
+                )
             key = mount_key(req.dataset_digest(), r.secrets)
             self.mm.ensure_shared(key, req, r.secrets)
-            vol = Volume(volume_id=r.volume_id, key=key, staging_target_path=r.staging_target_path,
-                         context_digest=cdigest, sub_path=req.sub_path, capability=capd)
+            vol = Volume(
+                volume_id=r.volume_id,
+                key=key,
+                staging_target_path=r.staging_target_path,
+                context_digest=cdigest,
+                sub_path=req.sub_path,
+                capability=capd,
+            )
             self.state.volumes[r.volume_id] = vol
             try:
                 self.mm.stage_bind(vol)
@@ -156,7 +174,9 @@ class NodeServicer(pb_grpc.NodeServicer):
         return pb.NodeStageVolumeResponse()
 
     # -- unstage --------------------------------------------------------------------------------
-    def NodeUnstageVolume(self, request: pb.NodeUnstageVolumeRequest, context: grpc.ServicerContext) -> pb.NodeUnstageVolumeResponse:
+    def NodeUnstageVolume(
+        self, request: pb.NodeUnstageVolumeRequest, context: grpc.ServicerContext
+    ) -> pb.NodeUnstageVolumeResponse:
         return self._call(context, self._unstage, request)
 
     def _unstage(self, r: pb.NodeUnstageVolumeRequest) -> pb.NodeUnstageVolumeResponse:
@@ -167,11 +187,12 @@ class NodeServicer(pb_grpc.NodeServicer):
             if vol is None or vol.ephemeral or vol.staging_target_path != r.staging_target_path:
                 if self.state.has_tombstone(r.volume_id, r.staging_target_path):
                     return pb.NodeUnstageVolumeResponse()
-                raise _err(grpc.StatusCode.NOT_FOUND,
-                           f"volume {r.volume_id} is not staged at {r.staging_target_path}")
+                raise _err(grpc.StatusCode.NOT_FOUND, f"volume {r.volume_id} is not staged at {r.staging_target_path}")
             if vol.publications:
-                raise _err(grpc.StatusCode.FAILED_PRECONDITION,
-                           f"volume {r.volume_id} is still published at {len(vol.publications)} path(s)")
+                raise _err(
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                    f"volume {r.volume_id} is still published at {len(vol.publications)} path(s)",
+                )
             unmount(vol.staging_target_path)
             del self.state.volumes[r.volume_id]
             self.state.add_tombstone(r.volume_id, r.staging_target_path)
@@ -182,7 +203,9 @@ class NodeServicer(pb_grpc.NodeServicer):
         return pb.NodeUnstageVolumeResponse()
 
     # -- publish --------------------------------------------------------------------------------
-    def NodePublishVolume(self, request: pb.NodePublishVolumeRequest, context: grpc.ServicerContext) -> pb.NodePublishVolumeResponse:
+    def NodePublishVolume(
+        self, request: pb.NodePublishVolumeRequest, context: grpc.ServicerContext
+    ) -> pb.NodePublishVolumeResponse:
         return self._call(context, self._publish, request)
 
     def _publish(self, r: pb.NodePublishVolumeRequest) -> pb.NodePublishVolumeResponse:
@@ -191,8 +214,10 @@ class NodeServicer(pb_grpc.NodeServicer):
         ephemeral = is_ephemeral(r.volume_context)
         require_capability(r.volume_capability, r.HasField("volume_capability"), ephemeral=ephemeral)
         if not ephemeral and not r.staging_target_path:
-            raise _err(grpc.StatusCode.FAILED_PRECONDITION,
-                       "staging_target_path is required (the plugin has STAGE_UNSTAGE_VOLUME)")
+            raise _err(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                "staging_target_path is required (the plugin has STAGE_UNSTAGE_VOLUME)",
+            )
         capd = capability_digest(r.volume_capability)
         target = os.path.normpath(r.target_path)
         with self._volume(r.volume_id):
@@ -204,14 +229,17 @@ class NodeServicer(pb_grpc.NodeServicer):
             elif vol is None:
                 raise _err(grpc.StatusCode.NOT_FOUND, f"volume {r.volume_id} is not staged on this node")
             elif not vol.ephemeral and vol.staging_target_path != r.staging_target_path:
-                raise _err(grpc.StatusCode.FAILED_PRECONDITION,
-                           f"volume {r.volume_id} is staged at {vol.staging_target_path}, "
-                           f"not {r.staging_target_path}")
+                raise _err(
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                    f"volume {r.volume_id} is staged at {vol.staging_target_path}, not {r.staging_target_path}",
+                )
             pub = vol.publications.get(target)
             if pub is not None:
                 if pub.capability != capd or pub.readonly != r.readonly:
-                    raise _err(grpc.StatusCode.ALREADY_EXISTS,
-                               f"volume {r.volume_id} is already published at {target} differently")
+                    raise _err(
+                        grpc.StatusCode.ALREADY_EXISTS,
+                        f"volume {r.volume_id} is already published at {target} differently",
+                    )
                 if not self.mm.bind_healthy(target):
                     self.mm.check_all()
                 return pb.NodePublishVolumeResponse()
@@ -239,14 +267,15 @@ class NodeServicer(pb_grpc.NodeServicer):
         req = parse_context(ctx)
         key = mount_key(req.dataset_digest(), r.secrets)
         self.mm.ensure_shared(key, req, r.secrets)
-        vol = Volume(volume_id=r.volume_id, key=key, ephemeral=True, context_digest=digest(ctx),
-                     sub_path=req.sub_path)
+        vol = Volume(volume_id=r.volume_id, key=key, ephemeral=True, context_digest=digest(ctx), sub_path=req.sub_path)
         self.state.volumes[r.volume_id] = vol
         log.info("volume %s: ephemeral, staged internally (dataset %s)", r.volume_id, key)
         return vol
 
     # -- unpublish ------------------------------------------------------------------------------
-    def NodeUnpublishVolume(self, request: pb.NodeUnpublishVolumeRequest, context: grpc.ServicerContext) -> pb.NodeUnpublishVolumeResponse:
+    def NodeUnpublishVolume(
+        self, request: pb.NodeUnpublishVolumeRequest, context: grpc.ServicerContext
+    ) -> pb.NodeUnpublishVolumeResponse:
         return self._call(context, self._unpublish, request)
 
     def _unpublish(self, r: pb.NodeUnpublishVolumeRequest) -> pb.NodeUnpublishVolumeResponse:
@@ -260,8 +289,9 @@ class NodeServicer(pb_grpc.NodeServicer):
                     # Already unpublished (a repeat): make sure nothing of ours is left behind.
                     self._remove_target(target)
                 elif os.path.lexists(target):
-                    raise _err(grpc.StatusCode.NOT_FOUND,
-                               f"volume {r.volume_id} is not published at {target} on this node")
+                    raise _err(
+                        grpc.StatusCode.NOT_FOUND, f"volume {r.volume_id} is not published at {target} on this node"
+                    )
                 return pb.NodeUnpublishVolumeResponse()
             self._remove_target(target)
             del vol.publications[target]
@@ -288,7 +318,9 @@ class NodeServicer(pb_grpc.NodeServicer):
             pass
 
     # -- stats ----------------------------------------------------------------------------------
-    def NodeGetVolumeStats(self, request: pb.NodeGetVolumeStatsRequest, context: grpc.ServicerContext) -> pb.NodeGetVolumeStatsResponse:
+    def NodeGetVolumeStats(
+        self, request: pb.NodeGetVolumeStatsRequest, context: grpc.ServicerContext
+    ) -> pb.NodeGetVolumeStatsResponse:
         return self._call(context, self._stats, request)
 
     def _stats(self, r: pb.NodeGetVolumeStatsRequest) -> pb.NodeGetVolumeStatsResponse:
@@ -312,8 +344,9 @@ class NodeServicer(pb_grpc.NodeServicer):
         return pb.NodeGetVolumeStatsResponse(
             usage=[
                 pb.VolumeUsage(unit=Unit.BYTES, total=total, available=free, used=max(0, total - free)),
-                pb.VolumeUsage(unit=Unit.INODES, total=st.f_files, available=st.f_favail,
-                               used=max(0, st.f_files - st.f_ffree)),
+                pb.VolumeUsage(
+                    unit=Unit.INODES, total=st.f_files, available=st.f_favail, used=max(0, st.f_files - st.f_ffree)
+                ),
             ],
             volume_condition=pb.VolumeCondition(abnormal=False, message="mounted"),
         )

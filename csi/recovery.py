@@ -10,6 +10,7 @@ publication recorded in its state file.
 Caveats: this is a plain thread (gRPC's server is thread based, not trio); it stops at the next
 tick after ``stop()``.  A failing repair is logged and retried at the next tick.
 """
+
 from __future__ import annotations
 
 import logging

@@ -12,6 +12,7 @@ file (and repairs whatever died meanwhile).
 Caveats: ``--mode controller`` keeps its own state file (CreateVolume idempotency) and must not
 share a state directory with a node plugin (the state directory is locked).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -55,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def socket_path(endpoint: str) -> str:
     if endpoint.startswith("unix://"):
-        path = endpoint[len("unix://"):]
+        path = endpoint[len("unix://") :]
     elif endpoint.startswith("/"):
         path = endpoint
     else:
@@ -88,7 +89,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     with_controller = args.mode in ("controller", "all")
 
     manager = MountManager(
-        store, state,
+        store,
+        state,
         cache_root=args.cache_root or os.path.join(args.state_dir, "cache"),
         unstage_grace=grace if grace != float("inf") else 10**9,
         fluidfs_cmd=fluidfs_command(),
@@ -98,8 +100,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     def ready() -> bool:
         if not with_node:
             return True
-        return (fuse_usable() and manager.fluidfs_cmd is not None
-                and monitor is not None and monitor.recovered.is_set())
+        return fuse_usable() and manager.fluidfs_cmd is not None and monitor is not None and monitor.recovered.is_set()
 
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="csi-rpc"))
     pb_grpc.add_IdentityServicer_to_server(IdentityServicer(with_controller, ready), server)
@@ -121,8 +122,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if monitor is not None:
         monitor.start()
     server.start()
-    log.info("fluidfs-csi serving %s on %s (node %s, %d staged volume(s) in state)",
-             args.mode, sock, args.node_id, len(state.volumes))
+    log.info(
+        "fluidfs-csi serving %s on %s (node %s, %d staged volume(s) in state)",
+        args.mode,
+        sock,
+        args.node_id,
+        len(state.volumes),
+    )
 
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

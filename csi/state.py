@@ -25,6 +25,7 @@ Secrets never enter this file: they live only in 0600 files under ``secret_dir``
 
 Caveats: one plugin process per state directory (``StateStore.lock`` takes an flock).
 """
+
 from __future__ import annotations
 
 import dataclasses

@@ -18,6 +18,7 @@ unknown key is an INVALID_ARGUMENT so typos are not silently dropped.
 Caveats: two volumes with the same dataset but different cache keys share one mount; the cache
 settings of the first stage win until that mount is released.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -133,8 +134,9 @@ def parse_context(ctx: Mapping[str, str]) -> DatasetRequest:
     """Validate a volume context; raises RequestError(INVALID_ARGUMENT) on any mistake."""
     ctx = identity_context(ctx)
     unknown = sorted(
-        k for k in ctx if k not in OTHER_KEYS and k not in CACHE_FLAGS and k not in SOURCE_KEYS
-        and not k.startswith("options.")
+        k
+        for k in ctx
+        if k not in OTHER_KEYS and k not in CACHE_FLAGS and k not in SOURCE_KEYS and not k.startswith("options.")
     )
     if unknown:
         raise invalid(f"unknown volume attribute(s): {', '.join(unknown)}")
@@ -147,9 +149,9 @@ def parse_context(ctx: Mapping[str, str]) -> DatasetRequest:
         if k in SOURCE_KEYS:
             options[k] = v
         elif k.startswith("options."):
-            if not k[len("options."):]:
+            if not k[len("options.") :]:
                 raise invalid("empty option name in volume attribute 'options.'")
-            options[k[len("options."):]] = v
+            options[k[len("options.") :]] = v
     document = None
     if doc_text:
         if options:
@@ -284,8 +286,7 @@ def build_document(req: DatasetRequest, secret_files: Mapping[str, str]) -> dict
     are only ever referenced as ``{file: path}``.
     """
     by_cred = {
-        cred: {"file": secret_files[key]}
-        for cred, key in credential_names({k: "" for k in secret_files}).items()
+        cred: {"file": secret_files[key]} for cred, key in credential_names({k: "" for k in secret_files}).items()
     }
     if req.document is None:
         mount: dict[str, Any] = {"mountPoint": req.url, "name": "data", "path": "/"}

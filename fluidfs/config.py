@@ -3,6 +3,7 @@ Dataset's ``spec.cache``/``spec.metadata`` and command-line flags (the command l
 
 Caveats: values are validated here; everything downstream trusts them.
 """
+
 from __future__ import annotations
 
 import math

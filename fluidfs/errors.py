@@ -17,6 +17,7 @@ only by :func:`exit_code` below (used by the CLI and by the daemon's readiness r
     ├── CacheError           a cache tier failed (the tiered cache degrades, never raises to reads)
     └── FsOpError            a filesystem operation is invalid (carries its errno: ENOTDIR, EROFS…)
 """
+
 from __future__ import annotations
 
 

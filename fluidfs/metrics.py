@@ -7,6 +7,7 @@ operation names) — never a path.
 Caveats: one mount per process, so metrics live in the default registry; prometheus-client
 serves them from its own small daemon thread (library-owned, no access to fluidfs state).
 """
+
 from __future__ import annotations
 
 import logging
@@ -57,7 +58,9 @@ READAHEAD_WASTED = Counter(
 )
 
 # --- metadata ----------------------------------------------------------------------------
-META_HITS = Counter("fluidfs_metadata_hits_total", "Lookups/listings answered from the metadata cache", ["dataset", "op"])
+META_HITS = Counter(
+    "fluidfs_metadata_hits_total", "Lookups/listings answered from the metadata cache", ["dataset", "op"]
+)
 META_MISSES = Counter("fluidfs_metadata_misses_total", "Lookups/listings that went to the source", ["dataset", "op"])
 
 

@@ -8,6 +8,7 @@ table of medians over ``--runs`` runs.
 
     python tools/bench_blocksize.py [--latency-ms 20] [--files 2] [--size 256Mi] [--runs 3]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,8 +37,21 @@ def source_bytes(mnt: str) -> float:
 
 
 def mount(mnt: str, env: dict[str, str], endpoint: str, *flags: str) -> None:
-    cmd = [sys.executable, "-m", "fluidfs", "mount", f"s3://{BUCKET}", mnt, "--endpoint", endpoint,
-           "--memory-size", "2Gi", "--metrics-addr", "127.0.0.1:0", *flags]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "fluidfs",
+        "mount",
+        f"s3://{BUCKET}",
+        mnt,
+        "--endpoint",
+        endpoint,
+        "--memory-size",
+        "2Gi",
+        "--metrics-addr",
+        "127.0.0.1:0",
+        *flags,
+    ]
     subprocess.run(cmd, env={**os.environ, **env}, check=True)
 
 
@@ -68,8 +82,9 @@ def rand_read(paths: list[str], size: int, ops: int, seed: int) -> float:
     return ops / dt
 
 
-def measure(mnt: str, env: dict[str, str], endpoint: str, files: list[str], size: int, runs: int, ops: int,
-            flags: list[str]) -> tuple[float, float, float]:  # fmt: skip
+def measure(
+    mnt: str, env: dict[str, str], endpoint: str, files: list[str], size: int, runs: int, ops: int, flags: list[str]
+) -> tuple[float, float, float]:
     seq, rops, amp = [], [], []
     for run in range(runs):
         mount(mnt, env, endpoint, *flags)
@@ -111,12 +126,10 @@ def main() -> int:
         print("| block size | readahead | cold seq MB/s | cold random 4 KiB ops/s | source bytes per 4 KiB read |")
         print("|---|---|---|---|---|")
         for bs in args.block_sizes.split(","):
-            seq, rops, amp = measure(mnt, env, store.endpoint, files, size, args.runs, args.ops,
-                                     ["--block-size", bs])  # fmt: skip
+            seq, rops, amp = measure(mnt, env, store.endpoint, files, size, args.runs, args.ops, ["--block-size", bs])
             print(f"| {bs} | 32Mi | {seq:.0f} | {rops:.1f} | {amp:.0f}x |", flush=True)
         for ra in args.readaheads.split(","):
-            seq, rops, amp = measure(mnt, env, store.endpoint, files, size, args.runs, args.ops,
-                                     ["--readahead", ra])  # fmt: skip
+            seq, rops, amp = measure(mnt, env, store.endpoint, files, size, args.runs, args.ops, ["--readahead", ra])
             print(f"| 4Mi | {ra} | {seq:.0f} | {rops:.1f} | {amp:.0f}x |", flush=True)
     finally:
         if os.path.ismount(mnt):

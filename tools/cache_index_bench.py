@@ -12,6 +12,7 @@ rebuild also runs after ``echo 3 > /proc/sys/vm/drop_caches``, the after-reboot 
 reports put and get throughput, the index's memory per block and CRC-32 vs BLAKE2b speed.
 Prints a table; removes the directory afterwards unless ``--keep``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,8 +35,9 @@ from fluidfs.util.sizes import parse_size  # noqa: E402
 
 
 def keys(n: int, block_size: int) -> list[BlockKey]:
-    return [BlockKey(f"s3://bench/shard-{i // 64:05d}.tar", "etag-0123456789abcdef", block_size, i % 64)
-            for i in range(n)]
+    return [
+        BlockKey(f"s3://bench/shard-{i // 64:05d}.tar", "etag-0123456789abcdef", block_size, i % 64) for i in range(n)
+    ]
 
 
 def open_tier(d: str, scan: str) -> tuple[SSDTier, float]:
@@ -65,16 +67,26 @@ def main() -> int:
         for k in ks:
             tier.put(k, data)
         dt = time.perf_counter() - t0
-        rows.append(("put (write tmp + rename)", f"{dt:.2f} s", f"{a.blocks / dt:,.0f} blocks/s, "
-                     f"{a.blocks * size / dt / 1e6:,.0f} MB/s"))
+        rows.append(
+            (
+                "put (write tmp + rename)",
+                f"{dt:.2f} s",
+                f"{a.blocks / dt:,.0f} blocks/s, {a.blocks * size / dt / 1e6:,.0f} MB/s",
+            )
+        )
         used = tier.used_bytes()
         sample = random.Random(1).sample(ks, min(a.gets, len(ks)))
         t0 = time.perf_counter()
         for k in sample:
             assert tier.get(k) is not None
         dt = time.perf_counter() - t0
-        rows.append(("get (read + validate), warm", f"{dt / len(sample) * 1e6:.0f} us/get",
-                     f"{len(sample) / dt:,.0f} blocks/s, {len(sample) * size / dt / 1e6:,.0f} MB/s"))
+        rows.append(
+            (
+                "get (read + validate), warm",
+                f"{dt / len(sample) * 1e6:.0f} us/get",
+                f"{len(sample) / dt:,.0f} blocks/s, {len(sample) * size / dt / 1e6:,.0f} MB/s",
+            )
+        )
         tier.close()
 
         for scan in ("stat", "headers"):
@@ -86,8 +98,13 @@ def main() -> int:
                 tier, dt = open_tier(d, scan)
                 assert tier.stats()["blocks"] == a.blocks and tier.used_bytes() == used
                 tier.close()
-                rows.append((f"rebuild scan={scan}, {'cold (drop_caches)' if cold else 'warm'}",
-                             f"{dt:.3f} s", f"{a.blocks / dt:,.0f} blocks/s"))
+                rows.append(
+                    (
+                        f"rebuild scan={scan}, {'cold (drop_caches)' if cold else 'warm'}",
+                        f"{dt:.3f} s",
+                        f"{a.blocks / dt:,.0f} blocks/s",
+                    )
+                )
 
         tracemalloc.start()
         before = tracemalloc.take_snapshot()
@@ -99,15 +116,22 @@ def main() -> int:
         rows.append(("index memory", f"{mem / 1e6:.1f} MB", f"{mem / a.blocks:.0f} bytes/block"))
 
         buf = random.Random(2).randbytes(max(size, 4096))
-        for name, fn in (("crc32", lambda: zlib.crc32(buf)),
-                         ("blake2b-128", lambda: hashlib.blake2b(buf, digest_size=16).digest())):
+        for name, fn in (
+            ("crc32", lambda: zlib.crc32(buf)),
+            ("blake2b-128", lambda: hashlib.blake2b(buf, digest_size=16).digest()),
+        ):
             reps = max(3, (64 << 20) // len(buf))
             t0 = time.perf_counter()
             for _ in range(reps):
                 fn()
             dt = time.perf_counter() - t0
-            rows.append((f"checksum {name} of {len(buf)} B", f"{dt / reps * 1e6:.1f} us",
-                         f"{reps * len(buf) / dt / 1e9:.2f} GB/s"))
+            rows.append(
+                (
+                    f"checksum {name} of {len(buf)} B",
+                    f"{dt / reps * 1e6:.1f} us",
+                    f"{reps * len(buf) / dt / 1e9:.2f} GB/s",
+                )
+            )
     finally:
         if a.keep:
             print(f"kept {d}")

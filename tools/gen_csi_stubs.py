@@ -6,6 +6,7 @@ temporary directory and exits 1 if the committed stubs differ (used by tests/csi
 Caveats: the output depends on the grpcio-tools version (its header names the protobuf version);
 regenerate with the version pinned in pyproject's dev extras.
 """
+
 from __future__ import annotations
 
 import argparse

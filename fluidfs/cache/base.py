@@ -4,6 +4,7 @@ A block is ``block_size`` bytes of one *version* of one object; its key carries 
 URL, version token, the block size and the block index, so a changed object (new ETag) or a
 different block size can never hit old blocks.
 """
+
 from __future__ import annotations
 
 import hashlib

@@ -35,6 +35,7 @@ Caveats: a CRC-32 misses a random multi-bit corruption with probability 2**-32 p
 header is validated in full before any payload byte is returned, but nothing protects against a
 malicious writer with access to the cache directory (it is expected to be root-owned, 0700).
 """
+
 from __future__ import annotations
 
 import os
@@ -78,8 +79,18 @@ def encode_header(key: BlockKey, payload: Buffer) -> bytes:
     version = _enc(key.version)
     header_len = FIXED_LEN + len(url) + len(version)
     fixed = _FIXED.pack(
-        MAGIC, FORMAT_VERSION, 0, header_len, bytes.fromhex(key.digest), key.block_size,
-        key.index, len(payload), zlib.crc32(payload), len(url), len(version), 0,
+        MAGIC,
+        FORMAT_VERSION,
+        0,
+        header_len,
+        bytes.fromhex(key.digest),
+        key.block_size,
+        key.index,
+        len(payload),
+        zlib.crc32(payload),
+        len(url),
+        len(version),
+        0,
     )
     body = fixed[:_HEADER_CRC_OFFSET]
     crc = zlib.crc32(url + version, zlib.crc32(fixed))
@@ -100,8 +111,20 @@ def decode_header(buf: Buffer) -> BlockHeader:
     mv = memoryview(buf)
     if len(mv) < FIXED_LEN:
         raise BlockFormatError(f"truncated header ({len(mv)} bytes)")
-    (magic, fmt, _flags, header_len, digest, block_size, index, payload_len, payload_crc,
-     url_len, version_len, header_crc) = _FIXED.unpack_from(mv, 0)
+    (
+        magic,
+        fmt,
+        _flags,
+        header_len,
+        digest,
+        block_size,
+        index,
+        payload_len,
+        payload_crc,
+        url_len,
+        version_len,
+        header_crc,
+    ) = _FIXED.unpack_from(mv, 0)
     if magic != MAGIC:
         raise BlockFormatError("bad magic (not a fluidfs block file)")
     if fmt != FORMAT_VERSION:
@@ -116,8 +139,8 @@ def decode_header(buf: Buffer) -> BlockHeader:
     if crc != header_crc:
         raise BlockFormatError("header checksum mismatch")
     try:
-        url = bytes(mv[FIXED_LEN:FIXED_LEN + url_len]).decode("utf-8", "surrogateescape")
-        version = bytes(mv[FIXED_LEN + url_len:header_len]).decode("utf-8", "surrogateescape")
+        url = bytes(mv[FIXED_LEN : FIXED_LEN + url_len]).decode("utf-8", "surrogateescape")
+        version = bytes(mv[FIXED_LEN + url_len : header_len]).decode("utf-8", "surrogateescape")
     except UnicodeDecodeError as e:  # pragma: no cover - surrogateescape decodes anything
         raise BlockFormatError(f"undecodable header strings: {e}") from None
     if payload_len > block_size:
@@ -130,7 +153,10 @@ def check_key(header: BlockHeader, key: BlockKey) -> None:
     if header.digest.hex() != key.digest:
         raise BlockFormatError("block file belongs to another key (digest mismatch)")
     if (header.url, header.version, header.block_size, header.index) != (
-        key.url, key.version, key.block_size, key.index
+        key.url,
+        key.version,
+        key.block_size,
+        key.index,
     ):
         raise BlockFormatError("block header does not match the requested key")
 
@@ -141,10 +167,8 @@ def decode_block(buf: Buffer, key: BlockKey) -> memoryview:
     check_key(header, key)
     mv = memoryview(buf)
     if len(mv) != header.header_len + header.payload_len:
-        raise BlockFormatError(
-            f"file is {len(mv)} bytes, header says {header.header_len + header.payload_len}"
-        )
-    payload = mv[header.header_len:]
+        raise BlockFormatError(f"file is {len(mv)} bytes, header says {header.header_len + header.payload_len}")
+    payload = mv[header.header_len :]
     if zlib.crc32(payload) != header.payload_crc:
         raise BlockFormatError("payload checksum mismatch")
     return payload

@@ -15,6 +15,7 @@ node-local disk.  The pid recorded in the file is the holder's pid in *its* pid 
 :func:`lock_holder` prefers ``/proc/locks`` (which tells whether the lock is really held) and
 falls back to the recorded pid.
 """
+
 from __future__ import annotations
 
 import errno
@@ -66,8 +67,7 @@ def lock_holder(directory: str) -> int | None:
         return pid
     # "1: FLOCK  ADVISORY  WRITE 1234 fd:01:5678 0 EOF"  ("->" marks blocked waiters).  Match
     # the exact dev:ino first; then the inode alone (btrfs/overlayfs report another st_dev).
-    held = [p for p in (line.split() for line in lines)
-            if "->" not in p and len(p) >= 6 and p[1] == "FLOCK"]
+    held = [p for p in (line.split() for line in lines) if "->" not in p and len(p) >= 6 and p[1] == "FLOCK"]
     for exact in (True, False):
         for parts in held:
             if parts[5] == ident if exact else parts[5].rsplit(":", 1)[-1] == str(st.st_ino):
@@ -95,9 +95,7 @@ class DirLock:
             if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
                 pid = lock_holder(directory) or _read_pid(self.path)
                 who = f"pid {pid}" if pid else "pid unknown"
-                raise CacheError(
-                    f"cache directory {directory} is in use by another fluidfs mount ({who})"
-                ) from None
+                raise CacheError(f"cache directory {directory} is in use by another fluidfs mount ({who})") from None
             raise CacheError(f"cannot lock cache directory {directory}: {e.strerror}") from e
         try:
             os.ftruncate(fd, 0)

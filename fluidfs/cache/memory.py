@@ -4,6 +4,7 @@ Caveats: ``eviction="none"`` stops admitting once full (keeps what is there); ``
 the least recently used blocks.  Thread-safe (one lock), although the tiered cache only calls
 it from the trio thread.
 """
+
 from __future__ import annotations
 
 import threading

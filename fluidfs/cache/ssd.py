@@ -36,6 +36,7 @@ and tmp files, not the (<= 257) shard directories' own metadata blocks.  The ind
 roughly 300 bytes of RAM per block.  Construction scans the whole directory synchronously
 (~0.3 s per 100k blocks here; see docs/cache.md).
 """
+
 from __future__ import annotations
 
 import errno
@@ -137,9 +138,7 @@ class SSDTier:
         self._degraded = False
         self._degraded_at = 0.0
         self._tmp_seq = itertools.count()
-        self._c = dict.fromkeys(
-            ("hits", "misses", "puts", "rejected", "evictions", "corrupt", "errors"), 0
-        )
+        self._c = dict.fromkeys(("hits", "misses", "puts", "rejected", "evictions", "corrupt", "errors"), 0)
         try:
             self._rebuild(scan == "headers")
         except BaseException:
@@ -178,8 +177,15 @@ class SSDTier:
         log.info(
             "SSD cache %s: %d blocks, %d bytes of %d quota (%d evicted, %d tmp and %d foreign "
             "files removed, %d bad headers) in %.3f s",
-            self.directory, self._ready, self._used, self._quota, evicted, len(res.tmp_files),
-            len(res.foreign_files), len(res.bad_headers), time.monotonic() - t0,
+            self.directory,
+            self._ready,
+            self._used,
+            self._quota,
+            evicted,
+            len(res.tmp_files),
+            len(res.foreign_files),
+            len(res.bad_headers),
+            time.monotonic() - t0,
         )
 
     @staticmethod
@@ -211,8 +217,7 @@ class SSDTier:
     def stats(self) -> dict[str, int]:
         with self._lock:
             out = dict(self._c)
-            out.update(used_bytes=self._used, blocks=self._ready, quota_bytes=self._quota,
-                       degraded=int(self._degraded))
+            out.update(used_bytes=self._used, blocks=self._ready, quota_bytes=self._quota, degraded=int(self._degraded))
             return out
 
     def get(self, key: BlockKey) -> Buffer | None:
@@ -233,16 +238,23 @@ class SSDTier:
                 self._drop_if_current(dg, e, unlink=False)
             return None
         except blockfile.BlockFormatError as err:
-            log.warning("SSD cache %s: discarding corrupt block %s (%s block %d): %s",
-                        self.directory, dg, key.url, key.index, err)
+            log.warning(
+                "SSD cache %s: discarding corrupt block %s (%s block %d): %s",
+                self.directory,
+                dg,
+                key.url,
+                key.index,
+                err,
+            )
             with self._cond:
                 self._c["corrupt"] += 1
                 self._c["misses"] += 1
                 self._drop_if_current(dg, e, unlink=True)
             return None
         except OSError as err:
-            log.warning("SSD cache %s: read error on block %s (%s block %d): %s",
-                        self.directory, dg, key.url, key.index, err)
+            log.warning(
+                "SSD cache %s: read error on block %s (%s block %d): %s", self.directory, dg, key.url, key.index, err
+            )
             with self._cond:
                 self._c["errors"] += 1
                 self._c["misses"] += 1
@@ -383,8 +395,7 @@ class SSDTier:
         for dg, err in failed:
             self._degrade(err, f"evicting block {dg}")
 
-    def _write(self, key: BlockKey, dg: str, data: bytes | memoryview, entry: _Entry,
-               probing: bool) -> bool:
+    def _write(self, key: BlockKey, dg: str, data: bytes | memoryview, entry: _Entry, probing: bool) -> bool:
         path = self._path(dg)
         tmp = os.path.join(os.path.dirname(path), f"{TMP_PREFIX}{dg}.{os.getpid()}.{next(self._tmp_seq)}")
         try:
@@ -428,7 +439,10 @@ class SSDTier:
             log.warning(
                 "SSD cache %s degraded: %s failed (%s: %s); new blocks are no longer cached "
                 "here, existing blocks stay readable%s",
-                self.directory, what, reason, err.strerror or err,
+                self.directory,
+                what,
+                reason,
+                err.strerror or err,
                 f"; retrying in {self._retry_s:.0f} s" if self._retry_s is not None else "",
             )
         else:
@@ -452,5 +466,7 @@ class SSDTier:
         self.close()
 
     def __repr__(self) -> str:
-        return (f"SSDTier({self.directory!r}, quota={self._quota}, "
-                f"eviction={'lru' if self._lru else 'none'}, used={self._used})")
+        return (
+            f"SSDTier({self.directory!r}, quota={self._quota}, "
+            f"eviction={'lru' if self._lru else 'none'}, used={self._used})"
+        )

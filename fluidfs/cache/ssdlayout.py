@@ -13,6 +13,7 @@ Caveats: a scan of a directory that a live mount is changing is a snapshot of no
 particular (files come and go while it runs); sizes are apparent sizes rounded up to the
 filesystem allocation unit, the same rule the tier uses for its quota.
 """
+
 from __future__ import annotations
 
 import logging
@@ -137,8 +138,6 @@ def unlink_quiet(path: str) -> OSError | None:
     except OSError as e:
         return e
     return None
-
-
 
 
 def inspect_directory(directory: str, *, verify_headers: bool = False) -> CacheDirInfo:

@@ -9,6 +9,7 @@ is the back-pressure that keeps memory bounded).
 Caveats: a failing SSD tier never fails a read: its errors are logged once and the block is
 served from the source; the tier itself decides to go degraded.
 """
+
 from __future__ import annotations
 
 import logging

@@ -12,6 +12,7 @@ installs it); without it the command exits 2 with one line saying so.
 Caveats: moto keeps the bucket in memory (the demo's default dataset is ~130 MiB); the server is
 a child process in the demo's own process group, stopped on exit and on Ctrl-C.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -73,8 +74,9 @@ class MotoServer:
                 s.bind(("127.0.0.1", 0))
                 self.port = int(s.getsockname()[1])
             cmd = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)]
-            self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                         stderr=subprocess.DEVNULL)
+            self.proc = subprocess.Popen(
+                cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            )
             if self._wait_ready():
                 return self
             self.stop()
@@ -187,10 +189,19 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
             print(f"  generated {len(expected)} objects, {format_size(size)} in {time.perf_counter() - t0:.1f}s")
             env = {**os.environ, **server.env()}
             cmd = [
-                sys.executable, "-m", "fluidfs", "mount", f"s3://{BUCKET}", mnt,
-                "--cache-dir", os.path.join(work, "cache"), "--memory-size", "256Mi",
-                "--metrics-addr", "127.0.0.1:0",
-            ]  # fmt: skip
+                sys.executable,
+                "-m",
+                "fluidfs",
+                "mount",
+                f"s3://{BUCKET}",
+                mnt,
+                "--cache-dir",
+                os.path.join(work, "cache"),
+                "--memory-size",
+                "256Mi",
+                "--metrics-addr",
+                "127.0.0.1:0",
+            ]
             res = subprocess.run(cmd, env=env, capture_output=True, text=True)
             if res.returncode != 0:
                 print(res.stderr.strip(), file=sys.stderr)
@@ -210,7 +221,11 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
                 print(f"    {top}/  ({len(os.listdir(os.path.join(mnt, top)))} entries)")
 
             rows = []
-            passes = [("cold (from S3)", False), ("warm, page cache dropped (fluidfs cache)", True), ("warm (page cache)", False)]
+            passes = [
+                ("cold (from S3)", False),
+                ("warm, page cache dropped (fluidfs cache)", True),
+                ("warm (page cache)", False),
+            ]
             before = scrape(metrics_url) if metrics_url else {}
             for label, drop in passes:
                 if drop and not drop_page_cache():
@@ -224,11 +239,22 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
                 lookups = d.get("fluidfs_cache_hits_total:mem", 0) + d.get("fluidfs_cache_misses_total:mem", 0)
                 ratio = f"{hits / lookups:.2f}" if lookups else "n/a (page cache)"
                 ok = all(got.get(k) == v for k, v in expected.items())
-                rows.append((label, secs, nbytes / secs / 1e6, format_size(int(d.get("fluidfs_source_bytes_total", 0))), ratio, ok))
+                rows.append(
+                    (
+                        label,
+                        secs,
+                        nbytes / secs / 1e6,
+                        format_size(int(d.get("fluidfs_source_bytes_total", 0))),
+                        ratio,
+                        ok,
+                    )
+                )
             print()
             print(f"  {'pass':<44} {'seconds':>8} {'MB/s':>8} {'from S3':>10} {'hit ratio':>16}  bytes")
             for label, secs, mbs, src, ratio, ok in rows:
-                print(f"  {label:<44} {secs:>8.2f} {mbs:>8.1f} {src:>10} {ratio:>16}  {'verified' if ok else 'MISMATCH'}")
+                print(
+                    f"  {label:<44} {secs:>8.2f} {mbs:>8.1f} {src:>10} {ratio:>16}  {'verified' if ok else 'MISMATCH'}"
+                )
             print()
             speedup = rows[0][1] / rows[1][1] if rows[1][1] else float("inf")
             print(f"  warm (fluidfs cache) vs cold: {speedup:.1f}x faster")

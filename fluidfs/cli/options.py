@@ -56,9 +56,13 @@ def intermixed(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 def add_cache_dir_options(g: Any) -> None:
     """The SSD tier: directory, quota, block size, eviction, free-space floor."""
-    g.add_argument("--cache-dir", metavar="DIR", help="SSD tier directory (default: spec.cache.directory, else memory only)")
+    g.add_argument(
+        "--cache-dir", metavar="DIR", help="SSD tier directory (default: spec.cache.directory, else memory only)"
+    )
     g.add_argument("--cache-size", metavar="SIZE", help="SSD tier quota, e.g. 100Gi (default 10Gi)")
-    g.add_argument("--block-size", metavar="SIZE", help="cache block size, 1Mi-64Mi (default 4Mi); load and mount must agree")
+    g.add_argument(
+        "--block-size", metavar="SIZE", help="cache block size, 1Mi-64Mi (default 4Mi); load and mount must agree"
+    )
     g.add_argument("--eviction", choices=("lru", "none"), help="SSD eviction policy (default none)")
     g.add_argument("--free-space-floor", metavar="SIZE", help="never fill the cache disk below this (default 1Gi)")
 
@@ -67,7 +71,9 @@ def add_source_options(g: Any) -> None:
     """Defaults for the Dataset's sources: S3 endpoint and region, ``-o KEY=VALUE``."""
     g.add_argument("--endpoint", metavar="URL", help="S3 endpoint for s3:// mounts without one (else AWS_ENDPOINT_URL)")
     g.add_argument("--region", help="S3 region for s3:// mounts without one")
-    g.add_argument("-o", "--option", action="append", default=[], metavar="KEY=VALUE", help="source option (repeatable)")
+    g.add_argument(
+        "-o", "--option", action="append", default=[], metavar="KEY=VALUE", help="source option (repeatable)"
+    )
 
 
 def add_mount_options(p: argparse.ArgumentParser) -> None:
@@ -93,7 +99,9 @@ def add_mount_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--allow-other", action="store_true", default=None, help="let other users see the mount")
     add_source_options(p.add_argument_group("sources"))
     g = p.add_argument_group("process")
-    g.add_argument("--metrics-addr", metavar="HOST:PORT", help="Prometheus endpoint (default 127.0.0.1:0; 'none' disables)")
+    g.add_argument(
+        "--metrics-addr", metavar="HOST:PORT", help="Prometheus endpoint (default 127.0.0.1:0; 'none' disables)"
+    )
     g.add_argument("--foreground", "-f", action="store_true", help="do not daemonize (for containers)")
     g.add_argument("--log-file", metavar="FILE", help="daemon log file (default: next to the runtime record)")
     g.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))

@@ -113,7 +113,11 @@ def collect(mountpoint: str, paths: Sequence[str]) -> dict[str, Any]:
 def _stats_without_metrics(cfg: dict[str, Any]) -> dict[str, Any]:
     tiers: dict[str, Any] = {
         "mem": {"used_bytes": None, "quota_bytes": cfg.get("memory_size"), "hit_ratio": None},
-        "ssd": {"used_bytes": None, "quota_bytes": cfg.get("cache_size") if cfg.get("cache_dir") else 0, "hit_ratio": None},
+        "ssd": {
+            "used_bytes": None,
+            "quota_bytes": cfg.get("cache_size") if cfg.get("cache_dir") else 0,
+            "hit_ratio": None,
+        },
     }
     if cfg.get("cache_dir"):
         try:
@@ -145,7 +149,9 @@ def render(st: dict[str, Any]) -> str:
     lines.append(f"  metrics    {st.get('metrics_url') or 'off'}")
 
     def ttl(v: Any) -> str:
-        return "indefinite" if v == "indefinite" else (format_duration(float(v)) if isinstance(v, (int, float)) else "?")
+        return (
+            "indefinite" if v == "indefinite" else (format_duration(float(v)) if isinstance(v, (int, float)) else "?")
+        )
 
     lines.append(
         f"  config     cache dir {cfg.get('cache_dir') or 'none (memory only)'}, block size "

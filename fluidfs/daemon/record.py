@@ -99,7 +99,9 @@ def require_mount(path: str) -> dict[str, Any]:
         raise MountError(f"{path} is not a fluidfs mount")
     pid = rec.get("pid")
     if isinstance(pid, int) and not pid_alive(pid):
-        raise MountError(f"{path}: its fluidfs daemon (pid {pid}) is not running; unmount it with fluidfs umount --lazy")
+        raise MountError(
+            f"{path}: its fluidfs daemon (pid {pid}) is not running; unmount it with fluidfs umount --lazy"
+        )
     return rec
 
 

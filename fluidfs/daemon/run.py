@@ -10,6 +10,7 @@ written once the mount answers and removed on exit.
 
 Caveats: one mount per process.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -107,10 +108,7 @@ class MountDaemon:
         self.vfs: Vfs | None = None
 
     def _build(self) -> FluidOperations:
-        mounts = [
-            MountRef(spec, AsyncSource(src, self.dataset.name, self.limiter))
-            for src, spec in self._sources
-        ]
+        mounts = [MountRef(spec, AsyncSource(src, self.dataset.name, self.limiter)) for src, spec in self._sources]
         ns = Namespace(mounts, self.dataset.name, self.cfg.metadata_ttl, self.cfg.negative_ttl)
         self.cache = build_cache(self.dataset, self.cfg)
         self.vfs = Vfs(ns, self.cache, self.cfg, self.dataset.name)
@@ -221,7 +219,9 @@ def _report(fd: int | None, text: str) -> None:
         pass
 
 
-def run_foreground(dataset: Dataset, cfg: MountConfig, mountpoint: str, ready_fd: int | None, pid_file: str | None) -> int:
+def run_foreground(
+    dataset: Dataset, cfg: MountConfig, mountpoint: str, ready_fd: int | None, pid_file: str | None
+) -> int:
     """Open sources, mount and serve until unmounted.  Returns the exit code."""
     try:
         check_mountpoint(mountpoint)

@@ -11,6 +11,7 @@ Credentials are never on argv: the child inherits the environment.  The child it
 
 Caveats: ``unmount`` and ``request_refresh`` find the daemon through its runtime record.
 """
+
 from __future__ import annotations
 
 import logging

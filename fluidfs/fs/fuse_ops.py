@@ -4,6 +4,7 @@ exception would take the whole mount down — DESIGN.md §3).
 
 Every write operation answers EROFS.
 """
+
 from __future__ import annotations
 
 import errno as E

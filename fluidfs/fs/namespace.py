@@ -13,6 +13,7 @@ Caveats: the inode table grows with the number of distinct paths looked up (a fe
 bytes each; 1M paths ≈ a few hundred MiB).  A path whose type changes at the source (file ↔
 directory) gets a new inode.
 """
+
 from __future__ import annotations
 
 import logging
@@ -269,7 +270,9 @@ class Namespace:
             entry = await node.mount.source.stat(node.rel)
         except UnavailableError as exc:
             # stale-if-error: the mount keeps serving what it knows while the source is down
-            log.info("dataset %s: source unavailable, serving cached attributes of %s: %s", self.dataset, node.path, exc)
+            log.info(
+                "dataset %s: source unavailable, serving cached attributes of %s: %s", self.dataset, node.path, exc
+            )
             return node
         if entry.is_dir != node.entry.is_dir:
             raise NotFoundError("entry changed type", node.path)

@@ -19,6 +19,7 @@ epoch over many small files fast.
 Caveats: "wasted" is an estimate: a prefetched block evicted from the cache before it is read
 is only counted once the Prefetcher forgets it.
 """
+
 from __future__ import annotations
 
 import logging

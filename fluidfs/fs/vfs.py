@@ -8,6 +8,7 @@ Caveats: opening a file re-validates its attributes when they are older than the
 and the handle then reads exactly that version.  The kernel page cache is kept across opens
 (``keep_cache``) while the version is unchanged and dropped when it changed.
 """
+
 from __future__ import annotations
 
 import errno as E

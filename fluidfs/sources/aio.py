@@ -4,6 +4,7 @@ Every call runs in a worker thread through one named ``trio.CapacityLimiter`` (s
 boto3/urllib3/pread calls never stall the FUSE loop) and is counted, timed and error-counted
 in the ``fluidfs_source_*`` metrics.
 """
+
 from __future__ import annotations
 
 import time

@@ -12,6 +12,7 @@ Errors: implementations raise only ``fluidfs.errors.SourceError`` subclasses
 (``NotFoundError``, ``AccessDeniedError``, ``UnavailableError``, ``VersionChangedError``);
 library exceptions are converted at this edge.
 """
+
 from __future__ import annotations
 
 import abc

@@ -27,6 +27,7 @@ parallel HEADs use a short-lived ``ThreadPoolExecutor`` per listing page (this s
 called from worker threads, never from trio).  An ETag that happens to start with ``lm:``,
 ``sz:`` or ``mf:`` would be misread as the fallback token of that kind.
 """
+
 from __future__ import annotations
 
 import base64
@@ -70,6 +71,8 @@ PAGE_SIZE = 1000
 HEAD_CONCURRENCY = 16
 _Links = list[tuple[str, bool]]  # (name, is_dir) from an autoindex page
 _CHUNK = 1 << 20
+
+
 def _parse_bool(value: str) -> bool | None:
     v = value.strip().lower()
     return True if v in ("1", "true", "yes", "on") else False if v in ("0", "false", "no", "off") else None
@@ -121,11 +124,20 @@ class HTTPSource(Source):
             raise ValueError("password given without username")
         n = max_attempts - 1
         self._retry = Retry(
-            total=None, connect=n, read=n, status=n, other=0, redirect=5,
-            status_forcelist=(502, 503, 504), allowed_methods=frozenset({"GET", "HEAD"}),
-            backoff_factor=0.1, backoff_max=2.0, raise_on_status=False, raise_on_redirect=False,
+            total=None,
+            connect=n,
+            read=n,
+            status=n,
+            other=0,
+            redirect=5,
+            status_forcelist=(502, 503, 504),
+            allowed_methods=frozenset({"GET", "HEAD"}),
+            backoff_factor=0.1,
+            backoff_max=2.0,
+            raise_on_status=False,
+            raise_on_redirect=False,
             respect_retry_after_header=False,
-        )  # fmt: skip
+        )
         self._pool = urllib3.PoolManager(
             num_pools=4,
             maxsize=pool_size,
@@ -156,7 +168,9 @@ class HTTPSource(Source):
                 log.warning("mount %r: ignoring unknown http option %r", mount.name, key)
         for key in credentials:
             if key not in cls.CREDENTIALS:
-                log.warning("mount %r: ignoring credential %r (http takes username, password, bearer_token)", mount.name, key)
+                log.warning(
+                    "mount %r: ignoring credential %r (http takes username, password, bearer_token)", mount.name, key
+                )
         credentials = {k: v for k, v in credentials.items() if k in cls.CREDENTIALS and v}
         if credentials.get("bearer_token") and credentials.get("username"):
             raise SpecError(doc, "credentials", "give either username/password or bearer_token, not both")
@@ -184,7 +198,9 @@ class HTTPSource(Source):
             except ValueError:
                 attempts = 0
             if not 1 <= attempts <= 100:
-                raise SpecError(doc, "options.max_attempts", f"expected an integer 1..100, got {opts['max_attempts']!r}")
+                raise SpecError(
+                    doc, "options.max_attempts", f"expected an integer 1..100, got {opts['max_attempts']!r}"
+                )
             kw["max_attempts"] = attempts
         if mount.scheme.lower() not in ("http", "https"):
             raise SpecError(doc, "mountPoint", f"not an http(s) URL: {mount.url}")
@@ -197,9 +213,13 @@ class HTTPSource(Source):
     ) -> urllib3.BaseHTTPResponse:
         try:
             return self._pool.request(
-                method, url, headers={**self._pool.headers, **(headers or {})},
-                retries=self._retry, redirect=True, preload_content=preload,
-            )  # fmt: skip
+                method,
+                url,
+                headers={**self._pool.headers, **(headers or {})},
+                retries=self._retry,
+                redirect=True,
+                preload_content=preload,
+            )
         except MaxRetryError as exc:
             if isinstance(exc.reason, SSLError):
                 raise SourceError(f"TLS error ({exc.reason})", url) from None

@@ -18,6 +18,7 @@ takes every ``<a href>`` that names a direct child of the page's directory; it c
 a hand-written HTML page from a generated listing, and sizes shown in listings are ignored
 (Apache rounds them).
 """
+
 from __future__ import annotations
 
 import email.utils
@@ -289,7 +290,7 @@ def parse_autoindex(text: str, dir_url: str) -> list[tuple[str, bool]]:
         path = urllib.parse.unquote(target.path)
         if not path.startswith(base_path):
             continue
-        rest = path[len(base_path):]
+        rest = path[len(base_path) :]
         is_dir = rest.endswith("/")
         name = rest[:-1] if is_dir else rest
         if not name or "/" in name or name in (".", "..") or "\0" in name or name in seen:

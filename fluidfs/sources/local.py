@@ -19,6 +19,7 @@ symlink swapped in between by a local writer can escape the root (fluidfs trusts
 write the source directory).  Timestamps have the file system's granularity: a rewrite of a
 file with the same size within one timestamp tick keeps the same version.
 """
+
 from __future__ import annotations
 
 import errno

@@ -19,6 +19,7 @@ and exits 2 like every other spec error.  Unknown option *keys* are logged as a 
 ignored (Fluid Datasets carry options for other runtimes).  Credentials arrive resolved
 (name → value); their values are never logged.
 """
+
 from __future__ import annotations
 
 import logging
@@ -34,9 +35,16 @@ from fluidfs.spec.parse import resolve_credentials
 log = logging.getLogger(__name__)
 
 S3_OPTIONS = {
-    "endpoint", "endpoint_url", "region", "addressing_style", "anonymous", "connect_timeout",
-    "read_timeout", "max_attempts", "max_pool_connections",
-}  # fmt: skip
+    "endpoint",
+    "endpoint_url",
+    "region",
+    "addressing_style",
+    "anonymous",
+    "connect_timeout",
+    "read_timeout",
+    "max_attempts",
+    "max_pool_connections",
+}
 _TRUE = {"true", "yes", "1", "on"}
 _FALSE = {"false", "no", "0", "off", ""}
 
@@ -143,9 +151,7 @@ def _open_s3(mount: MountSpec, credentials: Mapping[str, str]) -> Source:
     anonymous = _bool(mount, "anonymous", False)
     creds = {k: v for k, v in credentials.items() if v}
     if not anonymous and bool(creds.get("access_key_id")) != bool(creds.get("secret_access_key")):
-        raise SpecError(
-            _doc(mount), "credentials", "access_key_id and secret_access_key must be given together"
-        )
+        raise SpecError(_doc(mount), "credentials", "access_key_id and secret_access_key must be given together")
     return S3Source(
         bucket,
         prefix,

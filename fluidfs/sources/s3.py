@@ -32,6 +32,7 @@ Caveats: listings and stats are not atomic with respect to writers (S3 offers no
 version tokens catch changed content at read time.  An object hidden by a same-named prefix
 is unreachable through fluidfs.
 """
+
 from __future__ import annotations
 
 import logging
@@ -68,14 +69,32 @@ PAGE_SIZE = 1000
 
 _NOT_FOUND_CODES = {"NoSuchKey", "NoSuchBucket", "NotFound", "404"}
 _DENIED_CODES = {
-    "AccessDenied", "403", "401", "InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken",
-    "ExpiredToken", "TokenRefreshRequired", "AllAccessDisabled", "AccountProblem",
-    "InvalidClientTokenId", "UnrecognizedClientException",
-}  # fmt: skip
+    "AccessDenied",
+    "403",
+    "401",
+    "InvalidAccessKeyId",
+    "SignatureDoesNotMatch",
+    "InvalidToken",
+    "ExpiredToken",
+    "TokenRefreshRequired",
+    "AllAccessDisabled",
+    "AccountProblem",
+    "InvalidClientTokenId",
+    "UnrecognizedClientException",
+}
 _UNAVAILABLE_CODES = {
-    "SlowDown", "ServiceUnavailable", "InternalError", "RequestTimeout", "Throttling",
-    "ThrottlingException", "RequestTimeTooSkewed", "503", "500", "502", "504",
-}  # fmt: skip
+    "SlowDown",
+    "ServiceUnavailable",
+    "InternalError",
+    "RequestTimeout",
+    "Throttling",
+    "ThrottlingException",
+    "RequestTimeTooSkewed",
+    "503",
+    "500",
+    "502",
+    "504",
+}
 _CHANGED_CODES = {"PreconditionFailed", "412"}
 _RANGE_CODES = {"InvalidRange", "416"}
 
@@ -115,12 +134,7 @@ class S3Source(Source):
         self.bucket = bucket
         prefix = prefix.strip("/")
         self.prefix = prefix + "/" if prefix else ""  # key prefix of the root, "" or "p/"
-        self.endpoint = (
-            endpoint
-            or os.environ.get("AWS_ENDPOINT_URL_S3")
-            or os.environ.get("AWS_ENDPOINT_URL")
-            or None
-        )
+        self.endpoint = endpoint or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
         style = addressing_style
         if style == "auto" and self.endpoint:
             style = "path"  # S3-compatible servers rarely have wildcard DNS for buckets
@@ -155,7 +169,12 @@ class S3Source(Source):
         )
         log.debug(
             "S3 source %s (endpoint=%s region=%s addressing=%s anonymous=%s explicit_credentials=%s)",
-            self.url(""), self.endpoint or "aws", self.region, style, anonymous, bool(key_id),
+            self.url(""),
+            self.endpoint or "aws",
+            self.region,
+            style,
+            anonymous,
+            bool(key_id),
         )
 
     # ----------------------------------------------------------------- helpers

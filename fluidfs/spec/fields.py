@@ -9,6 +9,7 @@ Caveats: local paths and URLs are taken literally (no percent-decoding); a norma
 mount's ``url`` is ``"file://" + absolute_path``.  http(s) URLs are kept as given (only the
 scheme is lower-cased); s3 URLs lose empty prefix components and any trailing slash.
 """
+
 from __future__ import annotations
 
 import difflib
@@ -125,8 +126,7 @@ def check_keys(ctx: Ctx, m: Mapping[Any, Any], field: str, allowed: Iterable[str
         if key not in allowed:
             lower = {a.lower(): a for a in allowed}
             close = difflib.get_close_matches(str(key).lower(), lower, n=1)
-            hint = (f"did you mean {lower[close[0]]!r}?" if close
-                    else "expected one of: " + ", ".join(allowed))
+            hint = f"did you mean {lower[close[0]]!r}?" if close else "expected one of: " + ", ".join(allowed)
             ctx.fail(sub(field, key), f"unknown field; {hint}")
 
 
@@ -149,8 +149,11 @@ def dns_label(raw: str) -> str:
 def dataset_name(ctx: Ctx, value: object, field: str) -> str:
     name = string(ctx, value, field)
     if _DNS_LABEL.fullmatch(name) is None:
-        ctx.fail(field, f"invalid name {name!r}: use lowercase letters, digits and '-' "
-                 "(at most 63, starting and ending with a letter or digit)")
+        ctx.fail(
+            field,
+            f"invalid name {name!r}: use lowercase letters, digits and '-' "
+            "(at most 63, starting and ending with a letter or digit)",
+        )
     return name
 
 
@@ -200,7 +203,7 @@ def parse_mount_point(ctx: Ctx, value: object, field: str) -> tuple[str, str, st
         ctx.fail(field, "credentials in the URL are not allowed; use the credentials field")
     if scheme in ("local", "file"):
         if rest.startswith("localhost/"):
-            rest = rest[len("localhost"):]
+            rest = rest[len("localhost") :]
         if not rest.startswith("/"):
             ctx.fail(field, f"relative local path {text!r}: must be absolute ({scheme}:///abs/path)")
         return _local(ctx, rest, field)
@@ -233,10 +236,14 @@ def _local(ctx: Ctx, path: str, field: str) -> tuple[str, str, str]:
 
 def mount_name(ctx: Ctx, value: object, field: str) -> str:
     name = string(ctx, value, field)
-    if (name in (".", "..") or "/" in name or any(ord(c) < 32 for c in name)
-            or len(name.encode()) > 255 or name != name.strip()):
-        ctx.fail(field, f"invalid mount name {name!r}: must be a single path component "
-                 "(no '/', not '.' or '..')")
+    if (
+        name in (".", "..")
+        or "/" in name
+        or any(ord(c) < 32 for c in name)
+        or len(name.encode()) > 255
+        or name != name.strip()
+    ):
+        ctx.fail(field, f"invalid mount name {name!r}: must be a single path component (no '/', not '.' or '..')")
     return name
 
 
@@ -260,8 +267,7 @@ def mount_path(ctx: Ctx, value: object, field: str) -> str:
 def option_value(ctx: Ctx, key: str, value: object, field: str) -> str:
     """Coerce one option value to a string and validate the known keys."""
     if key in _SECRET_OPTION_NAMES:  # never echo the value
-        ctx.fail(field, "credentials belong under 'credentials' (env, file or secretKeyRef), "
-                 "not in options")
+        ctx.fail(field, "credentials belong under 'credentials' (env, file or secretKeyRef), not in options")
     if isinstance(value, bool):
         text = "true" if value else "false"
     elif isinstance(value, (int, float, str)):
@@ -310,8 +316,10 @@ def secret_ref(ctx: Ctx, value: object, field: str) -> SecretRef:
         return SecretRef(file=path)
     ref = mapping(ctx, m["secretKeyRef"], f"{field}.secretKeyRef")
     check_keys(ctx, ref, f"{field}.secretKeyRef", ("name", "key"))
-    return SecretRef(secret_name=string(ctx, ref.get("name"), f"{field}.secretKeyRef.name"),
-                     secret_key=string(ctx, ref.get("key"), f"{field}.secretKeyRef.key"))
+    return SecretRef(
+        secret_name=string(ctx, ref.get("name"), f"{field}.secretKeyRef.name"),
+        secret_key=string(ctx, ref.get("key"), f"{field}.secretKeyRef.key"),
+    )
 
 
 def credentials(ctx: Ctx, value: object, field: str) -> dict[str, SecretRef]:
@@ -328,8 +336,10 @@ def assemble(ctx: Ctx, pending: list[PendingMount]) -> tuple[MountSpec, ...]:
     names: dict[str, str] = {}
     for p in pending:
         if p.name in names:
-            ctx.fail(f"{p.field}.name", f"duplicate mount name {p.name!r} (also used by "
-                     f"{names[p.name]}); give each mount a distinct name")
+            ctx.fail(
+                f"{p.field}.name",
+                f"duplicate mount name {p.name!r} (also used by {names[p.name]}); give each mount a distinct name",
+            )
         names[p.name] = p.field
     placed: list[tuple[str, str]] = []
     out = []
@@ -341,6 +351,7 @@ def assemble(ctx: Ctx, pending: list[PendingMount]) -> tuple[MountSpec, ...]:
             if path == other or path.startswith(other + "/") or other.startswith(path + "/"):
                 ctx.fail(f"{p.field}.path", f"{path!r} overlaps {other!r} of {other_field}")
         placed.append((path, p.field))
-        out.append(MountSpec(name=p.name, url=p.url, scheme=p.scheme, path=path,
-                             options=p.options, credentials=p.credentials))
+        out.append(
+            MountSpec(name=p.name, url=p.url, scheme=p.scheme, path=path, options=p.options, credentials=p.credentials)
+        )
     return tuple(out)

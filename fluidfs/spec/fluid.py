@@ -17,6 +17,7 @@ and ``http://`` for ``alluxio.*`` (Alluxio's default), unless ``fs.s3a.connectio
 with a warning (fluidfs is always read-only).  Schemes we cannot serve (``oss://``, ``pvc://``,
 ``hdfs://`` ...) are errors.
 """
+
 from __future__ import annotations
 
 from typing import Any, Mapping
@@ -53,8 +54,7 @@ FLUID_OPTIONS: dict[str, str] = {
     "fs.s3a.aws.credentials.provider": "anonymous",  # *AnonymousAWSCredentialsProvider -> true
 }
 #: Options that only modify how a scheme-less endpoint is read.
-_SSL_FLAGS = {"fs.s3a.connection.ssl.enabled": "true",
-              "alluxio.underfs.s3.secure.http.enabled": "false"}
+_SSL_FLAGS = {"fs.s3a.connection.ssl.enabled": "true", "alluxio.underfs.s3.secure.http.enabled": "false"}
 #: Fluid encryptOptions name -> MountSpec.credentials key.
 FLUID_CREDENTIALS: dict[str, str] = {
     "fs.s3a.access.key": "access_key_id",
@@ -83,15 +83,14 @@ def translate(ctx: Ctx, doc: Mapping[str, Any]) -> tuple[str, list[PendingMount]
         if key not in ("mounts", "sharedOptions", "sharedEncryptOptions"):
             ctx.warn(sub("spec", key), _IGNORED)
     shared_opts = _options(ctx, spec.get("sharedOptions"), "spec.sharedOptions")
-    shared_creds = _encrypt_options(ctx, spec.get("sharedEncryptOptions"),
-                                    "spec.sharedEncryptOptions")
+    shared_creds = _encrypt_options(ctx, spec.get("sharedEncryptOptions"), "spec.sharedEncryptOptions")
     mounts = mount_list(ctx, spec.get("mounts"), "spec.mounts")
-    return name, [_mount(ctx, raw, f"spec.mounts[{i}]", shared_opts, shared_creds)
-                  for i, raw in enumerate(mounts)]
+    return name, [_mount(ctx, raw, f"spec.mounts[{i}]", shared_opts, shared_creds) for i, raw in enumerate(mounts)]
 
 
-def _mount(ctx: Ctx, value: object, field: str, shared_opts: dict[str, str],
-           shared_creds: dict[str, SecretRef]) -> PendingMount:
+def _mount(
+    ctx: Ctx, value: object, field: str, shared_opts: dict[str, str], shared_creds: dict[str, SecretRef]
+) -> PendingMount:
     m = mapping(ctx, value, field)
     for key in m:
         if key not in ("mountPoint", "name", "path", "options", "encryptOptions", "readOnly"):
@@ -107,8 +106,7 @@ def _mount(ctx: Ctx, value: object, field: str, shared_opts: dict[str, str],
     if scheme != "s3":  # shared S3 settings are for the S3 mounts among several
         shared_opts = {k: v for k, v in shared_opts.items() if k not in _S3_ONLY}
     opts = {**shared_opts, **_options(ctx, m.get("options"), f"{field}.options")}
-    creds = {**shared_creds, **_encrypt_options(ctx, m.get("encryptOptions"),
-                                                f"{field}.encryptOptions")}
+    creds = {**shared_creds, **_encrypt_options(ctx, m.get("encryptOptions"), f"{field}.encryptOptions")}
     return PendingMount(field, url, scheme, name, path, opts, creds)
 
 

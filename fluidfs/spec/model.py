@@ -2,6 +2,7 @@
 
 Kept separate from the parser so every layer can import the types without the YAML machinery.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field

@@ -18,6 +18,7 @@ rather than through ``urlsplit`` (names may contain ``?`` or ``#``).  YAML 1.1 r
 (``yes``/``no`` are booleans); option values are coerced to strings after that.  Duplicate
 keys are rejected (PyYAML's safe loader would silently keep the last one).
 """
+
 from __future__ import annotations
 
 import logging
@@ -86,8 +87,7 @@ def _mount(ctx: Ctx, value: object, field: str) -> PendingMount:
     name = default_name if m.get("name") is None else mount_name(ctx, m["name"], f"{field}.name")
     path = None if m.get("path") is None else mount_path(ctx, m["path"], f"{field}.path")
     opts = {} if m.get("options") is None else parse_options(ctx, m["options"], f"{field}.options")
-    creds = ({} if m.get("credentials") is None
-             else credentials(ctx, m["credentials"], f"{field}.credentials"))
+    creds = {} if m.get("credentials") is None else credentials(ctx, m["credentials"], f"{field}.credentials")
     return PendingMount(field, url, scheme, name, path, opts, creds)
 
 
@@ -111,8 +111,22 @@ def _duration(ctx: Ctx, m: Mapping[str, Any], key: str, field: str) -> float | N
 
 def _cache(ctx: Ctx, value: object, field: str) -> CacheSpec:
     m = mapping(ctx, value, field)
-    check_keys(ctx, m, field, ("directory", "size", "memorySize", "blockSize", "eviction",
-                               "readahead", "freeSpaceFloor", "prefetchSiblings", "metricsAddr"))
+    check_keys(
+        ctx,
+        m,
+        field,
+        (
+            "directory",
+            "size",
+            "memorySize",
+            "blockSize",
+            "eviction",
+            "readahead",
+            "freeSpaceFloor",
+            "prefetchSiblings",
+            "metricsAddr",
+        ),
+    )
     block = _size(ctx, m, "blockSize", field)
     if block is not None and not MIN_BLOCK_SIZE <= block <= MAX_BLOCK_SIZE:
         ctx.fail(f"{field}.blockSize", f"must be between 1Mi and 64Mi, got {m['blockSize']!r}")
@@ -136,18 +150,23 @@ def _cache(ctx: Ctx, value: object, field: str) -> CacheSpec:
         host, sep, port = metrics_addr.rpartition(":")
         if metrics_addr.lower() not in ("none", "off") and not (sep and host and port.isdigit() and int(port) < 65536):
             ctx.fail(f"{field}.metricsAddr", f"must be HOST:PORT or 'none', got {metrics_addr!r}")
-    return CacheSpec(directory=directory, size=_size(ctx, m, "size", field),
-                     memory_size=_size(ctx, m, "memorySize", field), block_size=block,
-                     eviction=eviction, readahead=_size(ctx, m, "readahead", field),
-                     free_space_floor=_size(ctx, m, "freeSpaceFloor", field),
-                     sibling_prefetch=siblings, metrics_addr=metrics_addr)
+    return CacheSpec(
+        directory=directory,
+        size=_size(ctx, m, "size", field),
+        memory_size=_size(ctx, m, "memorySize", field),
+        block_size=block,
+        eviction=eviction,
+        readahead=_size(ctx, m, "readahead", field),
+        free_space_floor=_size(ctx, m, "freeSpaceFloor", field),
+        sibling_prefetch=siblings,
+        metrics_addr=metrics_addr,
+    )
 
 
 def _metadata(ctx: Ctx, value: object, field: str) -> MetadataSpec:
     m = mapping(ctx, value, field)
     check_keys(ctx, m, field, ("ttl", "negativeTtl"))
-    return MetadataSpec(ttl=_duration(ctx, m, "ttl", field),
-                        negative_ttl=_duration(ctx, m, "negativeTtl", field))
+    return MetadataSpec(ttl=_duration(ctx, m, "ttl", field), negative_ttl=_duration(ctx, m, "negativeTtl", field))
 
 
 # ----------------------------------------------------------------------------- YAML
@@ -163,7 +182,8 @@ def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode) -> dict[An
         if isinstance(key_node, yaml.ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge":
             if key_node.value in seen:
                 raise yaml.constructor.ConstructorError(
-                    None, None, f"duplicate key {key_node.value!r}", key_node.start_mark)
+                    None, None, f"duplicate key {key_node.value!r}", key_node.start_mark
+                )
             seen.add(key_node.value)
     return loader.construct_mapping(node)
 
@@ -219,8 +239,14 @@ def parse_dataset(text: str, document: str) -> Dataset:
             cache = _cache(ctx, spec["cache"], "spec.cache")
         if spec.get("metadata") is not None:
             meta = _metadata(ctx, spec["metadata"], "spec.metadata")
-    return Dataset(name=name, mounts=assemble(ctx, pending), cache=cache, metadata=meta,
-                   document=document, warnings=tuple(ctx.warnings))
+    return Dataset(
+        name=name,
+        mounts=assemble(ctx, pending),
+        cache=cache,
+        metadata=meta,
+        document=document,
+        warnings=tuple(ctx.warnings),
+    )
 
 
 def load_dataset(path: str) -> Dataset:
@@ -235,8 +261,7 @@ def load_dataset(path: str) -> Dataset:
     return parse_dataset(text, path)
 
 
-def dataset_from_url(url: str, options: Mapping[str, str] | None = None,
-                     name: str | None = None) -> Dataset:
+def dataset_from_url(url: str, options: Mapping[str, str] | None = None, name: str | None = None) -> Dataset:
     """A one-mount Dataset at path ``/`` for a bare URL or absolute path (command line).
 
     The dataset name is ``name`` if given, else derived from the bucket, host or last
@@ -250,8 +275,7 @@ def dataset_from_url(url: str, options: Mapping[str, str] | None = None,
     return Dataset(name=dname, mounts=(mount,), document=COMMAND_LINE)
 
 
-def dataset_from_source_arg(arg: str, options: Mapping[str, str] | None = None,
-                            name: str | None = None) -> Dataset:
+def dataset_from_source_arg(arg: str, options: Mapping[str, str] | None = None, name: str | None = None) -> Dataset:
     """The Dataset for a command-line SOURCE: a URL, a Dataset YAML file, or a directory.
 
     For a YAML file, ``options`` override every mount's options and ``name`` the dataset name.
@@ -263,19 +287,21 @@ def dataset_from_source_arg(arg: str, options: Mapping[str, str] | None = None,
         ctx = Ctx(COMMAND_LINE)
         if options:
             extra = parse_options(ctx, dict(options), "options")
-            ds = replace(ds, mounts=tuple(replace(m, options={**m.options, **extra})
-                                          for m in ds.mounts))
+            ds = replace(ds, mounts=tuple(replace(m, options={**m.options, **extra}) for m in ds.mounts))
         if name is not None:
             ds = replace(ds, name=dataset_name(ctx, name, "name"))
         return ds
     if os.path.isdir(arg):
         return dataset_from_url(os.path.abspath(arg), options, name)
-    raise SpecError(arg, "", "no such file or unsupported URL (expected a Dataset file, a "
-                    "directory, or an s3://, http(s)://, local:// or file:// URL)")
+    raise SpecError(
+        arg,
+        "",
+        "no such file or unsupported URL (expected a Dataset file, a "
+        "directory, or an s3://, http(s)://, local:// or file:// URL)",
+    )
 
 
-def resolve_credentials(mount: MountSpec, environ: Mapping[str, str] | None = None
-                        ) -> dict[str, str]:
+def resolve_credentials(mount: MountSpec, environ: Mapping[str, str] | None = None) -> dict[str, str]:
     """Read the mount's credential values: {"access_key_id": "...", ...}.
 
     Raises SpecError (document ``mount '<name>'``, field ``credentials.<name>``) when a value
@@ -298,12 +324,14 @@ def resolve_credentials(mount: MountSpec, environ: Mapping[str, str] | None = No
             except UnicodeDecodeError:
                 raise SpecError(doc, field, f"file {ref.file!r} is not UTF-8 text") from None
             except OSError as e:
-                raise SpecError(doc, field,
-                                f"cannot read file {ref.file!r}: {e.strerror or 'error'}") from None
+                raise SpecError(doc, field, f"cannot read file {ref.file!r}: {e.strerror or 'error'}") from None
             where = f"file {ref.file!r}"
         elif ref.secret_name or ref.secret_key:
-            raise SpecError(doc, field, f"Kubernetes secret {ref.secret_name!r} key "
-                            f"{ref.secret_key!r} must be resolved by the CSI plugin")
+            raise SpecError(
+                doc,
+                field,
+                f"Kubernetes secret {ref.secret_name!r} key {ref.secret_key!r} must be resolved by the CSI plugin",
+            )
         else:
             raise SpecError(doc, field, "empty credential reference")
         if not value:

@@ -43,7 +43,9 @@ def mount_table(path: str = MOUNTINFO) -> list[MountEntry]:
             after = right.split()
             if len(parts) >= 5:
                 out.append(
-                    MountEntry(unescape(parts[4]), after[0] if after else "", unescape(after[1]) if len(after) > 1 else "")
+                    MountEntry(
+                        unescape(parts[4]), after[0] if after else "", unescape(after[1]) if len(after) > 1 else ""
+                    )
                 )
     return out
 

@@ -33,7 +33,9 @@ def serve(addr: str, registry: CollectorRegistry = REGISTRY) -> tuple[str, int]:
 def parse_samples(text: str) -> list[Sample]:
     """All samples of a Prometheus text page."""
     return [
-        Sample(s.name, dict(s.labels), float(s.value)) for fam in text_string_to_metric_families(text) for s in fam.samples
+        Sample(s.name, dict(s.labels), float(s.value))
+        for fam in text_string_to_metric_families(text)
+        for s in fam.samples
     ]
 
 

@@ -16,6 +16,7 @@ Every function raises ``ValueError`` with a one-line message that quotes the bad
 Caveats: ``m`` is minutes in a duration but mega in a size (``100m`` = 100 MB), because sizes
 are case-insensitive.  There is no milli-byte.
 """
+
 from __future__ import annotations
 
 import math

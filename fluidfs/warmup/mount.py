@@ -12,6 +12,7 @@ handling and result are :mod:`fluidfs.warmup.pipeline`'s.
 Caveats: with ``eviction: lru`` (or a mount without an SSD tier) loading more than the cache
 holds evicts what was loaded first; the final line then says so (exit 1).
 """
+
 from __future__ import annotations
 
 import os

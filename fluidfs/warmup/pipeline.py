@@ -27,6 +27,7 @@ Caveats: loading more than the cache holds evicts what was loaded first (details
 mode modules); the final line then says so (exit 1).  Listing is one directory at a time per
 PATH.
 """
+
 from __future__ import annotations
 
 import logging
@@ -85,8 +86,12 @@ class LoadResult:
     @property
     def complete(self) -> bool:
         return (
-            not self.interrupted and self.listing_complete and not self.failed and not self.halted
-            and self.files_cached == self.files_total and self.bytes_cached == self.bytes_total
+            not self.interrupted
+            and self.listing_complete
+            and not self.failed
+            and not self.halted
+            and self.files_cached == self.files_total
+            and self.bytes_cached == self.bytes_total
         )
 
 

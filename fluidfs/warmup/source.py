@@ -13,6 +13,7 @@ Caveats: with ``eviction: lru`` loading more than the cache holds evicts what wa
 the final line then says so (exit 1).  Source mode uses the Dataset's (or ``--block-size``)
 block size: a mount with another block size will not find the blocks.
 """
+
 from __future__ import annotations
 
 import logging
@@ -42,8 +43,16 @@ Target = tuple[Source, MountSpec, str, Entry]
 class SourceLoader(Loader):
     """Fills an SSD cache directory straight from the sources, no mount."""
 
-    def __init__(self, targets: list[Target], tier: SSDTier, block_size: int,
-                 parallel: int, progress: Progress, *, lru: bool = False) -> None:
+    def __init__(
+        self,
+        targets: list[Target],
+        tier: SSDTier,
+        block_size: int,
+        parallel: int,
+        progress: Progress,
+        *,
+        lru: bool = False,
+    ) -> None:
         super().__init__(parallel, progress)
         self.targets = targets  # (source, mount spec, rel, entry)
         self.tier = tier
@@ -92,8 +101,14 @@ class SourceLoader(Loader):
                     await self._emit(send, src, base, child, e)
 
     async def _emit(self, send: trio.MemorySendChannel[File], src: Source, base: str, rel: str, e: Entry) -> None:
-        f = File(posixpath.join(base, rel) if rel else base.rstrip("/") or "/", e.size, src=src, rel=rel,
-                  url=src.url(rel), version=e.version)
+        f = File(
+            posixpath.join(base, rel) if rel else base.rstrip("/") or "/",
+            e.size,
+            src=src,
+            rel=rel,
+            url=src.url(rel),
+            version=e.version,
+        )
         self.found(f)
         await send.send(f)
 
@@ -125,9 +140,14 @@ class SourceLoader(Loader):
         key = self.key(f, job.index)
         if self.tier.put(key, data) or self.tier.contains(key):
             return True
-        why = "the SSD cache is degraded (write errors)" if self.tier.is_degraded else (
-            f"the SSD cache is full ({format_size(self.tier.used_bytes())} of {format_size(self.tier.quota_bytes())} "
-            "quota, or the free-space floor reached)")
+        why = (
+            "the SSD cache is degraded (write errors)"
+            if self.tier.is_degraded
+            else (
+                f"the SSD cache is full ({format_size(self.tier.used_bytes())} of {format_size(self.tier.quota_bytes())} "
+                "quota, or the free-space floor reached)"
+            )
+        )
         self.halted = self.halted or why
         return False
 
@@ -157,7 +177,7 @@ def dataset_targets(sources: list[tuple[Source, MountSpec]], paths: Sequence[str
         for src, m in sources:
             mp = m.path
             if tp == mp or tp.startswith(mp.rstrip("/") + "/"):
-                rel = tp[len(mp):].strip("/")
+                rel = tp[len(mp) :].strip("/")
             elif mp.startswith(tp.rstrip("/") + "/"):
                 rel = ""
             else:
@@ -176,27 +196,36 @@ def dataset_targets(sources: list[tuple[Source, MountSpec]], paths: Sequence[str
     return out
 
 
-def load_source(dataset: Dataset, cfg: MountConfig, paths: Sequence[str], parallel: int,
-                progress: Progress) -> LoadResult:
+def load_source(
+    dataset: Dataset, cfg: MountConfig, paths: Sequence[str], parallel: int, progress: Progress
+) -> LoadResult:
     """Fill ``cfg.cache_dir`` with the blocks of the files under ``paths`` (in the dataset tree).
 
     Raises CacheError when the directory cannot be opened (e.g. a running mount holds it).
     """
     if not cfg.cache_dir:
-        raise ConfigError("loading a SOURCE needs --cache-dir DIR (or spec.cache.directory in the Dataset), "
-                          "or give the mountpoint of a running mount")
+        raise ConfigError(
+            "loading a SOURCE needs --cache-dir DIR (or spec.cache.directory in the Dataset), "
+            "or give the mountpoint of a running mount"
+        )
     sources = open_sources(dataset)
     try:
         targets = dataset_targets(sources, paths)
-        tier = SSDTier(cfg.cache_dir, cfg.cache_size, eviction="lru" if cfg.eviction == "lru" else "none",
-                       free_space_floor=cfg.free_space_floor)
+        tier = SSDTier(
+            cfg.cache_dir,
+            cfg.cache_size,
+            eviction="lru" if cfg.eviction == "lru" else "none",
+            free_space_floor=cfg.free_space_floor,
+        )
         try:
             evictions = tier.stats()["evictions"]
             loader = SourceLoader(targets, tier, cfg.block_size, parallel, progress, lru=cfg.eviction == "lru")
             res = loader.run()
             if loader.lru and tier.stats()["evictions"] > evictions:
                 loader.recount()
-                res.halted = res.halted or "the data is larger than the SSD cache; what was loaded first was evicted (lru)"
+                res.halted = (
+                    res.halted or "the data is larger than the SSD cache; what was loaded first was evicted (lru)"
+                )
         finally:
             tier.close()
     finally:

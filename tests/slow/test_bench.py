@@ -5,6 +5,7 @@ what is tested is that the harness forwards bytes faithfully, applies its delay,
 and ratios right, prints its table and JSON, and leaves no mount or process behind — on success,
 on an injected failure and on Ctrl-C.
 """
+
 from __future__ import annotations
 
 import json
@@ -133,8 +134,14 @@ def _fluidfs_cli_ok() -> bool:
 
 def _bench(args: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[str]:
     full: dict[str, Any] = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-    return subprocess.Popen([sys.executable, "-m", "tools.bench", *args], cwd=REPO, env=full, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    return subprocess.Popen(
+        [sys.executable, "-m", "tools.bench", *args],
+        cwd=REPO,
+        env=full,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
 
 
 def _assert_clean(workdir: Path) -> None:
@@ -166,8 +173,22 @@ needs_weed = pytest.mark.skipif(
 def test_quick_end_to_end(tmp_path: Path) -> None:
     systems = "fluidfs,boto3,local" if _fluidfs_cli_ok() else "boto3,local"
     workdir, js = tmp_path / "wd", tmp_path / "out.json"
-    p = _bench(["--quick", "--latency-ms", "5", "--systems", systems, "--workdir", str(workdir), "--keep",
-                "--json", str(js), "--chart", str(tmp_path / "c.png")])  # fmt: skip
+    p = _bench(
+        [
+            "--quick",
+            "--latency-ms",
+            "5",
+            "--systems",
+            systems,
+            "--workdir",
+            str(workdir),
+            "--keep",
+            "--json",
+            str(js),
+            "--chart",
+            str(tmp_path / "c.png"),
+        ]
+    )
     out, err = p.communicate(timeout=150)
     assert p.returncode == 0, err[-3000:]
     assert "### Sequential read" in out and "| cold | MB/s |" in out, out
@@ -183,8 +204,20 @@ def test_quick_end_to_end(tmp_path: Path) -> None:
 def test_ctrl_c_cleans_up(tmp_path: Path) -> None:
     fl = _fluidfs_cli_ok()
     workdir = tmp_path / "wd"
-    p = _bench(["--quick", "--latency-ms", "5", "--systems", "fluidfs,local" if fl else "boto3,local",
-                "--workloads", "seq,meta", "--workdir", str(workdir), "--keep"])  # fmt: skip
+    p = _bench(
+        [
+            "--quick",
+            "--latency-ms",
+            "5",
+            "--systems",
+            "fluidfs,local" if fl else "boto3,local",
+            "--workloads",
+            "seq,meta",
+            "--workdir",
+            str(workdir),
+            "--keep",
+        ]
+    )
     try:
         deadline = time.monotonic() + 60
         state = workdir / "state.json"
@@ -209,8 +242,10 @@ def test_ctrl_c_cleans_up(tmp_path: Path) -> None:
 @needs_weed
 def test_failure_cleans_up(tmp_path: Path) -> None:
     workdir = tmp_path / "wd"
-    p = _bench(["--quick", "--systems", "local", "--workdir", str(workdir), "--keep"],
-               env={"FLUIDFS_BENCH_INJECT_FAILURE": "after-store"})  # fmt: skip
+    p = _bench(
+        ["--quick", "--systems", "local", "--workdir", str(workdir), "--keep"],
+        env={"FLUIDFS_BENCH_INJECT_FAILURE": "after-store"},
+    )
     _, err = p.communicate(timeout=60)
     assert p.returncode == 1
     assert "injected failure" in err
@@ -236,5 +271,3 @@ def test_tc_netns_shaper_caps_bandwidth_and_cleans_up(tmp_path: Path) -> None:
         store.close()
     assert name not in subprocess.run(["ip", "netns", "list"], stdout=subprocess.PIPE, text=True).stdout
     assert all(not pid_alive(p) for p in store.pids)
-
-

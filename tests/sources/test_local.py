@@ -1,4 +1,5 @@
 """LocalSource on a temporary directory, and the registry's file:// dispatch."""
+
 from __future__ import annotations
 
 import errno
@@ -113,9 +114,13 @@ def test_list_pages_and_nesting(tree: Path):
     assert len(set(all_names)) == len(all_names) == BIG_COUNT
     assert set(all_names) == {f"file-{i:05d}.dat" for i in range(BIG_COUNT)}
     assert names(src, "") == {
-        "top.txt": False, "d": True, "emptydir": True, "n": True, "big": True,
+        "top.txt": False,
+        "d": True,
+        "emptydir": True,
+        "n": True,
+        "big": True,
         "link-dir": True,
-    }  # fmt: skip
+    }
     assert names(src, "emptydir") == {}
     assert names(src, "n/a") == {"b": True}
     d = {e.name: e for p in src.list("d") for e in p}
@@ -254,10 +259,7 @@ def test_registry_unknown_scheme():
 def test_registry_http_dispatches_to_http_source(monkeypatch):
     http = pytest.importorskip("fluidfs.sources.http")
     calls = []
-    monkeypatch.setattr(
-        http.HTTPSource, "from_mount", classmethod(lambda cls, m, c: calls.append((m, c)) or "made")
-    )
+    monkeypatch.setattr(http.HTTPSource, "from_mount", classmethod(lambda cls, m, c: calls.append((m, c)) or "made"))
     mount = MountSpec(name="web", url="https://example.invalid/data/", scheme="https", path="/")
     assert open_source(mount, {"bearer_token": "t"}) == "made"
     assert calls == [(mount, {"bearer_token": "t"})]
-

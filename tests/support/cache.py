@@ -84,7 +84,9 @@ def make_vfs_with_cache(
     cfg = MountConfig(block_size=block_size, memory_size=cache.mem.quota_bytes(), metrics_addr=None, **cfg_kw)
     limiter = trio.CapacityLimiter(8)
     refs = [
-        MountRef(MountSpec(name=f"m{i}", url=f"memory:///{i}", scheme="file", path=path), AsyncSource(src, dataset, limiter))
+        MountRef(
+            MountSpec(name=f"m{i}", url=f"memory:///{i}", scheme="file", path=path), AsyncSource(src, dataset, limiter)
+        )
         for i, (path, src) in enumerate(mounts.items())
     ]
     ns = Namespace(refs, dataset, cfg.metadata_ttl, cfg.negative_ttl)

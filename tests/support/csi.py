@@ -1,5 +1,6 @@
 """Test harness for the CSI plugin: run ``fluidfs-csi`` as a subprocess, talk to it over its
 unix socket with the generated stubs, and clean up every mount and daemon it left behind."""
+
 from __future__ import annotations
 
 import os
@@ -29,8 +30,15 @@ def cap(mode: int = Mode.MULTI_NODE_READER_ONLY, block: bool = False) -> pb.Volu
 class Plugin:
     """One ``python -m csi`` process; ``identity``/``controller``/``node`` are gRPC stubs."""
 
-    def __init__(self, workdir: Path, *, mode: str = "all", node_id: str = "node-1",
-                 extra: list[str] | None = None, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        mode: str = "all",
+        node_id: str = "node-1",
+        extra: list[str] | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.workdir = workdir
         self.sock = str(workdir / "csi.sock")
         self.state_dir = str(workdir / "state")
@@ -45,8 +53,22 @@ class Plugin:
     def start(self) -> Plugin:
         if os.path.exists(self.sock):
             os.unlink(self.sock)
-        cmd = [sys.executable, "-m", "csi", "--endpoint", f"unix://{self.sock}", "--node-id", self.node_id,
-               "--state-dir", self.state_dir, "--mode", self.mode, "--check-interval", "0.5", *self.extra]
+        cmd = [
+            sys.executable,
+            "-m",
+            "csi",
+            "--endpoint",
+            f"unix://{self.sock}",
+            "--node-id",
+            self.node_id,
+            "--state-dir",
+            self.state_dir,
+            "--mode",
+            self.mode,
+            "--check-interval",
+            "0.5",
+            *self.extra,
+        ]
         env = dict(self.env if self.env is not None else os.environ)
         env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
         with open(self.log_path, "ab") as log:
@@ -108,7 +130,9 @@ def expect_code(code: grpc.StatusCode, fn: Any, request: Any) -> grpc.RpcError:
 def mounts_under(path: str) -> list[tuple[str, str]]:
     """(mount point, fs type) of every mount at or below ``path``."""
     path = os.path.normpath(path)
-    return [(m.mountpoint, m.fstype) for m in mount_table() if m.mountpoint == path or m.mountpoint.startswith(path + "/")]
+    return [
+        (m.mountpoint, m.fstype) for m in mount_table() if m.mountpoint == path or m.mountpoint.startswith(path + "/")
+    ]
 
 
 def cleanup(workdir: str) -> None:

@@ -1,6 +1,7 @@
 """Test doubles other tests (and benchmarks) need: an in-memory source, and wrappers that
 count, slow down or break any source.  Not used by the product itself.
 """
+
 from __future__ import annotations
 
 import threading

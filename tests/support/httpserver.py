@@ -21,6 +21,7 @@ Caveats: this is test/demo infrastructure, not a production web server.  It runs
 Multi-range requests, ``If-None-Match``/``If-Modified-Since`` (304) and content encodings are not
 implemented.  Symlinks are followed only while they stay inside ``root_dir``.
 """
+
 from __future__ import annotations
 
 import email.utils
@@ -317,7 +318,10 @@ class RangeHTTPServer:
         self.port = server.server_address[1]
         self._server = server
         self._thread = threading.Thread(
-            target=server.serve_forever, kwargs={"poll_interval": 0.05}, name=f"RangeHTTPServer:{self.port}", daemon=True
+            target=server.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            name=f"RangeHTTPServer:{self.port}",
+            daemon=True,
         )
         self._thread.start()
         log.debug("serving %s on %s", self.root, self.url)

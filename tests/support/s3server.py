@@ -33,6 +33,7 @@ server (and, with ``auth=True``, a *new* access key).  SeaweedFS keeps its data 
 ``stop()``.  A free port is found by binding port 0 and closing the socket, so another process
 could in principle grab it before the server does (startup then fails with a clear error).
 """
+
 from __future__ import annotations
 
 import json
@@ -277,9 +278,17 @@ class S3Server:
             self._ports = {"s3": self.port}
             return
         names = [
-            "s3", "s3.grpc", "master", "master.grpc", "volume", "volume.grpc",
-            "filer", "filer.grpc", "admin", "admin.grpc",
-        ]  # fmt: skip
+            "s3",
+            "s3.grpc",
+            "master",
+            "master.grpc",
+            "volume",
+            "volume.grpc",
+            "filer",
+            "filer.grpc",
+            "admin",
+            "admin.grpc",
+        ]
         self._ports = dict(zip(names, free_ports(len(names))))
         self.port = self._ports["s3"]
 
@@ -294,18 +303,28 @@ class S3Server:
         p = self._ports
         assert self.data_dir is not None
         return [
-            exe, "mini",
+            exe,
+            "mini",
             f"-dir={self.data_dir}",
-            "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
-            f"-s3.port={p['s3']}", f"-s3.port.grpc={p['s3.grpc']}",
-            f"-master.port={p['master']}", f"-master.port.grpc={p['master.grpc']}",
-            f"-volume.port={p['volume']}", f"-volume.port.grpc={p['volume.grpc']}",
-            f"-filer.port={p['filer']}", f"-filer.port.grpc={p['filer.grpc']}",
-            f"-admin.port={p['admin']}", f"-admin.port.grpc={p['admin.grpc']}",
-            "-admin.ui=false", "-webdav=false",
-            "-s3.port.iceberg=0", "-s3.port.lance=0",
-            "-master.telemetry=false", "-volume.preStopSeconds=0",
-        ]  # fmt: skip
+            "-ip=127.0.0.1",
+            "-ip.bind=127.0.0.1",
+            f"-s3.port={p['s3']}",
+            f"-s3.port.grpc={p['s3.grpc']}",
+            f"-master.port={p['master']}",
+            f"-master.port.grpc={p['master.grpc']}",
+            f"-volume.port={p['volume']}",
+            f"-volume.port.grpc={p['volume.grpc']}",
+            f"-filer.port={p['filer']}",
+            f"-filer.port.grpc={p['filer.grpc']}",
+            f"-admin.port={p['admin']}",
+            f"-admin.port.grpc={p['admin.grpc']}",
+            "-admin.ui=false",
+            "-webdav=false",
+            "-s3.port.iceberg=0",
+            "-s3.port.lance=0",
+            "-master.telemetry=false",
+            "-volume.preStopSeconds=0",
+        ]
 
     def _process_env(self) -> dict[str, str]:
         env = dict(os.environ)
@@ -424,11 +443,15 @@ class S3Server:
         paths = [self._log_path] if self._log_path else []
         if self.kind == "seaweed" and not self._given_data_dir and self.data_dir:
             paths.append(self.data_dir)
-        paths += [
-            os.path.join(tempfile.gettempdir(), f"seaweedfs-{name}-{port}.sock")
-            for port in self._ports.values()
-            for name in ("filer", "filer-grpc", "s3", "s3-grpc", "master-grpc", "volume-grpc", "admin-grpc")
-        ] if self.kind == "seaweed" else []
+        paths += (
+            [
+                os.path.join(tempfile.gettempdir(), f"seaweedfs-{name}-{port}.sock")
+                for port in self._ports.values()
+                for name in ("filer", "filer-grpc", "s3", "s3-grpc", "master-grpc", "volume-grpc", "admin-grpc")
+            ]
+            if self.kind == "seaweed"
+            else []
+        )
         return paths
 
     def _remove_sockets(self) -> None:

@@ -15,8 +15,19 @@ from tools.bench.systems import parse_prometheus
 
 
 def _recs(system: str, values: list[float], metric: str = "MB/s", better: str = "higher") -> list[dict]:
-    return [{"system": system, "workload": "seq", "phase": "cold", "metric": metric, "value": v,
-             "unit": "MB/s", "better": better, "run": i} for i, v in enumerate(values)]  # fmt: skip
+    return [
+        {
+            "system": system,
+            "workload": "seq",
+            "phase": "cold",
+            "metric": metric,
+            "value": v,
+            "unit": "MB/s",
+            "better": better,
+            "run": i,
+        }
+        for i, v in enumerate(values)
+    ]
 
 
 def test_summarize_median_min_max() -> None:
@@ -25,7 +36,6 @@ def test_summarize_median_min_max() -> None:
     s2 = report.summarize([1.0, 4.0])
     assert s2 is not None and s2.median == 2.5
     assert report.summarize([]) is None
-
 
 
 def test_ratio_direction() -> None:
@@ -38,10 +48,14 @@ def test_ratio_direction() -> None:
     assert report.best({}, "higher") is None
 
 
-
 def test_aggregate_and_ratios_against_best_peer_and_limits() -> None:
-    records = (_recs("fluidfs", [400, 500, 600]) + _recs("s3fs", [90, 100, 110]) + _recs("rclone", [200, 250, 300])
-               + _recs("boto3", [500, 1000, 700]) + _recs("local", [2000, 2000, 2000]))  # fmt: skip
+    records = (
+        _recs("fluidfs", [400, 500, 600])
+        + _recs("s3fs", [90, 100, 110])
+        + _recs("rclone", [200, 250, 300])
+        + _recs("boto3", [500, 1000, 700])
+        + _recs("local", [2000, 2000, 2000])
+    )
     g = report.aggregate(records)[("seq", "cold", "MB/s")]
     assert g["systems"]["fluidfs"].median == 500
     assert g["systems"]["boto3"].median == 700
@@ -51,15 +65,28 @@ def test_aggregate_and_ratios_against_best_peer_and_limits() -> None:
     assert r["local"] == pytest.approx(0.25)
 
 
-
 def test_markdown_shows_skips_partial_and_timeouts() -> None:
     records = _recs("fluidfs", [10.0]) + _recs("local", [20.0])
     records[0]["partial"] = True
-    records.append({"system": "boto3", "workload": "seq", "phase": "cold", "metric": "MB/s", "value": None,
-                    "unit": "MB/s", "better": "higher", "run": 0, "timeout": True})  # fmt: skip
-    result = {"meta": {"runs": 1, "workloads": ["seq", "loader"]}, "records": records,
-              "skipped": {"s3fs": "s3fs not installed"},
-              "workload_skipped": {"loader": {"local": "torch not installed"}}}  # fmt: skip
+    records.append(
+        {
+            "system": "boto3",
+            "workload": "seq",
+            "phase": "cold",
+            "metric": "MB/s",
+            "value": None,
+            "unit": "MB/s",
+            "better": "higher",
+            "run": 0,
+            "timeout": True,
+        }
+    )
+    result = {
+        "meta": {"runs": 1, "workloads": ["seq", "loader"]},
+        "records": records,
+        "skipped": {"s3fs": "s3fs not installed"},
+        "workload_skipped": {"loader": {"local": "torch not installed"}},
+    }
     md = report.markdown(result)
     assert "| cold | MB/s | 10.0* |" in md
     assert "skipped: s3fs not installed" in md
@@ -69,7 +96,6 @@ def test_markdown_shows_skips_partial_and_timeouts() -> None:
     doc = report.to_json(result)
     json.dumps(doc)
     assert doc["summaries"][0]["systems"]["fluidfs"]["median"] == 10.0
-
 
 
 def test_parse_prometheus_and_hit_ratios() -> None:
@@ -92,7 +118,6 @@ def test_parse_prometheus_and_hit_ratios() -> None:
     assert hit_ratios({}, {}, 0) == (None, None)  # metrics absent: n/a, no crash
 
 
-
 def test_parse_size() -> None:
     assert parse_size("256Mi") == 256 << 20
     assert parse_size("110Ki") == 110 << 10
@@ -100,17 +125,29 @@ def test_parse_size() -> None:
     assert parse_size("4096") == 4096
 
 
-
 def test_goals_from_medians() -> None:
     def r(system: str, workload: str, phase: str, metric: str, value: float, better: str = "higher") -> dict:
-        return {"system": system, "workload": workload, "phase": phase, "metric": metric, "value": value,
-                "unit": "", "better": better, "run": 0}  # fmt: skip
+        return {
+            "system": system,
+            "workload": workload,
+            "phase": phase,
+            "metric": metric,
+            "value": value,
+            "unit": "",
+            "better": better,
+            "run": 0,
+        }
 
-    records = [r("fluidfs", "seq", "cold", "MB/s", 300), r("s3fs", "seq", "cold", "MB/s", 100),
-               r("rclone", "seq", "cold", "MB/s", 200), r("boto3", "seq", "cold", "MB/s", 400),
-               r("fluidfs", "meta", "warm", "walk", 0.3, "lower"), r("local", "meta", "warm", "walk", 0.1, "lower"),
-               r("fluidfs-none", "pressure", "epoch2", "hit ratio", 0.5),
-               r("fluidfs-lru", "pressure", "epoch2", "hit ratio", 0.1)]  # fmt: skip
+    records = [
+        r("fluidfs", "seq", "cold", "MB/s", 300),
+        r("s3fs", "seq", "cold", "MB/s", 100),
+        r("rclone", "seq", "cold", "MB/s", 200),
+        r("boto3", "seq", "cold", "MB/s", 400),
+        r("fluidfs", "meta", "warm", "walk", 0.3, "lower"),
+        r("local", "meta", "warm", "walk", 0.1, "lower"),
+        r("fluidfs-none", "pressure", "epoch2", "hit ratio", 0.5),
+        r("fluidfs-lru", "pressure", "epoch2", "hit ratio", 0.1),
+    ]
     result = {"records": records, "rss": {"fluidfs": {"seq": 300.0}}, "meta": {"fluidfs_memory_mib": 256}}
     g = {x["goal"]: x for x in report.goals(result)}
     assert g["cold large-file read vs best FUSE peer"]["measured"] == 1.5
@@ -122,8 +159,9 @@ def test_goals_from_medians() -> None:
     assert g["dataset = 2 x cache, eviction none, epoch2 hit ratio"]["beside"] == "lru 0.10"
     assert g["fluidfs peak RSS vs memory tier + 200 MiB"]["met"] is True
     assert g["cold small-file epoch vs best FUSE peer"]["met"] is None  # not measured: n/a
-    assert "| cold large-file read vs best FUSE peer | >= 2x | 1.5x | **no** |" in "\n".join(report.goals_markdown(result))
-
+    assert "| cold large-file read vs best FUSE peer | >= 2x | 1.5x | **no** |" in "\n".join(
+        report.goals_markdown(result)
+    )
 
 
 def test_datasets_are_deterministic() -> None:

@@ -15,7 +15,6 @@ def sample(name: str, value: float, **labels: str) -> Sample:
     return Sample(name, {"dataset": "d", **labels}, value)
 
 
-
 def test_metrics_summary_hit_ratios_and_source() -> None:
     s = [
         sample("fluidfs_cache_hits_total", 30, tier="mem"),
@@ -37,7 +36,6 @@ def test_metrics_summary_hit_ratios_and_source() -> None:
     assert m["source"] == {"bytes": 123456, "requests": 23, "errors": 0, "requests_by_op": {"list": 3, "read": 20}}
     assert m["readahead"] == {"issued": 0, "used": 0, "wasted": 7}
     assert metrics_summary([])["hit_ratio"] is None  # nothing read yet: no ratio, not 0
-
 
 
 def test_walk_helpers(tmp_path: Path) -> None:

@@ -3,6 +3,7 @@
 Exit codes: 0 done (even if some systems were skipped or errored: the report says so),
 2 usage error, 130 interrupted (everything is still cleaned up).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,8 +23,17 @@ from tools.bench.suite import ALL_WORKLOADS, Options, Suite
 
 ALL_SYSTEMS = ("fluidfs", "s3fs", "rclone", "boto3", "local")
 
-QUICK: dict[str, Any] = dict(large_files=2, large_size=8 << 20, small_files=32, small_size=16 << 10, classes=4,
-             meta_files=200, runs=1, budget=6.0, rand_ops=60)  # fmt: skip
+QUICK: dict[str, Any] = dict(
+    large_files=2,
+    large_size=8 << 20,
+    small_files=32,
+    small_size=16 << 10,
+    classes=4,
+    meta_files=200,
+    runs=1,
+    budget=6.0,
+    rand_ops=60,
+)
 
 
 def parse_size(text: str) -> int:
@@ -41,6 +51,7 @@ def _csv(allowed: tuple[str, ...]) -> Any:
         if bad or not items:
             raise argparse.ArgumentTypeError(f"unknown {bad or text!r}; choose from {','.join(allowed)}")
         return items
+
     return parse
 
 
@@ -48,16 +59,20 @@ def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="python -m tools.bench",
         description="Benchmark fluidfs against s3fs, rclone, direct boto3 and local disk over an "
-                    "emulated remote object store (SeaweedFS behind a latency proxy).",
-    )  # fmt: skip
+        "emulated remote object store (SeaweedFS behind a latency proxy).",
+    )
     ap.add_argument("--quick", action="store_true", help="tiny datasets, one run (smoke test, < 90 s)")
     ap.add_argument("--runs", type=int, help="repetitions per measurement (default 3; --quick: 1)")
     ap.add_argument("--systems", type=_csv(ALL_SYSTEMS), default=list(ALL_SYSTEMS))
     ap.add_argument("--workloads", type=_csv(ALL_WORKLOADS), default=list(ALL_WORKLOADS))
     ap.add_argument("--latency-ms", type=float, default=20.0, help="delay per response chunk (default 20)")
     ap.add_argument("--bandwidth", type=float, metavar="MBIT", help="cap the store's response bandwidth")
-    ap.add_argument("--shaper", choices=("auto", "tc", "proxy"), default="auto",
-                    help="bandwidth cap by tc tbf on a veth in a netns (root) or in the proxy; auto: tc if possible")
+    ap.add_argument(
+        "--shaper",
+        choices=("auto", "tc", "proxy"),
+        default="auto",
+        help="bandwidth cap by tc tbf on a veth in a netns (root) or in the proxy; auto: tc if possible",
+    )
     ap.add_argument("--large-files", type=int)
     ap.add_argument("--large-size", type=parse_size)
     ap.add_argument("--small-files", type=int)
@@ -70,8 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--loader-workers", type=int, default=2)
     ap.add_argument("--fluidfs-cache-size", type=parse_size, default=8 << 30)
     ap.add_argument("--fluidfs-memory-size", type=parse_size, default=256 << 20)
-    ap.add_argument("--fuse-read-ahead-kb", type=int, default=1024,
-                    help="kernel readahead set on every FUSE mount (0: leave)")
+    ap.add_argument(
+        "--fuse-read-ahead-kb", type=int, default=1024, help="kernel readahead set on every FUSE mount (0: leave)"
+    )
     ap.add_argument("--json", type=Path, metavar="FILE")
     ap.add_argument("--chart", type=Path, metavar="FILE", help="PNG chart (needs matplotlib)")
     ap.add_argument("--markdown", type=Path, metavar="FILE", help="also write the report here")
@@ -85,8 +101,17 @@ def build_parser() -> argparse.ArgumentParser:
 # small enough for fluidfs's cold epoch to finish within the budget; slower systems are cut at
 # the budget and flagged.  The issue's full-size sets: --large-size 256Mi --small-files 10000
 # --meta-files 100000 --budget 600 (hours, not minutes, with s3fs and rclone included).
-DEFAULTS: dict[str, Any] = dict(large_files=4, large_size=128 << 20, small_files=300, small_size=110 << 10, classes=30,
-                meta_files=2000, runs=3, budget=20.0, rand_ops=300)  # fmt: skip
+DEFAULTS: dict[str, Any] = dict(
+    large_files=4,
+    large_size=128 << 20,
+    small_files=300,
+    small_size=110 << 10,
+    classes=30,
+    meta_files=2000,
+    runs=3,
+    budget=20.0,
+    rand_ops=300,
+)
 
 
 def options(ns: argparse.Namespace) -> Options:
@@ -95,15 +120,32 @@ def options(ns: argparse.Namespace) -> Options:
         v = getattr(ns, k, None)
         if v is not None:
             base[k] = v
-    spec = DataSpec(large_files=base["large_files"], large_size=base["large_size"],
-                    small_files=base["small_files"], small_size=base["small_size"],
-                    classes=base["classes"], meta_files=base["meta_files"],
-                    meta_dirs=min(100, max(1, base["meta_files"] // 50)), seed=ns.seed)  # fmt: skip
-    return Options(systems=ns.systems, workloads=ns.workloads, spec=spec, runs=base["runs"],
-                   latency_ms=ns.latency_ms, bandwidth_mbit=ns.bandwidth, budget=base["budget"],
-                   rand_ops=base["rand_ops"], loader_workers=ns.loader_workers,
-                   fluidfs_cache_size=ns.fluidfs_cache_size, fluidfs_memory_size=ns.fluidfs_memory_size,
-                   fuse_read_ahead_kb=ns.fuse_read_ahead_kb, quick=ns.quick, shaper=ns.shaper)  # fmt: skip
+    spec = DataSpec(
+        large_files=base["large_files"],
+        large_size=base["large_size"],
+        small_files=base["small_files"],
+        small_size=base["small_size"],
+        classes=base["classes"],
+        meta_files=base["meta_files"],
+        meta_dirs=min(100, max(1, base["meta_files"] // 50)),
+        seed=ns.seed,
+    )
+    return Options(
+        systems=ns.systems,
+        workloads=ns.workloads,
+        spec=spec,
+        runs=base["runs"],
+        latency_ms=ns.latency_ms,
+        bandwidth_mbit=ns.bandwidth,
+        budget=base["budget"],
+        rand_ops=base["rand_ops"],
+        loader_workers=ns.loader_workers,
+        fluidfs_cache_size=ns.fluidfs_cache_size,
+        fluidfs_memory_size=ns.fluidfs_memory_size,
+        fuse_read_ahead_kb=ns.fuse_read_ahead_kb,
+        quick=ns.quick,
+        shaper=ns.shaper,
+    )
 
 
 def _raise_interrupt(signum: int, _frame: Any) -> None:
@@ -153,8 +195,10 @@ def main(argv: list[str] | None = None) -> None:
     if ns.chart:
         if not report.chart(result, ns.chart):
             print("[bench] chart skipped: matplotlib not installed", file=sys.stderr)
-    print(f"[bench] done in {result['meta']['seconds']:.0f}s" + (f"; workdir kept: {workdir}" if ns.keep else ""),
-          file=sys.stderr)  # fmt: skip
+    print(
+        f"[bench] done in {result['meta']['seconds']:.0f}s" + (f"; workdir kept: {workdir}" if ns.keep else ""),
+        file=sys.stderr,
+    )
     os.sync()
 
 

@@ -10,6 +10,7 @@ Three sets, each under its own key prefix (and local subdirectory):
 The same (spec, seed) always gives the same names, sizes and bytes.  The local mirror is what
 the ``local`` system reads (the storage limit).
 """
+
 from __future__ import annotations
 
 import concurrent.futures as cf
@@ -56,8 +57,7 @@ def plan(spec: DataSpec, which: str) -> list[FileEntry]:
     if which == "meta":
         dirs = max(1, spec.meta_dirs)
         return [
-            FileEntry(f"meta/dir-{i % dirs:03d}/f-{i:06d}.txt", rng.randint(16, 256))
-            for i in range(spec.meta_files)
+            FileEntry(f"meta/dir-{i % dirs:03d}/f-{i:06d}.txt", rng.randint(16, 256)) for i in range(spec.meta_files)
         ]
     raise ValueError(which)
 

@@ -20,6 +20,7 @@ Caveats: this bandwidth cap is a user-space token bucket (payload bytes, burst 1
 the harness prefers ``tc tbf`` on a veth in a network namespace when it can (see store.py).  Python asyncio
 forwards at roughly 1-2 GB/s on loopback, which is above what the emulated store serves.
 """
+
 from __future__ import annotations
 
 import argparse

@@ -9,6 +9,7 @@ for higher-is-better metrics (MB/s, samples/s), inverse ratio for lower-is-bette
 They are taken against the best *peer* (the other FUSE systems: s3fs, rclone) and against the
 two *limits* measured in the same run: direct boto3 (network) and local disk (storage).
 """
+
 from __future__ import annotations
 
 import json
@@ -160,8 +161,10 @@ def markdown(result: dict[str, Any]) -> str:
             + f" · datasets: {m.get('datasets_desc', '')}"
         )
         lines.append("")
-    lines.append("Cells: median (min–max) over runs; `*` = at least one run hit the time budget "
-                 "(throughput over the part done). Ratios: times better than (> 1 = fluidfs better).")
+    lines.append(
+        "Cells: median (min–max) over runs; `*` = at least one run hit the time budget "
+        "(throughput over the part done). Ratios: times better than (> 1 = fluidfs better)."
+    )
     lines.append("")
     wanted = list(m.get("workloads") or [])
     present = {k[0] for k in groups}
@@ -170,8 +173,10 @@ def markdown(result: dict[str, Any]) -> str:
     for w in workloads:
         keys = [k for k in groups if k[0] == w and not k[2].startswith("source ")]
         in_wl = _order({s for k in keys for s in groups[k]["systems"]})
-        wskip = {**{s: r for s, r in skipped.items() if s in SYSTEM_ORDER[:5]},
-                 **result.get("workload_skipped", {}).get(w, {})}
+        wskip = {
+            **{s: r for s, r in skipped.items() if s in SYSTEM_ORDER[:5]},
+            **result.get("workload_skipped", {}).get(w, {}),
+        }
         if w == "pressure":
             wskip = {s: r for s, r in skipped.items() if s.startswith("fluidfs-")}
         cols = _order(set(in_wl) | set(wskip))
@@ -273,8 +278,15 @@ def goals(result: dict[str, Any]) -> list[dict[str, Any]]:
 
     def add(goal: str, target: float, measured: float | None, unit: str = "x", at_most: bool = False) -> None:
         met = None if measured is None else (measured <= target if at_most else measured >= target)
-        out.append({"goal": goal, "target": f"{'<=' if at_most else '>='} {target:g}{unit}",
-                    "measured": None if measured is None else round(measured, 3), "unit": unit, "met": met})
+        out.append(
+            {
+                "goal": goal,
+                "target": f"{'<=' if at_most else '>='} {target:g}{unit}",
+                "measured": None if measured is None else round(measured, 3),
+                "unit": unit,
+                "met": met,
+            }
+        )
 
     def vs_peer(key: Key) -> float | None:
         g = groups.get(key)
@@ -286,16 +298,23 @@ def goals(result: dict[str, Any]) -> list[dict[str, Any]]:
 
     add("cold large-file read vs best FUSE peer", 2, vs_peer(("seq", "cold", "MB/s")))
     add("cold large-file read vs direct boto3", 0.7, vs(("seq", "cold", "MB/s"), "boto3"))
-    add("warm small-file epoch, page cache dropped, vs best FUSE peer", 3,
-        vs_peer(("loader", "epoch3 warm_dropped", "samples/s")))
+    add(
+        "warm small-file epoch, page cache dropped, vs best FUSE peer",
+        3,
+        vs_peer(("loader", "epoch3 warm_dropped", "samples/s")),
+    )
     add("warm large-file read vs local disk", 0.6, vs(("seq", "warm", "MB/s"), "local"))
     add("cold small-file epoch vs best FUSE peer", 3, vs_peer(("loader", "epoch1 cold", "samples/s")))
     local_ratio = vs(("meta", "warm", "walk"), "local")  # local_time / fluidfs_time
     add("warm metadata walk time vs local disk", 2, None if not local_ratio else 1 / local_ratio, at_most=True)
     add("cold metadata walk, times faster than s3fs", 5, vs(("meta", "cold", "walk"), "s3fs"))
     for e in ("epoch2", "epoch3"):
-        add(f"dataset = 2 x cache, eviction none, {e} hit ratio", 0.4,
-            _median(groups, ("pressure", e, "hit ratio"), "fluidfs-none"), unit="")
+        add(
+            f"dataset = 2 x cache, eviction none, {e} hit ratio",
+            0.4,
+            _median(groups, ("pressure", e, "hit ratio"), "fluidfs-none"),
+            unit="",
+        )
         lru = _median(groups, ("pressure", e, "hit ratio"), "fluidfs-lru")
         out[-1]["beside"] = None if lru is None else f"lru {lru:.2f}"
     rss = result.get("rss", {}).get(SUBJECT, {})
@@ -309,8 +328,12 @@ def goals_markdown(result: dict[str, Any]) -> list[str]:
     rows = goals(result)
     if not any(r["measured"] is not None for r in rows):
         return []
-    lines = ["### Goals from the issue (this run's medians)", "",
-             "| goal | target | measured | met |", "|---|---|---|---|"]  # fmt: skip
+    lines = [
+        "### Goals from the issue (this run's medians)",
+        "",
+        "| goal | target | measured | met |",
+        "|---|---|---|---|",
+    ]
     for r in rows:
         meas = "n/a" if r["measured"] is None else f"{r['measured']:g}{r['unit']}"
         if r.get("beside"):
@@ -326,13 +349,27 @@ def to_json(result: dict[str, Any]) -> dict[str, Any]:
     groups = aggregate(result["records"])
     summaries = []
     for (w, p, metric), g in groups.items():
-        summaries.append({
-            "workload": w, "phase": p, "metric": metric, "unit": g["unit"], "better": g["better"],
-            "systems": {s: {"median": v.median if v.n else None, "min": v.lo if v.n else None,
-                            "max": v.hi if v.n else None, "n": v.n, "partial": v.partial,
-                            "timeouts": v.timeouts} for s, v in g["systems"].items()},
-            "ratios": ratios_for(g),
-        })  # fmt: skip
+        summaries.append(
+            {
+                "workload": w,
+                "phase": p,
+                "metric": metric,
+                "unit": g["unit"],
+                "better": g["better"],
+                "systems": {
+                    s: {
+                        "median": v.median if v.n else None,
+                        "min": v.lo if v.n else None,
+                        "max": v.hi if v.n else None,
+                        "n": v.n,
+                        "partial": v.partial,
+                        "timeouts": v.timeouts,
+                    }
+                    for s, v in g["systems"].items()
+                },
+                "ratios": ratios_for(g),
+            }
+        )
     return {**result, "summaries": summaries, "goals": goals(result)}
 
 
@@ -354,8 +391,7 @@ def chart(result: dict[str, Any], path: Path) -> bool:
     except ImportError:
         return False
     groups = aggregate(result["records"])
-    panels = [(w, [k for k in groups if k[0] == w and k[2] == CHART_METRICS.get(w)])
-              for w in WORKLOAD_ORDER]  # fmt: skip
+    panels = [(w, [k for k in groups if k[0] == w and k[2] == CHART_METRICS.get(w)]) for w in WORKLOAD_ORDER]
     panels = [(w, ks) for w, ks in panels if ks]
     if not panels:
         return False
@@ -381,8 +417,9 @@ def chart(result: dict[str, Any], path: Path) -> bool:
         if w != "pressure":
             ax.set_yscale("log")  # cold (network-bound) and warm (memory-bound) differ by 10-100x
         better = groups[keys[0]]["better"]
-        ax.set_title(f"{WORKLOAD_TITLES.get(w, w)} — {'higher' if better == 'higher' else 'lower'} is better",
-                     fontsize=9)  # fmt: skip
+        ax.set_title(
+            f"{WORKLOAD_TITLES.get(w, w)} — {'higher' if better == 'higher' else 'lower'} is better", fontsize=9
+        )
         ax.legend(fontsize=7, ncol=len(systems))
     fig.tight_layout()
     fig.savefig(path, dpi=90)

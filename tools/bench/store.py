@@ -11,6 +11,7 @@ system under test gets ``endpoint`` (the proxy).
 Caveats: free ports are picked by binding port 0 and closing the socket, so a concurrent
 process could steal one (startup then fails with a clear error).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -58,9 +59,7 @@ def make_client(endpoint: str, access_key: str, secret_key: str, pool: int = 32)
         max_pool_connections=pool,
         retries={"max_attempts": 3, "mode": "standard"},
     )
-    session = boto3.session.Session(
-        aws_access_key_id=access_key, aws_secret_access_key=secret_key, region_name=REGION
-    )
+    session = boto3.session.Session(aws_access_key_id=access_key, aws_secret_access_key=secret_key, region_name=REGION)
     return session.client("s3", endpoint_url=endpoint, config=cfg)
 
 
@@ -139,30 +138,63 @@ class NetnsLink:
         self._ip("ip", "link", "set", self.ns_if, "up", ns=True)
         self._ip("ip", "link", "set", "lo", "up", ns=True)
         # Shape what leaves the namespace: the responses of the proxy running inside it.
-        self._ip("tc", "qdisc", "add", "dev", self.ns_if, "root", "tbf", "rate", f"{self.mbit:g}mbit",
-                 "burst", "256kb", "latency", "400ms", ns=True)  # fmt: skip
+        self._ip(
+            "tc",
+            "qdisc",
+            "add",
+            "dev",
+            self.ns_if,
+            "root",
+            "tbf",
+            "rate",
+            f"{self.mbit:g}mbit",
+            "burst",
+            "256kb",
+            "latency",
+            "400ms",
+            ns=True,
+        )
 
     def close(self) -> None:
         if self.created:
-            subprocess.run(["ip", "netns", "del", self.name], stdout=subprocess.DEVNULL,
-                           stderr=subprocess.DEVNULL, timeout=20)  # fmt: skip
-            subprocess.run(["ip", "link", "del", self.host_if], stdout=subprocess.DEVNULL,
-                           stderr=subprocess.DEVNULL, timeout=20)  # fmt: skip
+            subprocess.run(
+                ["ip", "netns", "del", self.name], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=20
+            )
+            subprocess.run(
+                ["ip", "link", "del", self.host_if], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=20
+            )
             self.created = False
 
 
-def _start_proxy(workdir: Path, tag: str, upstream: str, delay_ms: float, listen: str,
-                 prefix: list[str], extra: list[str]) -> tuple[subprocess.Popen[bytes], int]:  # fmt: skip
+def _start_proxy(
+    workdir: Path, tag: str, upstream: str, delay_ms: float, listen: str, prefix: list[str], extra: list[str]
+) -> tuple[subprocess.Popen[bytes], int]:
     port_file = workdir / f"{tag}.port"
     with contextlib.suppress(FileNotFoundError):
         port_file.unlink()
-    cmd = [*prefix, sys.executable, "-m", "tools.bench.proxy", "--upstream", upstream, "--listen", listen,
-           "--delay-ms", str(delay_ms), "--port-file", str(port_file), *extra]  # fmt: skip
+    cmd = [
+        *prefix,
+        sys.executable,
+        "-m",
+        "tools.bench.proxy",
+        "--upstream",
+        upstream,
+        "--listen",
+        listen,
+        "--delay-ms",
+        str(delay_ms),
+        "--port-file",
+        str(port_file),
+        *extra,
+    ]
     proc = subprocess.Popen(
-        cmd, stdin=subprocess.DEVNULL, cwd=str(Path(__file__).resolve().parents[2]),
-        stdout=subprocess.DEVNULL, stderr=open(workdir / f"{tag}.log", "ab"),  # noqa: SIM115
+        cmd,
+        stdin=subprocess.DEVNULL,
+        cwd=str(Path(__file__).resolve().parents[2]),
+        stdout=subprocess.DEVNULL,
+        stderr=open(workdir / f"{tag}.log", "ab"),  # noqa: SIM115
         start_new_session=True,
-    )  # fmt: skip
+    )
     deadline = time.monotonic() + 20
     while not port_file.exists():
         if proc.poll() is not None or time.monotonic() > deadline:
@@ -193,8 +225,9 @@ def open_store(
     closers: list[Callable[[], None]] = []
     pids: list[int] = []
     try:
-        srv = S3Server(kind="seaweed", data_dir=data_dir, access_key=ACCESS_KEY, secret_key=SECRET_KEY,
-                       startup_timeout=60.0)
+        srv = S3Server(
+            kind="seaweed", data_dir=data_dir, access_key=ACCESS_KEY, secret_key=SECRET_KEY, startup_timeout=60.0
+        )
         closers.append(srv.stop)
         srv.start()
         pid = srv.pid
@@ -221,8 +254,15 @@ def open_store(
             link.open()
             relay, rport = _start_proxy(workdir, "relay", upstream, 0.0, f"{link.host_ip}:0", [], [])
             started(relay)
-            pproc, port = _start_proxy(workdir, "proxy", f"{link.host_ip}:{rport}", latency_ms, f"{link.ns_ip}:0",
-                                       ["ip", "netns", "exec", link.name], [])  # fmt: skip
+            pproc, port = _start_proxy(
+                workdir,
+                "proxy",
+                f"{link.host_ip}:{rport}",
+                latency_ms,
+                f"{link.ns_ip}:0",
+                ["ip", "netns", "exec", link.name],
+                [],
+            )
             started(pproc)
             endpoint, shaping = f"http://{link.ns_ip}:{port}", f"tc tbf {bandwidth_mbit:g} Mbit/s in netns {link.name}"
         else:
@@ -231,8 +271,7 @@ def open_store(
             started(pproc)
             endpoint = f"http://127.0.0.1:{port}"
             shaping = f"proxy token bucket {bandwidth_mbit:g} Mbit/s" if bandwidth_mbit else "none"
-        store = Store(direct, endpoint, srv.access_key, srv.secret_key, pids=pids, _closers=closers,
-                      shaping=shaping)  # fmt: skip
+        store = Store(direct, endpoint, srv.access_key, srv.secret_key, pids=pids, _closers=closers, shaping=shaping)
         store.direct_client().create_bucket(Bucket=BUCKET)
         return store
     except BaseException:

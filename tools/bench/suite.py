@@ -17,6 +17,7 @@ Order: for each run, for each workload, for each system — a *fresh* instance (
 A system that fails to set up or whose measurement crashes is recorded in ``errors`` and the
 run goes on; everything is torn down in ``finally`` and the :class:`Janitor` sweeps the rest.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -63,7 +64,9 @@ class Options:
 class Suite:
     opts: Options
     workdir: Path
-    log: Callable[[str], None] = lambda msg: print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+    log: Callable[[str], None] = lambda msg: print(
+        f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True
+    )
     records: list[dict[str, Any]] = field(default_factory=list)
     rss: dict[str, dict[str, float]] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
@@ -79,10 +82,31 @@ class Suite:
 
     # ------------------------------------------------------------------ helpers
 
-    def rec(self, system: str, workload: str, phase: str, metric: str, value: float | None,
-            unit: str, better: str, run: int, **extra: Any) -> None:  # fmt: skip
-        self.records.append({"system": system, "workload": workload, "phase": phase, "metric": metric,
-                             "value": value, "unit": unit, "better": better, "run": run, **extra})  # fmt: skip
+    def rec(
+        self,
+        system: str,
+        workload: str,
+        phase: str,
+        metric: str,
+        value: float | None,
+        unit: str,
+        better: str,
+        run: int,
+        **extra: Any,
+    ) -> None:
+        self.records.append(
+            {
+                "system": system,
+                "workload": workload,
+                "phase": phase,
+                "metric": metric,
+                "value": value,
+                "unit": unit,
+                "better": better,
+                "run": run,
+                **extra,
+            }
+        )
 
     def note_rss(self, system: str, workload: str, mib: float | None) -> None:
         if mib is not None:
@@ -97,10 +121,13 @@ class Suite:
     def child(self, args: dict[str, Any], timeout: float) -> dict[str, Any]:
         """Run one measurement in ``python -m tools.bench.workloads``; kill its group on overrun."""
         proc = subprocess.Popen(
-            [sys.executable, "-m", "tools.bench.workloads"], cwd=REPO_ROOT,
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            [sys.executable, "-m", "tools.bench.workloads"],
+            cwd=REPO_ROOT,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
             start_new_session=True,
-        )  # fmt: skip
+        )
         try:
             out, err = proc.communicate(json.dumps(args).encode(), timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -123,7 +150,9 @@ class Suite:
     def files(self, which: str) -> list[list[Any]]:
         return [[e.key, e.size] for e in self.plans[which]]
 
-    def measure(self, system: System, workload: str, args: dict[str, Any], timeout: float) -> tuple[dict[str, Any], dict[str, float]]:
+    def measure(
+        self, system: System, workload: str, args: dict[str, Any], timeout: float
+    ) -> tuple[dict[str, Any], dict[str, float]]:
         """One child measurement on ``system``, with fluidfs source-counter deltas."""
         m0 = system.metrics()
         res = self.child({**args, "backend": system.backend()}, timeout)
@@ -136,9 +165,27 @@ class Suite:
 
     def rec_source(self, system: System, workload: str, phase: str, run: int, deltas: dict[str, float]) -> None:
         if "fluidfs_source_requests_total" in deltas:
-            self.rec(system.name, workload, phase, "source requests", deltas["fluidfs_source_requests_total"], "", "lower", run)
+            self.rec(
+                system.name,
+                workload,
+                phase,
+                "source requests",
+                deltas["fluidfs_source_requests_total"],
+                "",
+                "lower",
+                run,
+            )
         if "fluidfs_source_bytes_total" in deltas:
-            self.rec(system.name, workload, phase, "source MB", deltas["fluidfs_source_bytes_total"] / 1e6, "MB", "lower", run)
+            self.rec(
+                system.name,
+                workload,
+                phase,
+                "source MB",
+                deltas["fluidfs_source_bytes_total"] / 1e6,
+                "MB",
+                "lower",
+                run,
+            )
 
     # ------------------------------------------------------------------ workloads
 
@@ -146,8 +193,14 @@ class Suite:
         if workload == "seq":
             args: dict[str, Any] = {"workload": "seq", "files": self.files("large"), "budget": self.opts.budget}
         else:
-            args = {"workload": "rand", "files": self.files("large"), "ops": self.opts.rand_ops,
-                    "seed": 1000 + run, "threads": 4, "budget": self.opts.budget}  # fmt: skip
+            args = {
+                "workload": "rand",
+                "files": self.files("large"),
+                "ops": self.opts.rand_ops,
+                "seed": 1000 + run,
+                "threads": 4,
+                "budget": self.opts.budget,
+            }
         timeout = self.opts.budget * 2 + 60
         for phase in ("cold", "warm", "warm_dropped"):
             if phase != "warm":
@@ -164,9 +217,16 @@ class Suite:
 
     def wl_loader(self, system: System, run: int) -> None:
         """3 epochs in one DataLoader child: cold, warm, warm after dropping the page cache."""
-        args = {"workload": "loader", "files": self.files("small"), "budget": self.opts.budget,
-                "workers": self.opts.loader_workers, "seed": run, "epochs": 3, "drop_before": [0, 2],
-                "metrics_url": system.metrics_url()}  # fmt: skip
+        args = {
+            "workload": "loader",
+            "files": self.files("small"),
+            "budget": self.opts.budget,
+            "workers": self.opts.loader_workers,
+            "seed": run,
+            "epochs": 3,
+            "drop_before": [0, 2],
+            "metrics_url": system.metrics_url(),
+        }
         res, _ = self.measure(system, "loader", args, self.opts.budget * 3 + 120)
         if res.get("skipped"):
             self.skipped.setdefault(f"loader:{system.name}", res["skipped"])
@@ -176,12 +236,24 @@ class Suite:
             return
         for i, ep in enumerate(res["epochs"]):
             phase = ("epoch1 cold", "epoch2 warm", "epoch3 warm_dropped")[i]
-            self.rec(system.name, "loader", phase, "samples/s", ep["samples/s"], "samples/s", "higher",
-                     run, partial=ep["partial"])  # fmt: skip
-            self.rec_source(system, "loader", phase, run, source_deltas(ep.get("metrics_before"), ep.get("metrics_after")))
+            self.rec(
+                system.name,
+                "loader",
+                phase,
+                "samples/s",
+                ep["samples/s"],
+                "samples/s",
+                "higher",
+                run,
+                partial=ep["partial"],
+            )
+            self.rec_source(
+                system, "loader", phase, run, source_deltas(ep.get("metrics_before"), ep.get("metrics_after"))
+            )
 
     def wl_meta(self, system: System, run: int, fresh: Callable[[], None]) -> None:
         timeout = self.opts.budget * 2
+
         def one(kind: str, phase: str) -> None:
             res, deltas = self.measure(system, "meta", {"workload": kind, "prefix": "meta"}, timeout)
             if res.get("timeout"):
@@ -189,7 +261,9 @@ class Suite:
                 return
             expected = len(self.plans["meta"])
             if res.get("files") != expected:
-                self.errors.append(f"{system.name} meta {kind} {phase} run {run}: saw {res.get('files')} of {expected} files")
+                self.errors.append(
+                    f"{system.name} meta {kind} {phase} run {run}: saw {res.get('files')} of {expected} files"
+                )
             self.rec(system.name, "meta", phase, kind, res["seconds"], "s", "lower", run)
             self.rec_source(system, "meta", f"{phase} {kind}", run, deltas)
 
@@ -209,33 +283,64 @@ class Suite:
         small_total = ds.total_bytes(self.plans["small"])
         cache = max(small_total // 2, 16 * MiB)
         mem = max(8 * MiB, min(32 * MiB, cache // 8))  # fluidfs needs >= 2 blocks (4 MiB default)
-        note = (f"pressure: small set {small_total / 1e6:.1f} MB, fluidfs SSD cache {cache / 1e6:.1f} MB, "
-                f"memory tier {mem / MiB:.0f} MiB")  # fmt: skip
+        note = (
+            f"pressure: small set {small_total / 1e6:.1f} MB, fluidfs SSD cache {cache / 1e6:.1f} MB, "
+            f"memory tier {mem / MiB:.0f} MiB"
+        )
         if note not in self.notes:
             self.notes.append(note)
         for ev in ("lru", "none"):
-            system = Fluidfs(self.store, self.workdir, self.janitor, self._sysopts(), eviction=ev,
-                             cache_size=cache, memory_size=mem, name=f"fluidfs-{ev}")  # fmt: skip
+            system = Fluidfs(
+                self.store,
+                self.workdir,
+                self.janitor,
+                self._sysopts(),
+                eviction=ev,
+                cache_size=cache,
+                memory_size=mem,
+                name=f"fluidfs-{ev}",
+            )
             try:
                 system.setup()
-                res = self.child({"workload": "loader", "files": self.files("small"), "epochs": 3,
-                                  "drop_before": [0, 1, 2], "budget": self.opts.budget,
-                                  "workers": self.opts.loader_workers, "seed": run * 10,
-                                  "metrics_url": system.metrics_url(), "backend": system.backend()},
-                                 self.opts.budget * 3 + 120)  # fmt: skip
+                res = self.child(
+                    {
+                        "workload": "loader",
+                        "files": self.files("small"),
+                        "epochs": 3,
+                        "drop_before": [0, 1, 2],
+                        "budget": self.opts.budget,
+                        "workers": self.opts.loader_workers,
+                        "seed": run * 10,
+                        "metrics_url": system.metrics_url(),
+                        "backend": system.backend(),
+                    },
+                    self.opts.budget * 3 + 120,
+                )
                 if res.get("skipped"):
                     raise _Skip(res["skipped"])
                 if res.get("timeout"):
-                    self.rec(system.name, "pressure", "epoch1", "samples/s", None, "samples/s", "higher", run, timeout=True)
+                    self.rec(
+                        system.name, "pressure", "epoch1", "samples/s", None, "samples/s", "higher", run, timeout=True
+                    )
                 for i, ep in enumerate(res.get("epochs", [])):
                     phase = f"epoch{i + 1}"
-                    self.rec(system.name, "pressure", phase, "samples/s", ep["samples/s"], "samples/s", "higher",
-                             run, partial=ep["partial"])  # fmt: skip
+                    self.rec(
+                        system.name,
+                        "pressure",
+                        phase,
+                        "samples/s",
+                        ep["samples/s"],
+                        "samples/s",
+                        "higher",
+                        run,
+                        partial=ep["partial"],
+                    )
                     hr, bhr = hit_ratios(ep.get("metrics_before"), ep.get("metrics_after"), ep["bytes"])
                     self.rec(system.name, "pressure", phase, "hit ratio", hr, "", "higher", run)
                     self.rec(system.name, "pressure", phase, "byte hit ratio", bhr, "", "higher", run)
-                    self.rec_source(system, "pressure", phase, run,
-                                    source_deltas(ep.get("metrics_before"), ep.get("metrics_after")))
+                    self.rec_source(
+                        system, "pressure", phase, run, source_deltas(ep.get("metrics_before"), ep.get("metrics_after"))
+                    )
                 self.note_rss(system.name, "pressure", system.peak_rss_mib())
             except _Skip as exc:
                 for name in ("fluidfs-lru", "fluidfs-none"):
@@ -250,9 +355,11 @@ class Suite:
     # ------------------------------------------------------------------ driver
 
     def _sysopts(self) -> dict[str, Any]:
-        return {"fuse_read_ahead_kb": self.opts.fuse_read_ahead_kb,
-                "fluidfs_cache_size": self.opts.fluidfs_cache_size,
-                "fluidfs_memory_size": self.opts.fluidfs_memory_size}  # fmt: skip
+        return {
+            "fuse_read_ahead_kb": self.opts.fuse_read_ahead_kb,
+            "fluidfs_cache_size": self.opts.fluidfs_cache_size,
+            "fluidfs_memory_size": self.opts.fluidfs_memory_size,
+        }
 
     def run(self) -> dict[str, Any]:
         t_start = time.time()
@@ -267,17 +374,22 @@ class Suite:
             self.notes.append("pressure workload needs fluidfs in --systems")
         try:
             self.log(f"starting SeaweedFS + latency proxy ({o.latency_ms} ms) in {self.workdir}")
-            self.store = open_store(self.workdir, o.latency_ms, o.bandwidth_mbit, register=self.janitor.add_pid,
-                                    shaper=o.shaper)  # fmt: skip
+            self.store = open_store(
+                self.workdir, o.latency_ms, o.bandwidth_mbit, register=self.janitor.add_pid, shaper=o.shaper
+            )
             self.shaping = self.store.shaping
-            self.log(f"store ready: {self.store.endpoint} (direct {self.store.direct_endpoint}; "
-                     f"bandwidth shaping: {self.shaping})")  # fmt: skip
+            self.log(
+                f"store ready: {self.store.endpoint} (direct {self.store.direct_endpoint}; "
+                f"bandwidth shaping: {self.shaping})"
+            )
             if os.environ.get("FLUIDFS_BENCH_INJECT_FAILURE") == "after-store":  # cleanup test hook
                 raise RuntimeError("injected failure after the store started")
             need = {"seq": ["large"], "rand": ["large"], "loader": ["small"], "pressure": ["small"], "meta": ["meta"]}
             which = sorted({d for w in o.workloads for d in need[w]}, key=ds.PREFIXES.index)
             t0 = time.monotonic()
-            self.plans = ds.generate(o.spec, which, self.store.direct_client(), self.store.bucket, self.workdir / "local")
+            self.plans = ds.generate(
+                o.spec, which, self.store.direct_client(), self.store.bucket, self.workdir / "local"
+            )
             self.log(f"datasets {which} ready in {time.monotonic() - t0:.1f}s")
             for name in o.systems:
                 if name not in self.skipped:
@@ -311,10 +423,12 @@ class Suite:
             elif w == "loader":
                 self.wl_loader(system, run)
             elif w == "meta":
+
                 def fresh() -> None:
                     self.note_rss(system.name, w, system.peak_rss_mib())
                     system.teardown()
                     system.setup()
+
                 self.wl_meta(system, run, fresh)
             self.note_rss(system.name, w, system.peak_rss_mib())
         except _Skip:
@@ -336,20 +450,33 @@ class Suite:
                 skipped.setdefault(f"{k.split(':', 1)[1]} (loader)", v)
         return {
             "meta": {
-                "runs": o.runs, "latency_ms": o.latency_ms, "bandwidth_mbit": o.bandwidth_mbit,
-                "systems": o.systems, "workloads": o.workloads, "budget_s": o.budget,
-                "loader_workers": o.loader_workers, "rand_ops": o.rand_ops, "shaping": self.shaping,
-                "fluidfs_memory_mib": o.fluidfs_memory_size / MiB, "fluidfs_cache_mib": o.fluidfs_cache_size / MiB,
-                "spec": sp.__dict__, "seconds": round(seconds, 1), "quick": o.quick,
-                "datasets_desc": (f"large {sp.large_files} x {sp.large_size / MiB:g} MiB; small {sp.small_files} x "
-                                  f"~{sp.small_size / 1024:g} KiB in {sp.classes} classes; meta {sp.meta_files} files"),
-                "machine": machine(), "notes": self.notes,
-            },  # fmt: skip
+                "runs": o.runs,
+                "latency_ms": o.latency_ms,
+                "bandwidth_mbit": o.bandwidth_mbit,
+                "systems": o.systems,
+                "workloads": o.workloads,
+                "budget_s": o.budget,
+                "loader_workers": o.loader_workers,
+                "rand_ops": o.rand_ops,
+                "shaping": self.shaping,
+                "fluidfs_memory_mib": o.fluidfs_memory_size / MiB,
+                "fluidfs_cache_mib": o.fluidfs_cache_size / MiB,
+                "spec": sp.__dict__,
+                "seconds": round(seconds, 1),
+                "quick": o.quick,
+                "datasets_desc": (
+                    f"large {sp.large_files} x {sp.large_size / MiB:g} MiB; small {sp.small_files} x "
+                    f"~{sp.small_size / 1024:g} KiB in {sp.classes} classes; meta {sp.meta_files} files"
+                ),
+                "machine": machine(),
+                "notes": self.notes,
+            },
             "records": self.records,
             "rss": self.rss,
             "skipped": {k: v for k, v in skipped.items()},
-            "workload_skipped": {"loader": {k.split(":", 1)[1]: v for k, v in self.skipped.items()
-                                            if k.startswith("loader:")}},
+            "workload_skipped": {
+                "loader": {k.split(":", 1)[1]: v for k, v in self.skipped.items() if k.startswith("loader:")}
+            },
             "errors": self.errors,
         }
 
@@ -368,8 +495,9 @@ def source_deltas(m0: dict[str, dict[str, float]] | None, m1: dict[str, dict[str
     return out
 
 
-def hit_ratios(m0: dict[str, dict[str, float]] | None, m1: dict[str, dict[str, float]] | None,
-               bytes_read: int) -> tuple[float | None, float | None]:  # fmt: skip
+def hit_ratios(
+    m0: dict[str, dict[str, float]] | None, m1: dict[str, dict[str, float]] | None, bytes_read: int
+) -> tuple[float | None, float | None]:
     """(block hit ratio, byte hit ratio) between two metric snapshots; None where unknown."""
     if m0 is None or m1 is None:
         return None, None
@@ -383,7 +511,9 @@ def hit_ratios(m0: dict[str, dict[str, float]] | None, m1: dict[str, dict[str, f
     hits = delta("fluidfs_cache_hits_total")
     if hits is not None and "fluidfs_cache_misses_total" in m1:
         tiers = [k for k in m1["fluidfs_cache_misses_total"] if k.startswith("tier=")]
-        misses = [delta("fluidfs_cache_misses_total", t) or 0.0 for t in tiers] or [delta("fluidfs_cache_misses_total") or 0.0]
+        misses = [delta("fluidfs_cache_misses_total", t) or 0.0 for t in tiers] or [
+            delta("fluidfs_cache_misses_total") or 0.0
+        ]
         lowest = min(misses)
         hr = hits / (hits + lowest) if hits + lowest > 0 else None
     bhr = None
@@ -407,5 +537,11 @@ def machine() -> dict[str, Any]:
     load = ""
     with contextlib.suppress(OSError):
         load = Path("/proc/loadavg").read_text().split()[:3]  # type: ignore[assignment]
-    return {"cpus": os.cpu_count(), "cpu": cpu, "mem": mem, "kernel": platform.release(),
-            "python": platform.python_version(), "loadavg_at_end": load}  # fmt: skip
+    return {
+        "cpus": os.cpu_count(),
+        "cpu": cpu,
+        "mem": mem,
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "loadavg_at_end": load,
+    }

@@ -14,6 +14,7 @@ Caveats: s3fs/rclone daemon pids are found by scanning /proc for the mount point
 command line.  drop_caches needs root; without it "cold"/"warm_dropped" keep the page cache
 (noted in the result's meta).
 """
+
 from __future__ import annotations
 
 import atexit
@@ -59,9 +60,7 @@ class Janitor:
 
     def _save(self) -> None:
         with contextlib.suppress(OSError):
-            (self.workdir / "state.json").write_text(
-                json.dumps({"mounts": self.all_mounts, "pids": self.all_pids})
-            )
+            (self.workdir / "state.json").write_text(json.dumps({"mounts": self.all_mounts, "pids": self.all_pids}))
 
     def add_mount(self, path: str) -> None:
         self.mounts.append(path)
@@ -209,8 +208,13 @@ class Boto3Direct(System):
     name = "boto3"
 
     def backend(self) -> dict[str, Any]:
-        return {"kind": "s3", "endpoint": self.store.endpoint, "bucket": self.store.bucket,
-                "access_key": self.store.access_key, "secret_key": self.store.secret_key}  # fmt: skip
+        return {
+            "kind": "s3",
+            "endpoint": self.store.endpoint,
+            "bucket": self.store.bucket,
+            "access_key": self.store.access_key,
+            "secret_key": self.store.secret_key,
+        }
 
 
 class _FuseSystem(System):
@@ -275,12 +279,19 @@ class S3fs(_FuseSystem):
         passwd.chmod(0o600)
         self.janitor.add_mount(str(mnt))
         log = self.base / "s3fs.log"
-        opts = (f"ro,use_path_request_style,url={self.store.endpoint},use_cache={cache},"
-                f"passwd_file={passwd},endpoint=us-east-1,logfile={log}")  # fmt: skip
+        opts = (
+            f"ro,use_path_request_style,url={self.store.endpoint},use_cache={cache},"
+            f"passwd_file={passwd},endpoint=us-east-1,logfile={log}"
+        )
         out = self.base / "s3fs.out"
         with open(out, "wb") as f:
-            proc = subprocess.run(["s3fs", self.store.bucket, str(mnt), "-o", opts], stdin=subprocess.DEVNULL,
-                                  stdout=f, stderr=subprocess.STDOUT, timeout=60)  # fmt: skip
+            proc = subprocess.run(
+                ["s3fs", self.store.bucket, str(mnt), "-o", opts],
+                stdin=subprocess.DEVNULL,
+                stdout=f,
+                stderr=subprocess.STDOUT,
+                timeout=60,
+            )
         if proc.returncode != 0:
             raise RuntimeError(f"s3fs failed: {out.read_text(errors='replace')[-1000:]}")
         wait_mounted(str(mnt), 30, log=log)
@@ -308,9 +319,25 @@ class Rclone(_FuseSystem):
         conf.chmod(0o600)
         log = self.base / "rclone.log"
         self.janitor.add_mount(str(mnt))
-        cmd = ["env", "-u", "AWS_CA_BUNDLE", "rclone", "--config", str(conf), "mount",
-               f"bench:{self.store.bucket}", str(mnt), "--read-only", "--vfs-cache-mode", "full",
-               "--cache-dir", str(cache), "--daemon", "--log-file", str(log)]  # fmt: skip
+        cmd = [
+            "env",
+            "-u",
+            "AWS_CA_BUNDLE",
+            "rclone",
+            "--config",
+            str(conf),
+            "mount",
+            f"bench:{self.store.bucket}",
+            str(mnt),
+            "--read-only",
+            "--vfs-cache-mode",
+            "full",
+            "--cache-dir",
+            str(cache),
+            "--daemon",
+            "--log-file",
+            str(log),
+        ]
         # Not a pipe: the --daemon child would inherit it and run() would wait for its EOF.
         out = self.base / "rclone.out"
         with open(out, "wb") as f:
@@ -324,8 +351,13 @@ class Rclone(_FuseSystem):
 def fluidfs_cli_available() -> str | None:
     """None if ``python -m fluidfs mount --help`` works, else why not."""
     try:
-        p = subprocess.run([sys.executable, "-m", "fluidfs", "mount", "--help"], cwd=REPO_ROOT,
-                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=60)  # fmt: skip
+        p = subprocess.run(
+            [sys.executable, "-m", "fluidfs", "mount", "--help"],
+            cwd=REPO_ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            timeout=60,
+        )
     except (OSError, subprocess.SubprocessError) as exc:
         return f"fluidfs CLI not runnable ({exc})"
     if p.returncode != 0:
@@ -341,8 +373,15 @@ class Fluidfs(_FuseSystem):
     exe_names = ()
     eviction: str | None = None  # None: fluidfs's own default
 
-    def __init__(self, *a: Any, eviction: str | None = None, cache_size: int | None = None,
-                 memory_size: int | None = None, name: str | None = None, **kw: Any) -> None:  # fmt: skip
+    def __init__(
+        self,
+        *a: Any,
+        eviction: str | None = None,
+        cache_size: int | None = None,
+        memory_size: int | None = None,
+        name: str | None = None,
+        **kw: Any,
+    ) -> None:
         super().__init__(*a, **kw)
         if eviction:
             self.eviction = eviction
@@ -363,19 +402,37 @@ class Fluidfs(_FuseSystem):
         pidf = self.base / "fluidfs.pid"
         log = self.base / "fluidfs.log"
         self.janitor.add_mount(str(mnt))
-        cmd = [sys.executable, "-m", "fluidfs", "mount", f"s3://{self.store.bucket}", str(mnt),
-               "--cache-dir", str(cache), "--cache-size", str(self.cache_size),
-               "--memory-size", str(self.memory_size),
-               "--metrics-addr", f"127.0.0.1:{self.metrics_port}", "--log-file", str(log),
-               "--endpoint", self.store.endpoint, "--pid-file", str(pidf)]  # fmt: skip
+        cmd = [
+            sys.executable,
+            "-m",
+            "fluidfs",
+            "mount",
+            f"s3://{self.store.bucket}",
+            str(mnt),
+            "--cache-dir",
+            str(cache),
+            "--cache-size",
+            str(self.cache_size),
+            "--memory-size",
+            str(self.memory_size),
+            "--metrics-addr",
+            f"127.0.0.1:{self.metrics_port}",
+            "--log-file",
+            str(log),
+            "--endpoint",
+            self.store.endpoint,
+            "--pid-file",
+            str(pidf),
+        ]
         if self.eviction:
             cmd += ["--eviction", self.eviction]
         env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
         env.update(self.store.env())
         out = self.base / "fluidfs.out"
         with open(out, "ab") as lf:
-            proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdin=subprocess.DEVNULL,
-                                    stdout=lf, stderr=subprocess.STDOUT)  # fmt: skip
+            proc = subprocess.Popen(
+                cmd, cwd=REPO_ROOT, env=env, stdin=subprocess.DEVNULL, stdout=lf, stderr=subprocess.STDOUT
+            )
         try:
             proc.wait(60)
         except subprocess.TimeoutExpired:
@@ -394,8 +451,13 @@ class Fluidfs(_FuseSystem):
 
     def _unmount(self) -> None:
         with contextlib.suppress(OSError, subprocess.SubprocessError):
-            subprocess.run([sys.executable, "-m", "fluidfs", "umount", str(self.mnt)], cwd=REPO_ROOT,
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=30)  # fmt: skip
+            subprocess.run(
+                [sys.executable, "-m", "fluidfs", "umount", str(self.mnt)],
+                cwd=REPO_ROOT,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                timeout=30,
+            )
 
     def metrics_url(self) -> str | None:
         return f"http://127.0.0.1:{self.metrics_port}/metrics" if self.metrics_port else None

@@ -23,6 +23,7 @@ Workloads:
 
 Throughput workloads stop at ``budget`` seconds and report what they did (``partial: true``).
 """
+
 from __future__ import annotations
 
 import json
@@ -75,6 +76,7 @@ def seq(args: dict[str, Any]) -> dict[str, Any]:
         part = max(MiB, min(8 * MiB, biggest // 8))
         with ThreadPoolExecutor(8) as pool:
             for key, size in files:
+
                 def get(off: int, key: str = key, size: int = size) -> int:
                     end = min(size, off + part) - 1
                     r = s3.get_object(Bucket=b["bucket"], Key=key, Range=f"bytes={off}-{end}")
@@ -150,8 +152,9 @@ def find(args: dict[str, Any]) -> dict[str, Any]:
     t0 = time.perf_counter()
     out = subprocess.run(
         ["find", os.path.join(b["root"], args["prefix"]), "-type", "f"],
-        check=True, stdout=subprocess.PIPE,
-    )  # fmt: skip
+        check=True,
+        stdout=subprocess.PIPE,
+    )
     dt = time.perf_counter() - t0
     return {"seconds": dt, "files": out.stdout.count(b"\n")}
 
@@ -243,8 +246,18 @@ def loader(args: dict[str, Any]) -> dict[str, Any]:
                 partial = True
                 break
         dt = time.perf_counter() - t0
-        epochs.append({"samples/s": n / dt, "samples": n, "bytes": nbytes, "seconds": dt, "partial": partial,
-                       "dropped": e in drop_before, "metrics_before": m0, "metrics_after": _metrics(metrics_url)})
+        epochs.append(
+            {
+                "samples/s": n / dt,
+                "samples": n,
+                "bytes": nbytes,
+                "seconds": dt,
+                "partial": partial,
+                "dropped": e in drop_before,
+                "metrics_before": m0,
+                "metrics_after": _metrics(metrics_url),
+            }
+        )
     return {"epochs": epochs}
 
 
