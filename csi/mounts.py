@@ -40,7 +40,7 @@ import sys
 import tempfile
 import threading
 import time
-from typing import Mapping
+from collections.abc import Mapping
 
 import grpc
 import yaml

@@ -22,14 +22,14 @@ import contextlib
 import logging
 import os
 import threading
-from typing import Callable, Iterator, TypeVar
+from collections.abc import Callable, Iterator
+from typing import TypeVar
 
 import grpc
 
-from . import TOPOLOGY_KEY
+from . import TOPOLOGY_KEY, metrics
 from ._gen import csi_pb2 as pb
 from ._gen import csi_pb2_grpc as pb_grpc
-from . import metrics
 from .mounts import MountManager, probe, unmount
 from .state import Publication, Volume
 from .volumes import (

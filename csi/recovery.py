@@ -39,7 +39,7 @@ class Monitor:
     def run_once(self) -> int:
         try:
             repairs = self.manager.check_all()
-        except Exception:  # noqa: BLE001 - the monitor must survive anything and retry
+        except Exception:
             log.exception("recovery pass failed")
             return 0
         if repairs:

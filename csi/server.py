@@ -21,15 +21,15 @@ import os
 import signal
 import sys
 import threading
+from collections.abc import Sequence
 from concurrent import futures
-from typing import Sequence
 
 import grpc
 
 from fluidfs.util.sizes import parse_duration
 
-from ._gen import csi_pb2_grpc as pb_grpc
 from . import metrics
+from ._gen import csi_pb2_grpc as pb_grpc
 from .controller import ControllerServicer
 from .identity import IdentityServicer
 from .mounts import MountManager, fluidfs_command, fuse_usable

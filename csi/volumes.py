@@ -25,8 +25,9 @@ import hashlib
 import json
 import posixpath
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 import grpc
 import yaml
@@ -318,7 +319,7 @@ def build_document(req: DatasetRequest, secret_files: Mapping[str, str]) -> dict
                 creds[cname] = {"file": secret_files[key]}
         elif creds is None and by_cred and str(m.get("mountPoint", "")).startswith("s3://"):
             m["credentials"] = by_cred
-    return doc
+    return dict(doc)
 
 
 def _secret_ref_key(ref: Any) -> str | None:

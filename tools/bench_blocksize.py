@@ -23,10 +23,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from fluidfs.daemon.record import read_record  # noqa: E402
-from fluidfs.util.sizes import parse_size  # noqa: E402
-from fluidfs.util.prom import fetch_samples, total  # noqa: E402
-from tools.bench.store import BUCKET, open_store  # noqa: E402
+from fluidfs.daemon.record import read_record
+from fluidfs.util.prom import fetch_samples, total
+from fluidfs.util.sizes import parse_size
+from tools.bench.store import BUCKET, open_store
 
 MiB = 1 << 20
 
@@ -119,7 +119,7 @@ def main() -> int:
     try:
         client = store.direct_client()
         files = [f"large/shard-{i}.bin" for i in range(args.files)]
-        for i, key in enumerate(files):
+        for key in files:
             client.put_object(Bucket=BUCKET, Key=key, Body=os.urandom(size))
         env = store.env()
         print(f"SeaweedFS behind a {args.latency_ms:g} ms proxy; {args.files} x {args.size}; median of {args.runs}\n")

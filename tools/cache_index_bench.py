@@ -28,10 +28,10 @@ import zlib
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from fluidfs.cache.base import BlockKey  # noqa: E402
-from fluidfs.cache.ssd import SSDTier  # noqa: E402
-from fluidfs.util.proc import drop_page_cache as drop_caches  # noqa: E402
-from fluidfs.util.sizes import parse_size  # noqa: E402
+from fluidfs.cache.base import BlockKey
+from fluidfs.cache.ssd import SSDTier
+from fluidfs.util.proc import drop_page_cache as drop_caches
+from fluidfs.util.sizes import parse_size
 
 
 def keys(n: int, block_size: int) -> list[BlockKey]:

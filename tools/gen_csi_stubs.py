@@ -1,4 +1,4 @@
-"""Regenerate the committed CSI gRPC stubs (csi/_gen/csi_pb2.py + .pyi, csi/_gen/csi_pb2_grpc.py) from csi/proto/csi.proto.
+"""Regenerate the committed CSI gRPC stubs in csi/_gen (csi_pb2.py + .pyi, csi_pb2_grpc.py) from csi/proto/csi.proto.
 
 Usage: ``python tools/gen_csi_stubs.py [--check] [--out DIR]``.  ``--check`` regenerates into a
 temporary directory and exits 1 if the committed stubs differ (used by tests/csi/test_stubs.py).

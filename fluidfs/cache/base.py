@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import Protocol, Union
+from typing import Protocol
 
-Buffer = Union[bytes, memoryview]
+Buffer = bytes | memoryview
 
 
 @dataclass(frozen=True, slots=True)

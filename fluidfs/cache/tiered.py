@@ -13,7 +13,7 @@ served from the source; the tier itself decides to go degraded.
 from __future__ import annotations
 
 import logging
-from typing import Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
 import trio
 

@@ -21,9 +21,9 @@ import importlib.util
 import os
 import random
 import shutil
+import socket
 import subprocess
 import sys
-import socket
 import tempfile
 import time
 import urllib.request

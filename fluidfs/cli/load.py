@@ -51,7 +51,8 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
             given.append("-o")
         if given:
             raise ConfigError(
-                f"{', '.join(given)}: only for loading a SOURCE; {args.source} is a mount and uses its own configuration"
+                f"{', '.join(given)}: only for loading a SOURCE; "
+                f"{args.source} is a mount and uses its own configuration"
             )
         # inside a mount: `load /mnt/data/train [PATH]` = `load /mnt/data train[/PATH]`
         rels = resolve_paths(root, [os.path.join(sub, p) for p in args.paths] or [sub])

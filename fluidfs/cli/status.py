@@ -169,9 +169,8 @@ def render(st: dict[str, Any]) -> str:
         hits = f"  hit ratio {_pct(tier.get('hit_ratio'))}"
         if "hits" in tier:
             hits += f" ({tier['hits']} hits, {tier['misses']} misses)"
-        lines.append(
-            f"  {'cache' if i == 0 else '':<10} {t}  {_size(tier.get('used_bytes'))} / {_size(tier.get('quota_bytes'))}{hits}"
-        )
+        used, quota = _size(tier.get("used_bytes")), _size(tier.get("quota_bytes"))
+        lines.append(f"  {'cache' if i == 0 else '':<10} {t}  {used} / {quota}{hits}")
     lines.append(f"  {'':<10} overall hit ratio {_pct(st.get('hit_ratio'))} (since mount)")
     src = st.get("source")
     if src:

@@ -13,6 +13,7 @@ Caveats: one mount per process.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import dataclasses
 import logging
@@ -35,11 +36,11 @@ from fluidfs.daemon.spawn import check_mountpoint
 from fluidfs.errors import FluidfsError, MountError, exit_code
 from fluidfs.fs.fuse_ops import FluidOperations
 from fluidfs.fs.namespace import MountRef, Namespace
+from fluidfs.fs.vfs import Vfs
 from fluidfs.sources.aio import AsyncSource
 from fluidfs.sources.base import Source
 from fluidfs.sources.registry import open_sources
 from fluidfs.spec.model import Dataset, MountSpec
-from fluidfs.fs.vfs import Vfs
 
 log = logging.getLogger(__name__)
 
@@ -173,14 +174,11 @@ class MountDaemon:
 
         def invalidate() -> None:
             for inode, parent, name in nodes:
-                for call in (
-                    lambda: pyfuse3.invalidate_inode(inode, attr_only=True),
-                    lambda: pyfuse3.invalidate_entry(parent, name.encode("utf-8", "surrogateescape")),
-                ):
-                    try:
-                        call()
-                    except OSError:
-                        pass  # the kernel does not know this inode/entry: nothing to forget
+                # OSError: the kernel does not know this inode/entry, nothing to forget
+                with contextlib.suppress(OSError):
+                    pyfuse3.invalidate_inode(inode, attr_only=True)
+                with contextlib.suppress(OSError):
+                    pyfuse3.invalidate_entry(parent, name.encode("utf-8", "surrogateescape"))
 
         await trio.to_thread.run_sync(invalidate)
         log.info("dataset %s: metadata refreshed (%d entries invalidated)", self.dataset.name, len(nodes))

@@ -12,7 +12,8 @@ import functools
 import logging
 import os
 import time
-from typing import Any, Awaitable, Callable, TypeVar
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import pyfuse3
 
@@ -39,7 +40,7 @@ def errno_of(exc: BaseException) -> int:
 def _op(name: str) -> Callable[[F], F]:
     def deco(fn: F) -> F:
         @functools.wraps(fn)
-        async def wrapper(self: "FluidOperations", *args: Any) -> Any:
+        async def wrapper(self: FluidOperations, *args: Any) -> Any:
             ds = self.vfs.dataset
             m = self._m.get(name)
             if m is None:

@@ -16,11 +16,12 @@ directory) gets a new inode.
 
 from __future__ import annotations
 
+import errno as E
 import logging
 import math
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import AsyncIterator
 
 import trio
 from cachetools import TTLCache
@@ -30,8 +31,6 @@ from fluidfs.errors import FsOpError, NotFoundError, SourceError, UnavailableErr
 from fluidfs.sources.aio import AsyncSource
 from fluidfs.sources.base import Entry
 from fluidfs.spec.model import MountSpec
-
-import errno as E
 
 log = logging.getLogger(__name__)
 

@@ -15,9 +15,9 @@ import errno as E
 import logging
 import os
 import stat as S
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from itertools import count
-from typing import AsyncIterator
 
 from fluidfs.cache.base import BlockKey
 from fluidfs.cache.tiered import TieredCache
@@ -26,6 +26,7 @@ from fluidfs.errors import FsOpError, VersionChangedError
 from fluidfs.fs.namespace import Namespace, Node
 from fluidfs.fs.reader import FileReader, Prefetcher
 from fluidfs.fs.xattrs import XATTR_CACHED, XATTR_SOURCE, XATTR_VERSION
+from fluidfs.sources.aio import AsyncSource
 from fluidfs.sources.base import Entry
 
 log = logging.getLogger(__name__)
@@ -209,7 +210,9 @@ class Vfs:
             if self.cache.tier_of(key) is None:
                 src = parent.mount.source
 
-                async def fetch(rel: str = rel, size: int = entry.size, version: str = entry.version) -> bytes:
+                async def fetch(
+                    rel: str = rel, size: int = entry.size, version: str = entry.version, src: AsyncSource = src
+                ) -> bytes:
                     return await src.read(rel, 0, size, version)
 
                 if not self.prefetcher.submit(key, fetch, entry.size):

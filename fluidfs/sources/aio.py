@@ -8,7 +8,8 @@ in the ``fluidfs_source_*`` metrics.
 from __future__ import annotations
 
 import time
-from typing import Callable, Iterator, TypeVar
+from collections.abc import Callable, Iterator
+from typing import TypeVar
 
 import trio
 
@@ -53,7 +54,7 @@ class AsyncSource:
     async def check(self) -> None:
         await self._call("check", self.source.check)
 
-    def pages(self, path: str) -> "PageIterator":
+    def pages(self, path: str) -> PageIterator:
         """Async iterator over the directory's listing pages (one source request per page)."""
         return PageIterator(self, path)
 
@@ -69,7 +70,7 @@ class PageIterator:
         self._path = path
         self._it: Iterator[list[Entry]] | None = None
 
-    def __aiter__(self) -> "PageIterator":
+    def __aiter__(self) -> PageIterator:
         return self
 
     def _next(self) -> object:

@@ -16,8 +16,8 @@ library exceptions are converted at this edge.
 from __future__ import annotations
 
 import abc
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,5 +73,5 @@ class Source(abc.ABC):
         """
         self.stat("")
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - an optional hook with a default, not abstract
         """Release connections.  Default: nothing."""

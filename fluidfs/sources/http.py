@@ -35,8 +35,8 @@ import logging
 import re
 import threading
 import urllib.parse
+from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from typing import Iterator, Mapping
 
 import urllib3
 from urllib3.exceptions import HTTPError, MaxRetryError, SSLError
@@ -118,7 +118,7 @@ class HTTPSource(Source):
                 raise ValueError("give either username/password or bearer_token, not both")
             hdrs["Authorization"] = f"Bearer {creds['bearer_token']}"
         elif creds.get("username"):
-            pair = f"{creds['username']}:{creds.get('password', '')}".encode("utf-8")
+            pair = f"{creds['username']}:{creds.get('password', '')}".encode()
             hdrs["Authorization"] = "Basic " + base64.b64encode(pair).decode("ascii")
         elif creds.get("password"):
             raise ValueError("password given without username")
@@ -396,7 +396,7 @@ class HTTPSource(Source):
             found: dict[str, Entry | None] = {}
             if files:
                 with ThreadPoolExecutor(max_workers=min(HEAD_CONCURRENCY, len(files))) as pool:
-                    for name, entry in zip(files, pool.map(self._stat_child, [prefix + n for n in files])):
+                    for name, entry in zip(files, pool.map(self._stat_child, [prefix + n for n in files]), strict=True):
                         found[name] = entry
             out: list[Entry] = []
             for name, is_dir in page:

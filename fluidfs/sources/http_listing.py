@@ -27,9 +27,10 @@ import json
 import math
 import re
 import urllib.parse
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
-from typing import Any, Iterable
+from typing import Any
 
 from fluidfs.errors import SourceError
 from fluidfs.sources.base import Entry

@@ -26,7 +26,7 @@ import errno
 import logging
 import os
 import stat as statmod
-from typing import Iterator
+from collections.abc import Iterator
 
 from fluidfs.errors import (
     AccessDeniedError,

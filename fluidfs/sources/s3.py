@@ -37,7 +37,8 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any, Iterator, Mapping
+from collections.abc import Iterator, Mapping
+from typing import Any
 
 import botocore.session
 from botocore import UNSIGNED
@@ -45,11 +46,13 @@ from botocore.config import Config
 from botocore.exceptions import (
     BotoCoreError,
     ClientError,
-    ConnectionError as BotoConnectionError,
     HTTPClientError,
     IncompleteReadError,
     NoCredentialsError,
     PartialCredentialsError,
+)
+from botocore.exceptions import (
+    ConnectionError as BotoConnectionError,
 )
 
 from fluidfs.errors import (
@@ -230,7 +233,7 @@ class S3Source(Source):
             kwargs["ContinuationToken"] = token
         try:
             return dict(self._client.list_objects_v2(**kwargs))
-        except Exception as e:  # noqa: BLE001 - converted at the source edge
+        except Exception as e:
             raise self._error(e, path, "list") from e
 
     # ----------------------------------------------------------------- Source API
@@ -245,7 +248,7 @@ class S3Source(Source):
             return Entry(name=name, is_dir=True)
         try:
             head = self._client.head_object(Bucket=self.bucket, Key=self._key(path))
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             raise self._error(e, path, "stat") from e
         return Entry(
             name=name,
@@ -344,12 +347,12 @@ class S3Source(Source):
             if code in _RANGE_CODES or status == 416:
                 return b""  # start is at or past the end of the object
             raise self._error(e, path, "read") from e
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             raise self._error(e, path, "read") from e
         body = resp["Body"]
         try:
             data = body.read()
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             raise self._error(e, path, "read") from e
         finally:
             body.close()
@@ -378,7 +381,7 @@ class S3Source(Source):
             raise self._error(e, "", "check") from e
         except (BotoConnectionError, HTTPClientError, OSError) as e:
             raise UnavailableError(f"cannot reach endpoint {self._endpoint_name()}", self.url("")) from e
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             raise self._error(e, "", "check") from e
         if self.prefix and not page.get("KeyCount") and not page.get("Contents"):
             log.warning("S3 source %s: no objects under this prefix (empty directory)", self.url(""))
@@ -386,5 +389,5 @@ class S3Source(Source):
     def close(self) -> None:
         try:
             self._client.close()
-        except Exception:  # noqa: BLE001 - best effort
+        except Exception:
             log.debug("closing S3 client for %s failed", self.url(""), exc_info=True)

@@ -15,8 +15,9 @@ from __future__ import annotations
 import difflib
 import logging
 import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping, NoReturn
+from typing import Any, NoReturn
 from urllib.parse import urlsplit
 
 from fluidfs.errors import SpecError
@@ -220,7 +221,7 @@ def parse_mount_point(ctx: Ctx, value: object, field: str) -> tuple[str, str, st
     if not split.hostname:
         ctx.fail(field, f"{scheme} URL {text!r} has no host")
     try:
-        split.port
+        _ = split.port  # parsing the port raises for a bad one
     except ValueError:
         ctx.fail(field, f"{scheme} URL {text!r} has an invalid port")
     check_components(ctx, field, split.path.split("/"), "the URL path")

@@ -3,8 +3,9 @@
 Fluid Datasets are written for Alluxio/JindoFS/JuiceFS runtimes.  We use ``metadata.name``,
 ``spec.mounts[]`` (``mountPoint``, ``name``, ``path``, ``options``, ``encryptOptions``,
 ``readOnly``) and ``spec.sharedOptions`` / ``spec.sharedEncryptOptions`` (merged into every
-mount; the mount's own entries win; shared S3 settings skip http mounts).  Runtime option names are mapped to ours (``fs.s3a.endpoint``
--> ``endpoint`` ...); ``encryptOptions`` become ``secretKeyRef`` credentials for the CSI plugin.
+mount; the mount's own entries win; shared S3 settings skip http mounts).  Runtime option
+names are mapped to ours (``fs.s3a.endpoint`` -> ``endpoint`` ...); ``encryptOptions`` become
+``secretKeyRef`` credentials for the CSI plugin.
 
 Everything else -- ``spec.runtimes``, ``spec.nodeAffinity``, ``spec.placement``, unknown mount
 fields, runtime options we have no use for, ``status`` -- is not an error: each produces exactly
@@ -20,7 +21,8 @@ with a warning (fluidfs is always read-only).  Schemes we cannot serve (``oss://
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from fluidfs.spec.fields import (
     CREDENTIAL_NAMES,

@@ -5,8 +5,8 @@ Kept separate from the parser so every layer can import the types without the YA
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Mapping
 
 
 @dataclass(frozen=True, slots=True)

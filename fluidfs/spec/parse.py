@@ -24,14 +24,14 @@ from __future__ import annotations
 import logging
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import replace
-from typing import Any, Mapping
+from typing import Any
 
 import yaml
 
-from fluidfs.spec import fluid as spec_fluid
-from fluidfs.util import sizes
 from fluidfs.errors import SpecError
+from fluidfs.spec import fluid as spec_fluid
 from fluidfs.spec.fields import (
     API_VERSION,
     COMMAND_LINE,
@@ -57,6 +57,7 @@ from fluidfs.spec.fields import (
     string,
 )
 from fluidfs.spec.model import CacheSpec, Dataset, MetadataSpec, MountSpec
+from fluidfs.util import sizes
 
 __all__ = [
     "load_dataset",

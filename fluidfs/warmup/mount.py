@@ -23,7 +23,7 @@ from typing import Any
 import trio
 
 from fluidfs.warmup.mounted import cached_fraction, cached_summary, iter_files
-from fluidfs.warmup.pipeline import File, Job, LoadResult, Loader
+from fluidfs.warmup.pipeline import File, Job, Loader, LoadResult
 from fluidfs.warmup.progress import Progress
 
 READ_SIZE = 1 << 20  # pread size through a mount
@@ -98,7 +98,7 @@ class MountLoader(Loader):
 
     def settle(self) -> None:
         """Re-read the xattr of files that were not fully cached right after loading."""
-        for attempt in range(3):
+        for _attempt in range(3):
             left = []
             for f in self.recheck:
                 try:

@@ -31,7 +31,7 @@ from fluidfs.sources.base import Entry, Source
 from fluidfs.sources.registry import open_sources
 from fluidfs.spec.model import Dataset, MountSpec
 from fluidfs.util.sizes import format_size
-from fluidfs.warmup.pipeline import File, Job, LoadResult, Loader
+from fluidfs.warmup.pipeline import File, Job, Loader, LoadResult
 from fluidfs.warmup.progress import Progress
 
 log = logging.getLogger(__name__)
@@ -144,8 +144,8 @@ class SourceLoader(Loader):
             "the SSD cache is degraded (write errors)"
             if self.tier.is_degraded
             else (
-                f"the SSD cache is full ({format_size(self.tier.used_bytes())} of {format_size(self.tier.quota_bytes())} "
-                "quota, or the free-space floor reached)"
+                f"the SSD cache is full ({format_size(self.tier.used_bytes())} of "
+                f"{format_size(self.tier.quota_bytes())} quota, or the free-space floor reached)"
             )
         )
         self.halted = self.halted or why

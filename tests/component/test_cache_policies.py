@@ -113,7 +113,7 @@ def test_none_keeps_hit_ratio_at_cache_over_dataset(ssd_ratios: dict[str, list[f
 def test_lru_falls_well_below_none_under_reshuffling(ssd_ratios: dict[str, list[float]]) -> None:
     none, lru = ssd_ratios["none"], ssd_ratios["lru"]
     assert lru[0] == 0.0
-    for r_lru, r_none in zip(lru[1:], none[1:]):
+    for r_lru, r_none in zip(lru[1:], none[1:], strict=True):
         assert r_lru <= 0.2, lru  # expected ≈ 0.12 (see the module docstring)
         assert r_lru < r_none - 0.25, (lru, none)
     assert sum(lru[1:]) / 2 <= 0.15, lru
@@ -133,4 +133,4 @@ def test_memory_only_none_keeps_hit_ratio() -> None:
     print(f"MEM only, shuffled epochs: none={none} lru={lru}")
     assert cache.ssd is None
     assert none[0] == 0.0 and all(0.45 <= r <= 0.55 for r in none[1:]), none
-    assert all(r_lru < r_none - 0.25 for r_lru, r_none in zip(lru[1:], none[1:])), (lru, none)
+    assert all(r_lru < r_none - 0.25 for r_lru, r_none in zip(lru[1:], none[1:], strict=True)), (lru, none)

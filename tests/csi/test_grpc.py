@@ -7,8 +7,8 @@ no volume), so they need neither /dev/fuse nor an S3 server.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import grpc
 import pytest

@@ -9,8 +9,8 @@ import logging
 import os
 import time
 import urllib.parse
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pytest
 

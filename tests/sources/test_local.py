@@ -35,7 +35,7 @@ def tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (root / "top.txt").write_bytes(b"top level\n")
     (root / "d" / "f.bin").write_bytes(BLOB)
     (root / "d" / "empty").write_bytes(b"")
-    (root / "d" / "sp ace ü✓.txt").write_bytes("unicode name\n".encode())
+    (root / "d" / "sp ace ü✓.txt").write_bytes(b"unicode name\n")
     (root / "d" / "sub" / "deep.txt").write_bytes(b"deep\n")
     (root / "n" / "a" / "b" / "c.txt").write_bytes(b"c")
     (root / "n" / "two").write_bytes(b"22")
@@ -77,7 +77,7 @@ def test_stat(tree: Path):
     assert f.mtime == st.st_mtime_ns / 1e9
     assert src.stat("d").is_dir and src.stat("emptydir").is_dir
     assert src.stat("d/empty").size == 0
-    assert src.stat("d/sp ace ü✓.txt").size == len("unicode name\n".encode())
+    assert src.stat("d/sp ace ü✓.txt").size == len(b"unicode name\n")
     for missing in ("nope", "d/nope", "d/f.bin/x", "fifo", "broken"):
         with pytest.raises(NotFoundError) as ei:
             src.stat(missing)
@@ -142,7 +142,7 @@ def test_read_ranges(tree: Path):
     assert src.read("d/f.bin", 99999, 100000) == b""
     assert src.read("d/f.bin", 7, 7) == b""
     assert src.read("d/empty", 0, 4096) == b""
-    assert src.read("d/sp ace ü✓.txt", 0, 100) == "unicode name\n".encode()
+    assert src.read("d/sp ace ü✓.txt", 0, 100) == b"unicode name\n"
     with pytest.raises(NotFoundError):
         src.read("nope", 0, 1)
     with pytest.raises(NotFoundError):

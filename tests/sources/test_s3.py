@@ -167,7 +167,7 @@ def test_read_ranges(make_s3_source):
     assert src.read("d/f.bin", 99999, 100000) == b""  # start past EOF
     assert src.read("d/f.bin", 7, 7) == b""
     assert src.read("d/empty", 0, 4096) == b""
-    assert src.read("d/sp ace ü✓.txt", 0, 100) == "unicode name\n".encode()
+    assert src.read("d/sp ace ü✓.txt", 0, 100) == b"unicode name\n"
     with pytest.raises(NotFoundError):
         src.read("nope", 0, 10)
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
-from typing import Iterator
+from collections.abc import Iterator
 
 from fluidfs.errors import NotFoundError, UnavailableError, VersionChangedError
 from fluidfs.sources.base import Entry, Source

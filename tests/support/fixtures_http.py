@@ -7,8 +7,9 @@ Wire into a conftest with ``pytest_plugins = ["tests.support.fixtures_http"]`` (
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import pytest
 

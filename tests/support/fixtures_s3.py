@@ -18,8 +18,9 @@ Fixtures (wire into conftest.py with ``from tests.support.fixtures_s3 import *``
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import pytest
 
@@ -35,7 +36,7 @@ S3_TREE: dict[str, bytes] = {
     "top.txt": b"top level\n",
     "d/f.bin": bytes(range(256)) * 40,  # 10240 bytes
     "d/empty": b"",
-    "d/sp ace ü✓.txt": "unicode name\n".encode(),
+    "d/sp ace ü✓.txt": b"unicode name\n",
     "d/sub/deep.txt": b"deep\n",
     "marker/": b"",  # an empty directory made by a marker object
     "marked/": b"",  # marker plus content
@@ -81,7 +82,7 @@ def _s3_servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, 
         for kind, fut in futures.items():
             try:
                 servers[kind] = fut.result()
-            except BaseException as e:  # noqa: BLE001 - stop the others, then re-raise
+            except BaseException as e:
                 errors.append(e)
     try:
         if errors:

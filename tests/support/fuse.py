@@ -10,8 +10,8 @@ import shutil
 import stat
 import subprocess
 import sys
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, Iterator
 
 import pytest
 
@@ -47,7 +47,7 @@ class Mount:
     def __init__(self, source: str, mnt: str, *flags: str, env: dict[str, str] | None = None) -> None:
         self.source, self.mnt, self.flags, self.env = source, str(mnt), flags, env or {}
 
-    def __enter__(self) -> "Mount":
+    def __enter__(self) -> Mount:
         os.makedirs(self.mnt, exist_ok=True)
         res = fluidfs("mount", self.source, self.mnt, "--metrics-addr", "127.0.0.1:0", *self.flags, env=self.env)
         if res.returncode != 0:
@@ -174,7 +174,7 @@ def make_tree(root: str, *, big: int = 9 * 1024 * 1024 + 17, many: int = 10_000)
     put("small.txt", b"hello fluidfs\n")
     put("deep/a/b/c/d/e/f/g/leaf.txt", b"deep leaf\n")
     put("names/with space.txt", b"space\n")
-    put("names/ünïcødé-文件.txt", "unicode\n".encode())
+    put("names/ünïcødé-文件.txt", b"unicode\n")
     put("images/cls0/img0.jpg", rng.randbytes(110 * 1024))
     put("images/cls1/img1.jpg", rng.randbytes(90 * 1024))
     os.makedirs(os.path.join(root, "emptydir"), exist_ok=True)

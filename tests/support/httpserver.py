@@ -117,7 +117,7 @@ class RangeRequestHandler(BaseHTTPRequestHandler):
 
     # ---- request handling -----------------------------------------------------------------------
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+    def log_message(self, format: str, *args: Any) -> None:
         log.debug("%s " + format, self.address_string(), *args)
 
     def do_GET(self) -> None:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Mapping
+from typing import Any
 
 
 def put_objects(client: Any, bucket: str, objects: Mapping[str, bytes], workers: int = 16) -> None:

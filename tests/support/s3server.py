@@ -268,7 +268,8 @@ class S3Server:
         self.stop()
 
     def __repr__(self) -> str:
-        return f"S3Server(kind={self.kind!r}, endpoint={'http://127.0.0.1:%d' % self.port if self.port else None})"
+        endpoint = f"http://127.0.0.1:{self.port}" if self.port else None
+        return f"S3Server(kind={self.kind!r}, endpoint={endpoint})"
 
     # ----------------------------------------------------------------- internals
 
@@ -289,7 +290,7 @@ class S3Server:
             "admin",
             "admin.grpc",
         ]
-        self._ports = dict(zip(names, free_ports(len(names))))
+        self._ports = dict(zip(names, free_ports(len(names)), strict=True))
         self.port = self._ports["s3"]
 
     def _command(self) -> list[str]:
@@ -341,7 +342,7 @@ class S3Server:
         if self._log_path is None:
             fd, self._log_path = tempfile.mkstemp(prefix=f"fluidfs-{self.kind}-", suffix=".log")
             os.close(fd)
-        self._log_file = open(self._log_path, "ab")  # noqa: SIM115 - closed in _terminate
+        self._log_file = open(self._log_path, "ab")
         log.debug("starting %s S3 server on port %d", self.kind, self.port)
         t0 = time.monotonic()
         self._proc = subprocess.Popen(

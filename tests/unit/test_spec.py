@@ -6,8 +6,9 @@ import copy
 import logging
 import math
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 import yaml
@@ -161,7 +162,7 @@ spec:
 
 def test_block_size_bounds_inclusive_and_numbers() -> None:
     for size, expected in (("1Mi", 2**20), ("64Mi", 64 * 2**20), (2**20, 2**20)):
-        d = mutate(lambda d: d["spec"].__setitem__("cache", {"blockSize": size}))
+        d = mutate(lambda d, size=size: d["spec"].__setitem__("cache", {"blockSize": size}))
         assert parse(d).cache.block_size == expected
     d = mutate(lambda d: d["spec"].__setitem__("metadata", {"ttl": 30, "negativeTtl": "2h"}))
     assert parse(d).metadata == MetadataSpec(ttl=30.0, negative_ttl=7200.0)

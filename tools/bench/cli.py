@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import shutil
 import signal
 import sys
@@ -168,7 +167,7 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         print("[bench] interrupted: cleaning up mounts and processes", file=sys.stderr, flush=True)
         code = 130
-    except Exception as exc:  # noqa: BLE001 - one clear line, cleanup below, non-zero exit
+    except Exception as exc:
         print(f"[bench] failed: {exc}", file=sys.stderr, flush=True)
         code = 1
     finally:

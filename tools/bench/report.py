@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import json
 import statistics
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 SUBJECT = "fluidfs"
 PEERS = ("s3fs", "rclone")
@@ -396,7 +397,7 @@ def chart(result: dict[str, Any], path: Path) -> bool:
     if not panels:
         return False
     fig, axes = plt.subplots(len(panels), 1, figsize=(10, 3.2 * len(panels)), squeeze=False)
-    for ax, (w, keys) in zip(axes[:, 0], panels):
+    for ax, (w, keys) in zip(axes[:, 0], panels, strict=True):
         systems = _order({s for k in keys for s in groups[k]["systems"]})
         width = 0.8 / max(1, len(systems))
         for i, s in enumerate(systems):

@@ -18,13 +18,13 @@ import contextlib
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from tests.support.s3server import S3Server
 
@@ -192,7 +192,7 @@ def _start_proxy(
         stdin=subprocess.DEVNULL,
         cwd=str(Path(__file__).resolve().parents[2]),
         stdout=subprocess.DEVNULL,
-        stderr=open(workdir / f"{tag}.log", "ab"),  # noqa: SIM115
+        stderr=open(workdir / f"{tag}.log", "ab"),
         start_new_session=True,
     )
     deadline = time.monotonic() + 20

@@ -29,13 +29,15 @@ import subprocess
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
+from fluidfs.util.proc import drop_page_cache
 from tools.bench import datasets as ds
 from tools.bench.store import Store, open_store
-from tools.bench.systems import SYSTEMS, Fluidfs, Janitor, System, drop_caches
+from tools.bench.systems import SYSTEMS, Fluidfs, Janitor, System
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 MiB = 1 << 20
@@ -114,7 +116,7 @@ class Suite:
             d[workload] = max(d.get(workload, 0.0), mib)
 
     def drop(self) -> None:
-        if not drop_caches() and self.can_drop:
+        if not drop_page_cache() and self.can_drop:
             self.can_drop = False
             self.notes.append("drop_caches not permitted (not root): cold/warm_dropped keep the page cache")
 
@@ -145,7 +147,8 @@ class Suite:
             os.killpg(proc.pid, signal.SIGKILL)
         if proc.returncode != 0:
             raise RuntimeError(f"workload {args['workload']} failed: {err.decode(errors='replace')[-800:]}")
-        return json.loads(out.decode().strip().splitlines()[-1])
+        result: dict[str, Any] = json.loads(out.decode().strip().splitlines()[-1])
+        return result
 
     def files(self, which: str) -> list[list[Any]]:
         return [[e.key, e.size] for e in self.plans[which]]
@@ -346,7 +349,7 @@ class Suite:
                 for name in ("fluidfs-lru", "fluidfs-none"):
                     self.skipped.setdefault(name, str(exc))
                 return
-            except Exception as exc:  # noqa: BLE001 - recorded, the suite goes on
+            except Exception as exc:
                 self.errors.append(f"{system.name} pressure run {run}: {str(exc)[:400]}")
                 self.log(f"ERROR {system.name} pressure: {exc}")
             finally:
@@ -433,7 +436,7 @@ class Suite:
             self.note_rss(system.name, w, system.peak_rss_mib())
         except _Skip:
             pass
-        except Exception as exc:  # noqa: BLE001 - recorded, the suite goes on
+        except Exception as exc:
             self.errors.append(f"{system.name} {w} run {run}: {str(exc)[:400]}")
             self.log(f"ERROR {system.name} {w}: {exc}")
             if os.environ.get("FLUIDFS_BENCH_DEBUG"):

@@ -31,7 +31,6 @@ from pathlib import Path
 from typing import Any
 
 from fluidfs.util.mounts import is_mounted, mounts_under
-from fluidfs.util.proc import drop_page_cache as drop_caches
 from fluidfs.util.proc import pid_alive
 from fluidfs.util.prom import parse_samples
 from tests.support.net import free_port

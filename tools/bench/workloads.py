@@ -38,6 +38,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from fluidfs.util.proc import drop_page_cache
+
 MiB = 1 << 20
 
 
@@ -201,7 +203,7 @@ def loader(args: dict[str, Any]) -> dict[str, Any]:
     keys = [k for k, _ in args["files"]]
     budget = float(args.get("budget", 1e9))
 
-    class FilesDataset(Dataset):  # type: ignore[type-arg]
+    class FilesDataset(Dataset):  # type: ignore[misc,type-arg,unused-ignore]  # torch is optional (bench extra)
         """What unmodified training code does: open(path).read() per sample."""
 
         def __init__(self) -> None:
@@ -262,8 +264,6 @@ def loader(args: dict[str, Any]) -> dict[str, Any]:
 
 
 def _drop_caches() -> None:
-    from fluidfs.util.proc import drop_page_cache
-
     drop_page_cache()
 
 
