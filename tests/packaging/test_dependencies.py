@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import re
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -52,6 +53,10 @@ def test_runtime_dependencies_hold_no_test_or_dev_tooling() -> None:
 
 
 def test_wheel_holds_only_the_product(tmp_path: Path) -> None:
+    src = tmp_path / "src"  # build from a copy: an in-tree build would leave build/ behind
+    shutil.copytree(
+        ROOT, src, ignore=shutil.ignore_patterns(".*", "build", "*.egg-info", "__pycache__", "tests", "docs")
+    )
     res = subprocess.run(
         [
             sys.executable,
@@ -61,16 +66,16 @@ def test_wheel_holds_only_the_product(tmp_path: Path) -> None:
             "-q",
             "--no-deps",
             "--no-build-isolation",
-            str(ROOT),
+            str(src),
             "-w",
-            str(tmp_path),
+            str(tmp_path / "wheel"),
         ],
         capture_output=True,
         text=True,
         timeout=300,
     )
     assert res.returncode == 0, res.stderr
-    (wheel,) = tmp_path.glob("fluidfs-*.whl")
+    (wheel,) = (tmp_path / "wheel").glob("fluidfs-*.whl")
     with zipfile.ZipFile(wheel) as zf:
         names = zf.namelist()
         metadata = zf.read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
