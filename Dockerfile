@@ -4,7 +4,8 @@
 #   docker build -t fluidfs/fluidfs:0.1.0 .
 #
 # Two stages: pyfuse3 is built from source against libfuse3-dev in the first, so the final
-# image carries only the runtime pieces (fuse3, mount) and the installed wheels.
+# image carries only the runtime pieces (fuse3, mount) and the installed wheels: fluidfs and its
+# runtime dependencies, no extras (no demo or test servers, no dev tooling).
 
 ARG PYTHON_IMAGE=python:3.11-slim
 

@@ -30,6 +30,7 @@ reported, not killed.
 from __future__ import annotations
 
 import errno
+import importlib.util
 import logging
 import os
 import re
@@ -147,10 +148,8 @@ def fluidfs_command() -> list[str] | None:
     sibling = os.path.join(os.path.dirname(sys.executable), "fluidfs")
     if os.access(sibling, os.X_OK):
         return [sibling]
-    import importlib.util
-
     try:
-        if importlib.util.find_spec("fluidfs.cli") is not None:
+        if importlib.util.find_spec("fluidfs.cli.main") is not None:
             return [sys.executable, "-m", "fluidfs"]
     except (ImportError, ValueError):
         pass

@@ -6,7 +6,7 @@ and measures: a cold sequential read (1 MiB reads, MB/s), cold random 4 KiB read
 the bytes fetched from the source per random read (read amplification).  Prints a Markdown
 table of medians over ``--runs`` runs.
 
-    python tools/bench_blocksize.py [--latency-ms 20] [--files 2] [--size 256Mi] [--runs 3]
+    python -m tools.bench_blocksize [--latency-ms 20] [--files 2] [--size 256Mi] [--runs 3]
 """
 
 from __future__ import annotations
@@ -20,8 +20,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fluidfs.daemon.record import read_record
 from fluidfs.util.prom import fetch_samples, total

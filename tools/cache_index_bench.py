@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Benchmark the SSD tier's start-up index rebuild (and put/get cost) on N block files.
 
-    python tools/cache_index_bench.py --blocks 100000                 # 4 KiB payloads
-    python tools/cache_index_bench.py --blocks 10000 --payload 1MiB --drop-caches
+    python -m tools.cache_index_bench --blocks 100000                 # 4 KiB payloads
+    python -m tools.cache_index_bench --blocks 10000 --payload 1MiB --drop-caches
 
 Creates N blocks with ``SSDTier.put`` in a fresh directory (default: a temp dir next to /tmp),
 then times constructing a new ``SSDTier`` on it -- the index rebuild a mount does after a restart
@@ -25,8 +25,6 @@ import tempfile
 import time
 import tracemalloc
 import zlib
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from fluidfs.cache.base import BlockKey
 from fluidfs.cache.ssd import SSDTier

@@ -1,6 +1,6 @@
 """The thin pyfuse3 adapter: translates kernel requests to ``Vfs`` calls, fluidfs errors to
 errnos, records per-operation metrics, and never lets an exception escape (an escaping
-exception would take the whole mount down — DESIGN.md §3).
+exception would take the whole mount down: pyfuse3 ends its main loop).
 
 Every write operation answers EROFS.
 """

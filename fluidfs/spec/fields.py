@@ -1,9 +1,9 @@
-"""Field-level validation shared by the Dataset parsers (``fluidfs.spec``, ``fluidfs.spec.fluid``).
+"""Field-level validation shared by the Dataset parsers (``fluidfs.spec.parse``, ``fluidfs.spec.fluid``).
 
 Each helper checks one value and raises ``SpecError`` through ``Ctx.fail`` with the field path
 it was given; type errors never echo the offending value (it might be a secret).  ``assemble``
 does the cross-mount checks (unique names, one ``/`` mount, non-overlapping paths).  Not a
-public API: use ``fluidfs.spec``.
+public API: use ``fluidfs.spec.parse``.
 
 Caveats: local paths and URLs are taken literally (no percent-decoding); a normalised local
 mount's ``url`` is ``"file://" + absolute_path``.  http(s) URLs are kept as given (only the
@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 from fluidfs.errors import SpecError
 from fluidfs.spec.model import MountSpec, SecretRef
 
-log = logging.getLogger("fluidfs.spec")  # the public module: one logger for all parse warnings
+log = logging.getLogger("fluidfs.spec")  # the package: one logger for all parse warnings
 
 API_VERSION = "fluidfs.io/v1alpha1"
 FLUID_API_VERSION = "data.fluid.io/v1alpha1"

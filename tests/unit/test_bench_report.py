@@ -10,7 +10,7 @@ import pytest
 from tools.bench import datasets as ds
 from tools.bench import report
 from tools.bench.cli import parse_size
-from tools.bench.suite import hit_ratios
+from tools.bench.measure import hit_ratios
 from tools.bench.systems import parse_prometheus
 
 

@@ -1,4 +1,4 @@
-"""Unit tests for the Dataset parser (fluidfs.spec, spec_fields, spec_fluid): no I/O but tmp files."""
+"""Unit tests for the Dataset parser (fluidfs.spec: parse, fields, fluid): no I/O but tmp files."""
 
 from __future__ import annotations
 
