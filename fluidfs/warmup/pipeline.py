@@ -1,7 +1,7 @@
-"""``fluidfs load``: its command line and the loader pipeline shared by its two ways of warming a cache.
+"""The loader pipeline shared by the two ways ``fluidfs load`` warms a cache.
 
-``fluidfs load SOURCE|MOUNTPOINT [PATH ...]`` preloads (warms up) a dataset's cache, one of two
-ways, chosen by the first argument:
+``fluidfs load SOURCE|MOUNTPOINT [PATH ...]`` (command line: :mod:`fluidfs.cli.load`) preloads
+(warms up) a dataset's cache, one of two ways, chosen by the first argument:
 
 * **A fluidfs mountpoint** (a live mount with a runtime record): the files are read fully
   through the mount, which fills its MEM and SSD tiers — :mod:`fluidfs.warmup.mount`.
@@ -10,22 +10,13 @@ ways, chosen by the first argument:
   the source, without mounting — :mod:`fluidfs.warmup.source`.
 
 This module holds what both share: the pipeline (:class:`Loader`: lister → planner →
-``--parallel`` worker threads), its result (:class:`LoadResult`), the final report, and the
-``load`` sub-command (:func:`add_parsers`, which also adds ``status``; :func:`cmd_load`).
-
-Both show a live progress bar (files, bytes, MB/s, ETA) and end with
-``cached 1234/1234 files, 5.6 GiB/5.6 GiB (100.0%) in 12.3s``.  Ctrl-C (SIGINT) or SIGTERM stop
-cleanly: workers finish the block or 1 MiB read in hand, nothing half-written is left (SSD
-blocks are written tmp → rename), a line says what is cached so far, and the exit code is 130;
-a rerun skips what is cached.
-
-Exit codes: 0 all requested data is cached; 1 some of it is not (read errors, cache full or
-too small, mount problem); 2 usage or Dataset error; 3 a source cannot be opened; 130
-interrupted.
+``parallel`` worker threads, progress ticks, signal handling) and its result
+(:class:`LoadResult`).  Ctrl-C (SIGINT) or SIGTERM stop cleanly: workers finish the block or
+1 MiB read in hand, nothing half-written is left (SSD blocks are written tmp → rename), and the
+result says ``interrupted``; a rerun skips what is cached.
 
 Caveats: loading more than the cache holds evicts what was loaded first (details in the two
-mode modules); the final line then says so (exit 1).  Listing is one directory at a time per
-PATH.
+mode modules).  Listing is one directory at a time per PATH.
 """
 
 from __future__ import annotations
