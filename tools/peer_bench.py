@@ -247,9 +247,11 @@ async def measure(addr: str, client: str, bs: int, requests: int, runs: int, con
                 for _ in range(runs):
                     results.append(await _run_once(fn, requests, concurrency))
         else:
-            fn = {"fluidfs": clients.fluidfs, "urllib3-read": clients.urllib3_read, "urllib3-into": clients.urllib3_into}[
-                client
-            ]
+            fn = {
+                "fluidfs": clients.fluidfs,
+                "urllib3-read": clients.urllib3_read,
+                "urllib3-into": clients.urllib3_into,
+            }[client]
             await _run_once(fn, NBLOCKS, concurrency)
             for _ in range(runs):
                 results.append(await _run_once(fn, requests, concurrency))

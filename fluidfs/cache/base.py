@@ -58,10 +58,10 @@ class PeerLookup(Protocol):
 
     ``get`` is asked on a memory and SSD miss, before the source; it returns a verified block
     or None (then the source serves).  It must not raise for peer failures (the cache still
-    guards against it).  ``copy`` says where a reader keeps a block it got from a peer:
-    ``"memory"``, ``"ssd"`` (memory and SSD) or ``"none"``.
+    guards against it).  ``placement(key)`` says where this member keeps a block it got from a
+    peer: ``"memory"``, ``"ssd"`` (memory and SSD) or ``"none"``.
     """
 
-    copy: str
-
     async def get(self, key: BlockKey) -> Buffer | None: ...
+
+    def placement(self, key: BlockKey) -> str: ...

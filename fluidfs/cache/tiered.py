@@ -2,7 +2,7 @@
 
 ``get(key, fetch)`` returns the block's bytes: from RAM, else from the SSD tier (promoted to
 RAM), else from the cluster's peer tier when one is attached (``attach_peer``; kept where its
-``copy`` setting says), else by awaiting ``fetch()`` exactly once however many tasks ask for
+``placement`` says), else by awaiting ``fetch()`` exactly once however many tasks ask for
 the same block at the same time.  Fetched blocks go into RAM at once and into the SSD tier in the background
 (bounded: at most ``ssd_write_slots`` writes in flight; beyond that the reader waits, which
 is the back-pressure that keeps memory bounded).
@@ -125,7 +125,7 @@ class TieredCache:
         return memoryview(raw)
 
     async def _peer_get(self, key: BlockKey) -> Buffer | None:
-        """Ask the peer tier; keep what it returns where its ``copy`` setting says."""
+        """Ask the peer tier; keep what it returns where the tier's ``placement`` says."""
         assert self.peer is not None
         try:
             got = await self.peer.get(key)
@@ -139,7 +139,7 @@ class TieredCache:
             return None
         self.peer_fetches += 1
         self._hit("peer", got)
-        copy = self.peer.copy
+        copy = self.peer.placement(key)
         if copy != "none":
             raw = got if isinstance(got, bytes) else bytes(got)
             self.mem.put(key, raw)

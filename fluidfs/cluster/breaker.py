@@ -62,7 +62,12 @@ class Breaker:
         self._trial = False
 
     def failure(self, reason: str) -> float:
-        """Open (again); return the backoff in seconds."""
+        """Open (again); return the backoff in seconds.
+
+        Requests that were already in flight when the breaker opened fail together (a peer
+        that died fails all of them): those do not lengthen the backoff again."""
+        if self.state == OPEN:
+            return max(0.0, self.retry_at - self._clock())
         self.failures += 1
         self.last_reason = reason
         delay: float = min(self.cap, self.base * float(2 ** min(self.failures - 1, 30)))

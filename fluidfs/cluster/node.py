@@ -32,11 +32,11 @@ from fluidfs.cluster.auth import PeerAuth, load_secret
 from fluidfs.cluster.client import PeerClient
 from fluidfs.cluster.handoff import HandoffReport, handoff, ssd_block_keys
 from fluidfs.cluster.kubediscovery import EndpointSliceAPI, KubeEndpointSliceAPI, KubernetesDiscovery
-from fluidfs.cluster.membership import MembershipView, PeersFileWatcher, parse_address
+from fluidfs.cluster.membership import Member, MembershipView, PeersFileWatcher, parse_address
 from fluidfs.cluster.peertier import COPY_POLICIES, PeerTier
 from fluidfs.cluster.protocol import BlockProvider
 from fluidfs.cluster.server import PeerServer
-from fluidfs.errors import ConfigError
+from fluidfs.errors import ConfigError, PeerError
 
 log = logging.getLogger(__name__)
 
@@ -181,6 +181,24 @@ class PeerNode:
             with trio.move_on_at(deadline):
                 keys = await trio.to_thread.run_sync(ssd_block_keys, directory, limiter=self.client_limiter)
         return await handoff(self.tier, self.cache, keys, deadline)
+
+    async def survey(self) -> list[dict[str, object]]:
+        """Every current member's health and ``/v1/info`` (bytes held), asked concurrently."""
+        members = list(self.view.current.members)
+        out: list[dict[str, object]] = [{} for _ in members]
+
+        async def one(i: int, m: Member) -> None:
+            row: dict[str, object] = {"id": m.id, "address": m.address, "self": m.id == self.view.self_id}
+            try:
+                row.update(health="up", info=await self.client.info(m))
+            except PeerError as exc:
+                row.update(health="down", error=str(exc))
+            out[i] = row
+
+        async with trio.open_nursery() as nursery:
+            for i, m in enumerate(members):
+                nursery.start_soon(one, i, m)
+        return out
 
     def status(self) -> dict[str, object]:
         """Membership, breakers and this member's address (for ``fluidfs status`` / the runtime record)."""

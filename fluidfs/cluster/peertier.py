@@ -24,7 +24,9 @@ Who is asked, for a member ``me`` reading ``key`` with ``replicas = k``:
 Previous owners come from the membership history: after a member joins, the blocks it now owns
 are still at their previous owners, which answer cached lookups until the new owner has them.
 
-``copy`` (``peer_copy``) says where a reader keeps a block it got from a peer.  Default
+A member that gets a block it *owns* from a peer (from a previous owner after a membership
+change, or from the primary when it is a secondary owner) keeps it on SSD: it is responsible for
+it from now on.  ``copy`` (``peer_copy``) says where a non-owner keeps a block.  Default
 ``memory``: the owner already keeps it on SSD, and a second SSD copy on every reader would
 divide the cluster's capacity by the number of readers (under the ``none`` eviction policy it
 would even fill the SSD with other members' blocks and refuse the member's own); a memory copy
@@ -146,6 +148,14 @@ class PeerTier:
                 return self._done("previous", got)
         self._m_lookup["error" if errors else "miss"].inc()
         return None
+
+    def placement(self, key: BlockKey) -> str:
+        """Where to keep a block got from a peer: on SSD if this member owns it (it is now
+        responsible for it: a previous owner's or the primary's copy), else per ``copy``."""
+        me = self.view.self_id
+        if me is not None and me in self.view.current.ring.owners(key, self.replicas):
+            return "ssd"
+        return self.copy
 
     def _done(self, result: str, data: Buffer) -> Buffer:
         self._m_lookup[result].inc()

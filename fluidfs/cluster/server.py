@@ -191,13 +191,14 @@ class PeerServer:
         body: bytes | memoryview | None,
         *,
         close: bool = False,
+        head: bool = False,
     ) -> None:
         if close:
             headers = [*headers, ("connection", "close")]
         if body is not None and not any(k == "content-length" for k, _ in headers):
             headers = [*headers, ("content-length", str(len(body)))]
         chunks: list[Any] = [conn.send(h11.Response(status_code=status, headers=headers))]
-        if body is not None and len(body) and conn.our_state is h11.SEND_BODY:
+        if body is not None and len(body) and not head and conn.our_state is h11.SEND_BODY:
             chunks.extend(conn.send_with_data_passthrough(h11.Data(data=body)) or ())  # type: ignore[arg-type]
         chunks.append(conn.send(h11.EndOfMessage()))
         with trio.move_on_after(self.send_timeout) as cs:
@@ -210,10 +211,12 @@ class PeerServer:
         if cs.cancelled_caught:
             raise _Close()
 
-    async def _error(self, conn: h11.Connection, stream: trio.SocketStream, exc: PeerRequestError, close: bool) -> None:
-        await self._send(
-            conn, stream, exc.status, [("content-type", "text/plain; charset=utf-8")], f"{exc}\n".encode(), close=close
-        )
+    async def _error(
+        self, conn: h11.Connection, stream: trio.SocketStream, exc: PeerRequestError, close: bool, head: bool
+    ) -> None:
+        body = f"{exc}\n".encode()
+        headers = [("content-type", "text/plain; charset=utf-8")]
+        await self._send(conn, stream, exc.status, headers, body, close=close, head=head)
 
     # --------------------------------------------------------------------------- requests
 
@@ -276,7 +279,8 @@ class PeerServer:
                     await self._drain_request(conn, stream)
                 except PeerRequestError:
                     close = True
-            await self._error(conn, stream, exc, close=close or conn.their_state is not h11.DONE)
+            close = close or conn.their_state is not h11.DONE
+            await self._error(conn, stream, exc, close=close, head=method == "HEAD")
         finally:
             metrics.PEER_REQUESTS.labels(label, "server", op, result).inc()
             metrics.PEER_LATENCY.labels(label, "server", op).observe(time.perf_counter() - t0)

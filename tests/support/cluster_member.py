@@ -5,6 +5,7 @@ JSON: {"name", "root", "work", "listen", "peers", "dataset", "bs", "mem", "ssd_q
 once serving, then answers one JSON line per command read from stdin:
 
 * ``{"op": "read", "path": P}`` → ``{"sha256", "size"}`` (the whole file through the cache)
+* ``{"op": "read_all", "paths": [P...]}`` → ``{P: {"sha256", "size"}}`` (one after the other)
 * ``{"op": "stats"}`` → source reads, peer fetches, the node's status
 * ``{"op": "source", "down": bool}`` → switch the source off/on
 * ``{"op": "leave", "timeout": s}`` → the handoff report
@@ -62,6 +63,12 @@ async def main(cfg: dict[str, Any]) -> None:
                     if op == "read":
                         data = await read_through(m.cache, m.asource, cmd["path"], m.bs, cmd.get("concurrency", 4))
                         _out({"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)})
+                    elif op == "read_all":
+                        out: dict[str, Any] = {}
+                        for path in cmd["paths"]:
+                            data = await read_through(m.cache, m.asource, path, m.bs, cmd.get("concurrency", 4))
+                            out[path] = {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
+                        _out(out)
                     elif op == "stats":
                         _out(
                             {

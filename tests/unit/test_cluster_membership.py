@@ -168,7 +168,9 @@ def test_an_address_change_keeps_ownership() -> None:
 # ------------------------------------------------------------------------------ file watcher
 
 
-def test_watcher_reloads_on_change_and_keeps_the_last_good_set(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_watcher_reloads_on_change_and_keeps_the_last_good_set(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     path = tmp_path / "peers"
     path.write_text("a 127.0.0.1:1\nb 127.0.0.1:2\n")
     v = view(listen="127.0.0.1:1")
