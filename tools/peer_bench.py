@@ -18,7 +18,9 @@ Clients (in this process; every body's CRC-32 is checked, so all do the same wor
 * ``httpx``          httpx.AsyncClient on trio, ``resp.content`` then CRC
 
 Prints one table row per (server, client, concurrency): median GB/s over ``--runs`` runs of
-``--requests`` block requests each, and the min-max range.  Not a test: numbers only.
+``--requests`` block requests each, the min-max range, and the CPU seconds per GB moved spent
+by the client process and by the server process (medians) — the CPU cost is the steadier
+number on a shared, noisy machine.  Not a test: numbers only.
 hypercorn and httpx come with the ``bench`` extra; missing ones are reported and skipped.
 """
 
@@ -214,7 +216,17 @@ class _Clients:
         self.pool.clear()
 
 
-async def _run_once(fn: Callable[[int], Awaitable[int]], requests: int, concurrency: int) -> float:
+def _proc_cpu(pid: int) -> float:
+    """CPU seconds (user + system) used so far by process ``pid``."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+Run = tuple[float, float, float]  # GB/s, client CPU s/GB, server CPU s/GB
+
+
+async def _run_once(fn: Callable[[int], Awaitable[int]], requests: int, concurrency: int, server_pid: int) -> Run:
     counter = iter(range(requests))
     total = 0
 
@@ -223,16 +235,21 @@ async def _run_once(fn: Callable[[int], Awaitable[int]], requests: int, concurre
         for i in counter:
             total += await fn(i)
 
+    c0, s0 = time.process_time(), _proc_cpu(server_pid)
     t0 = time.perf_counter()
     async with trio.open_nursery() as nursery:
         for _ in range(concurrency):
             nursery.start_soon(worker)
-    return total / (time.perf_counter() - t0) / 1e9
+    elapsed = time.perf_counter() - t0
+    gb = total / 1e9
+    return gb / elapsed, (time.process_time() - c0) / gb, (_proc_cpu(server_pid) - s0) / gb
 
 
-async def measure(addr: str, client: str, bs: int, requests: int, runs: int, concurrency: int) -> list[float]:
+async def measure(
+    addr: str, client: str, bs: int, requests: int, runs: int, concurrency: int, server_pid: int
+) -> list[Run]:
     clients = _Clients(addr, bs, max(concurrency, 1))
-    results: list[float] = []
+    results: list[Run] = []
     try:
         if client == "httpx":
             import httpx
@@ -243,18 +260,18 @@ async def measure(addr: str, client: str, bs: int, requests: int, runs: int, con
                 async def fn(i: int) -> int:
                     return await clients.httpx(i, hc)
 
-                await _run_once(fn, NBLOCKS, concurrency)  # warm connections
+                await _run_once(fn, NBLOCKS, concurrency, server_pid)  # warm connections
                 for _ in range(runs):
-                    results.append(await _run_once(fn, requests, concurrency))
+                    results.append(await _run_once(fn, requests, concurrency, server_pid))
         else:
             fn = {
                 "fluidfs": clients.fluidfs,
                 "urllib3-read": clients.urllib3_read,
                 "urllib3-into": clients.urllib3_into,
             }[client]
-            await _run_once(fn, NBLOCKS, concurrency)
+            await _run_once(fn, NBLOCKS, concurrency, server_pid)
             for _ in range(runs):
-                results.append(await _run_once(fn, requests, concurrency))
+                results.append(await _run_once(fn, requests, concurrency, server_pid))
     finally:
         clients.close()
     return results
@@ -288,7 +305,9 @@ def main(argv: list[str] | None = None) -> None:
         f"peer protocol on loopback: {args.block_size >> 20} MiB blocks, {args.requests} requests/run, "
         f"median of {args.runs} runs, {os.cpu_count()} CPUs"
     )
-    print(f"{'server':<10} {'client':<13} {'conc':>4} {'GB/s':>6}  range")
+    print(
+        f"{'server':<10} {'client':<13} {'conc':>4} {'GB/s':>6} {'range':>11}  {'client CPU s/GB':>15} {'server CPU s/GB':>15}"
+    )
     for server in args.servers:
         if server == "hypercorn" and not _available("hypercorn"):
             print(f"{server:<10} (not installed: pip install hypercorn)")
@@ -300,10 +319,16 @@ def main(argv: list[str] | None = None) -> None:
                     print(f"{server:<10} {client:<13} (not installed: pip install httpx)")
                     continue
                 for conc in args.concurrency:
-                    res = trio.run(measure, addr, client, args.block_size, args.requests, args.runs, conc)
-                    med = statistics.median(res)
-                    rows.append({"server": server, "client": client, "concurrency": conc, "gbps": res})
-                    print(f"{server:<10} {client:<13} {conc:>4} {med:>6.2f}  {min(res):.2f}-{max(res):.2f}", flush=True)
+                    res = trio.run(measure, addr, client, args.block_size, args.requests, args.runs, conc, proc.pid)
+                    rates = [r[0] for r in res]
+                    ccpu = statistics.median(r[1] for r in res)
+                    scpu = statistics.median(r[2] for r in res)
+                    rows.append({"server": server, "client": client, "concurrency": conc, "runs": res})
+                    print(
+                        f"{server:<10} {client:<13} {conc:>4} {statistics.median(rates):>6.2f} "
+                        f"{min(rates):>5.2f}-{max(rates):<5.2f}  {ccpu:>15.2f} {scpu:>15.2f}",
+                        flush=True,
+                    )
         finally:
             proc.terminate()
             try:

@@ -63,7 +63,6 @@ class CacheBlockProvider:
         self.cache = cache
         self.sources = list(sources)
         self.block_size = block_size
-        self._bases = [(src, src.url("")) for src in self.sources]
         self._resolved: OrderedDict[str, tuple[ObjectReader, str]] = OrderedDict()
 
     # ------------------------------------------------------------------------------ scope
@@ -74,7 +73,8 @@ class CacheBlockProvider:
         if hit is not None:
             self._resolved.move_to_end(url)
             return hit
-        for src, base in self._bases:
+        for src in self.sources:
+            base = src.url("")  # asked each time: an HTTP source learns its root on first use
             if not url.startswith(base):
                 continue
             rest = url[len(base) :]
