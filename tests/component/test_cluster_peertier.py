@@ -7,15 +7,27 @@ from __future__ import annotations
 
 import itertools
 import os
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import trio
 from prometheus_client import REGISTRY
 
+from fluidfs.cache.base import BlockKey
+from fluidfs.cache.memory import MemoryTier
+from fluidfs.cache.tiered import TieredCache
 from fluidfs.cluster.breaker import OPEN
+from fluidfs.cluster.kubediscovery import Slice, SliceEndpoint, SliceEvent
+from fluidfs.cluster.node import PeerNode, PeerSettings
+from fluidfs.cluster.provider import CacheBlockProvider
+from fluidfs.errors import ConfigError
+from fluidfs.sources.aio import AsyncSource
 from tests.support.cluster_badpeer import BadPeer
 from tests.support.cluster_harness import (
+    SECRET,
+    CountingSource,
     KiB,
     Member,
     MiB,
@@ -154,8 +166,8 @@ def test_after_a_join_the_new_owner_asks_the_previous_owner(tmp_path: Path) -> N
                 assert await a.read(name) == files[name]
             await trio.sleep(0.2)  # background SSD writes
             # c owns the moved blocks now: it keeps them on SSD, and only those (peer_copy none)
-            assert all(c.ssd is not None and c.ssd.contains(k) for k in moved)
-            assert not any(c.ssd is not None and c.ssd.contains(k) for k in keys if k not in moved)
+            assert all(_on_ssd(c, k) for k in moved)
+            assert not any(_on_ssd(c, k) for k in keys if k not in moved)
             # c's new blocks came from their previous owners: still one source read per block
             assert a.source.total + b.source.total + c.source.total == n
             assert metric("fluidfs_peer_lookups_total", dataset=ds, result="previous") >= len(moved)
@@ -265,7 +277,7 @@ def test_replicas_keep_k_copies_and_read_the_source_once(tmp_path: Path) -> None
             for k in keys:
                 owners = [o.id for o in ms["a"].node.view.owners(k, 2)]
                 assert len(owners) == 2
-                assert all(ms[o].ssd is not None and ms[o].ssd.contains(k) for o in owners), (k, owners)
+                assert all(_on_ssd(ms[o], k) for o in owners), (k, owners)
             nursery.cancel_scope.cancel()
         for m in ms.values():
             m.close()
@@ -273,5 +285,69 @@ def test_replicas_keep_k_copies_and_read_the_source_once(tmp_path: Path) -> None
     trio.run(main)
 
 
+def _on_ssd(m: Member, k: BlockKey) -> bool:
+    return m.ssd is not None and m.ssd.contains(k)
+
+
 async def _read_and_check(m: Member, name: str, expected: bytes) -> None:
     assert await m.read(name) == expected
+
+
+class _FixedSlices:
+    """A Kubernetes EndpointSlice adapter double: one slice per member, then an idle watch."""
+
+    def __init__(self, slices: list[Slice]) -> None:
+        self.slices = slices
+
+    def list(self) -> tuple[list[Slice], str]:
+        return self.slices, "1"
+
+    def watch(self, resource_version: str, timeout_s: int) -> Iterator[SliceEvent]:
+        time.sleep(0.05)
+        return iter(())
+
+
+def test_members_found_by_kubernetes_discovery_share_blocks(tmp_path: Path) -> None:
+    ds = dataset("kube")
+    files = make_files(tmp_path / "data", {"f.bin": 16 * BS})
+    ports = free_ports(2)
+    slices = [Slice(f"svc-{n}", (SliceEndpoint("127.0.0.1", True, n),), p) for n, p in zip("ab", ports, strict=True)]
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            ms = []
+            for n, p in zip("ab", ports, strict=True):
+                src = CountingSource(tmp_path / "data")
+                asrc = AsyncSource(src, ds, trio.CapacityLimiter(4))
+                cache = TieredCache(MemoryTier(16 * MiB), dataset=ds)
+                settings = PeerSettings(listen=f"127.0.0.1:{p}", kube_service="ns/svc", member_id=n)
+                node = PeerNode(
+                    ds, settings, cache, CacheBlockProvider(ds, cache, [asrc]), secret=SECRET,
+                    discovery_api=_FixedSlices(slices),
+                )  # fmt: skip
+                m = Member(n, src, asrc, cache, node, BS)
+                await start_member(nursery, m)
+                ms.append(m)
+            with trio.fail_after(5):
+                while not all(len(m.node.view.current.members) == 2 for m in ms):
+                    await trio.sleep(0.02)
+            for m in ms:
+                assert await m.read("f.bin") == files["f.bin"]
+            assert sum(m.source.total for m in ms) == 16
+            assert all(m.cache.peer_fetches > 0 for m in ms)
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+
+
+def test_a_node_without_a_secret_does_not_start(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("FLUIDFS_PEER_SECRET", raising=False)
+    peers = tmp_path / "peers"
+    write_peers(peers, [("a", "127.0.0.1:7000")])
+    cache = TieredCache(MemoryTier(4 * MiB), dataset="nosecret")
+    provider = CacheBlockProvider("nosecret", cache, [])
+    with pytest.raises(ConfigError, match="no peer secret"):
+        PeerNode("nosecret", PeerSettings(listen="127.0.0.1:7000", peers_file=str(peers)), cache, provider)
+    write_peers(peers, [("a", "127.0.0.1:7000"), ("a", "127.0.0.1:7001")])
+    with pytest.raises(ConfigError, match=r"peers:3: duplicate member id 'a'"):
+        PeerNode("x", PeerSettings(listen="127.0.0.1:7000", peers_file=str(peers)), cache, provider, secret=SECRET)
