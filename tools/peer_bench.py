@@ -7,6 +7,8 @@ Servers (each in its own process, serving blocks held in memory):
 
 * ``h11``        fluidfs's PeerServer (trio + h11, authenticated, CRC per response)
 * ``hypercorn``  hypercorn's trio worker with a minimal ASGI app (same headers and CRC, no auth)
+* ``raw``        baseline: a plain blocking socket per connection that answers each 1-byte
+                 request with a block (no HTTP, no CRC) — the machine's loopback ceiling now
 
 Clients (in this process; every body's CRC-32 is checked, so all do the same work):
 
@@ -16,6 +18,7 @@ Clients (in this process; every body's CRC-32 is checked, so all do the same wor
 * ``urllib3-into``   urllib3 in trio.to_thread workers, ``resp.readinto()`` into a preallocated
                      buffer (urllib3 copies through an intermediate bytes) then CRC
 * ``httpx``          httpx.AsyncClient on trio, ``resp.content`` then CRC
+* ``raw``            (with the raw server only) ``recv_into`` a preallocated buffer, CRC
 
 Prints one table row per (server, client, concurrency): median GB/s over ``--runs`` runs of
 ``--requests`` block requests each, the min-max range, and the CPU seconds per GB moved spent
@@ -28,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -123,6 +127,24 @@ async def _serve_hypercorn(port: int, bs: int) -> None:
     await serve(app, config)  # type: ignore[arg-type]
 
 
+def _serve_raw(port: int, bs: int) -> None:
+    import socket
+    import threading
+
+    block = os.urandom(bs)
+    srv = socket.create_server(("127.0.0.1", port))
+    print(f"READY 127.0.0.1:{port}", flush=True)
+
+    def serve(conn: socket.socket) -> None:
+        with conn:
+            while conn.recv(1):
+                conn.sendall(block)
+
+    while True:
+        conn, _ = srv.accept()
+        threading.Thread(target=serve, args=(conn,), daemon=True).start()
+
+
 def _free_port() -> int:
     import socket
 
@@ -167,6 +189,27 @@ class _Clients:
         import urllib3
 
         self.pool = urllib3.PoolManager(maxsize=threads)
+        self._raw: list[Any] = []
+
+    def _raw_get(self, i: int) -> int:
+        import socket
+
+        sock = self._raw.pop() if self._raw else socket.create_connection((self.member.host, self.member.port))
+        buf = bytearray(self.bs)
+        view = memoryview(buf)
+        sock.sendall(b"x")
+        got = crc = 0
+        while got < self.bs:
+            n = sock.recv_into(view[got:])
+            if not n:
+                raise RuntimeError("raw server closed")
+            crc = zlib.crc32(view[got : got + n], crc)
+            got += n
+        self._raw.append(sock)
+        return got
+
+    async def raw(self, i: int) -> int:
+        return await trio.to_thread.run_sync(self._raw_get, i, limiter=self.limiter)
 
     def _url_headers(self, i: int) -> tuple[str, dict[str, str]]:
         target = block_target(DATASET, _key(self.bs, i))
@@ -214,6 +257,8 @@ class _Clients:
     def close(self) -> None:
         self.fluid.close()
         self.pool.clear()
+        for sock in self._raw:
+            sock.close()
 
 
 def _proc_cpu(pid: int) -> float:
@@ -265,6 +310,7 @@ async def measure(
                     results.append(await _run_once(fn, requests, concurrency, server_pid))
         else:
             fn = {
+                "raw": clients.raw,
                 "fluidfs": clients.fluidfs,
                 "urllib3-read": clients.urllib3_read,
                 "urllib3-into": clients.urllib3_into,
@@ -275,6 +321,28 @@ async def measure(
     finally:
         clients.close()
     return results
+
+
+def checksum_speeds(bs: int) -> dict[str, float]:
+    """GB/s of the block checksum (zlib CRC-32, what blockfile uses) and of hardware CRC-32C."""
+    data = os.urandom(bs)
+    fns: dict[str, Callable[[bytes], int]] = {"crc32 (zlib)": zlib.crc32}
+    try:
+        import google_crc32c
+
+        fns["crc32c (google-crc32c)"] = google_crc32c.value
+    except ImportError:
+        pass
+    out = {}
+    for name, fn in fns.items():
+        best = math.inf
+        for _ in range(5):
+            t0 = time.perf_counter()
+            for _ in range(10):
+                fn(data)
+            best = min(best, (time.perf_counter() - t0) / 10)
+        out[name] = bs / best / 1e9
+    return out
 
 
 def _available(module: str) -> bool:
@@ -291,22 +359,28 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--requests", type=int, default=96, help="block requests per run")
     p.add_argument("--runs", type=int, default=5)
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 4])
-    p.add_argument("--servers", nargs="+", default=["h11", "hypercorn"])
+    p.add_argument("--servers", nargs="+", default=["raw", "h11", "hypercorn"])
     p.add_argument("--clients", nargs="+", default=["fluidfs", "urllib3-read", "urllib3-into", "httpx"])
     p.add_argument("--json", help="also write the results to this file")
-    p.add_argument("--serve", choices=["h11", "hypercorn"], help=argparse.SUPPRESS)
+    p.add_argument("--serve", choices=["raw", "h11", "hypercorn"], help=argparse.SUPPRESS)
     p.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.serve == "raw":
+        _serve_raw(args.port, args.block_size)
+        return
     if args.serve:
         trio.run(_serve_h11 if args.serve == "h11" else _serve_hypercorn, args.port, args.block_size)
         return
     rows = []
+    speeds = checksum_speeds(args.block_size)
+    print("checksum of one block: " + ", ".join(f"{n} {v:.1f} GB/s" for n, v in speeds.items()))
     print(
         f"peer protocol on loopback: {args.block_size >> 20} MiB blocks, {args.requests} requests/run, "
         f"median of {args.runs} runs, {os.cpu_count()} CPUs"
     )
     print(
-        f"{'server':<10} {'client':<13} {'conc':>4} {'GB/s':>6} {'range':>11}  {'client CPU s/GB':>15} {'server CPU s/GB':>15}"
+        f"{'server':<10} {'client':<13} {'conc':>4} {'GB/s':>6} {'range':>11}  "
+        f"{'client CPU s/GB':>15} {'server CPU s/GB':>15}"
     )
     for server in args.servers:
         if server == "hypercorn" and not _available("hypercorn"):
@@ -314,7 +388,7 @@ def main(argv: list[str] | None = None) -> None:
             continue
         proc, addr = start_server(server, args.block_size)
         try:
-            for client in args.clients:
+            for client in ["raw"] if server == "raw" else args.clients:
                 if client == "httpx" and not _available("httpx"):
                     print(f"{server:<10} {client:<13} (not installed: pip install httpx)")
                     continue

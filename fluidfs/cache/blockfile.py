@@ -52,6 +52,10 @@ _HEADER_CRC_OFFSET = FIXED_LEN - 4
 MAX_HEADER_LEN = 1 << 20  # refuse absurd headers before allocating for them
 
 
+#: name of the payload checksum below (peers compare it: a change of algorithm is detected)
+CHECKSUM_NAME = "crc32"
+
+
 def checksum(data: Buffer, value: int = 0) -> int:
     """The payload checksum of block files (and of peer transfers): CRC-32 (``zlib.crc32``).
 

@@ -42,7 +42,7 @@ from fluidfs.cache.base import BlockKey, Buffer
 from fluidfs.cache.blockfile import checksum
 from fluidfs.cluster.auth import PeerAuth
 from fluidfs.cluster.membership import Member
-from fluidfs.cluster.protocol import H_CRC, INFO_PATH, block_target, check_response_headers, crc_hex
+from fluidfs.cluster.protocol import H_SUM, INFO_PATH, block_target, check_response_headers, checksum_header
 from fluidfs.errors import PeerError
 
 log = logging.getLogger(__name__)
@@ -276,9 +276,9 @@ class PeerClient:
     def push_sync(self, member: Member, dataset: str, key: BlockKey, data: Buffer) -> bool:
         target = block_target(dataset, key, "cached", 1)
         body = memoryview(data).cast("B")
-        crc = crc_hex(checksum(body))
+        crc = checksum_header(checksum(body))
         headers = self.auth.sign("PUT", target, length=len(body), crc=crc)
-        headers[H_CRC] = crc
+        headers[H_SUM] = crc
         headers["content-length"] = str(len(body))
         deadline = time.monotonic() + 2 * self.read_timeout + self.connect_timeout
 

@@ -4,7 +4,7 @@ HTTP/1.1 on the member's own port, one block per request, keep-alive connections
 
     GET  /v1/block/<dataset>?url=<u>&version=<v>&bs=<block size>&index=<i>&mode=fetch|cached&hops=<n>
     HEAD /v1/block/<dataset>?...          200 if this member holds the block now, else 404 (no body)
-    PUT  /v1/block/<dataset>?...          push (handoff): body = the block, X-Fluidfs-Crc32 required
+    PUT  /v1/block/<dataset>?...          push (handoff): body = the block, X-Fluidfs-Checksum required
     GET  /v1/info                         JSON: member id, datasets, bytes held (for status)
 
 Values are percent-encoded UTF-8 (surrogateescape: any URL or version a source produced round
@@ -19,7 +19,8 @@ members a request has passed through: a member serving a request never forwards 
 A 200 response's body is the block; its headers bind it to the key::
 
     Content-Length        payload length (<= block size)
-    X-Fluidfs-Crc32       8 hex digits: the same CRC-32 as block files on disk (blockfile.checksum)
+    X-Fluidfs-Checksum    ``crc32:<8 hex digits>``: the checksum of block files on disk
+                          (``blockfile.checksum``), named so that a change of algorithm is detected
     X-Fluidfs-Key         the key's digest (sha256 of url, version, block size, index)
     X-Fluidfs-Version     the version token (percent-encoded)
     X-Fluidfs-Member      the serving member's id
@@ -45,6 +46,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from fluidfs.cache.base import BlockKey, Buffer
+from fluidfs.cache.blockfile import CHECKSUM_NAME
 from fluidfs.errors import PeerError, PeerRequestError
 
 __all__ = [
@@ -67,7 +69,7 @@ MIN_BLOCK = 1024
 MAX_BLOCK = 256 << 20
 MODES = ("fetch", "cached")
 
-H_CRC = "x-fluidfs-crc32"
+H_SUM = "x-fluidfs-checksum"
 H_KEY = "x-fluidfs-key"
 H_VERSION = "x-fluidfs-version"
 H_MEMBER = "x-fluidfs-member"
@@ -180,15 +182,25 @@ def _int(text: str, name: str, lo: int, hi: int) -> int:
     return value
 
 
-def crc_hex(crc: int) -> str:
-    return f"{crc & 0xFFFFFFFF:08x}"
+def checksum_header(crc: int) -> str:
+    """``crc32:0123abcd``: the algorithm (``blockfile.CHECKSUM_NAME``) and the value."""
+    return f"{CHECKSUM_NAME}:{crc & 0xFFFFFFFF:08x}"
+
+
+def parse_checksum_header(value: str) -> int:
+    """The checksum in a header made by :func:`checksum_header`; ValueError if it is malformed
+    or uses another algorithm than this member's."""
+    name, sep, hexval = value.partition(":")
+    if not sep or name != CHECKSUM_NAME or len(hexval) != 8:
+        raise ValueError(f"unsupported or malformed checksum {value[:40]!r} (this member uses {CHECKSUM_NAME})")
+    return int(hexval, 16)
 
 
 def response_headers(key: BlockKey, length: int, crc: int, member_id: str) -> list[tuple[str, str]]:
     """Headers of a 200 block response."""
     return [
         ("content-length", str(length)),
-        (H_CRC, crc_hex(crc)),
+        (H_SUM, checksum_header(crc)),
         (H_KEY, key.digest),
         (H_VERSION, _q(key.version)),
         (H_MEMBER, member_id),
@@ -202,13 +214,11 @@ def check_response_headers(key: BlockKey, headers: Mapping[str, str]) -> tuple[i
     """
     try:
         length = int(headers.get("content-length", ""))
-        crc = int(headers.get(H_CRC, ""), 16)
-    except ValueError:
-        raise PeerError("response without a valid length or checksum", "bad_block") from None
+        crc = parse_checksum_header(headers.get(H_SUM, ""))
+    except ValueError as exc:
+        raise PeerError(f"response without a valid length or checksum ({exc})", "bad_block") from None
     if not 0 <= length <= key.block_size:
         raise PeerError(f"response of {length} bytes for a block of {key.block_size}", "bad_block")
-    if not 0 <= crc <= 0xFFFFFFFF:
-        raise PeerError("bad checksum header", "bad_block")
     if headers.get(H_KEY, "") != key.digest:
         raise PeerError("response is for another block (key digest mismatch)", "bad_block")
     if _uq(headers.get(H_VERSION, "")) != key.version:

@@ -39,12 +39,13 @@ from fluidfs.cache.blockfile import checksum
 from fluidfs.cluster.auth import FailureLog, PeerAuth
 from fluidfs.cluster.membership import format_address, parse_address
 from fluidfs.cluster.protocol import (
-    H_CRC,
+    H_SUM,
     INFO_PATH,
     SERVING_HOPS,
     BlockProvider,
     BlockRequest,
     parse_block_target,
+    parse_checksum_header,
     response_headers,
 )
 from fluidfs.errors import ConfigError, NotFoundError, PeerRequestError, SourceError, VersionChangedError
@@ -235,7 +236,7 @@ class PeerServer:
                 raise PeerRequestError(405, f"method {method[:16]} not allowed", "protocol")
             length, crc = 0, ""
             if method == "PUT":
-                crc = headers.get(H_CRC, "")
+                crc = headers.get(H_SUM, "")
                 try:
                     length = int(headers.get("content-length", ""))
                 except ValueError:
@@ -352,9 +353,9 @@ class PeerServer:
         if not 0 <= length <= breq.key.block_size:
             raise PeerRequestError(413, f"pushed block of {length} bytes > block size {breq.key.block_size}")
         try:
-            expected = int(crc_text, 16)
-        except ValueError:
-            raise PeerRequestError(400, "a push needs an X-Fluidfs-Crc32 header", "protocol") from None
+            expected = parse_checksum_header(crc_text)
+        except ValueError as exc:
+            raise PeerRequestError(400, f"a push needs an X-Fluidfs-Checksum header: {exc}", "protocol") from None
         with trio.move_on_after(self.queue_timeout) as wait:
             await self._transfers.acquire()
         if wait.cancelled_caught:

@@ -87,9 +87,9 @@ class Ctx:
         if body is None:
             headers = a.sign(method, target)
         else:
-            crc = f"{zlib.crc32(body):08x}"
+            crc = f"crc32:{zlib.crc32(body):08x}"
             headers = a.sign(method, target, length=len(body), crc=crc)
-            headers["x-fluidfs-crc32"] = crc
+            headers["x-fluidfs-checksum"] = crc
         return await self.raw(method, target, headers, body)
 
 
@@ -127,7 +127,7 @@ def test_blocks_are_served_byte_exact_and_single_flight(tmp_path: Path) -> None:
                 status, headers, body = await c.signed("GET", c.target(key))
                 assert status == 200, body
                 assert headers["x-fluidfs-key"] == key.digest
-                assert int(headers["x-fluidfs-crc32"], 16) == zlib.crc32(body)
+                assert headers["x-fluidfs-checksum"] == f"crc32:{zlib.crc32(body):08x}"
                 assert headers["x-fluidfs-member"] == "srv"
                 got += body
             assert got == c.files[name]
@@ -254,11 +254,16 @@ def test_pushes_are_verified_before_admission(tmp_path: Path) -> None:
         payload = (tmp_path / "data" / "p.bin").read_bytes()
         target = c.target(key, "cached")
         # checksum header that does not match the body
-        headers = c.auth.sign("PUT", target, length=BS, crc="00000000")
-        headers["x-fluidfs-crc32"] = "00000000"
+        headers = c.auth.sign("PUT", target, length=BS, crc="crc32:00000000")
+        headers["x-fluidfs-checksum"] = "crc32:00000000"
         status, _, body = await c.raw("PUT", target, headers, payload)
         assert status == 400 and b"verification" in body
         assert c.cache.tier_of(key) is None
+        # a checksum of another algorithm
+        headers = c.auth.sign("PUT", target, length=BS, crc="crc32c:00000000")
+        headers["x-fluidfs-checksum"] = "crc32c:00000000"
+        status, _, body = await c.raw("PUT", target, headers, payload)
+        assert status == 400 and b"unsupported" in body
         too_big = payload + b"x"
         status, _, _ = await c.signed("PUT", target, too_big)
         assert status == 413
