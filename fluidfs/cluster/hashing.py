@@ -28,7 +28,7 @@ from typing import Protocol
 
 from fluidfs.cache.base import BlockKey
 
-__all__ = ["Weighted", "Ring", "score", "key_bytes"]
+__all__ = ["Weighted", "Ring", "key_bytes", "shares"]
 
 _TWO64 = float(1 << 64)
 
@@ -55,12 +55,6 @@ def key_bytes(key: BlockKey | bytes | str) -> bytes:
 def _unit(h: int) -> float:
     """Map a 64-bit hash into the open interval (0, 1) (never 0: ln(0) would be -inf)."""
     return (h + 0.5) / _TWO64
-
-
-def score(member_id: str, weight: float, kb: bytes) -> float:
-    """The rendezvous score of one member for hashed key bytes ``kb`` (higher wins)."""
-    h = hashlib.blake2b(kb, digest_size=8, key=_member_key(member_id)).digest()
-    return -weight / math.log(_unit(int.from_bytes(h, "little")))
 
 
 def _member_key(member_id: str) -> bytes:

@@ -38,7 +38,6 @@ would want batching); query strings and headers are bounded to 16 KiB by the ser
 from __future__ import annotations
 
 import contextvars
-import math
 import re
 import urllib.parse
 from collections.abc import Mapping
@@ -224,7 +223,3 @@ def check_response_headers(key: BlockKey, headers: Mapping[str, str]) -> tuple[i
     if _uq(headers.get(H_VERSION, "")) != key.version:
         raise PeerError("response is for another version of the object", "bad_block")
     return length, crc
-
-
-def timeout_ok(value: float) -> bool:
-    return value > 0 and math.isfinite(value)
