@@ -15,6 +15,8 @@ only by :func:`exit_code` below (used by the CLI and by the daemon's readiness r
     │   ├── UnavailableError     endpoint unreachable / timed out / 5xx    (EIO)
     │   └── VersionChangedError  object changed since it was opened        (ESTALE→EIO)
     ├── CacheError           a cache tier failed (the tiered cache degrades, never raises to reads)
+    ├── PeerError            a request to a cluster peer failed (the peer tier falls back, never raises to reads)
+    │   └── PeerRequestError     a peer request was rejected: carries its HTTP status (401, 400, 404…)
     └── FsOpError            a filesystem operation is invalid (carries its errno: ENOTDIR, EROFS…)
 """
 
@@ -79,6 +81,24 @@ class FsOpError(FluidfsError):
     def __init__(self, errno: int, message: str = "") -> None:
         self.errno = errno
         super().__init__(message or f"errno {errno}")
+
+
+class PeerError(FluidfsError):
+    """A cluster peer could not serve a block: refused, timed out, answered badly or sent a bad
+    block.  ``reason`` is a short bounded label (for metrics): refused, timeout, bad_block,
+    unauthorized, busy, protocol, error."""
+
+    def __init__(self, message: str, reason: str = "error") -> None:
+        self.reason = reason
+        super().__init__(message)
+
+
+class PeerRequestError(PeerError):
+    """A peer request that the serving side rejects; ``status`` is the HTTP status it answers."""
+
+    def __init__(self, status: int, message: str, reason: str = "protocol") -> None:
+        self.status = status
+        super().__init__(message, reason)
 
 
 #: Exit codes of every ``fluidfs`` command (the README's tables).

@@ -64,6 +64,52 @@ META_HITS = Counter(
 META_MISSES = Counter("fluidfs_metadata_misses_total", "Lookups/listings that went to the source", ["dataset", "op"])
 
 
+# --- cluster peer tier (fluidfs/cluster) -------------------------------------------------
+# ``side``: server (requests this member answered) | client (requests it sent); ``op``: get |
+# head | put | info; ``result``: ok | miss | error; ``reason``: refused | timeout | bad_block | source |
+# unauthorized | busy | protocol | not_found | error.  On the server side a request for a dataset
+# this member does not serve is labelled dataset="-", so peers cannot create label values.
+# ``peer`` is a member id: bounded by the cluster size (ids are validated: at most 63 of
+# [A-Za-z0-9._-]) and removed when the member leaves the membership.
+PEER_REQUESTS = Counter(
+    "fluidfs_peer_requests_total",
+    "Peer protocol requests by side, operation and result",
+    ["dataset", "side", "op", "result"],
+)
+PEER_BYTES = Counter("fluidfs_peer_bytes_total", "Block bytes moved by the peer protocol", ["dataset", "side", "op"])
+PEER_ERRORS = Counter(
+    "fluidfs_peer_errors_total", "Failed peer requests by side and reason", ["dataset", "side", "reason"]
+)
+PEER_LATENCY = Histogram(
+    "fluidfs_peer_request_duration_seconds",
+    "Latency of peer protocol requests (whole block transfer)",
+    ["dataset", "side", "op"],
+    buckets=_LAT_BUCKETS,
+)
+PEER_LOOKUPS = Counter(
+    "fluidfs_peer_lookups_total",
+    "Local cache misses looked up in the peer tier, by outcome (owner|previous|miss|error|disabled)",
+    ["dataset", "result"],
+)
+PEER_IN_FLIGHT = Gauge("fluidfs_peer_transfers_in_flight", "Peer block transfers in progress", ["dataset", "side"])
+PEER_MEMBERS = Gauge("fluidfs_peer_members", "Members in the current cluster membership", ["dataset"])
+PEER_MEMBERSHIP_CHANGES = Counter("fluidfs_peer_membership_changes_total", "Membership changes applied", ["dataset"])
+PEER_OWNERSHIP = Gauge(
+    "fluidfs_peer_ownership_share_ratio",
+    "Expected share of block keys this member owns (weight / total weight)",
+    ["dataset"],
+)
+PEER_HANDOFF_BLOCKS = Counter(
+    "fluidfs_peer_handoff_blocks_total",
+    "Blocks considered by a graceful-leave handoff (pushed|present|failed|unsent)",
+    ["dataset", "result"],
+)
+PEER_HANDOFF_BYTES = Counter("fluidfs_peer_handoff_bytes_total", "Block bytes pushed by handoffs", ["dataset"])
+PEER_BREAKER_STATE = Gauge(
+    "fluidfs_peer_breaker_state", "Circuit breaker per peer: 0 closed, 1 half-open, 2 open", ["dataset", "peer"]
+)
+
+
 def serve(addr: str) -> tuple[str, int]:
     """Start the metrics endpoint on ``HOST:PORT`` (port 0 = any); return the bound address."""
     host, port = prom.serve(addr)

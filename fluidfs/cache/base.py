@@ -52,3 +52,17 @@ class Tier(Protocol):
     def used_bytes(self) -> int: ...
 
     def quota_bytes(self) -> int: ...
+
+
+class PeerLookup(Protocol):
+    """The cluster peer tier as the TieredCache sees it (implemented in ``fluidfs.cluster``).
+
+    ``get`` is asked on a memory and SSD miss, before the source; it returns a verified block
+    or None (then the source serves).  It must not raise for peer failures (the cache still
+    guards against it).  ``placement(key)`` says where this member keeps a block it got from a
+    peer: ``"memory"``, ``"ssd"`` (memory and SSD) or ``"none"``.
+    """
+
+    async def get(self, key: BlockKey) -> Buffer | None: ...
+
+    def placement(self, key: BlockKey) -> str: ...

@@ -53,6 +53,18 @@ _HEADER_CRC_OFFSET = FIXED_LEN - 4
 MAX_HEADER_LEN = 1 << 20  # refuse absurd headers before allocating for them
 
 
+#: name of the payload checksum below (peers compare it: a change of algorithm is detected)
+CHECKSUM_NAME = "crc32"
+
+
+def checksum(data: Buffer, value: int = 0) -> int:
+    """The payload checksum of block files (and of peer transfers): CRC-32 (``zlib.crc32``).
+
+    ``value`` continues a running checksum, so a payload received in pieces is checksummed
+    piece by piece as it arrives (no second pass)."""
+    return zlib.crc32(data, value)
+
+
 class BlockFormatError(ValueError):
     """A block file is truncated, foreign, corrupt or belongs to another key."""
 
@@ -87,7 +99,7 @@ def encode_header(key: BlockKey, payload: Buffer) -> bytes:
         key.block_size,
         key.index,
         len(payload),
-        zlib.crc32(payload),
+        checksum(payload),
         len(url),
         len(version),
         0,
@@ -169,7 +181,7 @@ def decode_block(buf: Buffer, key: BlockKey) -> memoryview:
     if len(mv) != header.header_len + header.payload_len:
         raise BlockFormatError(f"file is {len(mv)} bytes, header says {header.header_len + header.payload_len}")
     payload = mv[header.header_len :]
-    if zlib.crc32(payload) != header.payload_crc:
+    if checksum(payload) != header.payload_crc:
         raise BlockFormatError("payload checksum mismatch")
     return payload
 

@@ -1,13 +1,15 @@
-"""TieredCache: MEM tier → SSD tier → source, with single-flight misses.
+"""TieredCache: MEM tier → SSD tier → (peer tier) → source, with single-flight misses.
 
 ``get(key, fetch)`` returns the block's bytes: from RAM, else from the SSD tier (promoted to
-RAM), else by awaiting ``fetch()`` exactly once however many tasks ask for the same block at
-the same time.  Fetched blocks go into RAM at once and into the SSD tier in the background
+RAM), else from the cluster's peer tier when one is attached (``attach_peer``; kept where its
+``placement`` says), else by awaiting ``fetch()`` exactly once however many tasks ask for
+the same block at the same time.  Fetched blocks go into RAM at once and into the SSD tier in the background
 (bounded: at most ``ssd_write_slots`` writes in flight; beyond that the reader waits, which
 is the back-pressure that keeps memory bounded).
 
 Caveats: a failing SSD tier never fails a read: its errors are logged once and the block is
-served from the source; the tier itself decides to go degraded.
+served from the source; the tier itself decides to go degraded.  Likewise a failing peer tier
+never fails a read (the source serves; the peer tier's metrics show why).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from collections.abc import Awaitable, Callable
 import trio
 
 from fluidfs import metrics
-from fluidfs.cache.base import BlockKey, Buffer, Tier
+from fluidfs.cache.base import BlockKey, Buffer, PeerLookup, Tier
 from fluidfs.cache.memory import MemoryTier
 
 log = logging.getLogger(__name__)
@@ -52,9 +54,13 @@ class TieredCache:
         self._ssd_slots = trio.Semaphore(ssd_write_slots)
         self._nursery: trio.Nursery | None = None
         self._warned = False
-        self._m_hit = {t: metrics.CACHE_HITS.labels(dataset, t) for t in ("mem", "ssd")}
-        self._m_miss = {t: metrics.CACHE_MISSES.labels(dataset, t) for t in ("mem", "ssd")}
-        self._m_bytes = {t: metrics.CACHE_HIT_BYTES.labels(dataset, t) for t in ("mem", "ssd")}
+        self._peer_warned = False
+        self.peer: PeerLookup | None = None
+        self.source_fetches = 0
+        self.peer_fetches = 0
+        self._m_hit = {t: metrics.CACHE_HITS.labels(dataset, t) for t in ("mem", "ssd", "peer")}
+        self._m_miss = {t: metrics.CACHE_MISSES.labels(dataset, t) for t in ("mem", "ssd", "peer")}
+        self._m_bytes = {t: metrics.CACHE_HIT_BYTES.labels(dataset, t) for t in ("mem", "ssd", "peer")}
         self._m_evict = {t: metrics.CACHE_EVICTIONS.labels(dataset, t) for t in ("mem", "ssd")}
         self._seen_evictions = {"mem": 0, "ssd": 0}  # tier counters already exported
         metrics.CACHE_QUOTA.labels(dataset, "mem").set(mem.quota_bytes())
@@ -64,6 +70,10 @@ class TieredCache:
     def start(self, nursery: trio.Nursery) -> None:
         """Give the cache a nursery for background SSD writes (else they run inline)."""
         self._nursery = nursery
+
+    def attach_peer(self, peer: PeerLookup | None) -> None:
+        """Ask ``peer`` on a memory and SSD miss, before the source (None detaches)."""
+        self.peer = peer
 
     async def get(self, key: BlockKey, fetch: Callable[[], Awaitable[bytes]]) -> Buffer:
         while True:
@@ -99,7 +109,12 @@ class TieredCache:
                 self._update_gauges()
                 return data
             self._m_miss["ssd"].inc()
+        if self.peer is not None:
+            got = await self._peer_get(key)
+            if got is not None:
+                return got
         raw = await fetch()
+        self.source_fetches += 1
         self.mem.put(key, raw)
         if self.ssd is not None:
             await self._ssd_slots.acquire()
@@ -109,6 +124,60 @@ class TieredCache:
                 await self._ssd_put(key, raw)
         self._update_gauges()
         return memoryview(raw)
+
+    async def _peer_get(self, key: BlockKey) -> Buffer | None:
+        """Ask the peer tier; keep what it returns where the tier's ``placement`` says."""
+        assert self.peer is not None
+        try:
+            got = await self.peer.get(key)
+        except Exception as exc:  # the peer tier must not fail reads
+            if not self._peer_warned:
+                self._peer_warned = True
+                log.warning("dataset %s: peer tier failed (%s); reading from the source", self.dataset, exc)
+            got = None
+        if got is None:
+            self._m_miss["peer"].inc()
+            return None
+        self.peer_fetches += 1
+        self._hit("peer", got)
+        copy = self.peer.placement(key)
+        if copy != "none":
+            raw = got if isinstance(got, bytes) else bytes(got)
+            self.mem.put(key, raw)
+            if copy == "ssd" and self.ssd is not None:
+                await self._ssd_slots.acquire()
+                if self._nursery is not None:
+                    self._nursery.start_soon(self._ssd_put, key, raw)
+                else:
+                    await self._ssd_put(key, raw)
+            self._update_gauges()
+        return got
+
+    async def lookup(self, key: BlockKey) -> Buffer | None:
+        """The block if a local tier holds it (memory, then SSD); never fetches, never asks peers."""
+        data = self.mem.get(key)
+        if data is not None:
+            return data
+        if self.ssd is not None and self.ssd.contains(key):
+            return await self._ssd_get(key)
+        return None
+
+    async def admit(self, key: BlockKey, data: Buffer) -> bool:
+        """Store a block handed over by a peer: in the SSD tier (memory when there is none)."""
+        raw = data if isinstance(data, bytes) else bytes(data)
+        if self.ssd is None:
+            ok = self.mem.put(key, raw)
+        else:
+            await self._ssd_slots.acquire()
+            try:
+                ok = await trio.to_thread.run_sync(self.ssd.put, key, raw, limiter=self._ssd_limiter)
+            except Exception as exc:
+                self._warn(exc)
+                ok = False
+            finally:
+                self._ssd_slots.release()
+        self._update_gauges()
+        return bool(ok)
 
     async def _ssd_get(self, key: BlockKey) -> Buffer | None:
         assert self.ssd is not None
@@ -130,7 +199,7 @@ class TieredCache:
             self._ssd_slots.release()
             self._update_gauges()
 
-    def tier_of(self, key: BlockKey) -> str | None:
+    def tier_of(self, key: BlockKey) -> str | None:  # (peer copies are in "mem" or "ssd")
         """Which tier holds ``key`` ("mem", "ssd") or None — for status and warmup."""
         if self.mem.contains(key):
             return "mem"
