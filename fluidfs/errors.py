@@ -15,6 +15,9 @@ in the CLI (``fluidfs/cli.py``).
     │   ├── UnavailableError     endpoint unreachable / timed out / 5xx    (EIO)
     │   └── VersionChangedError  object changed since it was opened        (ESTALE→EIO)
     ├── CacheError           a cache tier failed (the tiered cache degrades, never raises to reads)
+    ├── ControlError         the control plane (fluidfs-controller) could not do something  (exit 1)
+    │   ├── KubeApiError         a Kubernetes API call failed (``status``: HTTP code, 0 = no answer)
+    │   └── ScrapeError          a metrics endpoint could not be read
     └── FsOpError            a filesystem operation is invalid (carries its errno: ENOTDIR, EROFS…)
 """
 from __future__ import annotations
@@ -78,3 +81,20 @@ class FsOpError(FluidfsError):
     def __init__(self, errno: int, message: str = "") -> None:
         self.errno = errno
         super().__init__(message or f"errno {errno}")
+
+
+class ControlError(FluidfsError):
+    """The control plane (``fluidfs-controller``, its adapters and actuators) failed."""
+
+
+class KubeApiError(ControlError):
+    """A Kubernetes API call failed; ``status`` is the HTTP status (409 conflict, 404 not
+    found, ...) or 0 when the API server did not answer."""
+
+    def __init__(self, message: str, status: int = 0) -> None:
+        self.status = status
+        super().__init__(message)
+
+
+class ScrapeError(ControlError):
+    """A Prometheus metrics endpoint could not be read (refused, timed out, not 200)."""
