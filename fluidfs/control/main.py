@@ -70,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--peer-port", type=int, default=WorkerConfig.peer_port)
     w.add_argument("--worker-metrics-port", type=int, default=WorkerConfig.metrics_port)
     w.add_argument("--peer-secret", default=f"{WorkerConfig.peer_secret}/{WorkerConfig.peer_secret_key}",
-                   help="NAME[/KEY] of the Secret (in each Dataset's namespace) with the cluster's peer key")  # fmt: skip
+                   help="NAME[/KEY] of the Secret with the peer key, in each Dataset's namespace")  # fmt: skip
     w.add_argument("--worker-log-level", default="info")
     c = p.add_argument_group("signals")
     c.add_argument("--client-namespace", default="", help="namespace of the pods serving mounts (the node plugin)")
