@@ -63,7 +63,9 @@ def test_default_render_installs_crd_controller_and_rbac(default: list[dict[str,
 
 
 @pytest.mark.parametrize("variant", ["default", "all-features"])
-def test_every_object_validates_strictly(variant: str, default: list[dict[str, Any]], full: list[dict[str, Any]]) -> None:
+def test_every_object_validates_strictly(
+    variant: str, default: list[dict[str, Any]], full: list[dict[str, Any]]
+) -> None:
     for obj in default if variant == "default" else full:
         validate_strict(obj, f"chart ({variant}): ")
 

@@ -36,8 +36,10 @@ def _strict(node: Any) -> Any:
     server-side field validation is Strict by default), except where unknown fields are kept."""
     if isinstance(node, dict):
         out = {k: _strict(v) for k, v in node.items() if not k.startswith("x-kubernetes-")}
-        if node.get("type") == "object" and "properties" in node and not node.get(
-            "x-kubernetes-preserve-unknown-fields"
+        if (
+            node.get("type") == "object"
+            and "properties" in node
+            and not node.get("x-kubernetes-preserve-unknown-fields")
         ):
             out["additionalProperties"] = False
         if node.get("x-kubernetes-int-or-string"):

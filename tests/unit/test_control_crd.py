@@ -98,7 +98,9 @@ def _set(obj: dict[str, Any], path: str, value: Any) -> None:
 
 
 @pytest.mark.parametrize("path, value, message", BAD, ids=[f"{p}={v!r}" for p, v, _ in BAD])
-def test_malformed_datasets_are_rejected_with_the_field_and_a_clear_message(path: str, value: Any, message: str) -> None:
+def test_malformed_datasets_are_rejected_with_the_field_and_a_clear_message(
+    path: str, value: Any, message: str
+) -> None:
     obj = copy.deepcopy(example("dataset-autoscaled.yaml"))
     _set(obj, path, value)
     errors = schema_errors(obj)

@@ -70,7 +70,12 @@ def test_first_pass_creates_valid_objects_owned_by_the_dataset(kube: FakeKube) -
     for obj in kube.created:
         validate_strict(obj, "created: ")
         ref = obj["metadata"]["ownerReferences"][0]
-        assert (ref["kind"], ref["name"], ref["uid"], ref["controller"]) == ("Dataset", NAME, ds["metadata"]["uid"], True)
+        assert (ref["kind"], ref["name"], ref["uid"], ref["controller"]) == (
+            "Dataset",
+            NAME,
+            ds["metadata"]["uid"],
+            True,
+        )
     sts = kube.sts(NS, STS)
     assert sts is not None and sts["spec"]["replicas"] == 0  # minWorkers: 0
     pod = sts["spec"]["template"]["spec"]
@@ -79,7 +84,10 @@ def test_first_pass_creates_valid_objects_owned_by_the_dataset(kube: FakeKube) -
     assert args[args.index("--peers-from") + 1] == "kubernetes"
     assert pod["serviceAccountName"] == STS
     env = {e["name"]: e for e in pod["containers"][0]["env"]}
-    assert env["FLUIDFS_M0_ACCESS_KEY_ID"]["valueFrom"]["secretKeyRef"] == {"name": "s3-credentials", "key": "accessKeyId"}
+    assert env["FLUIDFS_M0_ACCESS_KEY_ID"]["valueFrom"]["secretKeyRef"] == {
+        "name": "s3-credentials",
+        "key": "accessKeyId",
+    }
     assert sts["spec"]["volumeClaimTemplates"][0]["spec"]["storageClassName"] == "local-nvme"
     role = kube.objects[("Role", NS, STS)]
     assert role["rules"] == [{"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"],
@@ -115,7 +123,9 @@ def test_second_pass_changes_nothing_and_drift_is_repaired(kube: FakeKube) -> No
     c.run_once()
     sts = kube.sts(NS, STS)
     assert sts is not None and sts["spec"]["replicas"] == 3
-    assert sts["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["memory"] == str((8 << 30) + (512 << 20))
+    assert sts["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["memory"] == str(
+        (8 << 30) + (512 << 20)
+    )
 
 
 def test_changed_storage_recreates_the_statefulset(kube: FakeKube) -> None:
@@ -234,7 +244,9 @@ def test_invalid_spec_is_reported_once_per_generation(kube: FakeKube) -> None:
         clock.t += 15
     status = kube.status_of(NS, NAME)
     assert status["phase"] == "Failed"
-    assert status["message"] == "Dataset ml/imagenet: spec.cache.minWorkers: minWorkers (9) must not exceed maxWorkers (2)"
+    assert (
+        status["message"] == "Dataset ml/imagenet: spec.cache.minWorkers: minWorkers (9) must not exceed maxWorkers (2)"
+    )
     assert [e["reason"] for e in kube.events] == ["InvalidSpec"]
     assert not [o for o in kube.created if o["kind"] == "StatefulSet"]
     full_status_is_valid(kube)
@@ -244,8 +256,8 @@ def test_invalid_spec_is_reported_once_per_generation(kube: FakeKube) -> None:
 
 
 def test_object_owned_by_someone_else_is_left_alone(kube: FakeKube) -> None:
-    kube.objects[("ConfigMap", NS, STS)] = {"apiVersion": "v1", "kind": "ConfigMap",
-                                            "metadata": {"name": STS, "namespace": NS, "resourceVersion": "1"}}  # fmt: skip
+    meta = {"name": STS, "namespace": NS, "resourceVersion": "1"}
+    kube.objects[("ConfigMap", NS, STS)] = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": meta}
     kube.apply(dataset())
     make(kube, Clock()).run_once()
     status = kube.status_of(NS, NAME)
