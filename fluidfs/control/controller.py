@@ -73,7 +73,9 @@ class _Memory:
     snapshots: dict[str, signals.MemberSnapshot] = field(default_factory=dict)
     history: deque[signals.Sample] = field(default_factory=deque)
     state: autoscaler.State | None = None
+    shadow: autoscaler.State | None = None  # training-speed advice under the manual policy
     decision: autoscaler.Decision | None = None
+    recommended: int | None = None
     last_scaling: Obj | None = None
     next_sample: float = 0.0
     sampled_at: str = ""
@@ -183,6 +185,7 @@ class Controller:
             selector=objects.selector_string(res),
             sts=sts,
             decision=mem.decision,
+            recommended=mem.recommended,
             sample=mem.history[-1] if mem.history else None,
             last_scaling=mem.last_scaling,
             warnings=res.warnings,
@@ -286,7 +289,16 @@ class Controller:
             self._event(meta, reason, f"{current} -> {decision.replicas} workers: {decision.reason}", "Scale")
             log.info("Dataset %s: %d -> %d workers: %s", res.key, current, decision.replicas, decision.reason)
         mem.state, mem.decision = nxt, decision
-        metrics.record(res.namespace, res.name, decision.replicas, decision.replicas, sample)
+        mem.recommended = decision.replicas
+        if res.params.policy == autoscaler.MANUAL:  # what an HPA/KEDA following the metric should do
+            shadow = mem.shadow if mem.shadow is not None else autoscaler.State(replicas=decision.replicas)
+            trial = shadow.trial
+            if trial is None or decision.replicas not in (trial.from_replicas, trial.to_replicas):
+                shadow = replace(shadow, replicas=decision.replicas)  # else: a step the HPA is to follow
+            params = replace(res.params, policy=autoscaler.TRAINING_SPEED)
+            advice, mem.shadow = autoscaler.decide(params, res.bounds, shadow, mem.history, now)
+            mem.recommended = advice.replicas
+        metrics.record(res.namespace, res.name, mem.recommended, decision.replicas, sample)
 
     # ------------------------------------------------------------------------------ deletion
 

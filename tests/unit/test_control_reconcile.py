@@ -319,3 +319,35 @@ def test_leader_election_one_leader_and_takeover_after_expiry() -> None:
     assert not a.acquire_or_renew()
     b.release()
     assert a.acquire_or_renew()
+
+
+def test_manual_policy_still_recommends_what_training_speed_would_do(kube: FakeKube) -> None:
+    from fluidfs.control import metrics
+
+    kube.apply(dataset(replicas=1, autoscaling={"policy": MANUAL, "interval": "15s"}))
+    url = "http://10.0.0.2:9809/metrics"
+    kube.clients.append(PodInfoFor(url))
+    tick = {"n": 0}
+    kube.texts[url] = lambda: render(mount_member(tick["n"] * 1500 << 20, tick["n"] * 30.0, tick["n"] * 20.0,
+                                                  tick["n"] * 80.0, 9 << 30))  # fmt: skip
+    kube.texts["http://imagenet-cache-0.fake:9090/metrics"] = render(Member("w", "worker", 200 << 30))
+    clock = Clock()
+    c = make(kube, clock)
+    for _ in range(5):
+        tick["n"] += 1
+        c.run_once()
+        clock.t += 15
+    sts = kube.sts(NS, STS)
+    assert sts is not None and sts["spec"]["replicas"] == 1  # manual: the HPA decides
+    assert kube.status_of(NS, NAME)["recommendedReplicas"] == 2
+    assert metrics.RECOMMENDED.labels(NS, NAME)._value.get() == 2
+    assert metrics.REPLICAS.labels(NS, NAME)._value.get() == 1
+
+
+def PodInfoFor(url: str) -> Any:  # noqa: N802 - a node plugin pod serving ``url``
+    ip = url.split("//")[1].split(":")[0]
+    return pod_info({
+        "metadata": {"name": f"node-{ip}", "namespace": CLIENTS, "labels": {"app": "fluidfs-node"}},
+        "spec": {"nodeName": "node-b", "containers": [{"ports": [{"name": "metrics", "containerPort": 9809}]}]},
+        "status": {"podIP": ip, "conditions": [{"type": "Ready", "status": "True"}]},
+    })  # fmt: skip
