@@ -1,5 +1,6 @@
-# fluidfs image: the CSI plugin (entry point fluidfs-csi) and the fluidfs CLI it runs for each
-# dataset's FUSE mount. Used by the Helm chart in helm/fluidfs (node DaemonSet and controller).
+# fluidfs image: the CSI plugin (entry point fluidfs-csi), the fluidfs CLI it runs for each
+# dataset's FUSE mount, and fluidfs-controller (the Dataset controller). Used by the Helm chart
+# in helm/fluidfs (node DaemonSet, CSI controller, Dataset controller).
 #
 #   docker build -t fluidfs/fluidfs:0.1.0 .
 #
@@ -17,7 +18,7 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY fluidfs ./fluidfs
 COPY csi ./csi
-RUN pip wheel --no-cache-dir --wheel-dir /wheels .
+RUN pip wheel --no-cache-dir --wheel-dir /wheels '.[kubernetes]'
 
 FROM ${PYTHON_IMAGE}
 LABEL org.opencontainers.image.title="fluidfs" \
@@ -29,8 +30,9 @@ RUN apt-get update \
     && apt-get install -y --no-install-recommends fuse3 mount util-linux ca-certificates \
     && rm -rf /var/lib/apt/lists/*
 COPY --from=build /wheels /wheels
-RUN pip install --no-cache-dir --no-index --find-links=/wheels fluidfs \
+RUN pip install --no-cache-dir --no-index --find-links=/wheels 'fluidfs[kubernetes]' \
     && rm -rf /wheels \
-    && fluidfs-csi --help >/dev/null
+    && fluidfs-csi --help >/dev/null \
+    && fluidfs-controller --help >/dev/null
 ENV PYTHONUNBUFFERED=1
 ENTRYPOINT ["fluidfs-csi"]

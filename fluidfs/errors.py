@@ -17,6 +17,9 @@ only by :func:`exit_code` below (used by the CLI and by the daemon's readiness r
     ├── CacheError           a cache tier failed (the tiered cache degrades, never raises to reads)
     ├── PeerError            a request to a cluster peer failed (the peer tier falls back, never raises to reads)
     │   └── PeerRequestError     a peer request was rejected: carries its HTTP status (401, 400, 404…)
+    ├── ControlError         the control plane (fluidfs-controller) could not do something  (exit 1)
+    │   ├── KubeApiError         a Kubernetes API call failed (``status``: HTTP code, 0 = no answer)
+    │   └── ScrapeError          a metrics endpoint could not be read
     └── FsOpError            a filesystem operation is invalid (carries its errno: ENOTDIR, EROFS…)
 """
 
@@ -99,6 +102,23 @@ class PeerRequestError(PeerError):
     def __init__(self, status: int, message: str, reason: str = "protocol") -> None:
         self.status = status
         super().__init__(message, reason)
+
+
+class ControlError(FluidfsError):
+    """The control plane (``fluidfs-controller``, its adapters and actuators) failed."""
+
+
+class KubeApiError(ControlError):
+    """A Kubernetes API call failed; ``status`` is the HTTP status (409 conflict, 404 not
+    found, ...) or 0 when the API server did not answer."""
+
+    def __init__(self, message: str, status: int = 0) -> None:
+        self.status = status
+        super().__init__(message)
+
+
+class ScrapeError(ControlError):
+    """A Prometheus metrics endpoint could not be read (refused, timed out, not 200)."""
 
 
 #: Exit codes of every ``fluidfs`` command (the README's tables).

@@ -49,6 +49,15 @@ FUSE_LATENCY = Histogram(
     "fluidfs_fuse_operation_duration_seconds", "Latency of FUSE operations", ["dataset", "op"], buckets=_LAT_BUCKETS
 )
 FUSE_READ_BYTES = Counter("fluidfs_fuse_read_bytes_total", "Bytes returned to read() calls", ["dataset"])
+# read stall: the autoscaler's signal that training waits on data (fluidfs/control/signals.py)
+FUSE_READ_STALL = Counter(
+    "fluidfs_fuse_read_stall_seconds_total",
+    "Time read() requests waited on blocks no local tier held (fetched from a peer or the source)",
+    ["dataset"],
+)
+FUSE_READ_STALLS = Counter(
+    "fluidfs_fuse_read_stalls_total", "Blocks read() requests waited for because no local tier held them", ["dataset"]
+)
 
 # --- readahead ---------------------------------------------------------------------------
 READAHEAD_ISSUED = Counter("fluidfs_readahead_issued_bytes_total", "Bytes prefetched by readahead", ["dataset"])

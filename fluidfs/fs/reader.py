@@ -23,6 +23,7 @@ is only counted once the Prefetcher forgets it.
 from __future__ import annotations
 
 import logging
+import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -163,6 +164,8 @@ class FileReader:
         self._next_offset = -1
         self._window = 0
         self._ahead_until = 0  # first block index not yet considered for prefetch
+        self._stall = metrics.FUSE_READ_STALL.labels(cache.dataset)
+        self._stalls = metrics.FUSE_READ_STALLS.labels(cache.dataset)
 
     def key(self, index: int) -> BlockKey:
         return BlockKey(self.url, self.version, self.bs, index)
@@ -185,8 +188,13 @@ class FileReader:
         if held is not None:
             self.cache.note_hit("mem", held)
             data = held
-        else:
+        elif self.cache.tier_of(key) is not None:
             data = await self.cache.get(key, self.fetcher(index))
+        else:  # a miss of every local tier: the reader stalls until the block arrives
+            t0 = time.perf_counter()
+            data = await self.cache.get(key, self.fetcher(index))
+            self._stall.inc(time.perf_counter() - t0)
+            self._stalls.inc()
         if self.prefetcher is not None:
             self.prefetcher.used(key)
         return data

@@ -32,6 +32,8 @@ LAZY_IMPORTS = {
     ("fluidfs.sources.registry", "fluidfs.sources.local"): "a backend is loaded when a dataset uses it",
     ("fluidfs.sources.registry", "fluidfs.sources.http"): "a backend is loaded when a dataset uses it",
     ("fluidfs.sources.registry", "fluidfs.sources.s3"): "a backend is loaded when a dataset uses it (boto3)",
+    ("fluidfs.control.main", "fluidfs.control.kube"): "the kubernetes client (an optional extra) only for that backend",
+    ("fluidfs.control.main", "fluidfs.control.local"): "the local backend only when asked for",
     ("tools.bench.workloads", "tools.bench.store"): "the workload child stays small: its peak RSS is measured",
     ("tools.bench.workloads", "tools.bench.systems"): "the workload child stays small: its peak RSS is measured",
 }
