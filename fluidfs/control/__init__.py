@@ -1,0 +1,1 @@
+"""The control plane: fluidfs-controller and its logic."""
