@@ -161,6 +161,10 @@ class _TLSServer(ThreadingHTTPServer):
         # The handshake happens in the request thread (first read), never in the accept loop.
         return self.tls.context().wrap_socket(sock, server_side=True, do_handshake_on_connect=False), addr
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client that is not speaking TLS, or hangs up mid-request: its problem, not ours.
+        log.debug("webhook: connection from %s failed", client_address, exc_info=True)
+
 
 class _Certificates:
     """The server's TLS context, rebuilt when the certificate or key file changes."""
