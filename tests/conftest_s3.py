@@ -1,4 +1,5 @@
 """Helpers for tests that talk to an embedded S3 server (no fixtures here; see fixtures_s3.py)."""
+
 from __future__ import annotations
 
 import socket

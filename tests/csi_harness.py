@@ -1,5 +1,6 @@
 """Test harness for the CSI plugin: run ``fluidfs-csi`` as a subprocess, talk to it over its
 unix socket with the generated stubs, and clean up every mount and daemon it left behind."""
+
 from __future__ import annotations
 
 import os
@@ -28,8 +29,15 @@ def cap(mode: int = Mode.MULTI_NODE_READER_ONLY, block: bool = False) -> pb.Volu
 class Plugin:
     """One ``python -m csi`` process; ``identity``/``controller``/``node`` are gRPC stubs."""
 
-    def __init__(self, workdir: Path, *, mode: str = "all", node_id: str = "node-1",
-                 extra: list[str] | None = None, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        mode: str = "all",
+        node_id: str = "node-1",
+        extra: list[str] | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.workdir = workdir
         self.sock = str(workdir / "csi.sock")
         self.state_dir = str(workdir / "state")
@@ -44,8 +52,22 @@ class Plugin:
     def start(self) -> Plugin:
         if os.path.exists(self.sock):
             os.unlink(self.sock)
-        cmd = [sys.executable, "-m", "csi", "--endpoint", f"unix://{self.sock}", "--node-id", self.node_id,
-               "--state-dir", self.state_dir, "--mode", self.mode, "--check-interval", "0.5", *self.extra]
+        cmd = [
+            sys.executable,
+            "-m",
+            "csi",
+            "--endpoint",
+            f"unix://{self.sock}",
+            "--node-id",
+            self.node_id,
+            "--state-dir",
+            self.state_dir,
+            "--mode",
+            self.mode,
+            "--check-interval",
+            "0.5",
+            *self.extra,
+        ]
         env = dict(self.env if self.env is not None else os.environ)
         env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
         with open(self.log_path, "ab") as log:

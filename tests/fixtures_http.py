@@ -3,6 +3,7 @@ loopback, and HTTPSource instances that are closed at teardown.
 
 Wire into a conftest with ``pytest_plugins = ["tests.fixtures_http"]`` (or import the names).
 """
+
 from __future__ import annotations
 
 import os

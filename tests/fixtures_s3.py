@@ -14,6 +14,7 @@ Fixtures (wire into conftest.py with ``from tests.fixtures_s3 import *`` or
 - ``s3_outage_server`` function-scoped, parametrized ``moto`` / ``seaweed``: a private
                        server that the test may ``kill()``/``restart()``/``pause()``.
 """
+
 from __future__ import annotations
 
 import os

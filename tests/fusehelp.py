@@ -1,5 +1,6 @@
 """Helpers for real-FUSE tests: mount through the real CLI daemon, compare a mounted tree
 with its reference byte by byte and stat by stat, and always unmount."""
+
 from __future__ import annotations
 
 import mmap

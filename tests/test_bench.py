@@ -5,6 +5,7 @@ what is tested is that the harness forwards bytes faithfully, applies its delay,
 and ratios right, prints its table and JSON, and leaves no mount or process behind — on success,
 on an injected failure and on Ctrl-C.
 """
+
 from __future__ import annotations
 
 import json
@@ -346,7 +347,9 @@ def test_goals_from_medians() -> None:
     assert g["dataset = 2 x cache, eviction none, epoch2 hit ratio"]["beside"] == "lru 0.10"
     assert g["fluidfs peak RSS vs memory tier + 200 MiB"]["met"] is True
     assert g["cold small-file epoch vs best FUSE peer"]["met"] is None  # not measured: n/a
-    assert "| cold large-file read vs best FUSE peer | >= 2x | 1.5x | **no** |" in "\n".join(report.goals_markdown(result))
+    assert "| cold large-file read vs best FUSE peer | >= 2x | 1.5x | **no** |" in "\n".join(
+        report.goals_markdown(result)
+    )
 
 
 def test_datasets_are_deterministic() -> None:

@@ -8,6 +8,7 @@ per-epoch reshuffling the expected hit ratio is ≈ 0.12 at cache/dataset = 0.5 
 mean 0.122, sd 0.015 for 400 files), and exactly 0 when every epoch reads in the same order.
 A hit is a file read that caused no source read (CountingSource).
 """
+
 from __future__ import annotations
 
 import random
@@ -44,8 +45,13 @@ def run_epochs(tmp: Path | None, eviction: str, *, shuffle: bool = True, seed: i
     if tmp is not None:  # MEM (2 blocks, lru as build_cache makes it) in front of an SSD of CACHE_BLOCKS
         per_block = block_disk_size(counting.url("train/s0000"), "v100", BS)
         cache = cache_from_config(
-            tmp, ds, block_size=BS, memory_size=2 * BS, cache_size=CACHE_BLOCKS * per_block,
-            eviction=eviction, free_space_floor=0,
+            tmp,
+            ds,
+            block_size=BS,
+            memory_size=2 * BS,
+            cache_size=CACHE_BLOCKS * per_block,
+            eviction=eviction,
+            free_space_floor=0,
         )
     else:  # memory only: the MEM tier is the cache and follows the policy
         cache = cache_from_config(None, ds, block_size=BS, memory_size=CACHE_BLOCKS * BS, eviction=eviction)
@@ -77,9 +83,11 @@ def run_epochs(tmp: Path | None, eviction: str, *, shuffle: bool = True, seed: i
             "fluidfs_cache_hits_total", dataset=ds, tier="ssd"
         )
         assert tier_hits == round(sum(ratios) * FILES)
-        assert metric("fluidfs_cache_misses_total", dataset=ds, tier="mem") + metric(
-            "fluidfs_cache_hits_total", dataset=ds, tier="mem"
-        ) == lookups
+        assert (
+            metric("fluidfs_cache_misses_total", dataset=ds, tier="mem")
+            + metric("fluidfs_cache_hits_total", dataset=ds, tier="mem")
+            == lookups
+        )
         if isinstance(cache.ssd, SSDTier):
             assert cache.ssd.used_bytes() <= cache.ssd.quota_bytes()
         assert cache.mem.used_bytes() <= cache.mem.quota_bytes()

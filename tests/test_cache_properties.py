@@ -3,6 +3,7 @@ interleavings of reads at random offsets and sizes, from many trio tasks at once
 files, through a tiny MEM tier and a tiny SSD tier (so both evict or refuse all the time),
 with readahead and background SSD writes running, always return the source's bytes — and
 the quotas hold after every read.  The reference model is simply the source's bytes."""
+
 from __future__ import annotations
 
 import os
@@ -79,8 +80,12 @@ def test_random_concurrent_reads_return_source_bytes(
         )
         cache = TieredCache(MemoryTier(mem_blocks * BS, mem_policy), ssd, dataset=ds, ssd_write_slots=2)
         vfs = make_vfs_with_cache(
-            {"/": counting}, cache, block_size=BS, dataset=ds,
-            readahead=readahead_blocks * BS, prefetch_memory=2 * BS * readahead_blocks,
+            {"/": counting},
+            cache,
+            block_size=BS,
+            dataset=ds,
+            readahead=readahead_blocks * BS,
+            prefetch_memory=2 * BS * readahead_blocks,
         )
 
         async def reader(ops: list[tuple[int, int, int, bool]]) -> None:

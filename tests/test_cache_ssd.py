@@ -1,4 +1,5 @@
 """SSD tier: format validation, quota under concurrency, persistence, crash safety, locking, disk full."""
+
 from __future__ import annotations
 
 import logging
@@ -67,16 +68,16 @@ def tier(tmp_path: Path) -> Iterator[SSDTier]:
 
 def run_child(code: str, *args: str) -> subprocess.Popen[str]:
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    return subprocess.Popen([sys.executable, "-c", code, *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env)
+    return subprocess.Popen(
+        [sys.executable, "-c", code, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+    )
 
 
 @pytest.fixture
 def tmpfs(tmp_path: Path) -> Iterator[Path]:
     mnt = tmp_path / "tmpfs"
     mnt.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)],
-                       capture_output=True, text=True)
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], capture_output=True, text=True)
     if r.returncode != 0:
         pytest.skip(f"cannot mount a 1 MiB tmpfs (needs root / CAP_SYS_ADMIN): {r.stderr.strip()}")
     try:
@@ -224,8 +225,9 @@ def test_quota_shrink_on_reopen(tmp_path: Path) -> None:
     with SSDTier(d, 4 * UNIT, free_space_floor=0) as t:  # none: keep the first (oldest) blocks
         assert t.used_bytes() <= 4 * UNIT and disk_usage(d)[0] <= 4 * UNIT
         assert [i for i in range(10) if t.contains(key(i))] == [0, 1, 2, 3]
-    with SSDTier(d, 2 * UNIT, low_watermark=0.5, high_watermark=1.0, eviction="lru",
-                 free_space_floor=0) as t:  # lru: drop oldest, down to the low watermark
+    with SSDTier(
+        d, 2 * UNIT, low_watermark=0.5, high_watermark=1.0, eviction="lru", free_space_floor=0
+    ) as t:  # lru: drop oldest, down to the low watermark
         assert [i for i in range(10) if t.contains(key(i))] == [3]
 
 
@@ -233,9 +235,20 @@ def test_quota_shrink_on_reopen(tmp_path: Path) -> None:
 
 
 def _corrupt_cases() -> list[str]:
-    return ["payload-flip", "payload-last-byte", "header-magic", "header-digest", "header-crc-field",
-            "header-url", "truncate-payload", "truncate-header", "empty", "extra-byte", "foreign",
-            "other-key"]
+    return [
+        "payload-flip",
+        "payload-last-byte",
+        "header-magic",
+        "header-digest",
+        "header-crc-field",
+        "header-url",
+        "truncate-payload",
+        "truncate-header",
+        "empty",
+        "extra-byte",
+        "foreign",
+        "other-key",
+    ]
 
 
 @pytest.mark.parametrize("case", _corrupt_cases())
@@ -245,8 +258,14 @@ def test_corrupt_block_is_discarded_then_rewritable(tier: SSDTier, case: str) ->
     f = block_file(tier, k)
     raw = bytearray(f.read_bytes())
     hlen = blockfile.decode_header(bytes(raw)).header_len
-    flip = {"payload-flip": hlen + 1234, "payload-last-byte": len(raw) - 1, "header-magic": 3,
-            "header-digest": 20, "header-crc-field": 85, "header-url": blockfile.FIXED_LEN + 2}
+    flip = {
+        "payload-flip": hlen + 1234,
+        "payload-last-byte": len(raw) - 1,
+        "header-magic": 3,
+        "header-digest": 20,
+        "header-crc-field": 85,
+        "header-url": blockfile.FIXED_LEN + 2,
+    }
     if case in flip:
         raw[flip[case]] ^= 0x01
         f.write_bytes(raw)
@@ -349,8 +368,9 @@ def _three_unit_blocks(n: int) -> list[tuple[BlockKey, bytes]]:
 
 
 def test_lru_evicts_least_recently_used(tmp_path: Path) -> None:
-    with SSDTier(str(tmp_path / "c"), 4 * UNIT, eviction="lru", high_watermark=1.0,
-                 low_watermark=0.75, free_space_floor=0) as t:
+    with SSDTier(
+        str(tmp_path / "c"), 4 * UNIT, eviction="lru", high_watermark=1.0, low_watermark=0.75, free_space_floor=0
+    ) as t:
         blocks = _three_unit_blocks(6)
         for k, d in blocks[:4]:
             assert t.put(k, d)
@@ -562,8 +582,9 @@ class SSDModelLRU(SSDModel):
     eviction = "lru"
 
 
-_model_settings = settings(max_examples=40, stateful_step_count=30, deadline=None,
-                           suppress_health_check=[HealthCheck.too_slow])
+_model_settings = settings(
+    max_examples=40, stateful_step_count=30, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
 TestSSDModelNone = SSDModel.TestCase
 TestSSDModelNone.settings = _model_settings
 TestSSDModelLRU = SSDModelLRU.TestCase

@@ -4,6 +4,7 @@ metrics following the tiers' own counters.  Tier-level behaviour is in test_cach
 
 Helpers here (``make_vfs_with_cache``, ``disk_usage``...) are shared by the other cache tests.
 """
+
 from __future__ import annotations
 
 import logging
@@ -92,7 +93,9 @@ def make_vfs_with_cache(
     cfg = MountConfig(block_size=block_size, memory_size=cache.mem.quota_bytes(), metrics_addr=None, **cfg_kw)
     limiter = trio.CapacityLimiter(8)
     refs = [
-        MountRef(MountSpec(name=f"m{i}", url=f"memory:///{i}", scheme="file", path=path), AsyncSource(src, dataset, limiter))
+        MountRef(
+            MountSpec(name=f"m{i}", url=f"memory:///{i}", scheme="file", path=path), AsyncSource(src, dataset, limiter)
+        )
         for i, (path, src) in enumerate(mounts.items())
     ]
     ns = Namespace(refs, dataset, cfg.metadata_ttl, cfg.negative_ttl)
@@ -330,8 +333,14 @@ def test_tier_metrics_follow_the_tiers(tmp_path: Path) -> None:
 
     def run(ds: str, eviction: str) -> TieredCache:
         cache = cache_from_config(
-            tmp_path / ds, ds, block_size=bs, memory_size=4 * bs, cache_size=10 * per_block,
-            eviction=eviction, free_space_floor=0, prefetch_memory=0,
+            tmp_path / ds,
+            ds,
+            block_size=bs,
+            memory_size=4 * bs,
+            cache_size=10 * per_block,
+            eviction=eviction,
+            free_space_floor=0,
+            prefetch_memory=0,
         )
         vfs = make_vfs_with_cache({"/": counting}, cache, block_size=bs, dataset=ds, prefetch_memory=0)
 
@@ -382,7 +391,9 @@ def test_two_handles_of_one_file_read_ahead_together() -> None:
     counting = CountingSource(FlakySource(MemorySource({"f": data}), delay=0.01))
     ds = unique_dataset("ra")
     cache = TieredCache(MemoryTier(64 * bs), None, dataset=ds)
-    vfs = make_vfs_with_cache({"/": counting}, cache, block_size=bs, dataset=ds, readahead=4 * bs, prefetch_memory=8 * bs)
+    vfs = make_vfs_with_cache(
+        {"/": counting}, cache, block_size=bs, dataset=ds, readahead=4 * bs, prefetch_memory=8 * bs
+    )
 
     async def main() -> list[bytes]:
         async with trio.open_nursery() as background:

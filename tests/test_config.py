@@ -1,4 +1,5 @@
 """Configuration: defaults ← Dataset spec.cache/spec.metadata ← command line."""
+
 from __future__ import annotations
 
 import math

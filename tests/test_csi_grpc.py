@@ -3,6 +3,7 @@
 These calls never mount anything (every request here is rejected before a mount or concerns
 no volume), so they need neither /dev/fuse nor an S3 server.
 """
+
 from __future__ import annotations
 
 import os
@@ -65,24 +66,35 @@ def test_controller_capabilities_and_unimplemented(plugin: Plugin) -> None:
     R = pb.ControllerServiceCapability.RPC
     caps = plugin.controller.ControllerGetCapabilities(pb.ControllerGetCapabilitiesRequest()).capabilities
     assert {c.rpc.type for c in caps} == {R.CREATE_DELETE_VOLUME}
-    expect_code(grpc.StatusCode.UNIMPLEMENTED, plugin.controller.ControllerPublishVolume,
-                pb.ControllerPublishVolumeRequest(volume_id="v", node_id="n", volume_capability=cap()))
-    expect_code(grpc.StatusCode.UNIMPLEMENTED, plugin.node.NodeExpandVolume,
-                pb.NodeExpandVolumeRequest(volume_id="v", volume_path="/x"))
+    expect_code(
+        grpc.StatusCode.UNIMPLEMENTED,
+        plugin.controller.ControllerPublishVolume,
+        pb.ControllerPublishVolumeRequest(volume_id="v", node_id="n", volume_capability=cap()),
+    )
+    expect_code(
+        grpc.StatusCode.UNIMPLEMENTED,
+        plugin.node.NodeExpandVolume,
+        pb.NodeExpandVolumeRequest(volume_id="v", volume_path="/x"),
+    )
 
 
 # -- CreateVolume / DeleteVolume ----------------------------------------------------------------
 def test_create_volume_idempotent_and_deterministic(plugin: Plugin) -> None:
-    req = pb.CreateVolumeRequest(name="pvc-idem", volume_capabilities=[cap()], parameters=PARAMS,
-                                 capacity_range=pb.CapacityRange(required_bytes=1 << 30))
+    req = pb.CreateVolumeRequest(
+        name="pvc-idem",
+        volume_capabilities=[cap()],
+        parameters=PARAMS,
+        capacity_range=pb.CapacityRange(required_bytes=1 << 30),
+    )
     a = plugin.controller.CreateVolume(req).volume
     b = plugin.controller.CreateVolume(req).volume
     assert a == b
     assert a.volume_id.startswith("fluidfs-") and dict(a.volume_context) == PARAMS
     assert a.capacity_bytes == 1 << 30
     assert not a.accessible_topology
-    other = plugin.controller.CreateVolume(pb.CreateVolumeRequest(
-        name="pvc-other", volume_capabilities=[cap()], parameters=PARAMS)).volume
+    other = plugin.controller.CreateVolume(
+        pb.CreateVolumeRequest(name="pvc-other", volume_capabilities=[cap()], parameters=PARAMS)
+    ).volume
     assert other.volume_id != a.volume_id
     for _ in range(2):
         plugin.controller.DeleteVolume(pb.DeleteVolumeRequest(volume_id=a.volume_id))
@@ -90,18 +102,26 @@ def test_create_volume_idempotent_and_deterministic(plugin: Plugin) -> None:
 
 
 def test_create_same_name_different_parameters_already_exists(plugin: Plugin) -> None:
-    plugin.controller.CreateVolume(pb.CreateVolumeRequest(name="pvc-x", volume_capabilities=[cap()],
-                                                          parameters=PARAMS))
-    expect_code(grpc.StatusCode.ALREADY_EXISTS, plugin.controller.CreateVolume,
-                pb.CreateVolumeRequest(name="pvc-x", volume_capabilities=[cap()],
-                                       parameters={**PARAMS, "url": "s3://bucket/val"}))
+    plugin.controller.CreateVolume(pb.CreateVolumeRequest(name="pvc-x", volume_capabilities=[cap()], parameters=PARAMS))
+    expect_code(
+        grpc.StatusCode.ALREADY_EXISTS,
+        plugin.controller.CreateVolume,
+        pb.CreateVolumeRequest(
+            name="pvc-x", volume_capabilities=[cap()], parameters={**PARAMS, "url": "s3://bucket/val"}
+        ),
+    )
 
 
 def test_create_pin_to_node_uses_preferred_topology(plugin: Plugin) -> None:
     topo = pb.Topology(segments={TOPOLOGY_KEY: "node-7"})
-    v = plugin.controller.CreateVolume(pb.CreateVolumeRequest(
-        name="pvc-pin", volume_capabilities=[cap()], parameters={**PARAMS, "pinToNode": "true"},
-        accessibility_requirements=pb.TopologyRequirement(requisite=[topo], preferred=[topo]))).volume
+    v = plugin.controller.CreateVolume(
+        pb.CreateVolumeRequest(
+            name="pvc-pin",
+            volume_capabilities=[cap()],
+            parameters={**PARAMS, "pinToNode": "true"},
+            accessibility_requirements=pb.TopologyRequirement(requisite=[topo], preferred=[topo]),
+        )
+    ).volume
     assert [dict(t.segments) for t in v.accessible_topology] == [{TOPOLOGY_KEY: "node-7"}]
 
 
@@ -112,26 +132,48 @@ def test_create_pin_to_node_uses_preferred_topology(plugin: Plugin) -> None:
         pb.CreateVolumeRequest(name="n", parameters=PARAMS),
         pb.CreateVolumeRequest(name="n", volume_capabilities=[cap(block=True)], parameters=PARAMS),
         pb.CreateVolumeRequest(name="n", volume_capabilities=[cap(Mode.SINGLE_NODE_WRITER)], parameters=PARAMS),
-        pb.CreateVolumeRequest(name="n", volume_capabilities=[cap(), cap(Mode.MULTI_NODE_MULTI_WRITER)],
-                               parameters=PARAMS),
+        pb.CreateVolumeRequest(
+            name="n", volume_capabilities=[cap(), cap(Mode.MULTI_NODE_MULTI_WRITER)], parameters=PARAMS
+        ),
         pb.CreateVolumeRequest(name="n", volume_capabilities=[cap()]),
         pb.CreateVolumeRequest(name="n", volume_capabilities=[cap()], parameters={"url": "gopher://x"}),
         pb.CreateVolumeRequest(name="n", volume_capabilities=[cap()], parameters={**PARAMS, "bogus": "1"}),
-        pb.CreateVolumeRequest(name="n", volume_capabilities=[cap()], parameters=PARAMS,
-                               volume_content_source=pb.VolumeContentSource(
-                                   snapshot=pb.VolumeContentSource.SnapshotSource(snapshot_id="s"))),
+        pb.CreateVolumeRequest(
+            name="n",
+            volume_capabilities=[cap()],
+            parameters=PARAMS,
+            volume_content_source=pb.VolumeContentSource(
+                snapshot=pb.VolumeContentSource.SnapshotSource(snapshot_id="s")
+            ),
+        ),
     ],
-    ids=["no-name", "no-caps", "block", "writer", "one-writer", "no-dataset", "bad-url", "unknown-key",
-         "content-source"],
+    ids=[
+        "no-name",
+        "no-caps",
+        "block",
+        "writer",
+        "one-writer",
+        "no-dataset",
+        "bad-url",
+        "unknown-key",
+        "content-source",
+    ],
 )
 def test_create_volume_invalid_argument(plugin: Plugin, req: pb.CreateVolumeRequest) -> None:
     expect_code(INVALID, plugin.controller.CreateVolume, req)
 
 
 def test_create_volume_bad_capacity_out_of_range(plugin: Plugin) -> None:
-    expect_code(grpc.StatusCode.OUT_OF_RANGE, plugin.controller.CreateVolume, pb.CreateVolumeRequest(
-        name="n", volume_capabilities=[cap()], parameters=PARAMS,
-        capacity_range=pb.CapacityRange(required_bytes=10, limit_bytes=5)))
+    expect_code(
+        grpc.StatusCode.OUT_OF_RANGE,
+        plugin.controller.CreateVolume,
+        pb.CreateVolumeRequest(
+            name="n",
+            volume_capabilities=[cap()],
+            parameters=PARAMS,
+            capacity_range=pb.CapacityRange(required_bytes=10, limit_bytes=5),
+        ),
+    )
 
 
 def test_delete_volume(plugin: Plugin) -> None:
@@ -141,81 +183,149 @@ def test_delete_volume(plugin: Plugin) -> None:
 
 # -- ValidateVolumeCapabilities -----------------------------------------------------------------
 def test_validate_volume_capabilities(plugin: Plugin) -> None:
-    v = plugin.controller.CreateVolume(pb.CreateVolumeRequest(name="pvc-val", volume_capabilities=[cap()],
-                                                              parameters=PARAMS)).volume
-    ok = plugin.controller.ValidateVolumeCapabilities(pb.ValidateVolumeCapabilitiesRequest(
-        volume_id=v.volume_id, volume_context=v.volume_context, volume_capabilities=[cap()]))
+    v = plugin.controller.CreateVolume(
+        pb.CreateVolumeRequest(name="pvc-val", volume_capabilities=[cap()], parameters=PARAMS)
+    ).volume
+    ok = plugin.controller.ValidateVolumeCapabilities(
+        pb.ValidateVolumeCapabilitiesRequest(
+            volume_id=v.volume_id, volume_context=v.volume_context, volume_capabilities=[cap()]
+        )
+    )
     assert list(ok.confirmed.volume_capabilities) == [cap()]
     for bad in (cap(Mode.SINGLE_NODE_WRITER), cap(block=True)):
-        r = plugin.controller.ValidateVolumeCapabilities(pb.ValidateVolumeCapabilitiesRequest(
-            volume_id=v.volume_id, volume_context=v.volume_context, volume_capabilities=[cap(), bad]))
+        r = plugin.controller.ValidateVolumeCapabilities(
+            pb.ValidateVolumeCapabilitiesRequest(
+                volume_id=v.volume_id, volume_context=v.volume_context, volume_capabilities=[cap(), bad]
+            )
+        )
         assert not r.HasField("confirmed") and r.message
-    expect_code(INVALID, plugin.controller.ValidateVolumeCapabilities,
-                pb.ValidateVolumeCapabilitiesRequest(volume_capabilities=[cap()]))
-    expect_code(INVALID, plugin.controller.ValidateVolumeCapabilities,
-                pb.ValidateVolumeCapabilitiesRequest(volume_id=v.volume_id))
-    expect_code(NOT_FOUND, plugin.controller.ValidateVolumeCapabilities,
-                pb.ValidateVolumeCapabilitiesRequest(volume_id="no-such-volume", volume_capabilities=[cap()]))
+    expect_code(
+        INVALID,
+        plugin.controller.ValidateVolumeCapabilities,
+        pb.ValidateVolumeCapabilitiesRequest(volume_capabilities=[cap()]),
+    )
+    expect_code(
+        INVALID,
+        plugin.controller.ValidateVolumeCapabilities,
+        pb.ValidateVolumeCapabilitiesRequest(volume_id=v.volume_id),
+    )
+    expect_code(
+        NOT_FOUND,
+        plugin.controller.ValidateVolumeCapabilities,
+        pb.ValidateVolumeCapabilitiesRequest(volume_id="no-such-volume", volume_capabilities=[cap()]),
+    )
 
 
 # -- Node errors ----------------------------------------------------------------------------------
 def test_node_stage_errors(plugin: Plugin, tmp_path: Path) -> None:
     stp = str(tmp_path)
     S = pb.NodeStageVolumeRequest
-    expect_code(INVALID, plugin.node.NodeStageVolume, S(staging_target_path=stp, volume_capability=cap(),
-                                                        volume_context=PARAMS))
+    expect_code(
+        INVALID, plugin.node.NodeStageVolume, S(staging_target_path=stp, volume_capability=cap(), volume_context=PARAMS)
+    )
     expect_code(INVALID, plugin.node.NodeStageVolume, S(volume_id="v", volume_capability=cap(), volume_context=PARAMS))
     expect_code(INVALID, plugin.node.NodeStageVolume, S(volume_id="v", staging_target_path=stp, volume_context=PARAMS))
-    expect_code(INVALID, plugin.node.NodeStageVolume, S(volume_id="v", staging_target_path=stp,
-                                                        volume_capability=cap(block=True), volume_context=PARAMS))
-    expect_code(INVALID, plugin.node.NodeStageVolume, S(volume_id="v", staging_target_path=stp,
-                                                        volume_capability=cap(Mode.MULTI_NODE_MULTI_WRITER),
-                                                        volume_context=PARAMS))
-    expect_code(INVALID, plugin.node.NodeStageVolume, S(volume_id="v", staging_target_path=stp,
-                                                        volume_capability=cap(),
-                                                        volume_context={**PARAMS, "eviction": "fifo"}))
-    expect_code(NOT_FOUND, plugin.node.NodeStageVolume, S(volume_id="v", staging_target_path=stp,
-                                                          volume_capability=cap()))
+    expect_code(
+        INVALID,
+        plugin.node.NodeStageVolume,
+        S(volume_id="v", staging_target_path=stp, volume_capability=cap(block=True), volume_context=PARAMS),
+    )
+    expect_code(
+        INVALID,
+        plugin.node.NodeStageVolume,
+        S(
+            volume_id="v",
+            staging_target_path=stp,
+            volume_capability=cap(Mode.MULTI_NODE_MULTI_WRITER),
+            volume_context=PARAMS,
+        ),
+    )
+    expect_code(
+        INVALID,
+        plugin.node.NodeStageVolume,
+        S(
+            volume_id="v",
+            staging_target_path=stp,
+            volume_capability=cap(),
+            volume_context={**PARAMS, "eviction": "fifo"},
+        ),
+    )
+    expect_code(
+        NOT_FOUND, plugin.node.NodeStageVolume, S(volume_id="v", staging_target_path=stp, volume_capability=cap())
+    )
     assert os.listdir(stp) == []
 
 
 def test_node_publish_errors(plugin: Plugin, tmp_path: Path) -> None:
     P = pb.NodePublishVolumeRequest
     tp, stp = str(tmp_path / "target"), str(tmp_path)
-    expect_code(INVALID, plugin.node.NodePublishVolume, P(target_path=tp, staging_target_path=stp, volume_capability=cap()))
-    expect_code(INVALID, plugin.node.NodePublishVolume, P(volume_id="v", staging_target_path=stp, volume_capability=cap()))
+    expect_code(
+        INVALID, plugin.node.NodePublishVolume, P(target_path=tp, staging_target_path=stp, volume_capability=cap())
+    )
+    expect_code(
+        INVALID, plugin.node.NodePublishVolume, P(volume_id="v", staging_target_path=stp, volume_capability=cap())
+    )
     expect_code(INVALID, plugin.node.NodePublishVolume, P(volume_id="v", target_path=tp, staging_target_path=stp))
-    expect_code(INVALID, plugin.node.NodePublishVolume, P(volume_id="v", target_path=tp, staging_target_path=stp,
-                                                          volume_capability=cap(Mode.SINGLE_NODE_WRITER)))
-    expect_code(grpc.StatusCode.FAILED_PRECONDITION, plugin.node.NodePublishVolume,
-                P(volume_id="v", target_path=tp, volume_capability=cap()))
-    expect_code(NOT_FOUND, plugin.node.NodePublishVolume,
-                P(volume_id="never-staged", target_path=tp, staging_target_path=stp, volume_capability=cap()))
+    expect_code(
+        INVALID,
+        plugin.node.NodePublishVolume,
+        P(volume_id="v", target_path=tp, staging_target_path=stp, volume_capability=cap(Mode.SINGLE_NODE_WRITER)),
+    )
+    expect_code(
+        grpc.StatusCode.FAILED_PRECONDITION,
+        plugin.node.NodePublishVolume,
+        P(volume_id="v", target_path=tp, volume_capability=cap()),
+    )
+    expect_code(
+        NOT_FOUND,
+        plugin.node.NodePublishVolume,
+        P(volume_id="never-staged", target_path=tp, staging_target_path=stp, volume_capability=cap()),
+    )
     eph = {**PARAMS, "csi.storage.k8s.io/ephemeral": "true"}
-    expect_code(INVALID, plugin.node.NodePublishVolume,
-                P(volume_id="e", target_path=tp, volume_capability=cap(block=True), volume_context=eph))
-    expect_code(INVALID, plugin.node.NodePublishVolume,
-                P(volume_id="e", target_path=tp, volume_capability=cap(),
-                  volume_context={"csi.storage.k8s.io/ephemeral": "true"}))
+    expect_code(
+        INVALID,
+        plugin.node.NodePublishVolume,
+        P(volume_id="e", target_path=tp, volume_capability=cap(block=True), volume_context=eph),
+    )
+    expect_code(
+        INVALID,
+        plugin.node.NodePublishVolume,
+        P(
+            volume_id="e",
+            target_path=tp,
+            volume_capability=cap(),
+            volume_context={"csi.storage.k8s.io/ephemeral": "true"},
+        ),
+    )
     assert not os.path.exists(tp)
 
 
 def test_node_unpublish_unstage_stats_errors(plugin: Plugin, tmp_path: Path) -> None:
     expect_code(INVALID, plugin.node.NodeUnpublishVolume, pb.NodeUnpublishVolumeRequest(target_path=str(tmp_path)))
     expect_code(INVALID, plugin.node.NodeUnpublishVolume, pb.NodeUnpublishVolumeRequest(volume_id="v"))
-    expect_code(NOT_FOUND, plugin.node.NodeUnpublishVolume,
-                pb.NodeUnpublishVolumeRequest(volume_id="unknown", target_path=str(tmp_path)))
+    expect_code(
+        NOT_FOUND,
+        plugin.node.NodeUnpublishVolume,
+        pb.NodeUnpublishVolumeRequest(volume_id="unknown", target_path=str(tmp_path)),
+    )
     # nothing there at all: already unpublished, so a (repeated) unpublish succeeds
-    plugin.node.NodeUnpublishVolume(pb.NodeUnpublishVolumeRequest(volume_id="unknown",
-                                                                  target_path=str(tmp_path / "gone")))
+    plugin.node.NodeUnpublishVolume(
+        pb.NodeUnpublishVolumeRequest(volume_id="unknown", target_path=str(tmp_path / "gone"))
+    )
     expect_code(INVALID, plugin.node.NodeUnstageVolume, pb.NodeUnstageVolumeRequest(staging_target_path=str(tmp_path)))
     expect_code(INVALID, plugin.node.NodeUnstageVolume, pb.NodeUnstageVolumeRequest(volume_id="v"))
-    expect_code(NOT_FOUND, plugin.node.NodeUnstageVolume,
-                pb.NodeUnstageVolumeRequest(volume_id="unknown", staging_target_path=str(tmp_path)))
+    expect_code(
+        NOT_FOUND,
+        plugin.node.NodeUnstageVolume,
+        pb.NodeUnstageVolumeRequest(volume_id="unknown", staging_target_path=str(tmp_path)),
+    )
     expect_code(INVALID, plugin.node.NodeGetVolumeStats, pb.NodeGetVolumeStatsRequest(volume_path=str(tmp_path)))
     expect_code(INVALID, plugin.node.NodeGetVolumeStats, pb.NodeGetVolumeStatsRequest(volume_id="v"))
-    expect_code(NOT_FOUND, plugin.node.NodeGetVolumeStats,
-                pb.NodeGetVolumeStatsRequest(volume_id="unknown", volume_path=str(tmp_path)))
+    expect_code(
+        NOT_FOUND,
+        plugin.node.NodeGetVolumeStats,
+        pb.NodeGetVolumeStatsRequest(volume_id="unknown", volume_path=str(tmp_path)),
+    )
 
 
 # -- modes --------------------------------------------------------------------------------------
@@ -224,8 +334,9 @@ def test_node_mode_serves_no_controller(tmp_path: Path) -> None:
     try:
         caps = p.identity.GetPluginCapabilities(pb.GetPluginCapabilitiesRequest()).capabilities
         assert pb.PluginCapability.Service.CONTROLLER_SERVICE not in {c.service.type for c in caps}
-        expect_code(grpc.StatusCode.UNIMPLEMENTED, p.controller.ControllerGetCapabilities,
-                    pb.ControllerGetCapabilitiesRequest())
+        expect_code(
+            grpc.StatusCode.UNIMPLEMENTED, p.controller.ControllerGetCapabilities, pb.ControllerGetCapabilitiesRequest()
+        )
     finally:
         p.stop()
 
@@ -243,9 +354,23 @@ def test_second_plugin_on_same_state_dir_refused(plugin: Plugin) -> None:
     import subprocess
     import sys
 
-    r = subprocess.run([sys.executable, "-m", "csi", "--endpoint", f"unix://{plugin.workdir}/other.sock",
-                        "--node-id", "x", "--state-dir", plugin.state_dir],
-                       capture_output=True, text=True, timeout=60, cwd=str(Path(__file__).parent.parent))
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "csi",
+            "--endpoint",
+            f"unix://{plugin.workdir}/other.sock",
+            "--node-id",
+            "x",
+            "--state-dir",
+            plugin.state_dir,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=str(Path(__file__).parent.parent),
+    )
     assert r.returncode == 1 and "another plugin" in r.stderr
 
 
@@ -253,7 +378,11 @@ def test_bad_endpoint_is_a_usage_error(tmp_path: Path) -> None:
     import subprocess
     import sys
 
-    r = subprocess.run([sys.executable, "-m", "csi", "--endpoint", "tcp://0.0.0.0:1", "--node-id", "x",
-                        "--state-dir", str(tmp_path)], capture_output=True, text=True, timeout=60,
-                       cwd=str(Path(__file__).parent.parent))
+    r = subprocess.run(
+        [sys.executable, "-m", "csi", "--endpoint", "tcp://0.0.0.0:1", "--node-id", "x", "--state-dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=str(Path(__file__).parent.parent),
+    )
     assert r.returncode == 2 and "unix://" in r.stderr and "Traceback" not in r.stderr

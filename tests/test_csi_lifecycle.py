@@ -8,6 +8,7 @@ dir, are repaired without touching the targets; ephemeral inline volumes; creden
 argv, out of logs and out of world-readable files.  Every fixture unmounts and kills whatever
 it left behind, also on failure.
 """
+
 from __future__ import annotations
 
 import os
@@ -37,8 +38,8 @@ TREE: dict[str, bytes] = {
     "train/sub/deep/d.bin": os.urandom(5000),
     "other/x": b"not in the dataset",
 }
-DATASET = {k[len("train/"):]: v for k, v in TREE.items() if k.startswith("train/")}
-SUB = {k[len("sub/"):]: v for k, v in DATASET.items() if k.startswith("sub/")}
+DATASET = {k[len("train/") :]: v for k, v in TREE.items() if k.startswith("train/")}
+SUB = {k[len("sub/") :]: v for k, v in DATASET.items() if k.startswith("sub/")}
 DEADLINE = 30.0  # bounded wait for a repair; never asserted as a duration
 
 
@@ -55,8 +56,13 @@ def s3() -> Iterator[object]:
 
 
 def params(srv: object, **extra: str) -> dict[str, str]:
-    return {"url": f"s3://{BUCKET}/train", "endpoint": srv.endpoint, "region": "us-east-1",  # type: ignore[attr-defined]
-            "metadataTTL": "60", **extra}
+    return {
+        "url": f"s3://{BUCKET}/train",
+        "endpoint": srv.endpoint,
+        "region": "us-east-1",  # type: ignore[attr-defined]
+        "metadataTTL": "60",
+        **extra,
+    }
 
 
 def secrets(srv: object) -> dict[str, str]:
@@ -136,14 +142,20 @@ def alive(pid: int) -> bool:
 
 
 def stage_req(vid: str, stp: str, ctx: dict[str, str], srv: object) -> pb.NodeStageVolumeRequest:
-    return pb.NodeStageVolumeRequest(volume_id=vid, staging_target_path=stp, volume_capability=cap(),
-                                     volume_context=ctx, secrets=secrets(srv))
+    return pb.NodeStageVolumeRequest(
+        volume_id=vid, staging_target_path=stp, volume_capability=cap(), volume_context=ctx, secrets=secrets(srv)
+    )
 
 
 def publish_req(vid: str, stp: str, tp: str, ctx: dict[str, str]) -> pb.NodePublishVolumeRequest:
-    return pb.NodePublishVolumeRequest(volume_id=vid, staging_target_path=stp, target_path=tp,
-                                       volume_capability=cap(), readonly=True,
-                                       volume_context={**ctx, "csi.storage.k8s.io/pod.name": "p"})
+    return pb.NodePublishVolumeRequest(
+        volume_id=vid,
+        staging_target_path=stp,
+        target_path=tp,
+        volume_capability=cap(),
+        readonly=True,
+        volume_context={**ctx, "csi.storage.k8s.io/pod.name": "p"},
+    )
 
 
 def test_full_lifecycle_every_call_repeated(s3: object, workdir: Path, start_plugin: Callable[..., Plugin]) -> None:
@@ -172,17 +184,26 @@ def test_full_lifecycle_every_call_repeated(s3: object, workdir: Path, start_plu
     stats = p.node.NodeGetVolumeStats(pb.NodeGetVolumeStatsRequest(volume_id=vol.volume_id, volume_path=targets[0]))
     assert {u.unit for u in stats.usage} == {pb.VolumeUsage.BYTES, pb.VolumeUsage.INODES}
     assert not stats.volume_condition.abnormal
-    expect_code(grpc.StatusCode.NOT_FOUND, p.node.NodeGetVolumeStats,
-                pb.NodeGetVolumeStatsRequest(volume_id=vol.volume_id, volume_path=str(workdir)))
+    expect_code(
+        grpc.StatusCode.NOT_FOUND,
+        p.node.NodeGetVolumeStats,
+        pb.NodeGetVolumeStatsRequest(volume_id=vol.volume_id, volume_path=str(workdir)),
+    )
 
     # same volume, same path, different parameters -> ALREADY_EXISTS
-    expect_code(grpc.StatusCode.ALREADY_EXISTS, p.node.NodeStageVolume,
-                stage_req(vol.volume_id, stp, {**ctx, "subPath": "sub"}, s3))
+    expect_code(
+        grpc.StatusCode.ALREADY_EXISTS,
+        p.node.NodeStageVolume,
+        stage_req(vol.volume_id, stp, {**ctx, "subPath": "sub"}, s3),
+    )
     other = publish_req(vol.volume_id, stp, targets[0], ctx)
     other.readonly = False
     expect_code(grpc.StatusCode.ALREADY_EXISTS, p.node.NodePublishVolume, other)
-    expect_code(grpc.StatusCode.FAILED_PRECONDITION, p.node.NodeUnstageVolume,
-                pb.NodeUnstageVolumeRequest(volume_id=vol.volume_id, staging_target_path=stp))
+    expect_code(
+        grpc.StatusCode.FAILED_PRECONDITION,
+        p.node.NodeUnstageVolume,
+        pb.NodeUnstageVolumeRequest(volume_id=vol.volume_id, staging_target_path=stp),
+    )
 
     for tp in targets:
         for _ in range(2):
@@ -203,10 +224,12 @@ def test_two_pvs_share_one_daemon_and_survive_daemon_and_plugin_kill(
     s3: object, workdir: Path, start_plugin: Callable[..., Plugin]
 ) -> None:
     p = start_plugin("--metrics-addr", "127.0.0.1:0")
-    va = p.controller.CreateVolume(pb.CreateVolumeRequest(name="pvc-a", volume_capabilities=[cap()],
-                                                          parameters=params(s3))).volume
-    vb = p.controller.CreateVolume(pb.CreateVolumeRequest(name="pvc-b", volume_capabilities=[cap()],
-                                                          parameters=params(s3, subPath="sub"))).volume
+    va = p.controller.CreateVolume(
+        pb.CreateVolumeRequest(name="pvc-a", volume_capabilities=[cap()], parameters=params(s3))
+    ).volume
+    vb = p.controller.CreateVolume(
+        pb.CreateVolumeRequest(name="pvc-b", volume_capabilities=[cap()], parameters=params(s3, subPath="sub"))
+    ).volume
     assert va.volume_id != vb.volume_id
     layout = []
     for v, want in ((va, DATASET), (vb, SUB)):
@@ -258,13 +281,21 @@ def test_two_pvs_share_one_daemon_and_survive_daemon_and_plugin_kill(
 
 def test_ephemeral_inline_volume(s3: object, workdir: Path, start_plugin: Callable[..., Plugin]) -> None:
     p = start_plugin()
-    ctx = {**params(s3, subPath="sub"), "csi.storage.k8s.io/ephemeral": "true",
-           "csi.storage.k8s.io/pod.name": "trainer-0"}
+    ctx = {
+        **params(s3, subPath="sub"),
+        "csi.storage.k8s.io/ephemeral": "true",
+        "csi.storage.k8s.io/pod.name": "trainer-0",
+    }
     tp = str(workdir / "pods" / "eph" / "data")
     os.makedirs(os.path.dirname(tp))
-    req = pb.NodePublishVolumeRequest(volume_id="csi-eph-1", target_path=tp, readonly=True,
-                                      volume_capability=cap(Mode.SINGLE_NODE_WRITER), volume_context=ctx,
-                                      secrets=secrets(s3))
+    req = pb.NodePublishVolumeRequest(
+        volume_id="csi-eph-1",
+        target_path=tp,
+        readonly=True,
+        volume_capability=cap(Mode.SINGLE_NODE_WRITER),
+        volume_context=ctx,
+        secrets=secrets(s3),
+    )
     for _ in range(2):
         p.node.NodePublishVolume(req)
     assert read_tree(tp) == SUB
@@ -310,8 +341,11 @@ def test_wrong_credentials_fail_cleanly(s3: object, workdir: Path, start_plugin:
     assert ei.value.code() != grpc.StatusCode.OK and ei.value.details()
     assert "wrong" not in ei.value.details()
     assert mounts_under(str(workdir)) == []
-    expect_code(grpc.StatusCode.NOT_FOUND, p.node.NodeUnstageVolume,
-                pb.NodeUnstageVolumeRequest(volume_id="pv-bad", staging_target_path=stp))
+    expect_code(
+        grpc.StatusCode.NOT_FOUND,
+        p.node.NodeUnstageVolume,
+        pb.NodeUnstageVolumeRequest(volume_id="pv-bad", staging_target_path=stp),
+    )
 
 
 def test_unstage_grace_keeps_the_mount_for_a_restaging_job(
@@ -363,18 +397,22 @@ spec:
       accessKeyId: {{secretKeyRef: {{name: s3-creds, key: ak}}}}
       secretAccessKey: {{secretKeyRef: {{name: s3-creds, key: sk}}}}
 """
-    create = pb.CreateVolumeRequest(name="pvc-doc", volume_capabilities=[cap()],
-                                    parameters={"dataset": doc, "subPath": "train/sub"})
+    create = pb.CreateVolumeRequest(
+        name="pvc-doc", volume_capabilities=[cap()], parameters={"dataset": doc, "subPath": "train/sub"}
+    )
     vol = p.controller.CreateVolume(create).volume
     stp, tp = str(workdir / "staging"), str(workdir / "pod" / "data")
     os.makedirs(stp)
     os.makedirs(os.path.dirname(tp))
     creds = {"ak": s3.access_key, "sk": s3.secret_key}  # type: ignore[attr-defined]
     ctx = dict(vol.volume_context)
-    p.node.NodeStageVolume(pb.NodeStageVolumeRequest(volume_id=vol.volume_id, staging_target_path=stp,
-                                                     volume_capability=cap(), volume_context=ctx, secrets=creds))
+    p.node.NodeStageVolume(
+        pb.NodeStageVolumeRequest(
+            volume_id=vol.volume_id, staging_target_path=stp, volume_capability=cap(), volume_context=ctx, secrets=creds
+        )
+    )
     want = {f"train/{k}": v for k, v in DATASET.items()}
-    want.update({f"other/{k[len('other/'):]}": v for k, v in TREE.items() if k.startswith("other/")})
+    want.update({f"other/{k[len('other/') :]}": v for k, v in TREE.items() if k.startswith("other/")})
     assert read_tree(stp) == want
     p.node.NodePublishVolume(publish_req(vol.volume_id, stp, tp, ctx))
     assert read_tree(tp) == SUB

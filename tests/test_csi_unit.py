@@ -2,6 +2,7 @@
 
 No FUSE, no gRPC server: these run everywhere and fast.
 """
+
 from __future__ import annotations
 
 import json
@@ -43,16 +44,35 @@ def cap(mode: int = Mode.MULTI_NODE_READER_ONLY, block: bool = False) -> pb.Volu
 
 # -- volume context ---------------------------------------------------------------------------
 def test_parse_url_context_with_options_cache_and_subpath() -> None:
-    req = parse_context({
-        "url": "s3://bucket/train", "endpoint": "http://127.0.0.1:9000", "region": "eu-1",
-        "options.addressing_style": "path", "cacheSize": "10Gi", "memorySize": "256Mi",
-        "blockSize": "4Mi", "eviction": "none", "metadataTTL": "indefinite", "subPath": "/a/b/",
-        "csi.storage.k8s.io/pod.name": "ignored",
-    })
+    req = parse_context(
+        {
+            "url": "s3://bucket/train",
+            "endpoint": "http://127.0.0.1:9000",
+            "region": "eu-1",
+            "options.addressing_style": "path",
+            "cacheSize": "10Gi",
+            "memorySize": "256Mi",
+            "blockSize": "4Mi",
+            "eviction": "none",
+            "metadataTTL": "indefinite",
+            "subPath": "/a/b/",
+            "csi.storage.k8s.io/pod.name": "ignored",
+        }
+    )
     assert req.url == "s3://bucket/train"
     assert dict(req.options) == {"endpoint": "http://127.0.0.1:9000", "region": "eu-1", "addressing_style": "path"}
-    assert req.cache_args == ("--cache-size", "10Gi", "--memory-size", "256Mi", "--block-size", "4Mi",
-                              "--eviction", "none", "--metadata-ttl", "indefinite")
+    assert req.cache_args == (
+        "--cache-size",
+        "10Gi",
+        "--memory-size",
+        "256Mi",
+        "--block-size",
+        "4Mi",
+        "--eviction",
+        "none",
+        "--metadata-ttl",
+        "indefinite",
+    )
     assert req.sub_path == "a/b"
     assert req.name == "bucket"
 
@@ -89,8 +109,15 @@ def test_normalize_sub_path(sub: str, want: str) -> None:
 
 def test_dataset_digest_ignores_cache_subpath_and_k8s_keys() -> None:
     a = parse_context({"url": "s3://b/p", "endpoint": "http://e"})
-    b = parse_context({"url": "s3://b/p", "endpoint": "http://e", "cacheSize": "1Gi", "subPath": "x",
-                       "csi.storage.k8s.io/ephemeral": "true"})
+    b = parse_context(
+        {
+            "url": "s3://b/p",
+            "endpoint": "http://e",
+            "cacheSize": "1Gi",
+            "subPath": "x",
+            "csi.storage.k8s.io/ephemeral": "true",
+        }
+    )
     c = parse_context({"url": "s3://b/q", "endpoint": "http://e"})
     assert a.dataset_digest() == b.dataset_digest() != c.dataset_digest()
     doc = "apiVersion: fluidfs.io/v1alpha1\nkind: Dataset\nmetadata: {name: d}\nspec:\n  mounts: [{mountPoint: 's3://b'}]\n"
@@ -132,8 +159,14 @@ def test_read_only_modes_supported(mode: int) -> None:
 
 @pytest.mark.parametrize(
     "mode",
-    [Mode.SINGLE_NODE_WRITER, Mode.MULTI_NODE_SINGLE_WRITER, Mode.MULTI_NODE_MULTI_WRITER,
-     Mode.SINGLE_NODE_SINGLE_WRITER, Mode.SINGLE_NODE_MULTI_WRITER, Mode.UNKNOWN],
+    [
+        Mode.SINGLE_NODE_WRITER,
+        Mode.MULTI_NODE_SINGLE_WRITER,
+        Mode.MULTI_NODE_MULTI_WRITER,
+        Mode.SINGLE_NODE_SINGLE_WRITER,
+        Mode.SINGLE_NODE_MULTI_WRITER,
+        Mode.UNKNOWN,
+    ],
 )
 def test_writer_and_unknown_modes_rejected(mode: int) -> None:
     assert capability_error(cap(mode)) is not None
@@ -160,8 +193,10 @@ def test_url_document_references_credentials_by_file_only(tmp_path) -> None:
     text = yaml.safe_dump(doc)
     assert "SECRETVALUE" not in text and "AKIDVALUE" not in text
     m = doc["spec"]["mounts"][0]
-    assert m["credentials"] == {"accessKeyId": {"file": files["accessKeyId"]},
-                                "secretAccessKey": {"file": files["secretAccessKey"]}}
+    assert m["credentials"] == {
+        "accessKeyId": {"file": files["accessKeyId"]},
+        "secretAccessKey": {"file": files["secretAccessKey"]},
+    }
     ds = parse_dataset(text, "generated")  # the fluidfs parser accepts what we generate
     creds = resolve_credentials(ds.mounts[0])
     assert creds["access_key_id"] == "AKIDVALUE" and creds["secret_access_key"] == "SECRETVALUE"
@@ -193,8 +228,10 @@ spec:
     req = parse_context({"dataset": text})
     assert req.name == "imagenet"
     doc = build_document(req, {"ak": "/f/ak", "sk": "/f/sk"})
-    assert doc["spec"]["mounts"][0]["credentials"] == {"accessKeyId": {"file": "/f/ak"},
-                                                       "secretAccessKey": {"file": "/f/sk"}}
+    assert doc["spec"]["mounts"][0]["credentials"] == {
+        "accessKeyId": {"file": "/f/ak"},
+        "secretAccessKey": {"file": "/f/sk"},
+    }
     parse_dataset(yaml.safe_dump(doc), "generated")
     with pytest.raises(RequestError, match="does not contain"):
         build_document(req, {"ak": "/f/ak"})
@@ -203,11 +240,22 @@ spec:
 # -- state --------------------------------------------------------------------------------------
 def sample_state() -> State:
     st = State()
-    st.mounts["k1"] = SharedMount(key="k1", mountpoint="/s/mounts/k1", source="/s/d/k1/dataset.yaml",
-                                  args=["--cache-size", "1Gi"], release_at=12.5)
-    st.volumes["v1"] = Volume(volume_id="v1", key="k1", staging_target_path="/stage/v1", context_digest="d",
-                              sub_path="a", capability="c",
-                              publications={"/t/1": Publication("/t/1", True, "c")})
+    st.mounts["k1"] = SharedMount(
+        key="k1",
+        mountpoint="/s/mounts/k1",
+        source="/s/d/k1/dataset.yaml",
+        args=["--cache-size", "1Gi"],
+        release_at=12.5,
+    )
+    st.volumes["v1"] = Volume(
+        volume_id="v1",
+        key="k1",
+        staging_target_path="/stage/v1",
+        context_digest="d",
+        sub_path="a",
+        capability="c",
+        publications={"/t/1": Publication("/t/1", True, "c")},
+    )
     st.volumes["e1"] = Volume(volume_id="e1", key="k1", ephemeral=True)
     st.controller["pvc"] = {"volume_id": "v1", "digest": "x"}
     st.add_tombstone("v0", "/t/0")

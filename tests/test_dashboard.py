@@ -1,6 +1,7 @@
 """The shipped Grafana dashboard (tools/grafana/fluidfs-dashboard.json): valid JSON of the
 right shape, every metric its queries use exists in fluidfs/metrics.py, every panel has a
 title and a datasource, and it covers what issue 3 asks a dashboard to show."""
+
 from __future__ import annotations
 
 import json
@@ -119,7 +120,9 @@ def test_required_panels_present(dash: dict[str, Any]) -> None:
     assert find("fluidfs_fuse_operations_total"), "FUSE op rate"
     assert find("fluidfs_fuse_operation_duration_seconds_bucket"), "FUSE latency"
     assert find(
-        "fluidfs_readahead_issued_bytes_total", "fluidfs_readahead_used_bytes_total", "fluidfs_readahead_wasted_bytes_total"
+        "fluidfs_readahead_issued_bytes_total",
+        "fluidfs_readahead_used_bytes_total",
+        "fluidfs_readahead_wasted_bytes_total",
     ), "readahead issued/used/wasted"
     assert find("fluidfs_cache_evictions_total"), "evictions"
     for p in find("fluidfs_cache_hits_total"):

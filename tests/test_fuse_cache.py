@@ -6,6 +6,7 @@ endpoint exports per-dataset cache/source/FUSE/readahead metrics without paths i
 
 Source reads are counted from the mount's own ``fluidfs_source_requests_total{op="read"}``.
 """
+
 from __future__ import annotations
 
 import errno
@@ -134,8 +135,17 @@ def test_cache_survives_unmount_and_kill9(server: S3Server, tmp_path: Path) -> N
         read_everything(m.mnt)
         kill_daemon(m)
         # the dead daemon's lock is gone with it; its blocks are all reused
-        res = fluidfs("mount", f"s3://{BUCKET}", mnt, "--metrics-addr", "127.0.0.1:0",
-                      "--cache-dir", cache_dir, *FLAGS, env=server.env())
+        res = fluidfs(
+            "mount",
+            f"s3://{BUCKET}",
+            mnt,
+            "--metrics-addr",
+            "127.0.0.1:0",
+            "--cache-dir",
+            cache_dir,
+            *FLAGS,
+            env=server.env(),
+        )
         assert res.returncode == 0, res.stderr
         drop_page_cache()
         read_everything(mnt)
@@ -150,8 +160,17 @@ def test_blocks_written_before_kill9_are_reused(server: S3Server, tmp_path: Path
         read_everything(m.mnt)
         wait_blocks_on_disk(cache_dir, N_BLOCKS)
         kill_daemon(m)  # no clean shutdown: nothing flushed, lock never released by us
-        res = fluidfs("mount", f"s3://{BUCKET}", mnt, "--metrics-addr", "127.0.0.1:0",
-                      "--cache-dir", cache_dir, *FLAGS, env=server.env())
+        res = fluidfs(
+            "mount",
+            f"s3://{BUCKET}",
+            mnt,
+            "--metrics-addr",
+            "127.0.0.1:0",
+            "--cache-dir",
+            cache_dir,
+            *FLAGS,
+            env=server.env(),
+        )
         assert res.returncode == 0, res.stderr
         drop_page_cache()
         read_everything(mnt)
@@ -220,8 +239,17 @@ def test_second_mount_on_same_cache_dir_is_refused(server: S3Server, tmp_path: P
     other.mkdir()
     with Mount(f"s3://{BUCKET}", str(tmp_path / "mnt"), "--cache-dir", cache_dir, *FLAGS, env=server.env()) as m:
         pid = m.record()["pid"]
-        res = fluidfs("mount", f"s3://{BUCKET}", str(other), "--metrics-addr", "127.0.0.1:0",
-                      "--cache-dir", cache_dir, *FLAGS, env=server.env())
+        res = fluidfs(
+            "mount",
+            f"s3://{BUCKET}",
+            str(other),
+            "--metrics-addr",
+            "127.0.0.1:0",
+            "--cache-dir",
+            cache_dir,
+            *FLAGS,
+            env=server.env(),
+        )
         try:
             assert res.returncode == 1, (res.returncode, res.stderr)
             lines = res.stderr.strip().splitlines()
@@ -240,8 +268,18 @@ def test_changed_object_new_bytes_after_ttl_open_handle_never_mixes(server: S3Se
     new = random.Random(101).randbytes(3 * MiB + 5)
     client = server.client()
     client.put_object(Bucket=BUCKET, Key=key, Body=old)
-    with Mount(f"s3://{BUCKET}", str(tmp_path / "mnt"), "--cache-dir", str(tmp_path / "cache"),
-               *FLAGS, "--metadata-ttl", "1", "--readahead", "0", env=server.env()) as m:
+    with Mount(
+        f"s3://{BUCKET}",
+        str(tmp_path / "mnt"),
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        *FLAGS,
+        "--metadata-ttl",
+        "1",
+        "--readahead",
+        "0",
+        env=server.env(),
+    ) as m:
         path = os.path.join(m.mnt, key)
         fd_old = os.open(path, os.O_RDONLY)
         try:
@@ -276,8 +314,9 @@ def test_changed_object_new_bytes_after_ttl_open_handle_never_mixes(server: S3Se
 
 
 def test_metrics_endpoint(server: S3Server, tmp_path: Path) -> None:
-    with Mount(f"s3://{BUCKET}", str(tmp_path / "mnt"), "--cache-dir", str(tmp_path / "cache"), *FLAGS,
-               env=server.env()) as m:
+    with Mount(
+        f"s3://{BUCKET}", str(tmp_path / "mnt"), "--cache-dir", str(tmp_path / "cache"), *FLAGS, env=server.env()
+    ) as m:
         read_everything(m.mnt)
         wait_blocks_on_disk(str(tmp_path / "cache"), N_BLOCKS)
         drop_page_cache()
@@ -301,8 +340,12 @@ def test_metrics_endpoint(server: S3Server, tmp_path: Path) -> None:
     assert total(samples, "fluidfs_fuse_read_bytes_total", dataset=dataset) >= 2 * sum(map(len, FILES.values()))
     assert total(samples, "fluidfs_readahead_issued_bytes_total", dataset=dataset) > 0
     names = {n for n, _lab, _v in samples}
-    for expected in ("fluidfs_readahead_used_bytes_total", "fluidfs_readahead_wasted_bytes_total",
-                     "fluidfs_fuse_operation_duration_seconds_bucket", "fluidfs_metadata_hits_total"):
+    for expected in (
+        "fluidfs_readahead_used_bytes_total",
+        "fluidfs_readahead_wasted_bytes_total",
+        "fluidfs_fuse_operation_duration_seconds_bucket",
+        "fluidfs_metadata_hits_total",
+    ):
         assert expected in names, expected
     basenames = {k.rsplit("/", 1)[-1] for k in FILES} | {"data", "small", BUCKET}
     for name, labels, _v in samples:

@@ -1,5 +1,6 @@
 """Real FUSE over HTTP: a Range-capable server on loopback, listed by autoindex and by a
 manifest; the whole tree compared byte for byte and stat for stat."""
+
 from __future__ import annotations
 
 import json

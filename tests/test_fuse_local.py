@@ -1,4 +1,5 @@
 """Real FUSE: mount a local directory through the CLI daemon and compare everything."""
+
 from __future__ import annotations
 
 import errno
@@ -11,7 +12,16 @@ from pathlib import Path
 
 import pytest
 
-from tests.fusehelp import Mount, compare_tree, fluidfs, force_unmount, make_tree, mmap_compare, needs_fuse, random_preads
+from tests.fusehelp import (
+    Mount,
+    compare_tree,
+    fluidfs,
+    force_unmount,
+    make_tree,
+    mmap_compare,
+    needs_fuse,
+    random_preads,
+)
 
 pytestmark = [needs_fuse, pytest.mark.fuse]
 
@@ -102,7 +112,17 @@ def test_foreground_mode(tree: Path, tmp_path: Path) -> None:
     mnt = tmp_path / "fg"
     mnt.mkdir()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "fluidfs", "mount", f"file://{tree}", str(mnt), "--foreground", "--metrics-addr", "none"],
+        [
+            sys.executable,
+            "-m",
+            "fluidfs",
+            "mount",
+            f"file://{tree}",
+            str(mnt),
+            "--foreground",
+            "--metrics-addr",
+            "none",
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
     )

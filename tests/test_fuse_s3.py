@@ -1,5 +1,6 @@
 """Real FUSE over a real S3 server (SeaweedFS) on loopback: the whole tree, byte for byte;
 an object beside a same-named prefix; an outage gives EIO and the mount recovers."""
+
 from __future__ import annotations
 
 import errno
@@ -55,10 +56,14 @@ def tree(tmp_path_factory: pytest.TempPathFactory, server: S3Server) -> tuple[Pa
 
 
 @pytest.fixture(scope="module")
-def mounted(server: S3Server, tree: tuple[Path, dict[str, float]], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mount]:
+def mounted(
+    server: S3Server, tree: tuple[Path, dict[str, float]], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Mount]:
     mnt = tmp_path_factory.mktemp("s3mnt")
     env = server.env()
-    with Mount(f"s3://{BUCKET}", str(mnt), "--block-size", "1Mi", "--metadata-ttl", "1", "--negative-ttl", "1", env=env) as m:
+    with Mount(
+        f"s3://{BUCKET}", str(mnt), "--block-size", "1Mi", "--metadata-ttl", "1", "--negative-ttl", "1", env=env
+    ) as m:
         yield m
 
 
@@ -130,7 +135,12 @@ def test_mount_failure_modes(server: S3Server, tree: object, tmp_path: Path) -> 
     cases = [
         (["mount", "s3://no-such-bucket", str(mnt)], env, 3, "does not exist"),
         (["mount", f"s3://{BUCKET}", str(mnt)], bad_creds, 3, "denied"),
-        (["mount", f"s3://{BUCKET}", str(mnt), "-o", "connect_timeout=1", "-o", "max_attempts=1"], unreachable, 3, "127.0.0.1:9"),
+        (
+            ["mount", f"s3://{BUCKET}", str(mnt), "-o", "connect_timeout=1", "-o", "max_attempts=1"],
+            unreachable,
+            3,
+            "127.0.0.1:9",
+        ),
     ]
     for args, e, code, text in cases:
         res = fluidfs(*args, env=e)

@@ -12,6 +12,7 @@ prometheus-operator CRD) is checked here by hand instead (shape, and that it sel
 metrics Service by a port that Service has). No API server runs here, so admission-time
 behaviour (defaulting, webhooks) is not covered.
 """
+
 from __future__ import annotations
 
 import copy
@@ -42,8 +43,9 @@ RELEASE = "fluidfs"
 NAMESPACE = "fluidfs-system"
 
 #: oldest supported, a middle one the issue names, and the newest kubernetes-validate knows.
-KUBE_VERSIONS = sorted({"1.29.0", "1.35.0", kubernetes_validate.latest_version()},
-                       key=lambda v: tuple(int(x) for x in v.split(".")))
+KUBE_VERSIONS = sorted(
+    {"1.29.0", "1.35.0", kubernetes_validate.latest_version()}, key=lambda v: tuple(int(x) for x in v.split("."))
+)
 #: kinds that are CRDs: kubernetes-validate has no schema for them; checked by hand below.
 CRD_KINDS = {("monitoring.coreos.com/v1", "ServiceMonitor")}
 
@@ -195,10 +197,19 @@ def test_lint_strict_is_clean(variant: str, kube: str, all_values: dict[str, Any
 
 def test_default_render_has_exactly_the_core_objects(default_objs: list[dict[str, Any]]) -> None:
     kinds = sorted(o["kind"] for o in default_objs)
-    assert kinds == sorted([
-        "CSIDriver", "DaemonSet", "Deployment", "ServiceAccount", "ServiceAccount",
-        "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding",
-    ])
+    assert kinds == sorted(
+        [
+            "CSIDriver",
+            "DaemonSet",
+            "Deployment",
+            "ServiceAccount",
+            "ServiceAccount",
+            "ClusterRole",
+            "ClusterRoleBinding",
+            "Role",
+            "RoleBinding",
+        ]
+    )
 
 
 def test_all_features_render_adds_the_optional_objects(full_objs: list[dict[str, Any]]) -> None:
@@ -231,15 +242,17 @@ def test_strict_validation_catches_mistakes(default_objs: list[dict[str, Any]]) 
         validate_strict(wrong_api, "removed apiVersion")
 
 
-def test_standard_labels_and_namespaces(
-    default_objs: list[dict[str, Any]], full_objs: list[dict[str, Any]]
-) -> None:
+def test_standard_labels_and_namespaces(default_objs: list[dict[str, Any]], full_objs: list[dict[str, Any]]) -> None:
     cluster_scoped = {"CSIDriver", "ClusterRole", "ClusterRoleBinding", "StorageClass"}
     for obj in default_objs + full_objs:
         labels = obj["metadata"]["labels"]
-        for key in ("app.kubernetes.io/name", "app.kubernetes.io/instance",
-                    "app.kubernetes.io/version", "app.kubernetes.io/managed-by",
-                    "helm.sh/chart"):
+        for key in (
+            "app.kubernetes.io/name",
+            "app.kubernetes.io/instance",
+            "app.kubernetes.io/version",
+            "app.kubernetes.io/managed-by",
+            "helm.sh/chart",
+        ):
             assert key in labels, f"{obj['kind']}/{obj['metadata']['name']} lacks {key}"
         if obj["kind"] in cluster_scoped:
             assert "namespace" not in obj["metadata"]
@@ -264,8 +277,7 @@ def test_csidriver_can_be_left_out() -> None:
 
 def check_node_daemonset(ds: dict[str, Any], kubelet_dir: str, values: dict[str, Any]) -> None:
     pod = ds["spec"]["template"]["spec"]
-    assert ds["spec"]["selector"]["matchLabels"].items() <= \
-        ds["spec"]["template"]["metadata"]["labels"].items()
+    assert ds["spec"]["selector"]["matchLabels"].items() <= ds["spec"]["template"]["metadata"]["labels"].items()
     assert pod["priorityClassName"] == "system-node-critical"
     assert pod["automountServiceAccountToken"] is False
 
@@ -290,11 +302,9 @@ def check_node_daemonset(ds: dict[str, Any], kubelet_dir: str, values: dict[str,
     assert volume(pod, "fuse-device")["hostPath"] == {"path": "/dev/fuse", "type": "CharDevice"}
     sm = mount(plugin, "state-dir")  # holds the shared dataset mounts (mounts/<key>)
     assert sm["mountPath"] == flag(args, "state-dir") and sm["mountPropagation"] == "Bidirectional"
-    assert volume(pod, "state-dir")["hostPath"] == {
-        "path": values["stateDir"], "type": "DirectoryOrCreate"}
+    assert volume(pod, "state-dir")["hostPath"] == {"path": values["stateDir"], "type": "DirectoryOrCreate"}
     assert mount(plugin, "cache-dir")["mountPath"] == flag(args, "cache-root")
-    assert volume(pod, "cache-dir")["hostPath"] == {
-        "path": values["cache"]["hostPath"], "type": "DirectoryOrCreate"}
+    assert volume(pod, "cache-dir")["hostPath"] == {"path": values["cache"]["hostPath"], "type": "DirectoryOrCreate"}
     plugin_dir = f"{kubelet_dir}/plugins/{DRIVER}"
     assert volume(pod, "plugin-dir")["hostPath"] == {"path": plugin_dir, "type": "DirectoryOrCreate"}
     assert mount(plugin, "plugin-dir")["mountPath"] == "/csi"
@@ -368,7 +378,8 @@ def test_controller_deployment(chart: helm.Chart, default_objs: list[dict[str, A
     assert "securityContext" not in plugin or not plugin["securityContext"].get("privileged")
     probe = container(pod, "liveness-probe")
     assert {p["name"]: p["containerPort"] for p in plugin["ports"]}["healthz"] == int(
-        flag(probe["args"], "health-port") or 0)
+        flag(probe["args"], "health-port") or 0
+    )
     # all three share the socket directory
     for c in (prov, plugin, probe):
         assert mount(c, "socket-dir")["mountPath"] == "/csi"
@@ -422,13 +433,16 @@ def test_rbac_is_least_privilege(default_objs: list[dict[str, Any]]) -> None:
             assert s["namespace"] == NAMESPACE
             bound.add(s["name"])
         kind = binding["roleRef"]["kind"]
-        assert any(r["metadata"]["name"] == binding["roleRef"]["name"]
-                   for r in by_kind(default_objs, kind))
+        assert any(r["metadata"]["name"] == binding["roleRef"]["name"] for r in by_kind(default_objs, kind))
     assert bound == {controller_sa}, "the node plugin needs no API permissions"
     lease_role = one(default_objs, "Role")
-    assert lease_role["rules"] == [{
-        "apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
-        "verbs": ["get", "watch", "list", "delete", "update", "create"]}]
+    assert lease_role["rules"] == [
+        {
+            "apiGroups": ["coordination.k8s.io"],
+            "resources": ["leases"],
+            "verbs": ["get", "watch", "list", "delete", "update", "create"],
+        }
+    ]
 
 
 def test_rbac_can_be_left_out() -> None:
@@ -473,14 +487,15 @@ def test_storageclass_from_dataset_document_and_defaults() -> None:
     validate_strict(sc, "storageClass.dataset")
 
 
-@pytest.mark.parametrize("sc, message", [
-    ({"create": True}, "needs storageClass.url"),
-    ({"create": True, "url": "s3://a/b", "dataset": "kind: Dataset"}, "exclusive"),
-    ({"create": True, "dataset": "kind: Dataset", "region": "eu-west-1"}, "go with storageClass.url"),
-])
-def test_storageclass_misconfiguration_fails_with_a_clear_message(
-    sc: dict[str, Any], message: str
-) -> None:
+@pytest.mark.parametrize(
+    "sc, message",
+    [
+        ({"create": True}, "needs storageClass.url"),
+        ({"create": True, "url": "s3://a/b", "dataset": "kind: Dataset"}, "exclusive"),
+        ({"create": True, "dataset": "kind: Dataset", "region": "eu-west-1"}, "go with storageClass.url"),
+    ],
+)
+def test_storageclass_misconfiguration_fails_with_a_clear_message(sc: dict[str, Any], message: str) -> None:
     with pytest.raises(helm.HelmError, match=message):
         render({"storageClass": sc})
 
@@ -491,8 +506,7 @@ def test_metrics_service_and_servicemonitor(full_objs: list[dict[str, Any]]) -> 
     pod_labels = ds["spec"]["template"]["metadata"]["labels"]
     assert svc["spec"]["clusterIP"] == "None"
     assert svc["spec"]["selector"].items() <= pod_labels.items()
-    assert svc["spec"]["ports"] == [
-        {"name": "metrics", "port": 9900, "targetPort": "metrics", "protocol": "TCP"}]
+    assert svc["spec"]["ports"] == [{"name": "metrics", "port": 9900, "targetPort": "metrics", "protocol": "TCP"}]
 
     sm = one(full_objs, "ServiceMonitor")
     # the CRD is not in kubernetes-validate: its shape is checked here
@@ -540,6 +554,7 @@ def test_schema_is_strict_draft07(schema: dict[str, Any]) -> None:
                 assert node.get("additionalProperties") is False, f"{path} is not strict"
             for k, v in node.items():
                 walk(v, f"{path}/{k}")
+
     walk(schema["properties"], "")
 
 
@@ -583,9 +598,7 @@ BAD_VALUES = [
 
 
 @pytest.mark.parametrize("override, key", BAD_VALUES, ids=[k for _, k in BAD_VALUES])
-def test_bad_values_are_rejected(
-    override: dict[str, Any], key: str, chart: helm.Chart, schema: dict[str, Any]
-) -> None:
+def test_bad_values_are_rejected(override: dict[str, Any], key: str, chart: helm.Chart, schema: dict[str, Any]) -> None:
     merged = chart.merge_values(copy.deepcopy(override))
     with pytest.raises(helm.HelmValuesError, match=re.escape(key)):
         chart.validate_schema(merged)
@@ -620,8 +633,14 @@ def example_objects() -> list[tuple[str, dict[str, Any]]]:
 def test_examples_validate_strictly() -> None:
     objs = example_objects()
     names = {name for name, _ in objs}
-    assert {"storageclass.yaml", "pvc.yaml", "pod.yaml", "secret.yaml",
-            "storageclass-dataset.yaml", "ephemeral-pod.yaml"} <= names
+    assert {
+        "storageclass.yaml",
+        "pvc.yaml",
+        "pod.yaml",
+        "secret.yaml",
+        "storageclass-dataset.yaml",
+        "ephemeral-pod.yaml",
+    } <= names
     for name, obj in objs:
         validate_strict(obj, f"helm/examples/{name}")
 
@@ -692,8 +711,7 @@ def test_every_volume_context_is_accepted_by_the_plugin(full_objs: list[dict[str
     doc = (EXAMPLES / "storageclass-dataset.yaml").read_text()
     dataset = next(d for d in docs_of(doc) if d["kind"] == "StorageClass")["parameters"]["dataset"]
     contexts = list(volume_contexts(full_objs))
-    contexts += list(volume_contexts(objects(render(
-        {"storageClass": {"create": True, "dataset": dataset}}))))
+    contexts += list(volume_contexts(objects(render({"storageClass": {"create": True, "dataset": dataset}}))))
     contexts += list(volume_contexts([o for _, o in example_objects()]))
     assert len(contexts) >= 6
     from fluidfs.spec import parse_dataset

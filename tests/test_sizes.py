@@ -1,4 +1,5 @@
 """Unit tests for fluidfs.sizes: parse_size, format_size, parse_duration, format_duration."""
+
 from __future__ import annotations
 
 import math
@@ -143,8 +144,15 @@ def test_parse_duration_field_prefix() -> None:
 
 @pytest.mark.parametrize(
     ("seconds", "text"),
-    [(math.inf, "indefinite"), (0.25, "250ms"), (30, "30s"), (1.5, "1.5s"), (300, "5m"),
-     (5400, "1h30m"), (86400 + 1, "1d1s")],
+    [
+        (math.inf, "indefinite"),
+        (0.25, "250ms"),
+        (30, "30s"),
+        (1.5, "1.5s"),
+        (300, "5m"),
+        (5400, "1h30m"),
+        (86400 + 1, "1d1s"),
+    ],
 )
 def test_format_duration(seconds: float, text: str) -> None:
     assert format_duration(seconds) == text

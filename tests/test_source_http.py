@@ -1,4 +1,5 @@
 """HTTP source and the embedded Range HTTP server, against real servers on loopback (no mocks)."""
+
 from __future__ import annotations
 
 import gzip
@@ -32,7 +33,9 @@ ServerFactory = Callable[..., RangeHTTPServer]
 SourceFactory = Callable[..., HTTPSource]
 
 
-def raw(server: RangeHTTPServer, method: str, path: str, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+def raw(
+    server: RangeHTTPServer, method: str, path: str, headers: dict[str, str] | None = None
+) -> tuple[int, dict[str, str], bytes]:
     """One request with the path sent verbatim (no client-side normalisation)."""
     conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=5)
     try:
@@ -294,7 +297,9 @@ def test_autoindex_not_found(http_source: HTTPSource) -> None:
         http_source.read("train/nope.jpg", 0, 10)
 
 
-def test_autoindex_big_directory_paged(tmp_path: Path, http_server_factory: ServerFactory, http_source_factory: SourceFactory) -> None:
+def test_autoindex_big_directory_paged(
+    tmp_path: Path, http_server_factory: ServerFactory, http_source_factory: SourceFactory
+) -> None:
     root = tmp_path / "big"
     (root / "d").mkdir(parents=True)
     names = {f"f{i:05d} x.bin" for i in range(2000)}
@@ -310,7 +315,9 @@ def test_autoindex_big_directory_paged(tmp_path: Path, http_server_factory: Serv
     assert all(sizes[n] == i % 7 for i, n in enumerate(sorted(names)))
 
 
-def test_autoindex_base_without_slash_and_subdir(http_server: RangeHTTPServer, http_source_factory: SourceFactory) -> None:
+def test_autoindex_base_without_slash_and_subdir(
+    http_server: RangeHTTPServer, http_source_factory: SourceFactory
+) -> None:
     source = http_source_factory(http_server.url + "train")
     top = [e.name for page in source.list("") for e in page]
     assert sorted(top) == ["cls0", "cls1", "cls2"]
@@ -356,7 +363,9 @@ def test_version_change_detected(
 # ---- manifest ---------------------------------------------------------------------------------
 
 
-def test_manifest_well_known_json(http_tree: Path, http_server_factory: ServerFactory, http_source_factory: SourceFactory) -> None:
+def test_manifest_well_known_json(
+    http_tree: Path, http_server_factory: ServerFactory, http_source_factory: SourceFactory
+) -> None:
     etag_of = {}
     server = http_server_factory(http_tree)
     for rel in ("top.bin", "train/cls0/img 1.jpg"):
@@ -393,7 +402,9 @@ def test_manifest_well_known_json(http_tree: Path, http_server_factory: ServerFa
         source.read("val/deep/er/est/leaf.dat", 0, 10, leaf.version)
 
 
-def test_manifest_option_tsv_and_gzip(http_tree: Path, http_server_factory: ServerFactory, http_source_factory: SourceFactory) -> None:
+def test_manifest_option_tsv_and_gzip(
+    http_tree: Path, http_server_factory: ServerFactory, http_source_factory: SourceFactory
+) -> None:
     (http_tree / "meta").mkdir()
     tsv = "# path\tsize\tmtime\ntop.bin\t10240\t1700000000\n\ntrain/cls0/img2.jpg\t24\nempty_dir/\n"
     (http_tree / "meta" / "list.tsv").write_text(tsv)
@@ -547,7 +558,9 @@ class FlakyHandler(RangeRequestHandler):
         return True
 
 
-def test_retries_on_503(http_tree: Path, http_server_factory: ServerFactory, http_source_factory: SourceFactory) -> None:
+def test_retries_on_503(
+    http_tree: Path, http_server_factory: ServerFactory, http_source_factory: SourceFactory
+) -> None:
     handler: type[FlakyHandler] = type("Flaky", (FlakyHandler,), {"failures_left": 0})
     server = http_server_factory(http_tree, handler_class=handler)
     source = http_source_factory(server.url, max_attempts=3)
@@ -612,7 +625,9 @@ def test_from_mount_options_and_credentials(caplog: pytest.LogCaptureFixture) ->
     ]
     for options, creds, field in bad:
         with pytest.raises(SpecError) as info:
-            HTTPSource.from_mount(MountSpec(name="web", url="http://h/", scheme="http", path="/", options=options), creds)
+            HTTPSource.from_mount(
+                MountSpec(name="web", url="http://h/", scheme="http", path="/", options=options), creds
+            )
         assert info.value.field == field
     with pytest.raises(SpecError, match="mountPoint"):
         HTTPSource.from_mount(MountSpec(name="web", url="s3://b/p", scheme="s3", path="/"), {})

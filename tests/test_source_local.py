@@ -1,4 +1,5 @@
 """LocalSource on a temporary directory, and the registry's file:// dispatch."""
+
 from __future__ import annotations
 
 import errno
@@ -254,10 +255,7 @@ def test_registry_unknown_scheme():
 def test_registry_http_dispatches_to_http_source(monkeypatch):
     http = pytest.importorskip("fluidfs.sources.http")
     calls = []
-    monkeypatch.setattr(
-        http.HTTPSource, "from_mount", classmethod(lambda cls, m, c: calls.append((m, c)) or "made")
-    )
+    monkeypatch.setattr(http.HTTPSource, "from_mount", classmethod(lambda cls, m, c: calls.append((m, c)) or "made"))
     mount = MountSpec(name="web", url="https://example.invalid/data/", scheme="https", path="/")
     assert open_source(mount, {"bearer_token": "t"}) == "made"
     assert calls == [(mount, {"bearer_token": "t"})]
-

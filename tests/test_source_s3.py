@@ -1,4 +1,5 @@
 """S3Source against real S3 servers on loopback (moto and SeaweedFS), no mocks of boto3."""
+
 from __future__ import annotations
 
 import time
@@ -97,9 +98,7 @@ def test_directory_wins_across_page_boundary(make_s3_source, s3_server, monkeypa
 def test_list_big_prefix_is_paged_lazily(make_s3_source):
     src = make_s3_source()
     requests: list[dict] = []
-    src._client.meta.events.register(
-        "before-call.s3.ListObjectsV2", lambda params, **_: requests.append(params)
-    )
+    src._client.meta.events.register("before-call.s3.ListObjectsV2", lambda params, **_: requests.append(params))
     gen = src.list("big")
     assert requests == []  # nothing happens before iteration
     first = next(gen)

@@ -1,5 +1,6 @@
 """``fluidfs status``: the metrics summary (unit), and a real mount's configuration, tiers, hit
 ratios, source traffic and % cached; a non-mount is refused with one line."""
+
 from __future__ import annotations
 
 import json
@@ -68,8 +69,18 @@ def test_status_of_a_mount(tmp_path: Path) -> None:
     (src / "dir" / "two.bin").write_bytes(os.urandom(2 * 1024 * 1024 + 5))
     (src / "other.bin").write_bytes(os.urandom(1024 * 1024))
     cache = tmp_path / "cache"
-    with Mount(str(src), str(tmp_path / "mnt"), "--cache-dir", str(cache), "--block-size", "1Mi",
-               "--metadata-ttl", "indefinite", "--memory-size", "64Mi") as m:
+    with Mount(
+        str(src),
+        str(tmp_path / "mnt"),
+        "--cache-dir",
+        str(cache),
+        "--block-size",
+        "1Mi",
+        "--metadata-ttl",
+        "indefinite",
+        "--memory-size",
+        "64Mi",
+    ) as m:
         with open(os.path.join(m.mnt, "dir", "two.bin"), "rb") as f:
             assert len(f.read()) == 2 * 1024 * 1024 + 5
         res = fluidfs("status", "--json", m.mnt)
@@ -102,8 +113,19 @@ def test_status_of_a_mount(tmp_path: Path) -> None:
         assert st2["hit_ratio"] == pytest.approx(hits / lookups)
         text = fluidfs("status", m.mnt, "dir")
         assert text.returncode == 0, text.stderr
-        for part in ("dataset", "sources", "block size 1 MiB", "metadata TTL indefinite", "mem ", "ssd ",
-                     "overall hit ratio", "source ", "readahead", "100.0% of 2 MiB", "1/1 files fully cached"):
+        for part in (
+            "dataset",
+            "sources",
+            "block size 1 MiB",
+            "metadata TTL indefinite",
+            "mem ",
+            "ssd ",
+            "overall hit ratio",
+            "source ",
+            "readahead",
+            "100.0% of 2 MiB",
+            "1/1 files fully cached",
+        ):
             assert part in text.stdout, (part, text.stdout)
         bad = fluidfs("status", m.mnt, "nope")
         assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1

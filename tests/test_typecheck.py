@@ -1,4 +1,5 @@
 """The package, the CSI plugin and the tools type-check cleanly (mypy, config in pyproject)."""
+
 from __future__ import annotations
 
 import subprocess

@@ -1,5 +1,6 @@
 """VFS operations driven directly (no kernel): union, lookups, listings with stable offsets,
 reads, the metadata cache, versions, single-flight and outages."""
+
 from __future__ import annotations
 
 import errno
@@ -29,7 +30,9 @@ def make_vfs(mounts: dict[str, Source], **cfg_kw: object) -> Vfs:
     cfg = MountConfig(block_size=1 * MiB, metrics_addr=None, **cfg_kw)  # type: ignore[arg-type]
     limiter = trio.CapacityLimiter(8)
     refs = [
-        MountRef(MountSpec(name=f"m{i}", url=f"memory:///{i}", scheme="file", path=path), AsyncSource(src, "t", limiter))
+        MountRef(
+            MountSpec(name=f"m{i}", url=f"memory:///{i}", scheme="file", path=path), AsyncSource(src, "t", limiter)
+        )
         for i, (path, src) in enumerate(mounts.items())
     ]
     ns = Namespace(refs, "t", cfg.metadata_ttl, cfg.negative_ttl)

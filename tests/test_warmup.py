@@ -1,6 +1,7 @@
 """``fluidfs load``: the progress bar (unit), loading through a real FUSE mount (local source),
 loading a SeaweedFS bucket straight into an SSD cache directory and then reading every byte
 with the S3 server stopped, and an interrupted load that a rerun completes."""
+
 from __future__ import annotations
 
 import io
@@ -200,8 +201,18 @@ def test_source_load_local_then_rerun_skips(local_src: Path, tmp_path: Path) -> 
     assert res.returncode == 0 and final(res.stdout)[:3] == (46, 46, 100.0)
     assert "41 files were already cached" in res.stderr  # the 40 images and the empty file
     # too small a cache with eviction none: loads what fits, says so, exit 1
-    small = fluidfs("load", str(local_src), "--cache-dir", str(tmp_path / "small"), "--block-size", "1Mi",
-                    "--cache-size", "4Mi", "--free-space-floor", "0")
+    small = fluidfs(
+        "load",
+        str(local_src),
+        "--cache-dir",
+        str(tmp_path / "small"),
+        "--block-size",
+        "1Mi",
+        "--cache-size",
+        "4Mi",
+        "--free-space-floor",
+        "0",
+    )
     assert small.returncode == 1 and "full" in small.stderr
     assert final(small.stdout)[2] < 100.0
 
@@ -242,8 +253,21 @@ def test_load_interrupted_then_rerun_completes(s3: object, tmp_path: Path) -> No
     cache = str(tmp_path / "cache")
     env = {k: v for k, v in {**os.environ, **server.env()}.items() if k != "AWS_ENDPOINT_URL"}  # type: ignore[attr-defined]
     with ProxyThread(("127.0.0.1", server.port), delay_down=0.0, bandwidth_mbit=40) as proxy:  # type: ignore[attr-defined]
-        cmd = [sys.executable, "-m", "fluidfs", "load", f"s3://{BUCKET}", "--cache-dir", cache, "--block-size", "1Mi",
-               "--parallel", "4", "--endpoint", f"http://127.0.0.1:{proxy.port}"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "fluidfs",
+            "load",
+            f"s3://{BUCKET}",
+            "--cache-dir",
+            cache,
+            "--block-size",
+            "1Mi",
+            "--parallel",
+            "4",
+            "--endpoint",
+            f"http://127.0.0.1:{proxy.port}",
+        ]
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         try:
             deadline = time.monotonic() + 60

@@ -66,6 +66,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--window", type=int, default=experiments.WINDOW)
     run.add_argument("--max-pass-over", type=int, default=experiments.BOUND, help="-1: unbounded")
     run.add_argument("--plot", type=Path, help="write a PNG of JCT and bytes per policy")
+    run.add_argument("--json", dest="run_json", metavar="FILE", type=Path, help="also write the metrics as JSON")
     tr = sub.add_parser("trace", help="write a generated trace as JSON")
     _trace_flags(tr)
     tr.add_argument("--out", type=Path, required=True)
@@ -98,11 +99,12 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO if a.verbose else logging.WARNING, format="%(message)s")
     try:
         if a.calibrate is not None:
-            rows = cal.calibrate(a.calibrate, replay=not a.no_replay)
-            print(cal.table(rows))
+            measured = cal.calibrate(a.calibrate, replay=not a.no_replay)
+            print(cal.table(measured))
             if a.json:
                 doc = [
-                    {"job": m.name, "measured": m.measured, "predicted": m.predicted, "error": m.error} for m in rows
+                    {"job": m.name, "measured": m.measured, "predicted": m.predicted, "error": m.error}
+                    for m in measured
                 ]
                 a.json.write_text(json.dumps(doc, indent=1) + "\n")
             return
@@ -139,8 +141,9 @@ def main(argv: list[str] | None = None) -> None:
         rows = [metrics(simulate(trace, cluster, pol, seed=a.seed)) for pol in pols]
         print(f"trace: {len(trace.jobs)} jobs, {len(trace.datasets)} datasets, repeat share {trace.repeat_share():.2f}")
         print(table(rows, {m.policy: m.policy.replace("+cache", "") for m in rows}))
-        if a.json:
-            a.json.write_text(json.dumps([m.as_dict() for m in rows], indent=1) + "\n")
+        json_out = a.run_json or a.json
+        if json_out:
+            json_out.write_text(json.dumps([m.as_dict() for m in rows], indent=1) + "\n")
         if a.plot:
             bar_plot(rows, a.plot, f"{len(trace.jobs)} jobs")
     except (cal.CalibrationError, ValueError, KeyError) as e:

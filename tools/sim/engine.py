@@ -34,6 +34,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fluidfs.control.sched import locations, ordering, placement
+
+__all__ = [
+    "ClusterConfig",
+    "Policy",
+    "RunResult",
+    "JobResult",
+    "Simulator",
+    "simulate",
+    "locations",
+    "ordering",
+    "placement",
+]
 from tools.sim.cluster import Chunk, Flow, Flows, NodeCache, owner
 from tools.sim.trace import GIB, Job, Trace
 
@@ -332,7 +344,8 @@ class Simulator:
         self._rearm()
 
     def _flow_done(self, flow: Flow, t: float) -> None:
-        kind, name, chunk, own = flow.payload  # type: ignore[misc]
+        payload: tuple[str, str, Chunk, str] = flow.payload  # type: ignore[assignment]
+        kind, name, chunk, own = payload
         run = self.running[name]
         nbytes = run.chunk_bytes
         if kind == "peer":

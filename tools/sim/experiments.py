@@ -71,7 +71,8 @@ def _sweep(
     results: dict[str, Any],
 ) -> str:
     rows_md = [
-        f"| {xlabel} | repeat share | FIFO avg JCT (s) | SJF avg JCT (s) | FIFO+cache vs FIFO | SJF+cache vs SJF | SJF+cache vs FIFO |"
+        f"| {xlabel} | repeat share | FIFO avg JCT (s) | SJF avg JCT (s) "
+        "| FIFO+cache vs FIFO | SJF+cache vs SJF | SJF+cache vs FIFO |"
     ]
     rows_md.append("| ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     series: dict[str, list[float]] = {"FIFO+cache vs FIFO": [], "SJF+cache vs SJF": [], "SJF+cache vs FIFO": []}
@@ -83,7 +84,7 @@ def _sweep(
         r1 = by["fifo"].avg_jct / by["fifo+cache"].avg_jct
         r2 = by["sjf"].avg_jct / by["sjf+cache"].avg_jct
         r3 = by["fifo"].avg_jct / by["sjf+cache"].avg_jct
-        for k, r in zip(series, (r1, r2, r3)):
+        for k, r in zip(series, (r1, r2, r3), strict=True):
             series[k].append(r)
         rows_md.append(
             f"| {v} | {trace.repeat_share():.2f} | {by['fifo'].avg_jct:.0f} | {by['sjf'].avg_jct:.0f} | "
@@ -99,7 +100,7 @@ def _sweep(
 def run_all(out: Path, quick: bool = False) -> dict[str, Any]:
     """Every experiment; writes report.md, report.json and PNGs into ``out``."""
     out.mkdir(parents=True, exist_ok=True)
-    trace_cfg = dataclasses.replace(TRACE, jobs=60) if quick else TRACE
+    trace_cfg = dataclasses.replace(TRACE, jobs=30) if quick else TRACE
     results: dict[str, Any] = {"trace": dataclasses.asdict(trace_cfg), "cluster": dataclasses.asdict(CLUSTER)}
     md: list[str] = []
     trace = generate(trace_cfg)

@@ -75,7 +75,10 @@ def table(rows: Sequence[Metrics], baseline: Mapping[str, str] | None = None) ->
     """A Markdown table of ``rows``; ``baseline`` maps a policy to the policy its JCT ratio is
     taken against (a column ``vs`` shows ``baseline avg JCT / policy avg JCT``)."""
     by_name = {m.policy: m for m in rows}
-    head = "| policy | avg JCT (s) | p95 JCT (s) | avg wait (s) | makespan (s) | source TiB | peer TiB | GPU util | max passed over |"
+    head = (
+        "| policy | avg JCT (s) | p95 JCT (s) | avg wait (s) | makespan (s) | source TiB | peer TiB | GPU util "
+        "| max passed over |"
+    )
     sep = "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
     if baseline:
         head += " JCT speed-up |"

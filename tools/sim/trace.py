@@ -97,7 +97,7 @@ def generate(cfg: TraceConfig, *, sharing: bool = True) -> Trace:
         for _ in range(n_ds)
     ]
     datasets = tuple(Dataset(f"d{i:03d}", s) for i, s in enumerate(sizes))
-    mean_gpus = sum(g * w for g, w in zip(cfg.gpu_choices, cfg.gpu_weights)) / sum(cfg.gpu_weights)
+    mean_gpus = sum(g * w for g, w in zip(cfg.gpu_choices, cfg.gpu_weights, strict=True)) / sum(cfg.gpu_weights)
     mean_seconds = cfg.median_seconds * math.exp(cfg.sigma**2 / 2)
     rate = cfg.load * cfg.total_gpus / (mean_gpus * mean_seconds)
     weights = _zipf_weights(n_ds, cfg.zipf_s)
