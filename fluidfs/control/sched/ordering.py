@@ -1,0 +1,228 @@
+"""Job admission order: a base policy (FIFO or SJF), cache-aware within a window, starvation-free.
+
+``plan`` decides which waiting jobs to start now, given the free capacity and where the cache
+is. It is pure: the Job queue (``queue``) feeds it from Kubernetes objects, the simulator
+(``tools/sim``) from its model.
+
+1. **Base order**: FIFO (submission time) or SJF (expected duration, then submission time).
+2. **Look-ahead window**: only the first ``window`` jobs of the base order are candidates.
+3. **Cache-aware**: within the window, *warm* jobs go first — jobs whose datasets are read by a
+   running job (or one admitted in this round, so jobs of one dataset start together) or at
+   least ``warm_threshold`` cached — each group in base order. Cache-oblivious keeps base order.
+4. **Capacity**: a candidate starts if its pods fit: every pod on one node with enough free GPUs
+   (best fit), and/or a slot count. Candidates that do not fit are skipped (backfill).
+5. **Pass-over bound**: a job is *passed over* each time a job submitted after it starts while
+   it waits. A job passed over ``max_pass_over`` times becomes a barrier: no job submitted after
+   it starts until it has (it is tried first, and capacity frees up as running jobs end). So no
+   job is ever passed over more than the bound, whatever the base policy (SJF included).
+6. **Warm-up** (``warm_ahead`` > 0): for the next candidate that could not start, its cold
+   datasets are returned as warm intents (the controller runs ``fluidfs load`` / a worker
+   warm-up), at most ``warm_ahead`` datasets warming at once.
+
+Caveats: a job's warmth is the mean over its datasets, weighted equally (sizes unknown here);
+a job that can never fit (pods larger than any node) is reported as unschedulable and takes no
+part in ordering or pass-over counting. Fit is checked per pod against free GPUs per node; other
+resources, taints and affinity are the scheduler's (a started job may still wait for a node).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+
+
+class BasePolicy(str, Enum):
+    FIFO = "fifo"
+    SJF = "sjf"
+
+
+@dataclass(frozen=True)
+class JobInfo:
+    """A job as the ordering sees it."""
+
+    name: str
+    submitted: float
+    gpus_per_pod: int = 0
+    pods: int = 1
+    expected_seconds: float | None = None
+    datasets: tuple[str, ...] = ()
+    passed_over: int = 0
+
+
+@dataclass(frozen=True)
+class DatasetState:
+    """What is known about the datasets: cached fraction (0..1) per key, which are read by
+    running jobs, which are being warmed."""
+
+    cached_fraction: Mapping[str, float] = field(default_factory=dict)
+    reading: frozenset[str] = frozenset()
+    warming: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True)
+class Capacity:
+    """Free GPUs per node (``None``: GPUs not modelled) and/or free job slots (``None``: no slot
+    limit); ``total_gpus`` (allocatable per node) tells which jobs can ever fit."""
+
+    free_gpus: Mapping[str, int] | None = None
+    slots: int | None = None
+    total_gpus: Mapping[str, int] | None = None
+
+    def place(self, job: JobInfo) -> Capacity | None:
+        """The capacity left once ``job`` runs, or None if it does not fit now."""
+        if self.slots is not None and self.slots < 1:
+            return None
+        free = self.free_gpus
+        if free is not None and job.gpus_per_pod > 0:
+            left = dict(free)
+            for _ in range(max(1, job.pods)):
+                fitting = [n for n, g in left.items() if g >= job.gpus_per_pod]
+                if not fitting:
+                    return None
+                best = min(fitting, key=lambda n: (left[n], n))
+                left[best] -= job.gpus_per_pod
+            free = left
+        slots = None if self.slots is None else self.slots - 1
+        return Capacity(free, slots, self.total_gpus)
+
+    def can_ever_fit(self, job: JobInfo) -> bool:
+        if job.gpus_per_pod <= 0 or self.total_gpus is None:
+            return True
+        return Capacity(self.total_gpus).place(job) is not None
+
+
+@dataclass(frozen=True)
+class OrderingConfig:
+    base: BasePolicy = BasePolicy.FIFO
+    cache_aware: bool = True
+    window: int = 16
+    max_pass_over: int | None = 8
+    warm_threshold: float = 0.5
+    warm_ahead: int = 0
+    default_expected_seconds: float = 3600.0
+
+    def __post_init__(self) -> None:
+        if self.window < 1:
+            raise ValueError(f"window must be >= 1, not {self.window}")
+        if self.max_pass_over is not None and self.max_pass_over < 0:
+            raise ValueError(f"max_pass_over must be >= 0, not {self.max_pass_over}")
+        if not 0.0 <= self.warm_threshold <= 1.0:
+            raise ValueError(f"warm_threshold must be within 0..1, not {self.warm_threshold}")
+        if self.warm_ahead < 0:
+            raise ValueError(f"warm_ahead must be >= 0, not {self.warm_ahead}")
+
+
+@dataclass(frozen=True)
+class WarmIntent:
+    """Warm ``dataset`` because ``job`` is next in line and its cache is cold."""
+
+    dataset: str
+    job: str
+
+
+@dataclass(frozen=True)
+class Plan:
+    admit: tuple[str, ...] = ()
+    passed_over: Mapping[str, int] = field(default_factory=dict)  # new counts, changed jobs only
+    warm: tuple[WarmIntent, ...] = ()
+    barrier: str | None = None
+    unschedulable: tuple[str, ...] = ()
+
+
+def submission_key(job: JobInfo) -> tuple[float, str]:
+    return (job.submitted, job.name)
+
+
+def base_order(jobs: Sequence[JobInfo], config: OrderingConfig) -> list[JobInfo]:
+    if config.base is BasePolicy.SJF:
+
+        def sjf_key(j: JobInfo) -> tuple[float, float, str]:
+            expected = j.expected_seconds if j.expected_seconds is not None else config.default_expected_seconds
+            return (expected, j.submitted, j.name)
+
+        return sorted(jobs, key=sjf_key)
+    return sorted(jobs, key=submission_key)
+
+
+def warmth(job: JobInfo, state: DatasetState, reading: frozenset[str] | set[str] | None = None) -> float:
+    """How warm a job's data is (0..1): per dataset 1 if it is being read, else its cached
+    fraction; the mean over the job's datasets (0 for a job reading none)."""
+    if not job.datasets:
+        return 0.0
+    now_reading = state.reading if reading is None else reading
+    parts = [1.0 if d in now_reading else min(1.0, max(0.0, state.cached_fraction.get(d, 0.0))) for d in job.datasets]
+    return sum(parts) / len(parts)
+
+
+def plan(
+    pending: Sequence[JobInfo],
+    state: DatasetState,
+    capacity: Capacity,
+    config: OrderingConfig,
+) -> Plan:
+    """Which of ``pending`` to start now (see the module docstring)."""
+    unschedulable = tuple(j.name for j in pending if not capacity.can_ever_fit(j))
+    jobs = [j for j in pending if j.name not in unschedulable]
+    order = base_order(jobs, config)
+    rank = {j.name: i for i, j in enumerate(order)}
+    fifo = {j.name: i for i, j in enumerate(sorted(jobs, key=submission_key))}
+    count = {j.name: j.passed_over for j in jobs}
+    bound = config.max_pass_over
+    reading: set[str] = set(state.reading)
+    remaining = list(order)
+    admitted: list[str] = []
+    cap = capacity
+
+    def barrier_job() -> JobInfo | None:
+        if bound is None:
+            return None
+        at_bound = [j for j in remaining if count[j.name] >= bound]
+        return min(at_bound, key=lambda j: fifo[j.name]) if at_bound else None
+
+    def ranked(barrier: JobInfo | None) -> list[JobInfo]:
+        window = remaining[: config.window]
+        if config.cache_aware:
+            window.sort(key=lambda j: (warmth(j, state, reading) < config.warm_threshold, rank[j.name]))
+        if barrier is not None:
+            window = [barrier] + [j for j in window if j.name != barrier.name]
+        return window
+
+    while remaining:
+        barrier = barrier_job()
+        chosen: JobInfo | None = None
+        for job in ranked(barrier):
+            if barrier is not None and fifo[job.name] > fifo[barrier.name]:
+                continue
+            after = cap.place(job)
+            if after is not None:
+                chosen, cap = job, after
+                break
+        if chosen is None:
+            break
+        admitted.append(chosen.name)
+        reading.update(chosen.datasets)
+        remaining = [j for j in remaining if j.name != chosen.name]
+        for j in remaining:
+            if fifo[j.name] < fifo[chosen.name]:
+                count[j.name] += 1
+
+    changed = {j.name: count[j.name] for j in jobs if j.name not in admitted and count[j.name] != j.passed_over}
+    barrier = barrier_job()
+    warm: list[WarmIntent] = []
+    budget = config.warm_ahead - len(state.warming)
+    if budget > 0 and remaining:
+        for job in ranked(barrier):
+            cold = [
+                d
+                for d in job.datasets
+                if d not in reading
+                and d not in state.warming
+                and state.cached_fraction.get(d, 0.0) < config.warm_threshold
+            ]
+            if not cold:
+                continue
+            for d in cold[:budget]:
+                warm.append(WarmIntent(d, job.name))
+            break
+    return Plan(tuple(admitted), changed, tuple(warm), barrier.name if barrier else None, unschedulable)

@@ -1,0 +1,96 @@
+"""``python -m tools.sim`` as a user runs it: a small run with JSON and a plot, a trace file,
+the quick report, calibration, and bad input (one line on stderr, exit code 2)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def sim(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run(
+        [sys.executable, "-m", "tools.sim", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def test_run_trace_and_plot(tmp_path: Path) -> None:
+    trace = tmp_path / "trace.json"
+    assert sim("trace", "--jobs", "20", "--seed", "2", "--out", str(trace)).returncode == 0
+    out = tmp_path / "m.json"
+    png = tmp_path / "m.png"
+    res = sim("run", "--trace", str(trace), "--nodes", "4", "--policy", "sjf", "--json", str(out), "--plot", str(png))
+    assert res.returncode == 0, res.stderr
+    assert "| sjf+cache/affinity |" in res.stdout and "repeat share" in res.stdout
+    rows = json.loads(out.read_text())
+    assert {r["policy"] for r in rows} == {"sjf/random", "sjf+cache/random", "sjf/affinity", "sjf+cache/affinity"}
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    again = sim("run", "--trace", str(trace), "--nodes", "4", "--policy", "sjf")
+    assert again.stdout == res.stdout  # same seed, same numbers
+
+
+def test_quick_report(tmp_path: Path) -> None:
+    res = sim("report", "--quick", "--out", str(tmp_path))
+    assert res.returncode == 0, res.stderr
+    assert (tmp_path / "report.md").exists() and (tmp_path / "high-sharing.png").exists()
+    data = json.loads((tmp_path / "report.json").read_text())
+    assert {"high_sharing", "no_sharing", "bound"} <= set(data)
+    bounds = {row["bound"]: row["max_passed_over"] for row in data["bound"]}
+    assert all(n <= b for b, n in bounds.items() if b is not None)
+
+
+def test_calibrate(tmp_path: Path) -> None:
+    doc = {
+        "cluster": {"nodes": ["m1", "m2"], "gpusPerNode": 1, "cacheBytes": 10**10, "sourceBandwidth": 1e9},
+        "policy": {"base": "sjf", "cacheAware": True, "placement": "affinity"},
+        "datasets": [{"name": "d", "bytes": 10**9}],
+        "jobs": [
+            {"name": "a", "dataset": "d", "computeSeconds": 3, "submitted": 0, "started": 0, "ended": 4, "node": "m2"}
+        ],
+    }
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps(doc))
+    out = tmp_path / "cal.json"
+    res = sim("--calibrate", str(path), "--json", str(out))
+    assert res.returncode == 0, res.stderr
+    assert "| a | 4.0 |" in res.stdout and "mean |error|" in res.stdout
+    assert json.loads(out.read_text())[0]["job"] == "a"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--calibrate", "/nonexistent.json"], "No such file"),
+        (["run", "--nodes", "0"], "--nodes must be at least 1"),
+        (["run", "--source-gbps", "0"], "--source-gbps must be positive"),
+        ([], "give a command"),
+    ],
+)
+def test_bad_input(tmp_path: Path, args: list[str], message: str) -> None:
+    res = sim(*args)
+    assert res.returncode == 2
+    assert message in res.stderr and len(res.stderr.strip().splitlines()) == 1
+
+
+def test_malformed_files(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.json"
+    bad.write_text("{nope")
+    res = sim("--calibrate", str(bad))
+    assert res.returncode == 2 and "not JSON" in res.stderr
+    bad.write_text(
+        json.dumps(
+            {
+                "datasets": [{"name": "x", "size": 1}],
+                "jobs": [{"name": "j", "submit": 0, "gpus": 1, "dataset": "y", "compute_seconds": 1}],
+            }
+        )
+    )
+    res = sim("run", "--trace", str(bad))
+    assert res.returncode == 2 and "unknown dataset" in res.stderr

@@ -1,0 +1,147 @@
+"""Job ordering: base policies, cache-aware ranking within the window, capacity (best fit, slots),
+the pass-over bound (hand cases and a property test over random event sequences), warm intents."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fluidfs.control.sched.ordering import (
+    BasePolicy,
+    Capacity,
+    DatasetState,
+    JobInfo,
+    OrderingConfig,
+    WarmIntent,
+    plan,
+    warmth,
+)
+
+FIFO_AWARE = OrderingConfig(BasePolicy.FIFO, cache_aware=True)
+FIFO = OrderingConfig(BasePolicy.FIFO, cache_aware=False)
+
+
+def job(name: str, t: float, gpus: int = 1, ds: str = "", expected: float | None = None, passed: int = 0) -> JobInfo:
+    return JobInfo(name, t, gpus, 1, expected, (ds,) if ds else (), passed)
+
+
+def test_fifo_and_sjf_base_orders() -> None:
+    jobs = [job("a", 0, expected=300), job("b", 1, expected=60), job("c", 2), job("d", 3, expected=60)]
+    cap = Capacity(slots=3)
+    assert plan(jobs, DatasetState(), cap, FIFO).admit == ("a", "b", "c")
+    sjf = OrderingConfig(BasePolicy.SJF, cache_aware=False, default_expected_seconds=100)
+    assert plan(jobs, DatasetState(), cap, sjf).admit == ("b", "d", "c")
+
+
+def test_cache_aware_runs_warm_jobs_first_and_groups_a_dataset() -> None:
+    jobs = [job("cold", 0, ds="x"), job("hot", 1, ds="h"), job("warm", 2, ds="w"), job("hot2", 3, ds="h")]
+    state = DatasetState({"w": 0.9, "x": 0.1}, reading=frozenset({"h"}))
+    got = plan(jobs, state, Capacity(slots=3), FIFO_AWARE)
+    assert got.admit == ("hot", "warm", "hot2")
+    assert got.passed_over == {"cold": 3}
+    # a job admitted in the round makes its dataset hot for the rest of the round
+    jobs = [job("c1", 0, ds="x"), job("c2", 1, ds="y"), job("c3", 2, ds="x")]
+    assert plan(jobs, DatasetState(), Capacity(slots=2), FIFO_AWARE).admit == ("c1", "c3")
+    assert plan(jobs, DatasetState(), Capacity(slots=2), FIFO).admit == ("c1", "c2")
+
+
+def test_window_limits_the_look_ahead() -> None:
+    jobs = [job(f"c{i}", i, ds="x") for i in range(4)] + [job("hot", 9, ds="h")]
+    state = DatasetState(reading=frozenset({"h"}))
+    assert plan(jobs, state, Capacity(slots=1), OrderingConfig(window=4)).admit == ("c0",)
+    assert plan(jobs, state, Capacity(slots=1), OrderingConfig(window=5)).admit == ("hot",)
+
+
+def test_best_fit_and_backfill() -> None:
+    cap = Capacity({"n1": 8, "n2": 2}, total_gpus={"n1": 8, "n2": 8})
+    jobs = [job("big", 0, gpus=8), job("small", 1, gpus=2), job("mid", 2, gpus=4)]
+    got = plan(jobs, DatasetState(), cap, FIFO)
+    assert got.admit == ("big", "small")  # small takes n2 (best fit), mid finds no room
+    got = plan([job("huge", 0, gpus=16), job("one", 1)], DatasetState(), cap, FIFO)
+    assert got.unschedulable == ("huge",) and got.admit == ("one",) and got.passed_over == {}
+    two_pods = JobInfo("pair", 0, 4, 2)
+    assert Capacity({"n1": 4, "n2": 4}).place(two_pods) == Capacity({"n1": 0, "n2": 0})
+    assert Capacity({"n1": 6}).place(two_pods) is None
+
+
+def test_a_job_at_the_bound_holds_back_later_jobs() -> None:
+    cfg = OrderingConfig(max_pass_over=2)
+    cap = Capacity({"n1": 4}, total_gpus={"n1": 8})
+    jobs = [job("early", -1, gpus=1), job("big", 0, gpus=8, passed=2), job("hot", 1, gpus=1, ds="h")]
+    got = plan(jobs, DatasetState(reading=frozenset({"h"})), cap, cfg)
+    assert got.admit == ("early",) and got.barrier == "big"
+    jobs = [job("big", 0, gpus=8, passed=1), job("s1", 1), job("s2", 2)]
+    got = plan(jobs, DatasetState(), cap, cfg)
+    assert got.admit == ("s1",) and got.passed_over == {"big": 2} and got.barrier == "big"
+
+
+def test_warm_intents() -> None:
+    cfg = OrderingConfig(warm_ahead=1)
+    jobs = [job("now", 0, gpus=4, ds="a"), job("next", 1, gpus=8, ds="b"), job("later", 2, gpus=8, ds="c")]
+    got = plan(jobs, DatasetState(), Capacity({"n1": 4}), cfg)
+    assert got.admit == ("now",) and got.warm == (WarmIntent("b", "next"),)
+    assert plan(jobs, DatasetState(warming=frozenset({"z"})), Capacity({"n1": 4}), cfg).warm == ()
+    assert plan(jobs, DatasetState({"b": 0.8}), Capacity({"n1": 4}), cfg).warm == (WarmIntent("c", "later"),)
+
+
+def test_warmth_and_config_checks() -> None:
+    st_ = DatasetState({"a": 0.5, "b": 2.0}, reading=frozenset({"c"}))
+    assert warmth(JobInfo("j", 0, datasets=("a", "b", "c", "d")), st_) == pytest.approx((0.5 + 1 + 1 + 0) / 4)
+    assert warmth(JobInfo("j", 0), st_) == 0.0
+    for bad in ({"window": 0}, {"max_pass_over": -1}, {"warm_threshold": 1.5}, {"warm_ahead": -1}):
+        with pytest.raises(ValueError):
+            OrderingConfig(**bad)
+
+
+# ---------------------------------------------------------------------------- starvation bound
+
+events = st.lists(
+    st.one_of(
+        st.tuples(st.just("submit"), st.sampled_from([1, 2, 4, 8]), st.integers(0, 3), st.integers(1, 1000)),
+        st.tuples(st.just("finish"), st.integers(0, 50), st.integers(0, 0), st.integers(0, 0)),
+    ),
+    min_size=1,
+    max_size=80,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(events, st.integers(0, 4), st.sampled_from(list(BasePolicy)), st.booleans(), st.integers(1, 6))
+def test_no_job_is_ever_passed_over_more_than_the_bound(
+    evs: list[tuple[str, int, int, int]], bound: int, base: BasePolicy, aware: bool, window: int
+) -> None:
+    cfg = OrderingConfig(base, aware, window=window, max_pass_over=bound)
+    nodes = {"n1": 8, "n2": 8}
+    pending: dict[str, JobInfo] = {}
+    running: dict[str, JobInfo] = {}
+    placed: dict[str, list[tuple[str, int]]] = {}
+    free = dict(nodes)
+    t = 0
+    for kind, a, b, c in evs + [("finish", i, 0, 0) for i in range(200)]:
+        t += 1
+        if kind == "submit":
+            name = f"j{t}"
+            pending[name] = JobInfo(name, t, a, 1, float(c), (f"d{b}",), 0)
+        elif running:
+            victim = sorted(running)[a % len(running)]
+            del running[victim]
+            for n, g in placed.pop(victim):
+                free[n] += g
+        state = DatasetState({}, frozenset(d for j in running.values() for d in j.datasets))
+        got = plan(list(pending.values()), state, Capacity(dict(free), total_gpus=nodes), cfg)
+        for name in got.admit:
+            j = pending.pop(name)
+            running[name] = j
+            best = min((n for n in free if free[n] >= j.gpus_per_pod), key=lambda n: (free[n], n))
+            free[best] -= j.gpus_per_pod
+            placed[name] = [(best, j.gpus_per_pod)]
+        for waiting, count in got.passed_over.items():
+            assert count <= bound
+            j = pending[waiting]
+            pending[waiting] = JobInfo(
+                j.name, j.submitted, j.gpus_per_pod, j.pods, j.expected_seconds, j.datasets, count
+            )
+        if not pending and not running and kind == "finish":
+            break
+    assert not pending, "every job eventually starts"

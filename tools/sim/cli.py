@@ -1,0 +1,152 @@
+"""Command line of the simulator: ``python -m tools.sim {run,trace,report}`` or ``--calibrate FILE``.
+
+- ``run``: simulate one trace (generated from the flags, or ``--trace FILE``) under the chosen
+  policies; prints a Markdown table; ``--json`` and ``--plot`` write the metrics and a PNG.
+- ``trace``: write a generated trace as JSON (to edit, or to feed ``run --trace``).
+- ``report``: every experiment of docs/scheduling.md into a folder (``report.md``,
+  ``report.json``, PNG plots).
+- ``--calibrate FILE``: predicted vs measured completion time of each job of a real run (the
+  format is in ``tools/sim/calibrate.py``).
+
+Bad input exits with a one-line message and code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from fluidfs.control.sched.ordering import BasePolicy
+from tools.sim import calibrate as cal
+from tools.sim import experiments
+from tools.sim.engine import ClusterConfig, Policy, simulate
+from tools.sim.report import bar_plot, metrics, table
+from tools.sim.trace import GIB, TraceConfig, generate, load, save
+
+
+def _trace_flags(p: argparse.ArgumentParser) -> None:
+    d = experiments.TRACE
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--jobs", type=int, default=d.jobs)
+    p.add_argument("--datasets", type=int, default=d.datasets, help="number of datasets (sharing trace)")
+    p.add_argument("--zipf", type=float, default=d.zipf_s, help="Zipf exponent of dataset popularity")
+    p.add_argument("--load", type=float, default=d.load, help="offered GPU load (1.0 = all GPUs busy)")
+    p.add_argument("--median-size-gib", type=float, default=d.median_size / GIB)
+    p.add_argument("--median-seconds", type=float, default=d.median_seconds)
+    p.add_argument("--no-sharing", action="store_true", help="every job its own dataset")
+
+
+def _cluster_flags(p: argparse.ArgumentParser) -> None:
+    c = experiments.CLUSTER
+    p.add_argument("--nodes", type=int, default=c.nodes)
+    p.add_argument("--gpus-per-node", type=int, default=c.gpus_per_node)
+    p.add_argument("--cache-gib", type=float, default=c.cache_bytes / GIB, help="cache per node")
+    p.add_argument("--source-gbps", type=float, default=c.source_bandwidth / 1e9, help="source bandwidth, GB/s")
+    p.add_argument("--nic-gbps", type=float, default=c.nic_bandwidth / 1e9, help="per-node NIC bandwidth, GB/s")
+    p.add_argument("--grace", type=float, default=c.grace, help="seconds a node stays a member after its last job")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m tools.sim", description="Simulate cache-aware job scheduling.")
+    p.add_argument("--calibrate", metavar="FILE", type=Path, help="compare with a measured run (JSON)")
+    p.add_argument("--no-replay", action="store_true", help="with --calibrate: let the simulator place jobs")
+    p.add_argument("--json", metavar="FILE", type=Path, help="also write the results as JSON")
+    p.add_argument("-v", "--verbose", action="store_true")
+    sub = p.add_subparsers(dest="command")
+    run = sub.add_parser("run", help="simulate one trace under some policies")
+    _trace_flags(run)
+    _cluster_flags(run)
+    run.add_argument("--trace", type=Path, help="a trace JSON (instead of generating one)")
+    run.add_argument("--policy", choices=["fifo", "sjf", "all"], default="all")
+    run.add_argument("--ordering", choices=["oblivious", "cache", "both"], default="both")
+    run.add_argument("--placement", choices=["random", "affinity", "both"], default="both")
+    run.add_argument("--window", type=int, default=experiments.WINDOW)
+    run.add_argument("--max-pass-over", type=int, default=experiments.BOUND, help="-1: unbounded")
+    run.add_argument("--plot", type=Path, help="write a PNG of JCT and bytes per policy")
+    run.add_argument("--json", dest="run_json", metavar="FILE", type=Path, help="also write the metrics as JSON")
+    tr = sub.add_parser("trace", help="write a generated trace as JSON")
+    _trace_flags(tr)
+    tr.add_argument("--out", type=Path, required=True)
+    rep = sub.add_parser("report", help="run every experiment of docs/scheduling.md")
+    rep.add_argument("--out", type=Path, required=True)
+    rep.add_argument("--quick", action="store_true", help="small trace, no sweeps (a smoke test)")
+    return p
+
+
+def _trace_config(a: argparse.Namespace) -> TraceConfig:
+    return TraceConfig(
+        seed=a.seed,
+        jobs=a.jobs,
+        datasets=a.datasets,
+        zipf_s=a.zipf,
+        load=a.load,
+        median_size=a.median_size_gib * GIB,
+        median_seconds=a.median_seconds,
+        epochs=experiments.TRACE.epochs,
+    )
+
+
+def _fail(message: str) -> None:
+    print(f"tools.sim: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def main(argv: list[str] | None = None) -> None:
+    a = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if a.verbose else logging.WARNING, format="%(message)s")
+    try:
+        if a.calibrate is not None:
+            measured = cal.calibrate(a.calibrate, replay=not a.no_replay)
+            print(cal.table(measured))
+            if a.json:
+                doc = [
+                    {"job": m.name, "measured": m.measured, "predicted": m.predicted, "error": m.error}
+                    for m in measured
+                ]
+                a.json.write_text(json.dumps(doc, indent=1) + "\n")
+            return
+        if a.command == "trace":
+            cfg = _trace_config(a)
+            save(generate(cfg, sharing=not a.no_sharing), a.out)
+            return
+        if a.command == "report":
+            experiments.run_all(a.out, quick=a.quick)
+            print((a.out / "report.md").read_text(), end="")
+            return
+        if a.command != "run":
+            _fail("give a command (run, trace, report) or --calibrate FILE")
+        for name in ("nodes", "gpus_per_node", "jobs", "window"):
+            if getattr(a, name) < 1:
+                _fail(f"--{name.replace('_', '-')} must be at least 1")
+        for name in ("cache_gib", "source_gbps", "nic_gbps", "load"):
+            if getattr(a, name) <= 0:
+                _fail(f"--{name.replace('_', '-')} must be positive")
+        trace = load(a.trace) if a.trace else generate(_trace_config(a), sharing=not a.no_sharing)
+        cluster = ClusterConfig(
+            nodes=a.nodes,
+            gpus_per_node=a.gpus_per_node,
+            cache_bytes=int(a.cache_gib * GIB),
+            source_bandwidth=a.source_gbps * 1e9,
+            nic_bandwidth=a.nic_gbps * 1e9,
+            grace=a.grace,
+        )
+        bases = [BasePolicy.FIFO, BasePolicy.SJF] if a.policy == "all" else [BasePolicy(a.policy)]
+        awares = {"oblivious": [False], "cache": [True], "both": [False, True]}[a.ordering]
+        places = ["random", "affinity"] if a.placement == "both" else [a.placement]
+        bound = None if a.max_pass_over < 0 else a.max_pass_over
+        pols = [Policy(b, aw, pl, a.window, bound) for pl in places for b in bases for aw in awares]
+        rows = [metrics(simulate(trace, cluster, pol, seed=a.seed)) for pol in pols]
+        print(f"trace: {len(trace.jobs)} jobs, {len(trace.datasets)} datasets, repeat share {trace.repeat_share():.2f}")
+        print(table(rows, {m.policy: m.policy.replace("+cache", "") for m in rows}))
+        json_out = a.run_json or a.json
+        if json_out:
+            json_out.write_text(json.dumps([m.as_dict() for m in rows], indent=1) + "\n")
+        if a.plot:
+            bar_plot(rows, a.plot, f"{len(trace.jobs)} jobs")
+    except (cal.CalibrationError, ValueError, KeyError) as e:
+        _fail(str(e))
+    except OSError as e:
+        _fail(f"{getattr(e, 'filename', '') or ''}: {e.strerror or e}")
