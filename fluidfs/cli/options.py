@@ -7,7 +7,9 @@ The flags of the settings (``--cache-size``, ``--uid`` ...) come from the settin
 the SSD tier's and the source options.  :func:`prepare` parses the SOURCE argument and builds
 the configuration (defaults <- Dataset <- flags) for both.
 
-Caveats: flags a command does not define count as unset in :func:`prepare`.
+Caveats: flags a command does not define count as unset in :func:`prepare`.  The Dataset parser
+(pydantic, a few hundred milliseconds to load) is imported by :func:`prepare`, so commands that
+read no Dataset (``umount``, ``status``, ``refresh``) start without it.
 """
 
 from __future__ import annotations
@@ -19,7 +21,6 @@ from typing import Any
 from fluidfs.config import GROUPS, SETTINGS, MountConfig, Setting, build_config
 from fluidfs.errors import EXIT_USAGE, ConfigError
 from fluidfs.spec.model import Dataset
-from fluidfs.spec.parse import dataset_from_source_arg
 
 #: source flags of ``fluidfs load`` besides the settings: only for loading a SOURCE
 SOURCE_FLAGS = ("endpoint", "region")
@@ -131,6 +132,9 @@ def source_options(items: list[str]) -> dict[str, str]:
 
 def prepare(args: argparse.Namespace) -> tuple[Dataset, MountConfig]:
     """Parse and validate the dataset and the configuration (no I/O beyond reading the spec)."""
+    # start-up cost: the parser (pydantic) is loaded by the commands that read a Dataset only
+    from fluidfs.spec.parse import dataset_from_source_arg
+
     dataset = dataset_from_source_arg(args.source, source_options(args.option))
     defaults = {k: v for k, v in (("endpoint", args.endpoint), ("region", args.region)) if v}
     if defaults:

@@ -52,7 +52,7 @@ from fluidfs.spec.model import SecretRef
 class Doc(BaseModel):
     """A mapping of a Dataset document: null = unset, unknown keys are errors, strict values."""
 
-    model_config = ConfigDict(strict=True, frozen=True, extra="forbid")
+    model_config = ConfigDict(strict=True, frozen=True, extra="forbid", defer_build=True)
 
     @model_validator(mode="before")
     @classmethod
