@@ -82,6 +82,7 @@ class Kind(Generic[T]):
     allowed: str = ""  # the accepted values in words, for the reference ("1Mi to 64Mi")
     from_arg: Callable[[str], object] = _same  # command-line text before parse (relative paths made absolute)
     switch: bool = False  # on the command line a switch without a value (``--allow-other``)
+    accepts: tuple[type, ...] = (str,)  # the types a document may write (for its JSON Schema)
 
 
 # ----------------------------------------------------------------------------- the kinds
@@ -98,7 +99,7 @@ def size(lo: int = 0, hi: int | None = None) -> Kind[int]:
         return value
 
     allowed = span if lo or hi is not None else ""
-    return Kind("size", "SIZE", parse, short_size, allowed=allowed)
+    return Kind("size", "SIZE", parse, short_size, allowed=allowed, accepts=(str, int))
 
 
 def _show_seconds(seconds: float) -> str:
@@ -114,7 +115,7 @@ def duration(indefinite: bool = True) -> Kind[float]:
             raise ValueError(f"must be a finite duration, got {raw!r}")
         return value
 
-    return Kind("duration", "SECONDS", parse, _show_seconds)
+    return Kind("duration", "SECONDS", parse, _show_seconds, accepts=(str, float))
 
 
 def _whole(raw: object) -> int | None:
@@ -140,13 +141,13 @@ def count(lo: int = 0, hi: int | None = None) -> Kind[int]:
             raise ValueError(f"must be a whole number {span}, got {raw!r}")
         return value
 
-    return Kind("whole number", "N", parse, str, allowed=span)
+    return Kind("whole number", "N", parse, str, allowed=span, accepts=(int, str))
 
 
 def ident() -> Kind[int]:
     """A user or group id: 0 to 2**32 - 2."""
     kind = count(0, MAX_ID)
-    return Kind("id", "ID", kind.parse, str, allowed=kind.allowed)
+    return Kind("id", "ID", kind.parse, str, allowed=kind.allowed, accepts=(int, str))
 
 
 def _show_mode(mode: int) -> str:
@@ -170,7 +171,7 @@ def mode() -> Kind[int]:
             raise ValueError(f"must be octal permission bits from 0 to 7777, got {shown}")
         return value
 
-    return Kind("octal mode", "OCTAL", parse, _show_mode, allowed="0 to 7777")
+    return Kind("octal mode", "OCTAL", parse, _show_mode, allowed="0 to 7777", accepts=(str, int))
 
 
 def choice(*values: str) -> Kind[str]:
@@ -238,7 +239,7 @@ def switch() -> Kind[bool]:
     def show(value: bool) -> str:
         return "on" if value else "off"
 
-    return Kind("boolean", "", parse, show, switch=True)
+    return Kind("boolean", "", parse, show, switch=True, accepts=(bool, str))
 
 
 def string() -> Kind[str]:

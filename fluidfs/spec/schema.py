@@ -23,8 +23,9 @@ mistakes of the same mapping.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Mapping
-from functools import cache
+from functools import cache, reduce
 from typing import Annotated, Any, NoReturn
 
 from pydantic import (
@@ -86,14 +87,15 @@ def _credential_name(value: object) -> str:
     return CREDENTIAL_NAMES[str(value)]
 
 
-Text = Annotated[str, PlainValidator(fields.string)]
-DatasetName = Annotated[str, PlainValidator(fields.dataset_name)]
-MountPoint = Annotated[Location, PlainValidator(fields.location)]
-MountName = Annotated[str, PlainValidator(fields.mount_name)]
-MountPath = Annotated[str, PlainValidator(fields.mount_path)]
-Options = Annotated[dict[str, str], PlainValidator(fields.options)]
-ReadOnly = Annotated[bool, PlainValidator(fields.read_only)]
-CredentialName = Annotated[str, PlainValidator(_credential_name)]
+Scalar = str | int | float | bool
+Text = Annotated[str, PlainValidator(fields.string, json_schema_input_type=str)]
+DatasetName = Annotated[str, PlainValidator(fields.dataset_name, json_schema_input_type=str)]
+MountPoint = Annotated[Location, PlainValidator(fields.location, json_schema_input_type=str)]
+MountName = Annotated[str, PlainValidator(fields.mount_name, json_schema_input_type=str)]
+MountPath = Annotated[str, PlainValidator(fields.mount_path, json_schema_input_type=str)]
+Options = Annotated[dict[str, str], PlainValidator(fields.options, json_schema_input_type=dict[str, Scalar])]
+ReadOnly = Annotated[bool, PlainValidator(fields.read_only, json_schema_input_type=bool)]
+CredentialName = Annotated[str, PlainValidator(_credential_name, json_schema_input_type=str)]
 
 # ----------------------------------------------------------------------------- models
 
@@ -106,8 +108,8 @@ class SecretKeyRefDoc(Doc):
 class SecretRefDoc(Doc):
     """Where one credential comes from: exactly one of ``env``, ``file``, ``secretKeyRef``."""
 
-    env: Annotated[str, PlainValidator(fields.env_name)] | None = None
-    file: Annotated[str, PlainValidator(fields.absolute_file)] | None = None
+    env: Annotated[str, PlainValidator(fields.env_name, json_schema_input_type=str)] | None = None
+    file: Annotated[str, PlainValidator(fields.absolute_file, json_schema_input_type=str)] | None = None
     secret_key_ref: SecretKeyRefDoc | None = Field(None, alias="secretKeyRef")
 
     @model_validator(mode="after")
@@ -141,7 +143,9 @@ class MountDoc(MountBase):
 
     options: Options | None = None
     credentials: dict[CredentialName, SecretRefDoc] | None = None
-    read_only: Annotated[bool, PlainValidator(_must_be_true)] | None = Field(None, alias="readOnly")
+    read_only: Annotated[bool, PlainValidator(_must_be_true, json_schema_input_type=bool)] | None = Field(
+        None, alias="readOnly"
+    )
 
     def to_pending(self, field: str) -> PendingMount:
         creds = {k: ref.ref() for k, ref in (self.credentials or {}).items()}
@@ -185,11 +189,12 @@ class DatasetBase(Doc):
     spec: SpecBase  # the model built from the table (dataset_model) replaces it
 
 
-def _row_validator(row: Setting) -> Any:
+def _row_field(row: Setting) -> tuple[Any, Any]:
     def check(value: object) -> Any:
         return row.parse(value)  # ValueError(problem): reported at the field
 
-    return Annotated[Any, PlainValidator(check)]
+    validator = PlainValidator(check, json_schema_input_type=reduce(operator.or_, row.kind.accepts))
+    return Annotated[Any, validator], Field(None, alias=row.key, description=f"{row.help} ({row.kind.name})")
 
 
 @cache
@@ -198,7 +203,7 @@ def dataset_model() -> type[DatasetBase]:
     by_section: dict[str, dict[str, Any]] = {}
     for row in SETTINGS:
         if row.dataset:
-            by_section.setdefault(row.section, {})[row.name] = (_row_validator(row), Field(None, alias=row.key))
+            by_section.setdefault(row.section, {})[row.name] = _row_field(row)
     sections = {
         section: (create_model(f"{section.title()}Doc", __base__=SectionDoc, **defs) | None, None)
         for section, defs in by_section.items()

@@ -236,3 +236,15 @@ def test_bad_ids_and_modes_as_csi_attributes(key: str, flag: str, attr: str, val
         parse_context({"url": "s3://b", attr: value})
     assert ei.value.code == grpc.StatusCode.INVALID_ARGUMENT
     assert ei.value.message == f"{attr}: {problem}"
+
+
+def test_the_dataset_schema_exports_every_field_as_json_schema() -> None:
+    from fluidfs.spec.schema import dataset_model
+
+    schema = dataset_model().model_json_schema(by_alias=True)
+    defs = schema["$defs"]
+    for row in WITH_DATASET:
+        prop = defs[f"{row.section.title()}Doc"]["properties"][row.key]
+        assert row.help in prop["description"], row.name
+    assert defs["MountDoc"]["properties"]["mountPoint"]["type"] == "string"
+    assert defs["PermissionsDoc"]["additionalProperties"] is False
