@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from fluidfs.errors import SpecError
-from fluidfs.spec.model import CacheSpec, MetadataSpec, MountSpec, SecretRef
+from fluidfs.spec.model import MountSpec, SecretRef
 from fluidfs.spec.parse import (
     dataset_from_source_arg,
     dataset_from_url,
@@ -116,15 +116,16 @@ spec:
             },
         ),
     )
-    assert ds.cache == CacheSpec(
-        directory="/var/cache/fluidfs",
-        size=100 * 2**30,
-        memory_size=2 * 2**30,
-        block_size=4 * 2**20,
-        eviction="none",
-        readahead=64 * 2**20,
-    )
-    assert ds.metadata == MetadataSpec(ttl=300.0, negative_ttl=math.inf)
+    assert ds.settings == {
+        "cache_dir": "/var/cache/fluidfs",
+        "cache_size": 100 * 2**30,
+        "memory_size": 2 * 2**30,
+        "block_size": 4 * 2**20,
+        "eviction": "none",
+        "readahead": 64 * 2**20,
+        "metadata_ttl": 300.0,
+        "negative_ttl": math.inf,
+    }
 
 
 def test_several_mounts_and_defaults() -> None:
@@ -156,23 +157,22 @@ spec:
     ]
     assert ds.mounts[1].options == {"verify_ssl": "false", "manifest": "index.txt"}
     assert all(m.credentials == {} for m in ds.mounts)
-    assert ds.cache == CacheSpec()
-    assert ds.metadata == MetadataSpec()
+    assert ds.settings == {}
 
 
 def test_block_size_bounds_inclusive_and_numbers() -> None:
     for size, expected in (("1Mi", 2**20), ("64Mi", 64 * 2**20), (2**20, 2**20)):
         d = mutate(lambda d, size=size: d["spec"].__setitem__("cache", {"blockSize": size}))
-        assert parse(d).cache.block_size == expected
+        assert parse(d).settings["block_size"] == expected
     d = mutate(lambda d: d["spec"].__setitem__("metadata", {"ttl": 30, "negativeTtl": "2h"}))
-    assert parse(d).metadata == MetadataSpec(ttl=30.0, negative_ttl=7200.0)
+    assert parse(d).settings == {"metadata_ttl": 30.0, "negative_ttl": 7200.0}
 
 
 def test_null_optional_fields_mean_unset() -> None:
     d = mutate(lambda d: d["spec"].update(cache=None, metadata=None))
     d["spec"]["mounts"][0].update(options=None, credentials=None, path=None, readOnly=None)
     ds = parse(d)
-    assert ds.cache == CacheSpec() and ds.mounts[0].path == "/train"
+    assert ds.settings == {} and ds.mounts[0].path == "/train"
 
 
 def test_yaml_merge_keys_are_not_duplicates() -> None:
