@@ -23,7 +23,7 @@ import pytest
 
 from fluidfs.daemon.record import read_record
 from fluidfs.util.mounts import is_mounted
-from fluidfs.util.proc import pid_alive
+from fluidfs.util.proc import cmdline, pid_alive
 from tests.support.fuse import fluidfs, force_unmount, needs_fuse
 from tests.support.httpproc import HTTPServerProcess
 
@@ -169,3 +169,59 @@ def test_stop_at_any_moment(
                 p.kill()
                 p.wait()
         force_unmount(str(mnt))
+
+
+def _running_with(arg: str) -> list[int]:
+    """Live processes with ``arg`` on their command line."""
+    return [int(p) for p in os.listdir("/proc") if p.isdigit() and arg in cmdline(int(p)) and pid_alive(int(p))]
+
+
+@pytest.mark.parametrize("sig", SIGNALS, ids=[s.name for s in SIGNALS])
+def test_stop_during_start_up(server: HTTPServerProcess, tmp_path: Path, sig: signal.Signals) -> None:
+    """A daemon stopped while it still waits for a frozen source mounts nothing and leaves nothing;
+    so does ``fluidfs mount`` interrupted (Ctrl-C) while it waits for its daemon."""
+    server.resume()
+    server.start()
+    mnt, mnt2 = tmp_path / "m", tmp_path / "m2"
+    mnt.mkdir()
+    mnt2.mkdir()
+    log = tmp_path / "parent.log"
+    server.pause()
+    daemon = subprocess.Popen(
+        [sys.executable, "-m", "fluidfs", "mount", server.url, str(mnt), "--foreground", "--metrics-addr", "none"],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    parent = subprocess.Popen(
+        [sys.executable, "-m", "fluidfs", "mount", server.url, str(mnt2), "--pid-file", str(tmp_path / "pid")]
+        + ["--log-file", str(log)],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not log.exists():  # the parent has started its daemon child
+            assert time.monotonic() < deadline and parent.poll() is None
+            time.sleep(0.05)
+        time.sleep(1.0)  # both daemons are waiting for the source now
+        daemon.send_signal(sig)
+        parent.send_signal(signal.SIGINT)
+        daemon.wait(timeout=CLI_TIMEOUT)
+        assert parent.wait(timeout=CLI_TIMEOUT) == 130
+        assert parent.stderr is not None and parent.stderr.read().decode().strip() == "fluidfs: interrupted"
+        assert not is_mounted(str(mnt)) and not is_mounted(str(mnt2))
+        assert read_record(str(mnt)) is None
+        deadline = time.monotonic() + CLI_TIMEOUT
+        while _running_with(str(mnt2)):  # the parent's daemon child was stopped too
+            assert time.monotonic() < deadline, _running_with(str(mnt2))
+            time.sleep(0.1)
+    finally:
+        server.resume()
+        for p in (daemon, parent):
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        force_unmount(str(mnt))
+        force_unmount(str(mnt2))
