@@ -150,6 +150,7 @@ class MountDaemon:
         self.cache: TieredCache | None = None
         self.vfs: Vfs | None = None
         self.pid_file: str | None = None  # removed by a forced exit too
+        self.dev: str | None = None  # the mounted filesystem's "major:minor", from the mount table
         self._mounted = False
         self._stopping = False
         self._outer: trio.Nursery | None = None
@@ -184,6 +185,9 @@ class MountDaemon:
             except RuntimeError as exc:
                 raise MountError(f"cannot mount {self.mountpoint}: {exc}") from None
             self._mounted = True
+            entry = mount_at(self.mountpoint)  # /proc, not the mount
+            if entry is not None and entry.fstype == FLUIDFS_FSTYPE:
+                self.dev = entry.dev
             try:
                 trio.run(self._main, ready, pending)
             finally:
@@ -231,8 +235,8 @@ class MountDaemon:
             SHUTDOWN_GRACE,
             self.mountpoint,
         )
-        if self._mounted:
-            force_unmount(self.mountpoint)  # lazily, by path: pyfuse3 is still busy
+        if self._mounted and self.dev is not None:
+            force_unmount(self.mountpoint, self.dev)  # lazily, by path (pyfuse3 is still busy), if still ours
         remove_record(self.record_file, os.getpid())
         if self.pid_file:
             with contextlib.suppress(OSError):
@@ -293,9 +297,8 @@ class MountDaemon:
 
     def _settle(self) -> None:
         """Kernel readahead (device from the mount table) and the runtime record: never the mount."""
-        entry = mount_at(self.mountpoint)
-        if entry is not None and entry.fstype == FLUIDFS_FSTYPE:
-            set_kernel_readahead(entry.dev, 1024)
+        if self.dev is not None:
+            set_kernel_readahead(self.dev, 1024)
         if not self._stopping:
             write_record(self.record_file, self._record())
 

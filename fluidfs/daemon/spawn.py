@@ -58,11 +58,16 @@ def check_mountpoint(mountpoint: str, *, nonempty: bool = False) -> str:
     if found.entry is not None:
         if not found.is_fluidfs:
             raise MountError(f"mountpoint {mnt} is busy ({found.what()} is mounted there)")
-        pid = daemon_pid(found.record)
-        if pid is not None:
+        rec = found.record
+        if rec is None:
             raise MountError(
-                f"mountpoint {mnt} is busy: it is already a fluidfs mount "
-                f"(dataset {found.record.get('dataset') if found.record else '?'}, pid {pid})"
+                f"mountpoint {mnt} is busy: a fluidfs mount without a runtime record is there (another user's, "
+                f"or its daemon is gone); fluidfs umount {mnt} unmounts it"
+            )
+        rec_pid = rec.get("pid")
+        if daemon_pid(rec) is not None or (isinstance(rec_pid, int) and pid_alive(rec_pid)):
+            raise MountError(
+                f"mountpoint {mnt} is busy: it is already a fluidfs mount (dataset {rec.get('dataset')}, pid {rec_pid})"
             )
         raise MountError(
             f"mountpoint {mnt} is busy: a fluidfs mount whose daemon is no longer running (crashed or killed) "
@@ -203,10 +208,11 @@ def _unmount_cmd(lazy: bool) -> list[str]:
     return ["umount", "-l"] if lazy else ["umount"]
 
 
-def force_unmount(mountpoint: str) -> None:
-    """Detach whatever fluidfs mount is at ``mountpoint`` (resolved), if any (lazy, errors ignored)."""
+def force_unmount(mountpoint: str, dev: str | None = None) -> None:
+    """Detach the FUSE mount at ``mountpoint`` (resolved), if there is one — only if its device is
+    ``dev`` when given (never someone else's newer mount there) — lazily, errors ignored."""
     entry = mount_at(mountpoint)
-    if entry is not None and entry.fstype.startswith("fuse"):
+    if entry is not None and entry.fstype.startswith("fuse") and dev in (None, entry.dev):
         try:
             subprocess.run([*_unmount_cmd(lazy=True), mountpoint], capture_output=True, timeout=UNMOUNT_TIMEOUT)
         except (OSError, subprocess.TimeoutExpired) as exc:
