@@ -122,6 +122,7 @@ class SSDTier:
         self._retry_s = degraded_retry_s
         self._blocks_dir = os.path.join(self.directory, BLOCKS_DIR)
         try:
+            os.makedirs(self.directory, mode=0o700, exist_ok=True)  # private (0700) when we create it
             os.makedirs(self._blocks_dir, mode=0o700, exist_ok=True)
         except OSError as e:
             raise CacheError(f"cannot create SSD cache directory {self._blocks_dir}: {e.strerror}") from e

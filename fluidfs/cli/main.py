@@ -4,7 +4,8 @@ User mistakes end with one line on stderr and a non-zero exit code, never a trac
 (the codes come from :func:`fluidfs.errors.exit_code`):
 
     0  success
-    1  mount/unmount failure (mountpoint missing or busy, FUSE error, daemon died)
+    1  mount/unmount failure (mountpoint missing, busy or not empty, not a fluidfs mount, unsafe
+       runtime directory, FUSE error, daemon died or does not answer)
     2  bad command line, bad Dataset document or configuration
     3  source failure (unreachable endpoint, wrong credentials, missing bucket/path)
   130  interrupted
