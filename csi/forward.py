@@ -32,8 +32,17 @@ RPC = pb.NodeServiceCapability.RPC
 PROBE_TIMEOUT = 2.0  # the plugin's Probe asks the supervisor's, at most this long
 
 
+# Reconnect within a second of the supervisor coming back (gRPC's default backoff grows to 120 s,
+# and calls fail at once while it waits).
+CHANNEL_OPTIONS = [
+    ("grpc.initial_reconnect_backoff_ms", 200),
+    ("grpc.min_reconnect_backoff_ms", 200),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+]
+
+
 def supervisor_channel(endpoint: str) -> grpc.Channel:
-    return grpc.insecure_channel(endpoint)
+    return grpc.insecure_channel(endpoint, options=CHANNEL_OPTIONS)
 
 
 class Supervisor:

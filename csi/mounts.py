@@ -295,6 +295,19 @@ class MountManager:
         self.fresh_bind(self.source_of(vol), target, create=True)
 
     # -- recovery -------------------------------------------------------------------------------
+    def adopt(self, key: str) -> bool:
+        """At start: whether ``key``'s daemon from before is still running (it is then kept)."""
+        with self.state_lock:
+            m = self.state.mounts.get(key)
+        if m is None:
+            return False
+        pid = daemons.daemon_pid(m)
+        if pid is not None and is_mounted(m.mountpoint):
+            log.info("dataset %s: adopting its running daemon (pid %d)", key, pid)
+            return True
+        log.warning("dataset %s: its daemon is gone; it will be mounted again", key)
+        return False
+
     def check_dataset(self, key: str) -> int:
         """Repair ``key``'s mount and binds (skipped while a call holds the dataset); returns the
         number of repairs made."""

@@ -79,6 +79,8 @@ class Monitor:
         return firsts
 
     def _run(self) -> None:
+        for key in self.manager.keys():
+            self.manager.adopt(key)
         firsts = self._spawn()
         for first in firsts:
             while not first.wait(0.5):

@@ -144,11 +144,16 @@ def layers(path: str) -> int:
 def cleanup(workdir: str) -> None:
     """Kill fluidfs daemons whose pid files live under ``workdir`` and lazily unmount all mounts.
 
-    A pid is only killed if its command line names ``workdir``: a pid file written inside a PID
-    namespace (a simulated container) holds a pid that means another process on the host."""
-    for pid_file in Path(workdir).rglob("daemon.pid"):
+    The search for pid files never enters a mount point (it may be dead or hung).  A pid is only
+    killed if its command line names ``workdir``: a pid file written inside a PID namespace (a
+    simulated container) holds a pid that means another process on the host."""
+    mounted = {mp for mp, _t in mounts_under(workdir)}
+    for dirpath, dirs, files in os.walk(workdir):
+        dirs[:] = [d for d in dirs if os.path.join(dirpath, d) not in mounted]
+        if "daemon.pid" not in files:
+            continue
         try:
-            pid = int(pid_file.read_text().strip())
+            pid = int(Path(dirpath, "daemon.pid").read_text().strip())
             if workdir in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace"):
                 os.kill(pid, signal.SIGKILL)
         except (OSError, ValueError):
