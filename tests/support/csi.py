@@ -39,17 +39,20 @@ class Plugin:
         node_id: str = "node-1",
         extra: list[str] | None = None,
         env: dict[str, str] | None = None,
+        name: str = "",
     ) -> None:
+        """``name`` tells two plugins in one ``workdir`` apart (socket, state dir and log)."""
         self.workdir = workdir
-        self.sock = str(workdir / "csi.sock")
-        self.state_dir = str(workdir / "state")
+        suffix = f"-{name}" if name else ""
+        self.sock = str(workdir / f"csi{suffix}.sock")
+        self.state_dir = str(workdir / f"state{suffix}")
         self.mode = mode
         self.node_id = node_id
         self.extra = extra or []
         self.env = env
         self.proc: subprocess.Popen[bytes] | None = None
         self.channel: grpc.Channel | None = None
-        self.log_path = workdir / "plugin.log"
+        self.log_path = workdir / f"plugin{suffix}.log"
 
     def start(self) -> Plugin:
         if os.path.exists(self.sock):
