@@ -33,7 +33,7 @@ import os
 import threading
 from dataclasses import dataclass
 
-from fluidfs.util.mounts import is_mounted, mount_table
+from fluidfs.util.mounts import MOUNTINFO, is_mounted, mount_table, unescape
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +84,20 @@ def layers(path: str) -> int:
     """How many mounts are stacked on ``path`` (0: not a mount point)."""
     target = os.path.abspath(path)
     return sum(1 for m in mount_table() if m.mountpoint == target)
+
+
+def top_device(path: str) -> str | None:
+    """``major:minor`` of the filesystem of the top mount at ``path`` (None: not a mount point),
+    from the mount table: two binds of one FUSE mount show the same device, a new mount of the
+    dataset a new one."""
+    target = os.path.abspath(path)
+    found = None
+    with open(MOUNTINFO, encoding="utf-8", errors="surrogateescape") as f:
+        for line in f:
+            parts = line.split(" ", 5)
+            if len(parts) >= 5 and unescape(parts[4]) == target:
+                found = parts[2]  # later lines stack on earlier ones
+    return found
 
 
 # -- probes ---------------------------------------------------------------------------------------

@@ -51,7 +51,7 @@ from fluidfs.util.mounts import is_mounted
 
 from . import daemons, metrics
 from .daemons import MountFailed
-from .mountops import bind_ro, healthy_mount, make_private, unmount_all
+from .mountops import bind_ro, healthy_mount, make_private, top_device, unmount_all
 from .rpc import Budget
 from .state import SharedMount, State, StateStore, Volume
 from .volumes import DatasetRequest, RequestError, build_document
@@ -360,8 +360,13 @@ class MountManager:
     def _repair_binds(self, m: SharedMount, v: Volume) -> int:
         repairs = 0
         paths = [v.staging_target_path] if v.staging_target_path else []
+        live = top_device(m.mountpoint)
         for p in paths + list(v.publications):
             if self.bind_healthy(p):
+                continue
+            if live is not None and top_device(p) == live:
+                # Already a bind of the current dataset mount: that mount itself is what failed
+                # (it died after it was checked); the next check mounts it again.
                 continue
             staging = p == v.staging_target_path
             if staging and not is_mounted(p) and not os.path.isdir(p):

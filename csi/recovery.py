@@ -9,8 +9,8 @@ delays the repairs of that dataset only.  A dataset busy with a call (stage, pub
 skipped until the next tick.
 
 At start the monitor adopts what is there: a dataset whose daemon still runs and answers (the
-supervisor restarted, the daemons did not) is left alone; only dead ones are remounted.
-``recovered`` is set once every dataset of the state file has had its first check.
+supervisor restarted, the daemons did not) is left alone; only dead ones are remounted.  The
+plugin serves calls meanwhile: a call on a dataset being repaired waits for its lock.
 
 Caveats: plain threads (gRPC's server is thread based, not trio); a checker stops at its next
 tick after ``stop()`` or once its dataset is gone from the state.
@@ -30,7 +30,6 @@ class Monitor:
     def __init__(self, manager: MountManager, interval: float = 1.0) -> None:
         self.manager = manager
         self.interval = interval
-        self.recovered = threading.Event()  # every dataset of the state file was checked once
         self._stop = threading.Event()
         self._checkers: dict[str, threading.Thread] = {}
         self._thread = threading.Thread(target=self._run, name="csi-monitor", daemon=True)
@@ -54,38 +53,26 @@ class Monitor:
             log.warning("dataset %s: %d mount(s)/bind(s) repaired", key, repairs)
         return repairs
 
-    def _checker(self, key: str, first: threading.Event) -> None:
+    def _checker(self, key: str) -> None:
         self.check(key)
-        first.set()
         while not self._stop.wait(self.interval):
             if key not in self.manager.keys():
                 return
             self.check(key)
 
-    def _spawn(self) -> list[threading.Event]:
-        """Start a checker for every dataset without one; the events fire after their first check."""
-        firsts = []
-        for key in self.manager.keys():
-            t = self._checkers.get(key)
-            if t is not None and t.is_alive():
-                continue
-            first = threading.Event()
-            t = threading.Thread(target=self._checker, args=(key, first), name=f"csi-check:{key}", daemon=True)
-            self._checkers[key] = t
-            t.start()
-            firsts.append(first)
+    def _spawn(self) -> None:
+        """Start a checker for every dataset without one; forget the checkers that ended."""
         for key in [k for k, t in self._checkers.items() if not t.is_alive()]:
             del self._checkers[key]
-        return firsts
+        for key in self.manager.keys():
+            if key not in self._checkers:
+                t = threading.Thread(target=self._checker, args=(key,), name=f"csi-check:{key}", daemon=True)
+                self._checkers[key] = t
+                t.start()
 
     def _run(self) -> None:
         for key in self.manager.keys():
             self.manager.adopt(key)
-        firsts = self._spawn()
-        for first in firsts:
-            while not first.wait(0.5):
-                if self._stop.is_set():
-                    return
-        self.recovered.set()
+        self._spawn()
         while not self._stop.wait(min(self.interval, 1.0)):
             self._spawn()

@@ -158,3 +158,33 @@ def test_publish_after_repair_binds_the_live_mount(
     p.node.NodePublishVolume(publish_req("pv-c", stp, later, ctx))
     assert layers(later) == 1
     pods(later, DATASET).wait_ok_after(0.0, timeout=DEADLINE)
+
+
+def test_without_host_to_container_a_running_pod_keeps_the_dead_mount(
+    s3: object,
+    workdir: Path,
+    kubelet: Path,
+    start_plugin: Callable[..., Plugin],
+    pods: Callable[[str, dict[str, bytes]], PodReader],
+) -> None:
+    """What docs/kubernetes.md says of a volumeMount without ``mountPropagation:
+    HostToContainer``: the node is repaired, that container is not (until it restarts)."""
+    p = start_plugin()
+    ctx = params(s3)
+    stp = staging(kubelet, "pv-p")
+    p.node.NodeStageVolume(stage_req("pv-p", stp, ctx, s3))
+    tp = target(kubelet, "pod-1", "pv-p")
+    p.node.NodePublishVolume(publish_req("pv-p", stp, tp, ctx))
+    with_propagation = pods(tp, DATASET)
+    without = PodReader(tp, DATASET, workdir, "private-pod", propagation="rprivate").start()
+    try:
+        [pid] = daemon_pids(workdir / "state")
+        killed = time.time()
+        os.kill(pid, signal.SIGKILL)
+        with_propagation.wait_ok_after(wait_for_error(with_propagation, killed), timeout=DEADLINE)
+        repaired = time.time()
+        time.sleep(1.0)
+        assert without.errors(repaired), "a private copy never sees the repair"
+        assert not [r for r in without.rounds() if r["ok"] and float(r["t"]) > repaired]  # type: ignore[arg-type]
+    finally:
+        without.stop()

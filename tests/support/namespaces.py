@@ -180,10 +180,16 @@ def digests(tree: dict[str, bytes]) -> dict[str, str]:
 
 
 class PodReader:
-    """A pod reading ``target`` through its own rslave copy, as ``python -m tests.support.namespaces``."""
+    """A pod reading ``target`` through its own copy, as ``python -m tests.support.namespaces``.
 
-    def __init__(self, target: str, want: dict[str, bytes], workdir: Path, name: str) -> None:
+    ``propagation`` is that of the container's volumeMount: ``rslave`` for ``HostToContainer``,
+    ``rprivate`` for the default (``None``)."""
+
+    def __init__(
+        self, target: str, want: dict[str, bytes], workdir: Path, name: str, propagation: str = "rslave"
+    ) -> None:
         self.target = target
+        self.propagation = propagation
         self.dir = workdir / "pods-ns" / name
         self.dir.mkdir(parents=True, exist_ok=True)
         self.rootfs_data = self.dir / "data"
@@ -195,7 +201,8 @@ class PodReader:
 
     def start(self) -> PodReader:
         script = (
-            f"mount --rbind '{self.target}' '{self.rootfs_data}' && mount --make-rslave '{self.rootfs_data}'"
+            f"mount --rbind '{self.target}' '{self.rootfs_data}'"
+            f" && mount --make-{self.propagation} '{self.rootfs_data}'"
             ' && exec "$@"'
         )
         cmd = [
