@@ -30,7 +30,9 @@ import ctypes.util
 import errno
 import logging
 import os
+import stat
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from fluidfs.util.mounts import MOUNTINFO, is_mounted, mount_table, unescape
@@ -115,41 +117,58 @@ class Probe:
         return self.status in ("ok", "hung")
 
 
-_probes: dict[str, threading.Thread] = {}
-_probes_lock = threading.Lock()
+_pending: dict[tuple[str, str], threading.Thread] = {}
+_pending_lock = threading.Lock()
 
 
-def probe(path: str, timeout: float) -> Probe:
-    """``statvfs(path)`` in a helper thread; never blocks the caller longer than ``timeout``.
-
-    ``statvfs`` always reaches the FUSE daemon, while ``stat`` may be answered from the kernel's
-    attribute cache for a dead connection until the attribute timeout expires.
-    """
-    with _probes_lock:
-        pending = _probes.get(path)
+def _bounded(kind: str, path: str, fn: Callable[[], Probe], timeout: float) -> Probe:
+    """``fn()`` in a helper thread, at most ``timeout`` seconds; ``hung`` if it takes longer, or
+    if an earlier call of the same kind on the same path still has not returned."""
+    key = (kind, path)
+    with _pending_lock:
+        pending = _pending.get(key)
         if pending is not None and pending.is_alive():
             return Probe("hung")
     result: list[Probe] = []
 
     def run() -> None:
         try:
-            result.append(Probe("ok", os.statvfs(path)))
+            result.append(fn())
         except FileNotFoundError:
             result.append(Probe("missing"))
         except OSError as e:
             result.append(Probe("enotconn" if e.errno == errno.ENOTCONN else f"error:{e.errno}"))
 
-    t = threading.Thread(target=run, name=f"csi-probe:{path}", daemon=True)
-    with _probes_lock:
-        _probes[path] = t
+    t = threading.Thread(target=run, name=f"csi-{kind}:{path}", daemon=True)
+    with _pending_lock:
+        _pending[key] = t
     t.start()
     t.join(timeout)
     if t.is_alive():
         return Probe("hung")
-    with _probes_lock:
-        if _probes.get(path) is t:
-            del _probes[path]
+    with _pending_lock:
+        if _pending.get(key) is t:
+            del _pending[key]
     return result[0] if result else Probe("error:unknown")
+
+
+def probe(path: str, timeout: float) -> Probe:
+    """``statvfs(path)``, never blocking the caller longer than ``timeout``.
+
+    ``statvfs`` always reaches the FUSE daemon, while ``stat`` may be answered from the kernel's
+    attribute cache for a dead connection until the attribute timeout expires.
+    """
+    return _bounded("probe", path, lambda: Probe("ok", os.statvfs(path)), timeout)
+
+
+def path_kind(path: str, timeout: float) -> str:
+    """``dir``, ``file``, ``missing``, ``hung``, ``enotconn`` or ``error:<errno>`` for ``path``
+    (inside a dataset mount), never blocking the caller longer than ``timeout``."""
+
+    def kind() -> Probe:
+        return Probe("dir" if stat.S_ISDIR(os.stat(path).st_mode) else "file")
+
+    return _bounded("stat", path, kind, timeout).status
 
 
 def healthy_mount(path: str, timeout: float) -> bool:

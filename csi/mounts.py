@@ -51,7 +51,7 @@ from fluidfs.util.mounts import is_mounted
 
 from . import daemons, metrics
 from .daemons import MountFailed
-from .mountops import bind_ro, healthy_mount, make_private, top_device, unmount_all
+from .mountops import bind_ro, healthy_mount, make_private, path_kind, top_device, unmount_all
 from .rpc import Budget
 from .state import SharedMount, State, StateStore, Volume
 from .volumes import DatasetRequest, RequestError, build_document
@@ -259,30 +259,36 @@ class MountManager:
         return healthy_mount(path, PROBE_TIMEOUT)
 
     @staticmethod
-    def fresh_bind(src: str, dst: str, *, create: bool = False) -> None:
+    def _create(dst: str, is_dir: bool) -> None:
+        """Create a missing bind target (a directory, or a file for a file of the dataset)."""
+        if os.path.lexists(dst):
+            return
+        if is_dir:
+            os.makedirs(dst, exist_ok=True)
+        else:
+            open(dst, "a").close()
+
+    def fresh_bind(self, src: str, dst: str, *, create_dir: bool | None = None) -> None:
         """A new bind at ``dst`` (stage, publish): whatever was left there is removed first (no
-        container uses a path before the call that creates it has succeeded)."""
+        container uses a path before the call that creates it has succeeded).  ``create_dir``:
+        create a missing ``dst`` as a directory (True) or a file (False)."""
         unmount_all(dst, lazy=True)
-        if create and not os.path.lexists(dst):
-            if os.path.isdir(src):
-                os.makedirs(dst, exist_ok=True)
-            else:
-                open(dst, "a").close()
+        if create_dir is not None:
+            self._create(dst, create_dir)
         try:
-            bind_ro(src, dst)
+            bind_ro(src, dst, probe_timeout=PROBE_TIMEOUT)
         except OSError as e:
             raise MountFailed(f"bind {src} -> {dst} failed: {e.strerror or e}") from None
 
-    @staticmethod
-    def repair_bind(src: str, dst: str, *, create: bool = False) -> None:
+    def repair_bind(self, src: str, dst: str, *, create: bool = False) -> None:
         """Stack a fresh bind on top of the dead one at ``dst`` (never unmount first)."""
-        if create and not is_mounted(dst) and not os.path.lexists(dst):
-            if os.path.isdir(src):
-                os.makedirs(dst, exist_ok=True)
-            else:
-                open(dst, "a").close()
+        if create and not is_mounted(dst):
+            kind = path_kind(src, PROBE_TIMEOUT)
+            if kind not in ("dir", "file"):
+                raise MountFailed(f"re-bind {src} -> {dst}: the dataset path is {kind}")
+            self._create(dst, kind == "dir")
         try:
-            bind_ro(src, dst)
+            bind_ro(src, dst, probe_timeout=PROBE_TIMEOUT)
         except OSError as e:
             raise MountFailed(f"re-bind {src} -> {dst} failed: {e.strerror or e}") from None
 
@@ -291,8 +297,8 @@ class MountManager:
             mp = self.state.mounts[vol.key].mountpoint
         self.fresh_bind(mp, vol.staging_target_path)
 
-    def publish_bind(self, vol: Volume, target: str) -> None:
-        self.fresh_bind(self.source_of(vol), target, create=True)
+    def publish_bind(self, vol: Volume, target: str, is_dir: bool) -> None:
+        self.fresh_bind(self.source_of(vol), target, create_dir=is_dir)
 
     # -- recovery -------------------------------------------------------------------------------
     def adopt(self, key: str) -> bool:

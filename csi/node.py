@@ -35,8 +35,8 @@ import grpc
 from . import TOPOLOGY_KEY, metrics
 from ._gen import csi_pb2 as pb
 from ._gen import csi_pb2_grpc as pb_grpc
-from .mountops import probe, unmount_all
-from .mounts import MountManager
+from .mountops import path_kind, probe, unmount_all
+from .mounts import PROBE_TIMEOUT, MountManager
 from .rpc import OP_SLOTS, STATS_SLOTS, Admission, Budget, call
 from .state import Publication, Volume
 from .volumes import (
@@ -270,10 +270,12 @@ class NodeServicer(pb_grpc.NodeServicer):
             m = self.state.mounts[vol.key]
         if not self.mm.shared_healthy(m):
             self.mm.remount(m, budget)
-        src = self.mm.source_of(vol)
-        if not os.path.exists(src):
+        kind = path_kind(self.mm.source_of(vol), PROBE_TIMEOUT)
+        if kind == "missing":
             raise invalid(f"subPath {vol.sub_path!r} does not exist in the dataset")
-        self.mm.publish_bind(vol, target)
+        if kind not in ("dir", "file"):
+            raise _err(grpc.StatusCode.UNAVAILABLE, f"dataset {vol.key} does not answer ({kind}); retry")
+        self.mm.publish_bind(vol, target, is_dir=kind == "dir")
 
     def _record_publication(self, vol: Volume, target: str, readonly: bool, capd: str) -> None:
         with self.mm.state_lock:
