@@ -47,7 +47,7 @@ from collections.abc import Iterator, Mapping
 import grpc
 import yaml
 
-from fluidfs.util.mounts import is_mounted
+from fluidfs.util.mounts import is_mounted, mounts_under
 
 from . import daemons, metrics
 from .daemons import MountFailed
@@ -301,6 +301,26 @@ class MountManager:
         self.fresh_bind(self.source_of(vol), target, create_dir=is_dir)
 
     # -- recovery -------------------------------------------------------------------------------
+    def sweep_orphans(self) -> list[str]:
+        """At start, before serving: unmount dataset mounts and remove dataset directories that
+        the state file does not know (a crash between mounting and saving).  Their daemons end
+        with their mounts.  Returns the keys removed."""
+        with self.state_lock:
+            known = set(self.state.mounts)
+        root = os.path.join(self.state_dir, "mounts")
+        orphans = {os.path.basename(p) for p in mounts_under(root) if os.path.dirname(p) == root}
+        ddir = os.path.join(self.state_dir, "datasets")
+        orphans |= set(os.listdir(ddir)) if os.path.isdir(ddir) else set()
+        orphans -= known
+        for key in sorted(orphans):
+            log.warning("dataset %s: not in the state file; removing its mount and files", key)
+            try:
+                unmount_all(os.path.join(root, key), lazy=True)
+            except OSError as e:
+                log.error("dataset %s: %s", key, e)
+            shutil.rmtree(os.path.join(ddir, key), ignore_errors=True)
+        return sorted(orphans)
+
     def adopt(self, key: str) -> bool:
         """At start: whether ``key``'s daemon from before is still running (it is then kept)."""
         with self.state_lock:

@@ -148,6 +148,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         metrics.SHARED_MOUNTS.set(len(state.mounts))
         for vid in state.volumes:
             metrics.set_volume(vid, True)
+    if manager is not None:
+        manager.sweep_orphans()  # before serving: a mount in progress is not in the state yet
     if monitor is not None:
         monitor.start()
     server.start()

@@ -467,3 +467,24 @@ def test_flag_mistakes_are_usage_errors(tmp_path, args: list[str], needle: str) 
     )
     assert r.returncode == 2 and needle in r.stderr, r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
+
+
+@needs_root
+def test_sweep_removes_what_the_state_does_not_know(tmp_path) -> None:
+    from csi.mountops import layers
+
+    store = StateStore(str(tmp_path / "state"))
+    state = State()
+    mm = MountManager(store, state, cache_root=str(tmp_path / "cache"))
+    for key in ("known", "orphan"):
+        os.makedirs(tmp_path / "state" / "datasets" / key / "secrets")
+        os.makedirs(tmp_path / "state" / "mounts" / key)
+    state.mounts["known"] = SharedMount(key="known", mountpoint=str(tmp_path / "state" / "mounts" / "known"), source="")
+    orphan_mp = str(tmp_path / "state" / "mounts" / "orphan")
+    subprocess.run(["mount", "-t", "tmpfs", "t", orphan_mp], check=True)
+    try:
+        assert mm.sweep_orphans() == ["orphan"]
+        assert layers(orphan_mp) == 0
+        assert sorted(os.listdir(tmp_path / "state" / "datasets")) == ["known"]
+    finally:
+        subprocess.run(["umount", "-l", orphan_mp], capture_output=True)
