@@ -18,6 +18,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -34,6 +35,7 @@ from .volumes import RequestError
 
 log = logging.getLogger(__name__)
 
+_LOG_REF = re.compile(r"\s*\(log: [^)]*\)")
 KILL_GRACE = 10.0  # seconds `fluidfs mount` may overrun its --timeout before it is killed
 EXIT_USAGE, EXIT_SOURCE = 2, 3  # fluidfs exit codes (fluidfs.errors): bad input, source failure
 
@@ -159,13 +161,14 @@ def start(cmd: list[str], m: SharedMount, timeout: float) -> None:
     msg = lines[-1] if lines else f"exit code {rc}"
     if msg.startswith("fluidfs: error: "):
         msg = msg[len("fluidfs: error: ") :]
+    msg = _LOG_REF.sub("", msg)  # the dataset's directory, log included, goes with the failure
     if rc == EXIT_USAGE:
         code = grpc.StatusCode.INVALID_ARGUMENT
     elif rc == EXIT_SOURCE:
         code = grpc.StatusCode.UNAVAILABLE
     elif elapsed >= timeout - 0.5:
         code = grpc.StatusCode.DEADLINE_EXCEEDED
-        msg = f"the dataset did not answer within {timeout:.0f} s ({msg})"
+        msg = f"the dataset did not answer within {timeout:.0f} s"
     else:
         code = grpc.StatusCode.INTERNAL
     raise MountFailed(f"fluidfs mount of dataset {m.key} failed: {msg}", code)
