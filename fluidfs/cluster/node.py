@@ -151,6 +151,7 @@ class PeerNode:
             listen=s.listen,
             max_transfers=s.server_transfers,
             fetch_timeout=s.fetch_timeout + s.read_timeout,
+            status=self.status_document,
         )
         self.address: str | None = None
 
@@ -205,3 +206,7 @@ class PeerNode:
         out = self.tier.status()
         out["address"] = self.address
         return out
+
+    async def status_document(self) -> dict[str, object]:
+        """What ``GET /v1/status`` answers: this member's view and every member's ``/v1/info``."""
+        return {"dataset": self.dataset, "view": self.status(), "survey": await self.survey()}
