@@ -17,6 +17,7 @@ from prometheus_client import REGISTRY
 
 from fluidfs.cache.base import BlockKey
 from fluidfs.cache.memory import MemoryTier
+from fluidfs.cache.ssd import SSDTier
 from fluidfs.cache.tiered import TieredCache
 from fluidfs.cluster.breaker import OPEN
 from fluidfs.cluster.kubediscovery import Slice, SliceEndpoint, SliceEvent
@@ -351,3 +352,21 @@ def test_a_node_without_a_secret_does_not_start(tmp_path: Path, monkeypatch: pyt
     write_peers(peers, [("a", "127.0.0.1:7000"), ("a", "127.0.0.1:7001")])
     with pytest.raises(ConfigError, match=r"peers:3: duplicate member id 'a'"):
         PeerNode("x", PeerSettings(listen="127.0.0.1:7000", peers_file=str(peers)), cache, provider, secret=SECRET)
+
+
+def test_a_readers_memory_copy_does_not_stop_a_handoff_push(tmp_path: Path) -> None:
+    """HEAD (asked before a handoff push) and PUT count the SSD tier only: a block a new owner has only
+    as a reader's memory copy (gone at its next restart) is still pushed, and then kept on SSD."""
+    ssd = SSDTier(str(tmp_path / "ssd"), 64 * MiB, free_space_floor=0)
+    try:
+        cache = TieredCache(MemoryTier(8 * MiB), ssd, dataset="prov")
+        p = CacheBlockProvider("prov", cache, [], block_size=MiB)
+        key = BlockKey("s3://b/x", "v1", MiB, 0)
+        assert cache.mem.put(key, b"x" * 100)
+        assert cache.tier_of(key) == "mem" and not p.holds(key)
+        assert trio.run(p.put_block, key, memoryview(b"x" * 100))
+        assert ssd.contains(key) and p.holds(key)
+        memory_only = CacheBlockProvider("prov", TieredCache(MemoryTier(8 * MiB), dataset="prov"), [], block_size=MiB)
+        assert memory_only.cache.mem.put(key, b"y") and memory_only.holds(key)
+    finally:
+        ssd.close()
