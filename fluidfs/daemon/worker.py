@@ -55,8 +55,7 @@ class CacheWorker:
     """One worker: the dataset's sources, its tiered cache and its member of the cluster."""
 
     def __init__(self, dataset: Dataset, cfg: MountConfig, sources: list[tuple[Source, MountSpec]]) -> None:
-        if not cfg.cache_dir:
-            raise ConfigError("a worker holds cache for its cluster: give it --cache-dir DIR")
+        check_config(cfg)
         self.dataset = dataset
         self.cfg = cfg
         self.limiter = trio.CapacityLimiter(cfg.source_threads)
@@ -67,11 +66,7 @@ class CacheWorker:
         except BaseException:
             self.close()
             raise
-        if node is None:
-            self.close()
-            raise ConfigError(
-                "a worker serves a cluster: give --listen HOST:PORT and --peers FILE or --kube-service NAMESPACE/NAME"
-            )
+        assert node is not None  # check_config: the configuration names a cluster
         self.node: PeerNode = node
         self.metrics_url: str | None = None
 
@@ -145,8 +140,19 @@ class CacheWorker:
         os._exit(0)
 
 
+def check_config(cfg: MountConfig) -> None:
+    """What a worker needs beyond a valid configuration: a cache directory and a cluster (ConfigError)."""
+    if not cfg.cache_dir:
+        raise ConfigError("a worker holds cache for its cluster: give it --cache-dir DIR")
+    if not cfg.clustered:
+        raise ConfigError(
+            "a worker serves a cluster: give --listen HOST:PORT and --peers FILE or --kube-service NAMESPACE/NAME"
+        )
+
+
 def run_worker(dataset: Dataset, cfg: MountConfig) -> int:
     """Open the sources, build the worker and serve until stopped.  Returns 0; raises FluidfsError."""
+    check_config(cfg)
     sources = open_sources(dataset)
     CacheWorker(dataset, cfg, sources).run()
     return 0

@@ -57,7 +57,6 @@ def _argv(command: str, tmp_path: Path) -> list[str]:
     return [command, str(tmp_path), str(tmp_path / "mnt")] if command == "mount" else [command, str(tmp_path)]
 
 
-
 def _parse(argv: list[str]) -> argparse.Namespace:
     return build_parser().parse_args(argv)
 
