@@ -6,6 +6,9 @@
 - ``fluidfs_csi_recoveries_total{kind}``: repairs performed; ``kind`` is ``mount`` (a dead FUSE
   daemon remounted) or ``bind`` (a stale staging/publish bind re-bound).
 - ``fluidfs_csi_shared_mounts``: node-level fluidfs mounts currently held.
+- ``fluidfs_csi_cluster_port{service}``: the peer port of this node's daemon of each cluster
+  service (``NAMESPACE/NAME``) it serves (``csi/peers.py``); fluidfs-controller publishes the
+  nodes of a dataset's cluster from it.  Bounded by the datasets mounted on the node.
 """
 
 from __future__ import annotations
@@ -29,6 +32,12 @@ RECOVERIES = Counter(
 )
 SHARED_MOUNTS = Gauge(
     "fluidfs_csi_shared_mounts", "Node-level fluidfs mounts held by the CSI plugin", registry=REGISTRY
+)
+CLUSTER_PORT = Gauge(
+    "fluidfs_csi_cluster_port",
+    "Peer port of this node's dataset daemon that is a member of the cluster cache of this Service",
+    ["service"],
+    registry=REGISTRY,
 )
 for _kind in ("mount", "bind"):
     RECOVERIES.labels(kind=_kind)
