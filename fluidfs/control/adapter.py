@@ -7,7 +7,7 @@ JSON-like dicts as the API serves them; a missing object is ``None`` from ``get`
 failure a ``KubeApiError`` (``status`` 409 for a conflict, 404 for not found on update).
 
 Kinds handled by ``get``/``create``/``replace``/``delete``: ``ConfigMap``, ``Service``,
-``ServiceAccount``, ``Role``, ``RoleBinding``, ``StatefulSet``, ``Lease``.  The StatefulSet's
+``ServiceAccount``, ``Role``, ``RoleBinding``, ``StatefulSet``, ``EndpointSlice``, ``Lease``.  The StatefulSet's
 replica count is changed only through ``scale`` (its scale subresource).
 """
 
@@ -27,6 +27,7 @@ API_VERSIONS = {
     "Role": "rbac.authorization.k8s.io/v1",
     "RoleBinding": "rbac.authorization.k8s.io/v1",
     "StatefulSet": "apps/v1",
+    "EndpointSlice": "discovery.k8s.io/v1",
     "Lease": "coordination.k8s.io/v1",
 }
 
@@ -42,6 +43,7 @@ class PodInfo:
     deleting: bool = False
     metrics_url: str = ""  # http://IP:PORT/metrics of its container port named "metrics"; "" if none
     labels: Mapping[str, str] = field(default_factory=dict)
+    ip: str = ""  # the pod's IP ("" if it has none yet)
 
 
 class KubeApi(Protocol):

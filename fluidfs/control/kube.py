@@ -43,6 +43,7 @@ _PLURALS = {
     "Role": "roles",
     "RoleBinding": "rolebindings",
     "StatefulSet": "statefulsets",
+    "EndpointSlice": "endpointslices",
     "Lease": "leases",
 }
 MERGE_PATCH = "application/merge-patch+json"
@@ -87,6 +88,7 @@ def pod_info(pod: Mapping[str, Any]) -> PodInfo:
         deleting=bool(meta.get("deletionTimestamp")),
         metrics_url=f"http://{host}:{port}/metrics" if ip and port else "",
         labels=dict(meta.get("labels") or {}),
+        ip=ip,
     )
 
 
