@@ -20,9 +20,9 @@ from collections.abc import Sequence
 from fluidfs.cache.tiered import TieredCache
 from fluidfs.cluster.node import PeerNode, PeerSettings
 from fluidfs.cluster.provider import CacheBlockProvider, ObjectReader
-from fluidfs.config import MountConfig
+from fluidfs.config import GiB, MountConfig
 
-__all__ = ["join", "peer_settings"]
+__all__ = ["announced_weight", "join", "peer_settings"]
 
 
 def peer_settings(cfg: MountConfig) -> PeerSettings | None:
@@ -45,7 +45,16 @@ def peer_settings(cfg: MountConfig) -> PeerSettings | None:
         client_transfers=cfg.peer_transfers,
         max_skew=cfg.peer_max_skew,
         handoff_timeout=cfg.handoff_timeout,
+        weight=announced_weight(cfg),
     )
+
+
+def announced_weight(cfg: MountConfig) -> float:
+    """This member's weight: ``peer_weight``, else its cache capacity in GiB (SSD quota, or memory)."""
+    if cfg.peer_weight is not None:
+        return cfg.peer_weight
+    capacity = cfg.cache_size if cfg.cache_dir else cfg.memory_size
+    return max(capacity / GiB, 1e-3)
 
 
 def join(dataset: str, cfg: MountConfig, cache: TieredCache, sources: Sequence[ObjectReader]) -> PeerNode | None:

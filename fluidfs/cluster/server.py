@@ -84,6 +84,7 @@ class PeerServer:
         fetch_timeout: float = 60.0,
         cpu_limiter: trio.CapacityLimiter | None = None,
         status: Callable[[], Awaitable[dict[str, Any]]] | None = None,
+        weight: float | None = None,
     ) -> None:
         try:
             self._host, self._port = parse_address(listen, any_port=True)
@@ -101,6 +102,7 @@ class PeerServer:
         self.fetch_timeout = fetch_timeout
         self.cpu_limiter = cpu_limiter or trio.CapacityLimiter(2)
         self.status = status  # answers GET /v1/status (404 without it)
+        self.weight = weight  # announced in /v1/info: members weigh this member by it
         self._conn_slots = trio.Semaphore(max_connections)
         self._transfers = trio.Semaphore(max_transfers)
         self.failures = FailureLog()
@@ -409,5 +411,7 @@ class PeerServer:
             "datasets": {name: p.usage() for name, p in sorted(self.providers.items())},
             "time": time.time(),
         }
+        if self.weight is not None:
+            doc["weight"] = self.weight
         body = json.dumps(doc).encode()
         await self._send(conn, stream, 200, [("content-type", "application/json")], body)

@@ -40,6 +40,7 @@ from fluidfs.config.kinds import (
     short_size,
     size,
     switch,
+    weight,
 )
 from fluidfs.config.table import CACHE_COMMANDS, MOUNT_AND_WORKER, Setting, rows, setting
 from fluidfs.errors import ConfigError
@@ -263,6 +264,16 @@ class MountConfig:
         group="cluster",
         cli="--member-id",
         commands=MOUNT_AND_WORKER,
+    )
+    peer_weight: float | None = setting(
+        None,
+        weight(),
+        "this member's share of the blocks, relative to the others' (announced to the members that have no "
+        "weight for it); auto: its cache capacity in GiB (the SSD quota, or the memory tier without one)",
+        group="cluster",
+        cli="--weight",
+        commands=MOUNT_AND_WORKER,
+        dataset="spec.cluster.weight",
     )
     replicas: int = setting(
         1,

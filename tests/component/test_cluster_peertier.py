@@ -370,3 +370,35 @@ def test_a_readers_memory_copy_does_not_stop_a_handoff_push(tmp_path: Path) -> N
         assert memory_only.cache.mem.put(key, b"y") and memory_only.holds(key)
     finally:
         ssd.close()
+
+
+def test_members_weigh_what_they_announce(tmp_path: Path) -> None:
+    """A peers file without weights: each member announces its own (``/v1/info``) and every member
+    ends up with the same weighted ring."""
+    make_files(tmp_path / "data", {"f": 1})
+    ds = dataset("weights")
+
+    async def main() -> None:
+        ports = free_ports(2)
+        addrs = {"big": f"127.0.0.1:{ports[0]}", "small": f"127.0.0.1:{ports[1]}"}
+        peers = tmp_path / "peers"
+        write_peers(peers, list(addrs.items()))
+        async with trio.open_nursery() as nursery:
+            ms = {}
+            for name, weight in (("big", 300.0), ("small", 100.0)):
+                ms[name] = build_member(name, tmp_path / "data", tmp_path, addrs[name], peers, ds, bs=BS, weight=weight)
+                await start_member(nursery, ms[name])
+            with trio.fail_after(20):
+                while any(
+                    {m.id: m.weight for m in x.node.view.current.members} != {"big": 300.0, "small": 100.0}
+                    for x in ms.values()
+                ):
+                    await trio.sleep(0.05)
+            for x in ms.values():
+                assert x.node.view.current.ring.share("big") == pytest.approx(0.75)
+                assert x.node.status()["members"][0]["weight"] == 300.0  # type: ignore[index]
+            nursery.cancel_scope.cancel()
+        for x in ms.values():
+            x.close()
+
+    trio.run(main)

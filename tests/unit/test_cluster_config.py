@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from fluidfs.cli.main import main
-from fluidfs.cluster.member import peer_settings
+from fluidfs.cluster.member import announced_weight, peer_settings
 from fluidfs.cluster.node import PeerSettings
 from fluidfs.config import build_config
 from fluidfs.errors import ConfigError
@@ -68,7 +68,10 @@ def test_the_settings_become_the_peer_tiers() -> None:
         read_timeout=6.0,
         fetch_timeout=20.0,
         max_skew=10.0,
+        weight=0.5,  # no SSD tier: the memory tier's 512 MiB in GiB
     )
+    assert announced_weight(build_config({"cache_dir": "/c", "cache_size": 200 << 30})) == 200.0
+    assert announced_weight(build_config({"cache_dir": "/c", "peer_weight": 3.0})) == 3.0
 
 
 def test_a_dataset_document_sets_the_cluster() -> None:
@@ -103,6 +106,7 @@ spec:
         (["--peer-copy", "disk"], "--peer-copy: must be memory, ssd or none, got 'disk'"),
         (["--handoff-timeout", "0"], "--handoff-timeout: must be more than 0 seconds, got '0'"),
         (["--member-id", "a b"], "--member-id: must be 1-63 characters of A-Z a-z 0-9 . _ -, got 'a b'"),
+        (["--weight", "-1"], "--weight: must be a positive number, got '-1'"),
     ],
 )
 def test_mount_mistakes_are_one_line_and_exit_2(

@@ -41,6 +41,7 @@ def sample(row: Setting) -> tuple[str, Any]:
     samples: dict[str, tuple[str, Any]] = {
         "path": ("/var/cache/sample", "/var/cache/sample"),
         "name": ("node-7", "node-7"),
+        "number": ("2.5", 2.5),
         "service": ("ml/imagenet-cache", "ml/imagenet-cache"),
         "address": ("127.0.0.1:9999", "127.0.0.1:9999"),
         "boolean": ("true", True),
