@@ -24,6 +24,8 @@ GiB = 1024 * MiB
 DEFAULT_BLOCK_SIZE = 4 * MiB
 MIN_BLOCK_SIZE = 1 * MiB
 MAX_BLOCK_SIZE = 64 * MiB
+#: seconds one source operation (a stat, a listing page, a block read) may take, retries included
+DEFAULT_REQUEST_TIMEOUT = 20.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,8 +56,8 @@ class MountConfig:
     source_threads: int = 32  # worker threads talking to sources
     # observability
     metrics_addr: str | None = "127.0.0.1:0"  # None disables; port 0 = any free port
-    # source request behaviour
-    request_timeout: float = 30.0
+    # source request behaviour: every source operation is over within this many seconds
+    request_timeout: float = DEFAULT_REQUEST_TIMEOUT
 
     @property
     def kernel_timeout(self) -> float:
@@ -75,6 +77,8 @@ def validate(cfg: MountConfig) -> MountConfig:
         raise ConfigError("sizes must not be negative")
     if cfg.metadata_ttl < 0 or cfg.negative_ttl < 0:
         raise ConfigError("TTLs must not be negative")
+    if not (math.isfinite(cfg.request_timeout) and cfg.request_timeout > 0):
+        raise ConfigError(f"request timeout must be a positive number of seconds, got {cfg.request_timeout}")
     if cfg.metrics_addr is not None:
         host, sep, port = cfg.metrics_addr.rpartition(":")
         if not sep or not host or not port.isdigit() or int(port) > 65535:

@@ -17,10 +17,16 @@ from typing import Any
 
 from fluidfs.cli.options import add_mount_options, prepare
 from fluidfs.daemon.spawn import check_mountpoint, spawn_and_wait
+from fluidfs.errors import ConfigError
 
 
 def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     dataset, cfg = prepare(args)
+    if args.timeout < cfg.request_timeout + 10:  # a source that does not answer must be reported (exit 3)
+        raise ConfigError(
+            f"--timeout {args.timeout:g}s must exceed the source request timeout "
+            f"({cfg.request_timeout:g}s, --request-timeout) by at least 10s"
+        )
     for w in dataset.warnings:
         print(f"fluidfs: warning: {w}", file=sys.stderr)
     if not args.foreground:

@@ -67,13 +67,14 @@ def add_cache_dir_options(g: Any) -> None:
     g.add_argument("--free-space-floor", metavar="SIZE", help="never fill the cache disk below this (default 1Gi)")
 
 
-def add_source_options(g: Any) -> None:
+def add_source_options(g: Any) -> Any:
     """Defaults for the Dataset's sources: S3 endpoint and region, ``-o KEY=VALUE``."""
     g.add_argument("--endpoint", metavar="URL", help="S3 endpoint for s3:// mounts without one (else AWS_ENDPOINT_URL)")
     g.add_argument("--region", help="S3 region for s3:// mounts without one")
     g.add_argument(
         "-o", "--option", action="append", default=[], metavar="KEY=VALUE", help="source option (repeatable)"
     )
+    return g
 
 
 def add_mount_options(p: argparse.ArgumentParser) -> None:
@@ -97,7 +98,12 @@ def add_mount_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--file-mode", type=_octal, help="file permission bits, octal (default 0444)")
     g.add_argument("--dir-mode", type=_octal, help="directory permission bits, octal (default 0555)")
     g.add_argument("--allow-other", action="store_true", default=None, help="let other users see the mount")
-    add_source_options(p.add_argument_group("sources"))
+    g = add_source_options(p.add_argument_group("sources"))
+    g.add_argument(
+        "--request-timeout",
+        metavar="SECONDS",
+        help="every source request (a stat, a listing page, a block), retries included, ends within this (default 20)",
+    )
     g = p.add_argument_group("process")
     g.add_argument(
         "--metrics-addr", metavar="HOST:PORT", help="Prometheus endpoint (default 127.0.0.1:0; 'none' disables)"
@@ -147,6 +153,7 @@ def mount_overrides(args: argparse.Namespace) -> dict[str, Any]:
         "sibling_prefetch": arg("prefetch_siblings"),
         "metadata_ttl": duration("metadata_ttl"),
         "negative_ttl": duration("negative_ttl"),
+        "request_timeout": duration("request_timeout"),
         "uid": arg("uid"),
         "gid": arg("gid"),
         "file_mode": arg("file_mode"),

@@ -41,6 +41,7 @@ from fluidfs.sources.aio import AsyncSource
 from fluidfs.sources.base import Source
 from fluidfs.sources.registry import open_sources
 from fluidfs.spec.model import Dataset, MountSpec
+from fluidfs.util.redact import redact_url
 
 log = logging.getLogger(__name__)
 
@@ -102,14 +103,22 @@ class MountDaemon:
         self.dataset = dataset
         self.cfg = cfg
         self.mountpoint = os.path.abspath(mountpoint)
-        self.limiter = trio.CapacityLimiter(cfg.source_threads)
         self._sources = sources
         self.metrics_addr: tuple[str, int] | None = None
         self.cache: TieredCache | None = None
         self.vfs: Vfs | None = None
 
     def _build(self) -> FluidOperations:
-        mounts = [MountRef(spec, AsyncSource(src, self.dataset.name, self.limiter)) for src, spec in self._sources]
+        # one limiter per source: a source that stops answering holds only its own threads
+        mounts = [
+            MountRef(
+                spec,
+                AsyncSource(
+                    src, self.dataset.name, trio.CapacityLimiter(self.cfg.source_threads), self.cfg.request_timeout
+                ),
+            )
+            for src, spec in self._sources
+        ]
         ns = Namespace(mounts, self.dataset.name, self.cfg.metadata_ttl, self.cfg.negative_ttl)
         self.cache = build_cache(self.dataset, self.cfg)
         self.vfs = Vfs(ns, self.cache, self.cfg, self.dataset.name)
@@ -199,7 +208,7 @@ class MountDaemon:
             "pid": os.getpid(),
             "mountpoint": self.mountpoint,
             "dataset": self.dataset.name,
-            "sources": [m.url for m in self.dataset.mounts],
+            "sources": [redact_url(m.url) for m in self.dataset.mounts],
             "metrics": f"http://{self.metrics_addr[0]}:{self.metrics_addr[1]}/metrics" if self.metrics_addr else None,
             "config": cfg,
         }
@@ -223,7 +232,7 @@ def run_foreground(
     """Open sources, mount and serve until unmounted.  Returns the exit code."""
     try:
         check_mountpoint(mountpoint)
-        sources = open_sources(dataset)
+        sources = open_sources(dataset, cfg.request_timeout)
         if pid_file:
             with open(pid_file, "w", encoding="ascii") as f:
                 f.write(f"{os.getpid()}\n")

@@ -17,7 +17,15 @@ Versions: a strong ``ETag`` (quotes stripped) → reads send ``If-Match``; else 
 ``mf:<size>-<mtime>`` (only the size is checked).  A changed object raises VersionChangedError.
 
 Requests use one urllib3 ``PoolManager`` per source (thread-safe), ``Accept-Encoding: identity``,
-and a ``Retry`` for connection/read errors and 502/503/504 with bounded backoff.
+and a ``Retry`` for connection/read errors and 502/503/504 with bounded backoff; ``max_attempts``
+is the total number of tries of a request.  With a request ``timeout``, each try's connect and
+read timeouts are capped at ``timeout / max_attempts`` and, within one operation (a stat, a
+listing page with its HEADs, a read), at the time left until its deadline; no request starts
+after it (:mod:`fluidfs.sources.call`).  Every request sent is counted (``counts_requests``), and
+the bytes a ``Range``-less server sends before the wanted range are counted as received.
+
+URLs shown (``url()``, errors, logs) are redacted (:mod:`fluidfs.util.redact`): the signature of
+a presigned single-file URL never appears; requests use the URL as given.
 
 Caveats: autoindex listing costs one HEAD per file — use a manifest for large datasets.  In
 autoindex mode ``stat`` does not check that a file is linked from its parent's listing.  A server
@@ -31,25 +39,29 @@ called from worker threads, never from trio).  An ETag that happens to start wit
 from __future__ import annotations
 
 import base64
+import contextvars
 import logging
 import re
 import threading
+import time
 import urllib.parse
 from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 
 import urllib3
-from urllib3.exceptions import HTTPError, MaxRetryError, SSLError
+from urllib3.exceptions import ConnectTimeoutError, HTTPError, MaxRetryError, ReadTimeoutError, SSLError
 from urllib3.util.retry import Retry
 
 from fluidfs.errors import (
     AccessDeniedError,
     NotFoundError,
     SourceError,
+    SourceTimeoutError,
     SpecError,
     UnavailableError,
     VersionChangedError,
 )
+from fluidfs.sources import call
 from fluidfs.sources.base import Entry, Source
 from fluidfs.sources.http_listing import (
     MANIFEST_VERSION_PREFIX,
@@ -63,6 +75,7 @@ from fluidfs.sources.http_listing import (
 )
 from fluidfs.spec.model import MountSpec
 from fluidfs.util.etag import normalize_etag
+from fluidfs.util.redact import redact_text, redact_url
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +95,7 @@ class HTTPSource(Source):
     """A read-only tree behind an ``http(s)://`` base URL.  See the module docstring."""
 
     kind = "http"
+    counts_requests = True
     #: the mount options ``from_mount`` accepts
     OPTIONS = frozenset({"manifest", "verify_ssl", "connect_timeout", "read_timeout", "max_attempts"})
     #: the credential names ``from_mount`` accepts
@@ -99,6 +113,7 @@ class HTTPSource(Source):
         read_timeout: float = 30.0,
         max_attempts: int = 3,
         pool_size: int = 32,
+        timeout: float | None = None,
     ) -> None:
         parts = urllib.parse.urlsplit(base_url)
         if parts.scheme not in ("http", "https") or not parts.netloc:
@@ -122,18 +137,20 @@ class HTTPSource(Source):
             hdrs["Authorization"] = "Basic " + base64.b64encode(pair).decode("ascii")
         elif creds.get("password"):
             raise ValueError("password given without username")
-        n = max_attempts - 1
-        self._retry = Retry(
+        if timeout is not None:  # every try gets its share of an operation's deadline
+            connect_timeout = min(connect_timeout, timeout / max_attempts)
+            read_timeout = min(read_timeout, timeout / max_attempts)
+        self._connect_timeout, self._read_timeout = connect_timeout, read_timeout
+        self._attempts = max_attempts
+        # tries are made by _request (so none starts after an operation's deadline); urllib3 only
+        # follows redirects
+        self._redirects = Retry(
             total=None,
-            connect=n,
-            read=n,
-            status=n,
+            connect=0,
+            read=0,
+            status=0,
             other=0,
             redirect=5,
-            status_forcelist=(502, 503, 504),
-            allowed_methods=frozenset({"GET", "HEAD"}),
-            backoff_factor=0.1,
-            backoff_max=2.0,
             raise_on_status=False,
             raise_on_redirect=False,
             respect_retry_after_header=False,
@@ -154,7 +171,7 @@ class HTTPSource(Source):
         self._warned_no_range = False
 
     @classmethod
-    def from_mount(cls, mount: MountSpec, credentials: Mapping[str, str]) -> HTTPSource:
+    def from_mount(cls, mount: MountSpec, credentials: Mapping[str, str], timeout: float | None = None) -> HTTPSource:
         """Build from a Dataset mount; ``credentials`` are resolved values (never logged).
 
         A bad option value or contradictory credentials raise ``SpecError`` naming
@@ -203,31 +220,57 @@ class HTTPSource(Source):
                 )
             kw["max_attempts"] = attempts
         if mount.scheme.lower() not in ("http", "https"):
-            raise SpecError(doc, "mountPoint", f"not an http(s) URL: {mount.url}")
-        return cls(mount.url, credentials=credentials, **kw)  # type: ignore[arg-type]
+            raise SpecError(doc, "mountPoint", f"not an http(s) URL: {redact_url(mount.url)}")
+        return cls(mount.url, credentials=credentials, timeout=timeout, **kw)  # type: ignore[arg-type]
 
     # ---- HTTP plumbing ------------------------------------------------------------------------
 
     def _request(
         self, method: str, url: str, headers: Mapping[str, str] | None = None, preload: bool = True
     ) -> urllib3.BaseHTTPResponse:
-        try:
-            return self._pool.request(
-                method,
-                url,
-                headers={**self._pool.headers, **(headers or {})},
-                retries=self._retry,
-                redirect=True,
-                preload_content=preload,
+        """One request, tried up to ``max_attempts`` times on connection errors, timeouts and
+        502/503/504 (backoff 0.1 s doubling, at most 2 s), never past the operation's deadline."""
+        shown = redact_url(url)
+        attempt = 0
+        while True:
+            attempt += 1
+            timeout = urllib3.Timeout(
+                connect=call.request_timeout(self._connect_timeout, shown),
+                read=call.request_timeout(self._read_timeout, shown),
             )
-        except MaxRetryError as exc:
-            if isinstance(exc.reason, SSLError):
-                raise SourceError(f"TLS error ({exc.reason})", url) from None
-            raise UnavailableError(f"{method} failed after retries ({exc.reason})", url) from None
-        except SSLError as exc:
-            raise SourceError(f"TLS error ({exc})", url) from None
-        except HTTPError as exc:
-            raise UnavailableError(f"{method} failed ({exc})", url) from None
+            call.count_request()
+            failure: SourceError
+            try:
+                resp = self._pool.request(
+                    method,
+                    url,
+                    headers={**self._pool.headers, **(headers or {})},
+                    retries=self._redirects,
+                    redirect=True,
+                    preload_content=preload,
+                    timeout=timeout,
+                )
+            except (MaxRetryError, HTTPError) as exc:
+                reason = exc.reason if isinstance(exc, MaxRetryError) and exc.reason is not None else exc
+                text = redact_text(str(reason))
+                if isinstance(reason, SSLError):
+                    raise SourceError(f"TLS error ({text})", shown) from None
+                if isinstance(reason, (ReadTimeoutError, ConnectTimeoutError)):
+                    failure = SourceTimeoutError(f"{method}: no answer after {attempt} tries ({text})", shown)
+                else:
+                    failure = UnavailableError(f"{method} failed after {attempt} tries ({text})", shown)
+            else:
+                call.count_request(len(resp.retries.history) if resp.retries is not None else 0)  # redirects
+                if resp.status not in (502, 503, 504) or attempt >= self._attempts:
+                    return resp
+                self._discard(resp)
+                failure = UnavailableError(f"{method}: HTTP {resp.status} after {attempt} tries", shown)
+            if attempt >= self._attempts:
+                raise failure
+            pause = min(2.0, 0.1 * 2 ** (attempt - 1))
+            if call.request_timeout(float("inf"), shown) <= pause:
+                raise failure  # no time left for another try
+            time.sleep(pause)
 
     @staticmethod
     def _discard(resp: urllib3.BaseHTTPResponse) -> None:
@@ -239,6 +282,7 @@ class HTTPSource(Source):
     @staticmethod
     def _fail(resp: urllib3.BaseHTTPResponse, url: str, what: str) -> SourceError:
         status = resp.status
+        url = redact_url(url)
         if status in (404, 410):
             return NotFoundError(f"{what}: HTTP {status}", url)
         if status in (401, 403):
@@ -278,7 +322,7 @@ class HTTPSource(Source):
         else:
             raise self._fail(resp, url, "HEAD")
         if size is None:
-            raise SourceError("server does not tell the object's size", url)
+            raise SourceError("server does not tell the object's size", redact_url(url))
         etag = normalize_etag(headers.get("ETag"))
         last_mod = headers.get("Last-Modified")
         version = etag or (f"lm:{last_mod}-{size}" if last_mod else f"sz:{size}")
@@ -304,9 +348,9 @@ class HTTPSource(Source):
                 self._root = self.base_url.rsplit("/", 1)[0] + "/"
                 self._file_name = urllib.parse.unquote(urllib.parse.urlsplit(self.base_url).path.rsplit("/", 1)[1])
                 if not self._file_name:
-                    raise SourceError("cannot name the single file", self.base_url)
+                    raise SourceError("cannot name the single file", redact_url(self.base_url))
                 self._mode = "file"
-                log.debug("http source %s: single file %r", self.base_url, self._file_name)
+                log.debug("http source %s: single file %r", redact_url(self.base_url), self._file_name)
                 return
         if self.manifest is None:
             self._tree = self._load_manifest(self._root + MANIFEST_NAME, required=False)
@@ -314,7 +358,7 @@ class HTTPSource(Source):
                 self._mode = "manifest"
                 return
         self._mode = "autoindex"
-        log.debug("http source %s: autoindex listing", self._root)
+        log.debug("http source %s: autoindex listing", redact_url(self._root))
 
     def _base_is_directory(self) -> bool:
         """For a base URL without a trailing slash: does it name a directory?"""
@@ -338,13 +382,17 @@ class HTTPSource(Source):
             if not required and resp.status in (403, 404, 410):
                 return None
             raise self._fail(resp, url, "manifest")
-        tree = parse_manifest(resp.data, url)
-        log.info("http source %s: manifest %s with %d files", self._root, url, tree.files)
+        tree = parse_manifest(resp.data, redact_url(url))
+        log.info("http source %s: manifest %s with %d files", redact_url(self._root), redact_url(url), tree.files)
         return tree
 
     # ---- Source interface ---------------------------------------------------------------------
 
     def url(self, path: str) -> str:
+        return redact_url(self._target(path))
+
+    def _target(self, path: str) -> str:
+        """The URL requests for ``path`` go to (not redacted: never show it)."""
         if self._mode == "file" and path == self._file_name:
             return self.base_url
         return self._root + urllib.parse.quote(path)
@@ -366,7 +414,7 @@ class HTTPSource(Source):
 
     def _stat_remote(self, path: str) -> Entry:
         name = path.rpartition("/")[2]
-        url = self.url(path)
+        url = self._target(path)
         try:
             return self._file_entry(url, name)
         except NotFoundError:
@@ -395,8 +443,12 @@ class HTTPSource(Source):
             files = [name for name, is_dir in page if not is_dir]
             found: dict[str, Entry | None] = {}
             if files:
+                # each HEAD runs in this operation's context (its deadline and request count)
+                jobs = [(contextvars.copy_context(), prefix + n) for n in files]
                 with ThreadPoolExecutor(max_workers=min(HEAD_CONCURRENCY, len(files))) as pool:
-                    for name, entry in zip(files, pool.map(self._stat_child, [prefix + n for n in files]), strict=True):
+                    for name, entry in zip(
+                        files, pool.map(lambda j: j[0].run(self._stat_child, j[1]), jobs), strict=True
+                    ):
                         found[name] = entry
             out: list[Entry] = []
             for name, is_dir in page:
@@ -410,7 +462,7 @@ class HTTPSource(Source):
         try:
             return self._stat_remote(path)
         except NotFoundError:
-            log.debug("http source %s: listed %r vanished", self._root, path)
+            log.debug("http source %s: listed %r vanished", redact_url(self._root), path)
             return None
 
     def _fetch_listing(self, path: str) -> _Links:
@@ -420,7 +472,7 @@ class HTTPSource(Source):
             raise self._fail(resp, dir_url, "listing")
         ctype = resp.headers.get("Content-Type", "")
         if "html" not in ctype.lower():
-            raise NotFoundError("not a directory (no autoindex page)", dir_url)
+            raise NotFoundError("not a directory (no autoindex page)", redact_url(dir_url))
         m = re.search(r"charset=([\w-]+)", ctype, re.I)
         try:
             text = resp.data.decode(m.group(1) if m else "utf-8", "replace")
@@ -444,7 +496,7 @@ class HTTPSource(Source):
             entry = self._tree.stat(path)
             if entry is None or entry.is_dir:
                 raise NotFoundError("no such file in manifest", self.url(path))
-        url = self.url(path)
+        url = self._target(path)
         etag, last_mod, size = "", "", None
         headers = {"Range": f"bytes={start}-{end - 1}"}
         if version.startswith("lm:"):
@@ -459,10 +511,15 @@ class HTTPSource(Source):
             headers["If-Match"] = f'"{version}"'
         resp = self._request("GET", url, headers, preload=False)
         try:
-            return self._read_response(resp, url, start, end, etag, last_mod, size)
+            return self._read_response(resp, redact_url(url), start, end, etag, last_mod, size)
+        except (ReadTimeoutError, TimeoutError) as exc:
+            resp.close()
+            raise SourceTimeoutError(f"reading [{start}, {end}): no answer ({exc})", redact_url(url)) from None
         except (HTTPError, OSError) as exc:
             resp.close()
-            raise UnavailableError(f"reading [{start}, {end}) failed ({exc})", url) from None
+            raise UnavailableError(
+                f"reading [{start}, {end}) failed ({redact_text(str(exc))})", redact_url(url)
+            ) from None
         finally:
             self._discard(resp)
 
@@ -496,17 +553,20 @@ class HTTPSource(Source):
         if size is not None and total is not None and total != size:
             raise VersionChangedError(f"object changed (size {total}, expected {size})", url)
         if status == 206:
-            return resp.read()[: end - start]
+            data = resp.read()
+            call.count_bytes(len(data) - (end - start))
+            return data[: end - start]
         # 200 for a range request: the server ignores Range.  Skip to start, stop at end.
         if not self._warned_no_range:
             self._warned_no_range = True
-            log.warning("http source %s ignores Range requests: reads fetch from byte 0 (slow)", self._root)
+            log.warning("http source %s ignores Range requests: reads fetch from byte 0 (slow)", redact_url(self._root))
         pos = 0
         while pos < start:
             skipped = len(resp.read(min(_CHUNK, start - pos)))
             if not skipped:
                 return b""
             pos += skipped
+            call.count_bytes(skipped)
         out = bytearray()
         while len(out) < end - start:
             chunk = resp.read(min(_CHUNK, end - start - len(out)))

@@ -259,10 +259,12 @@ def test_registry_unknown_scheme():
 def test_registry_http_dispatches_to_http_source(monkeypatch):
     http = pytest.importorskip("fluidfs.sources.http")
     calls = []
-    monkeypatch.setattr(http.HTTPSource, "from_mount", classmethod(lambda cls, m, c: calls.append((m, c)) or "made"))
+    monkeypatch.setattr(
+        http.HTTPSource, "from_mount", classmethod(lambda cls, m, c, timeout: calls.append((m, c, timeout)) or "made")
+    )
     mount = MountSpec(name="web", url="https://example.invalid/data/", scheme="https", path="/")
-    assert open_source(mount, {"bearer_token": "t"}) == "made"
-    assert calls == [(mount, {"bearer_token": "t"})]
+    assert open_source(mount, {"bearer_token": "t"}, timeout=7.0) == "made"
+    assert calls == [(mount, {"bearer_token": "t"}, 7.0)]
 
 
 def test_directory_loops_hidden(tmp_path: Path):
