@@ -60,9 +60,8 @@ class Ctx:
         raise SpecError(self.document, field, problem)
 
     def warn(self, field: str, why: str = "ignored (not used by fluidfs)") -> None:
-        line = f"{self.document}: {field}: {why}"
-        self.warnings.append(line)
-        log.warning("%s", line)
+        """Collect a warning line; the caller shows ``Dataset.warnings`` (the CLI prints each once)."""
+        self.warnings.append(f"{self.document}: {field}: {why}")
 
 
 @dataclass
