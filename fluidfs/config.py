@@ -41,7 +41,10 @@ class MountConfig:
     free_space_floor: int = 1 * GiB
     # readahead
     readahead: int = 32 * MiB  # largest per-file readahead window
-    prefetch_memory: int = 128 * MiB  # bytes of prefetch in flight, all files together
+    prefetch_memory: int = 128 * MiB  # at most this much of inflight_memory goes to readahead
+    # blocks in flight: being fetched (or read from the SSD tier), read ahead and not read yet,
+    # waiting for their SSD write.  None: half the memory size, at least 4 blocks, at most 256Mi
+    inflight_memory: int | None = None
     sibling_prefetch: int = 16  # small files of the same directory prefetched per small-file open
     # metadata
     metadata_ttl: float = 60.0  # seconds; math.inf = indefinite (immutable datasets)
@@ -58,6 +61,23 @@ class MountConfig:
     metrics_addr: str | None = "127.0.0.1:0"  # None disables; port 0 = any free port
     # source request behaviour: every source operation is over within this many seconds
     request_timeout: float = DEFAULT_REQUEST_TIMEOUT
+
+    @property
+    def inflight_bytes(self) -> int:
+        """Bytes of blocks in flight, all files together (``inflight_memory`` or its default)."""
+        if self.inflight_memory is not None:
+            return self.inflight_memory
+        return max(4 * self.block_size, min(self.memory_size // 2, 256 * MiB))
+
+    @property
+    def prefetch_bytes(self) -> int:
+        """The readahead's share of ``inflight_bytes`` (blocks in flight or held until read)."""
+        return min(self.prefetch_memory, self.inflight_bytes // 2)
+
+    @property
+    def fetch_slots(self) -> int:
+        """Blocks that demand reads may load at once: the rest of ``inflight_bytes``."""
+        return max(2, (self.inflight_bytes - self.prefetch_bytes) // self.block_size)
 
     @property
     def kernel_timeout(self) -> float:
@@ -77,6 +97,8 @@ def validate(cfg: MountConfig) -> MountConfig:
         raise ConfigError("sizes must not be negative")
     if cfg.metadata_ttl < 0 or cfg.negative_ttl < 0:
         raise ConfigError("TTLs must not be negative")
+    if cfg.inflight_memory is not None and cfg.inflight_memory < 2 * cfg.block_size:
+        raise ConfigError("in-flight memory must hold at least two blocks")
     if not (math.isfinite(cfg.request_timeout) and cfg.request_timeout > 0):
         raise ConfigError(f"request timeout must be a positive number of seconds, got {cfg.request_timeout}")
     if cfg.metrics_addr is not None:

@@ -15,6 +15,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from fluidfs.cache.ssd import admission_problem
 from fluidfs.cli.options import add_mount_options, prepare
 from fluidfs.daemon.spawn import check_mountpoint, spawn_and_wait
 from fluidfs.errors import ConfigError
@@ -29,6 +30,13 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
         )
     for w in dataset.warnings:
         print(f"fluidfs: warning: {w}", file=sys.stderr)
+    problem = (
+        admission_problem(cfg.cache_dir, cfg.cache_size, cfg.free_space_floor, cfg.block_size)
+        if cfg.cache_dir
+        else None
+    )
+    if problem:
+        print(f"fluidfs: warning: {problem}: nothing will be cached on disk", file=sys.stderr)
     if not args.foreground:
         check_mountpoint(args.mountpoint)
         return spawn_and_wait(list(argv), args.mountpoint, args.log_file, args.timeout)

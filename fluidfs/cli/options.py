@@ -82,6 +82,12 @@ def add_mount_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("cache (override the Dataset's spec.cache)")
     add_cache_dir_options(g)
     g.add_argument("--memory-size", metavar="SIZE", help="memory tier quota (default 512Mi)")
+    g.add_argument(
+        "--inflight-memory",
+        metavar="SIZE",
+        help="blocks being fetched, read ahead or written to the SSD tier, all files together "
+        "(default: half the memory size, 4 blocks to 256Mi)",
+    )
     g.add_argument("--readahead", metavar="SIZE", help="largest per-file readahead window (default 32Mi)")
     g.add_argument(
         "--prefetch-siblings",
@@ -146,6 +152,7 @@ def mount_overrides(args: argparse.Namespace) -> dict[str, Any]:
         "cache_dir": os.path.abspath(cache_dir) if cache_dir else None,
         "cache_size": size("cache_size"),
         "memory_size": size("memory_size"),
+        "inflight_memory": size("inflight_memory"),
         "block_size": size("block_size"),
         "eviction": arg("eviction"),
         "readahead": size("readahead"),
