@@ -88,6 +88,32 @@ def set_kernel_readahead(mountpoint: str, kib: int) -> None:
         log.info("kernel readahead for %s set to %d KiB", mountpoint, kib)
     except OSError as exc:
         log.info("could not set kernel readahead for %s: %s", mountpoint, exc)
+        return
+    set_max_background(dev, MAX_BACKGROUND)
+
+
+#: requests the kernel keeps in flight to the daemon for readahead and async I/O (kernel default
+#: 12): readers of a source that does not answer would otherwise fill the queue and stall the
+#: readahead of every other source of the dataset
+MAX_BACKGROUND = 256
+
+
+def set_max_background(dev: int, n: int) -> None:
+    """Raise the FUSE connection's background queue through the FUSE control filesystem
+    (``/sys/fs/fuse/connections``, mounted by systemd on most hosts); log when it is absent."""
+    conn = f"/sys/fs/fuse/connections/{os.minor(dev)}"
+    try:
+        with open(f"{conn}/max_background", "w") as f:
+            f.write(str(n))
+        with open(f"{conn}/congestion_threshold", "w") as f:
+            f.write(str(n * 3 // 4))
+        log.info("FUSE background queue set to %d requests", n)
+    except OSError as exc:
+        log.info(
+            "could not raise the FUSE background queue (%s); mount the control filesystem "
+            "(mount -t fusectl none /sys/fs/fuse/connections) so one slow source cannot stall the others' readahead",
+            exc.strerror or exc,
+        )
 
 
 class MountDaemon:

@@ -250,3 +250,19 @@ def test_http_metrics_count_autoindex_heads_and_range_less_bytes(
     data = trio.run(asrc.read, "big.bin", 1_500_000, 1_500_100, version)
     assert data == b"z" * 100
     assert metric("fluidfs_source_bytes_total", dataset=ds, kind="http") >= 1_500_100
+
+
+def test_endpoint_userinfo_never_in_errors() -> None:
+    from tests.support.net import free_port
+
+    endpoint = f"http://ak:topsecret@127.0.0.1:{free_port()}"  # nothing listens there
+    mount = MountSpec(
+        name="s3", url="s3://bkt/p", scheme="s3", path="/", options={"endpoint": endpoint, "max_attempts": "1"}
+    )
+    src = open_source(mount, {"access_key_id": "k", "secret_access_key": "s"}, timeout=TIMEOUT)
+    try:
+        exc, _ = timed(src.check)
+    finally:
+        src.close()
+    assert exc is not None and "cannot reach endpoint http://REDACTED@127.0.0.1" in str(exc), exc
+    assert "topsecret" not in str(exc)
