@@ -16,13 +16,11 @@ Versions: a strong ``ETag`` (quotes stripped) → reads send ``If-Match``; else 
 ``sz:<size>`` (no validators: only the size is checked); manifest files without ``etag`` get
 ``mf:<size>-<mtime>`` (only the size is checked).  A changed object raises VersionChangedError.
 
-Requests use one urllib3 ``PoolManager`` per source (thread-safe), ``Accept-Encoding: identity``,
-and a ``Retry`` for connection/read errors and 502/503/504 with bounded backoff; ``max_attempts``
-is the total number of tries of a request.  With a request ``timeout``, each try's connect and
-read timeouts are capped at ``timeout / max_attempts`` and, within one operation (a stat, a
-listing page with its HEADs, a read), at the time left until its deadline; no request starts
-after it (:mod:`fluidfs.sources.call`).  Every request sent is counted (``counts_requests``), and
-the bytes a ``Range``-less server sends before the wanted range are counted as received.
+Requests go through one :class:`~fluidfs.sources.http_client.HTTPClient` per source (a urllib3
+pool, ``Accept-Encoding: identity``; ``max_attempts`` tries per request on connection errors,
+timeouts and 502/503/504, each within the operation's deadline: a stat, a listing page with its
+HEADs, a read).  Every request sent is counted (``counts_requests``), and the bytes a
+``Range``-less server sends before the wanted range are counted as received.
 
 URLs shown (``url()``, errors, logs) are redacted (:mod:`fluidfs.util.redact`): the signature of
 a presigned single-file URL never appears; requests use the URL as given.
@@ -43,17 +41,14 @@ import contextvars
 import logging
 import re
 import threading
-import time
 import urllib.parse
 from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 
 import urllib3
-from urllib3.exceptions import ConnectTimeoutError, HTTPError, MaxRetryError, ReadTimeoutError, SSLError
-from urllib3.util.retry import Retry
+from urllib3.exceptions import HTTPError, ReadTimeoutError
 
 from fluidfs.errors import (
-    AccessDeniedError,
     NotFoundError,
     SourceError,
     SourceTimeoutError,
@@ -63,6 +58,7 @@ from fluidfs.errors import (
 )
 from fluidfs.sources import call
 from fluidfs.sources.base import Entry, Source
+from fluidfs.sources.http_client import HTTPClient, discard, fail
 from fluidfs.sources.http_listing import (
     MANIFEST_VERSION_PREFIX,
     ManifestTree,
@@ -137,31 +133,14 @@ class HTTPSource(Source):
             hdrs["Authorization"] = "Basic " + base64.b64encode(pair).decode("ascii")
         elif creds.get("password"):
             raise ValueError("password given without username")
-        if timeout is not None:  # every try gets its share of an operation's deadline
-            connect_timeout = min(connect_timeout, timeout / max_attempts)
-            read_timeout = min(read_timeout, timeout / max_attempts)
-        self._connect_timeout, self._read_timeout = connect_timeout, read_timeout
-        self._attempts = max_attempts
-        # tries are made by _request (so none starts after an operation's deadline); urllib3 only
-        # follows redirects
-        self._redirects = Retry(
-            total=None,
-            connect=0,
-            read=0,
-            status=0,
-            other=0,
-            redirect=5,
-            raise_on_status=False,
-            raise_on_redirect=False,
-            respect_retry_after_header=False,
-        )
-        self._pool = urllib3.PoolManager(
-            num_pools=4,
-            maxsize=pool_size,
-            block=False,
-            headers=hdrs,
-            timeout=urllib3.Timeout(connect=connect_timeout, read=read_timeout),
-            cert_reqs="CERT_REQUIRED" if verify_ssl else "CERT_NONE",
+        self._http = HTTPClient(
+            hdrs,
+            verify_ssl=verify_ssl,
+            connect_timeout=connect_timeout,
+            read_timeout=read_timeout,
+            max_attempts=max_attempts,
+            pool_size=pool_size,
+            timeout=timeout,
         )
         self._lock = threading.Lock()
         self._mode = ""  # "" until discovered, then "manifest" | "autoindex" | "file"
@@ -223,73 +202,7 @@ class HTTPSource(Source):
             raise SpecError(doc, "mountPoint", f"not an http(s) URL: {redact_url(mount.url)}")
         return cls(mount.url, credentials=credentials, timeout=timeout, **kw)  # type: ignore[arg-type]
 
-    # ---- HTTP plumbing ------------------------------------------------------------------------
-
-    def _request(
-        self, method: str, url: str, headers: Mapping[str, str] | None = None, preload: bool = True
-    ) -> urllib3.BaseHTTPResponse:
-        """One request, tried up to ``max_attempts`` times on connection errors, timeouts and
-        502/503/504 (backoff 0.1 s doubling, at most 2 s), never past the operation's deadline."""
-        shown = redact_url(url)
-        attempt = 0
-        while True:
-            attempt += 1
-            timeout = urllib3.Timeout(
-                connect=call.request_timeout(self._connect_timeout, shown),
-                read=call.request_timeout(self._read_timeout, shown),
-            )
-            call.count_request()
-            failure: SourceError
-            try:
-                resp = self._pool.request(
-                    method,
-                    url,
-                    headers={**self._pool.headers, **(headers or {})},
-                    retries=self._redirects,
-                    redirect=True,
-                    preload_content=preload,
-                    timeout=timeout,
-                )
-            except (MaxRetryError, HTTPError) as exc:
-                reason = exc.reason if isinstance(exc, MaxRetryError) and exc.reason is not None else exc
-                text = redact_text(str(reason))
-                if isinstance(reason, SSLError):
-                    raise SourceError(f"TLS error ({text})", shown) from None
-                if isinstance(reason, (ReadTimeoutError, ConnectTimeoutError)):
-                    failure = SourceTimeoutError(f"{method}: no answer after {attempt} tries ({text})", shown)
-                else:
-                    failure = UnavailableError(f"{method} failed after {attempt} tries ({text})", shown)
-            else:
-                call.count_request(len(resp.retries.history) if resp.retries is not None else 0)  # redirects
-                if resp.status not in (502, 503, 504) or attempt >= self._attempts:
-                    return resp
-                self._discard(resp)
-                failure = UnavailableError(f"{method}: HTTP {resp.status} after {attempt} tries", shown)
-            if attempt >= self._attempts:
-                raise failure
-            pause = min(2.0, 0.1 * 2 ** (attempt - 1))
-            if call.request_timeout(float("inf"), shown) <= pause:
-                raise failure  # no time left for another try
-            time.sleep(pause)
-
-    @staticmethod
-    def _discard(resp: urllib3.BaseHTTPResponse) -> None:
-        """Give the connection back without reading a possibly large body."""
-        if not resp.closed and resp.length_remaining not in (None, 0):
-            resp.close()
-        resp.release_conn()
-
-    @staticmethod
-    def _fail(resp: urllib3.BaseHTTPResponse, url: str, what: str) -> SourceError:
-        status = resp.status
-        url = redact_url(url)
-        if status in (404, 410):
-            return NotFoundError(f"{what}: HTTP {status}", url)
-        if status in (401, 403):
-            return AccessDeniedError(f"{what}: HTTP {status}", url)
-        if status >= 500:
-            return UnavailableError(f"{what}: HTTP {status}", url)
-        return SourceError(f"{what}: unexpected HTTP {status}", url)
+    # ---- HTTP helpers ---------------------------------------------------------------------------
 
     @staticmethod
     def _redirected_to_dir(resp: urllib3.BaseHTTPResponse, url: str) -> bool:
@@ -299,7 +212,7 @@ class HTTPSource(Source):
     def _file_entry(self, url: str, name: str) -> Entry:
         """HEAD ``url`` (falling back to a 1-byte GET) and build its entry; a redirect to
         ``url/`` makes it a directory.  Raises the matching SourceError on failure."""
-        resp = self._request("HEAD", url)
+        resp = self._http.request("HEAD", url)
         headers = resp.headers
         size: int | None = None
         if resp.status == 200 and self._redirected_to_dir(resp, url):
@@ -307,7 +220,7 @@ class HTTPSource(Source):
         if resp.status == 200 and headers.get("Content-Length", "").isdigit():
             size = int(headers["Content-Length"])
         elif resp.status in (200, 405, 501):  # no length, or HEAD not allowed: ask for one byte
-            got = self._request("GET", url, {"Range": "bytes=0-0"}, preload=False)
+            got = self._http.request("GET", url, {"Range": "bytes=0-0"}, preload=False)
             try:
                 cr = content_range(got.headers.get("Content-Range"))
                 if got.status in (206, 416) and cr is not None:
@@ -315,12 +228,12 @@ class HTTPSource(Source):
                 elif got.status == 200 and got.headers.get("Content-Length", "").isdigit():
                     size = int(got.headers["Content-Length"])
                 elif got.status >= 300:
-                    raise self._fail(got, url, "GET")
+                    raise fail(got, url, "GET")
                 headers = got.headers
             finally:
-                self._discard(got)
+                discard(got)
         else:
-            raise self._fail(resp, url, "HEAD")
+            raise fail(resp, url, "HEAD")
         if size is None:
             raise SourceError("server does not tell the object's size", redact_url(url))
         etag = normalize_etag(headers.get("ETag"))
@@ -362,26 +275,26 @@ class HTTPSource(Source):
 
     def _base_is_directory(self) -> bool:
         """For a base URL without a trailing slash: does it name a directory?"""
-        resp = self._request("HEAD", self.base_url)
+        resp = self._http.request("HEAD", self.base_url)
         if resp.status in (405, 501):
             return False  # HEAD not allowed: a file server for single objects
         if resp.status != 200:
-            raise self._fail(resp, self.base_url, "HEAD")
+            raise fail(resp, self.base_url, "HEAD")
         if (resp.geturl() or "").split("?")[0].endswith("/"):
             return True  # redirected to the directory
         if "html" not in resp.headers.get("Content-Type", "").lower():
             return False
-        page = self._request("GET", self.base_url)
+        page = self._http.request("GET", self.base_url)
         if page.status != 200:
-            raise self._fail(page, self.base_url, "GET")
+            raise fail(page, self.base_url, "GET")
         return looks_like_autoindex(page.data.decode("utf-8", "replace"))
 
     def _load_manifest(self, url: str, required: bool) -> ManifestTree | None:
-        resp = self._request("GET", url)
+        resp = self._http.request("GET", url)
         if resp.status != 200:
             if not required and resp.status in (403, 404, 410):
                 return None
-            raise self._fail(resp, url, "manifest")
+            raise fail(resp, url, "manifest")
         tree = parse_manifest(resp.data, redact_url(url))
         log.info("http source %s: manifest %s with %d files", redact_url(self._root), redact_url(url), tree.files)
         return tree
@@ -419,10 +332,10 @@ class HTTPSource(Source):
             return self._file_entry(url, name)
         except NotFoundError:
             pass  # some servers want the slash for directories
-        resp = self._request("HEAD", url + "/")
+        resp = self._http.request("HEAD", url + "/")
         if resp.status == 200:
             return Entry(name=name, is_dir=True)
-        raise self._fail(resp, url, "HEAD")
+        raise fail(resp, url, "HEAD")
 
     def list(self, path: str) -> Iterator[list[Entry]]:
         self._ensure()
@@ -467,9 +380,9 @@ class HTTPSource(Source):
 
     def _fetch_listing(self, path: str) -> _Links:
         dir_url = self._root + (urllib.parse.quote(path) + "/" if path else "")
-        resp = self._request("GET", dir_url)
+        resp = self._http.request("GET", dir_url)
         if resp.status != 200:
-            raise self._fail(resp, dir_url, "listing")
+            raise fail(resp, dir_url, "listing")
         ctype = resp.headers.get("Content-Type", "")
         if "html" not in ctype.lower():
             raise NotFoundError("not a directory (no autoindex page)", redact_url(dir_url))
@@ -509,7 +422,7 @@ class HTTPSource(Source):
         elif version:
             etag = version
             headers["If-Match"] = f'"{version}"'
-        resp = self._request("GET", url, headers, preload=False)
+        resp = self._http.request("GET", url, headers, preload=False)
         try:
             return self._read_response(resp, redact_url(url), start, end, etag, last_mod, size)
         except (ReadTimeoutError, TimeoutError) as exc:
@@ -521,7 +434,7 @@ class HTTPSource(Source):
                 f"reading [{start}, {end}) failed ({redact_text(str(exc))})", redact_url(url)
             ) from None
         finally:
-            self._discard(resp)
+            discard(resp)
 
     def _read_response(
         self, resp: urllib3.BaseHTTPResponse, url: str, start: int, end: int, etag: str, last_mod: str, size: int | None
@@ -535,7 +448,7 @@ class HTTPSource(Source):
                 raise VersionChangedError("object changed (it is shorter now)", url)
             return b""
         if status not in (200, 206):
-            raise self._fail(resp, url, f"GET [{start}, {end})")
+            raise fail(resp, url, f"GET [{start}, {end})")
         if status == 206:
             cr = content_range(resp.headers.get("Content-Range"))
             if cr is None or cr[0] != start or cr[1] is None:
@@ -576,4 +489,4 @@ class HTTPSource(Source):
         return bytes(out)
 
     def close(self) -> None:
-        self._pool.clear()
+        self._http.close()
