@@ -19,6 +19,7 @@ served from the source; the tier itself decides to go degraded.
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Awaitable, Callable
 
@@ -92,7 +93,9 @@ class TieredCache:
                 self._hit("mem", flight.data)
                 return flight.data
             if flight.error is not None:
-                raise flight.error
+                err = copy.copy(flight.error)  # one object per task: tracebacks are per raise
+                err.url = flight.error.url
+                raise err
             # the leader was cancelled: loop and try ourselves
         self._m_miss["mem"].inc()
         flight = _Flight()

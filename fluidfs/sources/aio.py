@@ -99,6 +99,7 @@ class AsyncSource:
         url = self.source.url(str(args[0])) if args and isinstance(args[0], str) else self.source.url("")
         if not self.health.admit():
             metrics.SOURCE_ERRORS.labels(self.dataset, self.kind, op).inc()
+            metrics.SOURCE_TIMEOUTS.labels(self.dataset, self.kind, op).inc()
             ago = time.monotonic() - (self.health.tripped_at or time.monotonic())
             raise SourceTimeoutError(f"source not responding (a request timed out {ago:.0f}s ago)", url)
         probe = self.health.tripped_at is not None

@@ -80,8 +80,9 @@ def open_source(mount: MountSpec, credentials: Mapping[str, str], timeout: float
 def open_sources(dataset: Dataset, timeout: float = DEFAULT_REQUEST_TIMEOUT) -> list[tuple[Source, MountSpec]]:
     """Open every mount's source and check that it answers (credentials, bucket, endpoint, path).
 
-    The checks run in parallel, each within ``timeout`` seconds; the first failure (in mount
-    order) is raised as the matching SourceError naming the mount.  Sources are closed on failure.
+    The checks run in parallel (in a trio run of their own: call this outside trio), each within
+    ``timeout`` seconds; the first failure (in mount order) is raised as the matching
+    SourceError naming the mount.  Sources are closed on failure.
     """
     out = [(open_source(m, resolve_credentials(m), timeout), m) for m in dataset.mounts]
     errors: dict[int, SourceError] = {}

@@ -85,6 +85,7 @@ def test_paused_source_gives_eio_within_the_request_timeout(server: S3Server, un
     with Mount(str(union), str(mnt), *flags, env=server.env()):
         s3 = mnt / "s3"
         assert "seq.bin" in os.listdir(s3)  # metadata known, no block cached
+        assert os.stat(s3).st_mtime > 1.6e9  # an S3 prefix: its newest object's time, not 1970
         assert (s3 / "warm.txt").read_bytes() == b"warm\n"
         server.pause()
         try:
