@@ -36,7 +36,7 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Protocol
 
 from .locations import CacheLocations
 from .placement import cache_affinity, merge_patch, parse_mode
@@ -66,6 +66,12 @@ def _response(uid: str, ops: Sequence[Mapping[str, Any]], warnings: Sequence[str
     if warnings:
         resp["warnings"] = [f"fluidfs: {w}" for w in warnings]
     return {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "response": resp}
+
+
+class Reviewer(Protocol):
+    """What ``WebhookServer`` serves: AdmissionReview bytes in, AdmissionReview out."""
+
+    def review(self, body: bytes) -> dict[str, Any]: ...
 
 
 class AdmissionHandler:
@@ -189,7 +195,7 @@ class _Certificates:
             return self._ctx
 
 
-def _request_handler(handler: AdmissionHandler, path: str) -> type[BaseHTTPRequestHandler]:
+def _request_handler(handler: Reviewer, path: str) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
 
@@ -234,7 +240,7 @@ class WebhookServer:
 
     def __init__(
         self,
-        handler: AdmissionHandler,
+        handler: Reviewer,
         certfile: str,
         keyfile: str,
         host: str = "0.0.0.0",
