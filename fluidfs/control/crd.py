@@ -159,8 +159,16 @@ def status_schema() -> Schema:
             "workers": {"type": "string", "description": "ready/desired, e.g. 2/3."},
             "cachedBytes": integer,
             "capacityBytes": integer,
-            "datasetBytes": integer,
-            "cachedPercentage": {"type": "string", "description": "Bytes cached / dataset size, e.g. 42%."},
+            "datasetBytes": {**integer, "description": "The dataset's size, when a member has listed all of it."},
+            "datasetBytesSeen": {**integer, "description": "Bytes of the files the members have seen (a lower bound)."},
+            "cachedPercentage": {
+                "type": "string",
+                "description": "Bytes cached / dataset size, e.g. 42%; <=42% while the size is only a lower bound.",
+            },
+            "members": _obj(
+                "Members whose metrics were read in the last sample: node mounts and cache workers.",
+                {"mounts": integer, "workers": integer},
+            ),
             "inputRate": {"type": "string", "description": "Bytes delivered to training processes, e.g. 310MiB/s."},
             "input": _obj(
                 "The signals of the last interval.",
@@ -211,8 +219,9 @@ PRINTER_COLUMNS = [
     {"name": "Cached", "type": "string", "jsonPath": ".status.cachedPercentage"},
     {"name": "Workers", "type": "string", "jsonPath": ".status.workers"},
     {"name": "Input", "type": "string", "jsonPath": ".status.inputRate"},
+    {"name": "Decision", "type": "string", "jsonPath": ".status.lastDecision"},
     {"name": "Policy", "type": "string", "jsonPath": ".spec.cache.autoscaling.policy", "priority": 1},
-    {"name": "Decision", "type": "string", "jsonPath": ".status.lastDecision", "priority": 1},
+    {"name": "Recommended", "type": "integer", "jsonPath": ".status.recommendedReplicas", "priority": 1},
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
 ]
 
