@@ -143,7 +143,11 @@ class Scheduling:
         inner = AdmissionHandler(
             self.view,
             self.view.locations,
-            WebhookConfig(driver=self.cfg.driver, suspend_queued_jobs=self.cfg.queues is not None),
+            WebhookConfig(
+                driver=self.cfg.driver,
+                suspend_queued_jobs=self.cfg.queues is not None,
+                queues=frozenset(self.cfg.queues.names) if self.cfg.queues is not None else None,
+            ),
         )
         self.handler = CountingHandler(inner)
         self.server = WebhookServer(self.handler, w.certfile, w.keyfile, host=w.host, port=w.port)

@@ -391,6 +391,10 @@ def test_the_webhook_is_served_by_the_controller_from_its_caches(tmp_path: Path)
         job = {"apiVersion": "batch/v1", "kind": "Job", "spec": {"template": template},
                "metadata": {"name": "j", "namespace": "ml", "labels": {"fluidfs.io/queue": "train"}}}  # fmt: skip
         assert post(review(job, "Job", "batch"))["patchType"] == "JSONPatch"
+        # ... only for a queue it runs: a misspelt queue would leave the Job suspended for ever
+        job["metadata"]["labels"]["fluidfs.io/queue"] = "trian"
+        resp = post(review(job, "Job", "batch"))
+        assert "patch" not in resp and "no fluidfs queue 'trian'" in resp["warnings"][0]
         # the API server failing a lookup never blocks a pod: allowed, a warning, counted
         kube.fail("get", "PersistentVolumeClaim", KubeApiError("unreachable", 503))
         other = copy.deepcopy(IMAGENET_CLAIM_POD)

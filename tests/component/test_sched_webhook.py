@@ -21,7 +21,7 @@ import kubernetes_validate
 import pytest
 
 from fluidfs.control.sched.locations import MIB, CacheLocations, dataset_key_for_url, label_name
-from fluidfs.control.sched.webhook import AdmissionHandler, WebhookServer, webhook_configuration
+from fluidfs.control.sched.webhook import AdmissionHandler, WebhookConfig, WebhookServer, webhook_configuration
 from tests.support.kube_lookups import FakeVolumeLookups
 from tests.support.tls import make_cert
 
@@ -222,6 +222,23 @@ def test_queued_jobs_are_suspended(lookups: FakeVolumeLookups) -> None:
     assert "patch" not in run(handler, job, kind=kind)[0]
 
 
+def test_only_jobs_of_the_queues_the_controller_runs_are_suspended(lookups: FakeVolumeLookups) -> None:
+    """A Job labelled for a queue no controller runs would stay suspended for ever: left alone, with a warning."""
+    handler = AdmissionHandler(lookups, lambda: LOCATIONS, WebhookConfig(queues=frozenset({"train", "eval"})))
+    kind = {"group": "batch", "version": "v1", "kind": "Job"}
+    template = {"spec": {"restartPolicy": "Never", "containers": [{"name": "c", "image": "i"}]}}
+    meta = {"name": "j", "namespace": "ml", "labels": {"fluidfs.io/queue": "eval"}}
+    job: dict[str, Any] = {"apiVersion": "batch/v1", "kind": "Job", "metadata": meta, "spec": {"template": template}}
+    _, patched = run(handler, job, kind=kind)
+    assert patched["spec"]["suspend"] is True
+    job["metadata"]["labels"]["fluidfs.io/queue"] = "trian"
+    resp, _ = run(handler, job, kind=kind)
+    assert "patch" not in resp
+    assert resp["warnings"] == ["fluidfs: no fluidfs queue 'trian' runs here (queues: eval, train); job not suspended"]
+    resp, _ = run(AdmissionHandler(lookups, lambda: LOCATIONS, WebhookConfig(queues=frozenset())), job, kind=kind)
+    assert "patch" not in resp and "(queues: none)" in resp["warnings"][0]
+
+
 @pytest.mark.parametrize(
     "body",
     [
@@ -263,6 +280,13 @@ def test_webhook_configuration_is_valid() -> None:
         assert hook["failurePolicy"] == "Ignore" and hook["timeoutSeconds"] <= 5 and hook["sideEffects"] == "None"
         excluded = hook["namespaceSelector"]["matchExpressions"][0]["values"]
         assert "kube-system" in excluded and "fluidfs-system" in excluded
+    # with the controller's queue names, only their Jobs are sent (one In expression, still valid)
+    named = webhook_configuration("w", "s", "ns", "UEVN", queue_names=["train", "eval"])
+    validate(named)
+    (jobs,) = [h for h in named["webhooks"] if h["rules"][0]["resources"] == ["jobs"]]
+    assert {"key": "fluidfs.io/queue", "operator": "In", "values": ["train", "eval"]} in jobs["objectSelector"][
+        "matchExpressions"
+    ]
 
 
 # ---------------------------------------------------------------------------- over TLS
