@@ -69,6 +69,17 @@ def test_examples_are_accepted_by_the_schema_and_the_controller(path: Path) -> N
     assert res.dataset.mounts
 
 
+def test_the_readme_dataset_resource_is_accepted_by_the_schema_and_the_controller() -> None:
+    blocks = [b.split("```", 1)[0] for b in (ROOT / "README.md").read_text().split("```yaml\n")[1:]]
+    resources = [b for b in blocks if b.startswith("# a Dataset resource") and "\nkind: Dataset\n" in b]
+    assert resources, "README.md: no Dataset resource example"
+    for text in resources:
+        obj = yaml.safe_load(text)
+        assert schema_errors(obj) == []
+        obj["metadata"]["uid"] = "u"
+        assert resource.parse(obj).dataset.mounts
+
+
 BAD: list[tuple[str, Any, str]] = [
     ("spec.mounts", [], "should be non-empty"),
     ("spec.mounts.0.mountPoint", "ftp://host/x", "does not match"),
