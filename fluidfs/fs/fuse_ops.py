@@ -2,7 +2,11 @@
 errnos, records per-operation metrics, and never lets an exception escape (an escaping
 exception would take the whole mount down: pyfuse3 ends its main loop).
 
-Every write operation answers EROFS.  Failures answered with EIO are logged as warnings, at most
+Every write operation answers EROFS.  An open that finds a newer version of a file than the
+size and time the kernel holds for it (the file changed at the source and the daemon learned it
+first, e.g. from a failed read) makes the kernel forget those attributes before it answers:
+the kernel never reads past the size it holds, so it would serve the new version cut to the old
+size.  Failures answered with EIO are logged as warnings, at most
 one per (operation, kind of error) every ``WARN_INTERVAL`` seconds with a count of the ones
 suppressed (a reader retrying against a source that is down would otherwise flood the log);
 the ``fluidfs_fuse_errors_total`` metric counts every one.
@@ -19,6 +23,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import pyfuse3
+import trio
 
 from fluidfs import metrics
 from fluidfs.errors import AccessDeniedError, FsOpError, NotFoundError, SourceError, VersionChangedError
@@ -103,6 +108,7 @@ class FluidOperations(pyfuse3.Operations):
         self._ea: dict[int, tuple[Attr, pyfuse3.EntryAttributes]] = {}  # inode -> last reply
         self._read_bytes = metrics.FUSE_READ_BYTES.labels(vfs.dataset)
         self.warn = RateLimitedLog(log, WARN_INTERVAL)
+        self._notify = trio.CapacityLimiter(2)  # threads writing notifications to the kernel
 
     def _entry(self, a: Attr) -> pyfuse3.EntryAttributes:
         cached = self._ea.get(a.inode)
@@ -157,7 +163,22 @@ class FluidOperations(pyfuse3.Operations):
     @_op("open")
     async def open(self, inode: int, flags: int, ctx: Any) -> pyfuse3.FileInfo:
         fh, keep = await self.vfs.open(inode, flags)
+        told = self._ea.get(inode)
+        now = self.vfs.handle_attr(fh)
+        if told is not None and (told[0].size, told[0].mtime_ns) != (now.size, now.mtime_ns):
+            await self._forget_kernel_attrs(inode)
         return pyfuse3.FileInfo(fh=fh, keep_cache=keep, direct_io=self.vfs.direct_io(fh))
+
+    async def _forget_kernel_attrs(self, inode: int) -> None:
+        """Make the kernel ask for ``inode``'s attributes again (its next read or stat gets the new size)."""
+
+        def notify() -> None:
+            try:
+                pyfuse3.invalidate_inode(inode, attr_only=True)
+            except OSError as exc:  # the kernel no longer knows the inode: nothing to forget
+                log.debug("dataset %s: invalidating attributes of inode %d: %s", self.vfs.dataset, inode, exc)
+
+        await trio.to_thread.run_sync(notify, limiter=self._notify)
 
     @_op("read")
     async def read(self, fh: int, off: int, size: int) -> Any:

@@ -246,6 +246,10 @@ class Vfs:
             self._kernel_version.pop(inode, None)
         return data
 
+    def handle_attr(self, fh: int) -> Attr:
+        """The current attributes of the file handle ``fh`` reads."""
+        return self.attr(self._file(fh).node)
+
     def direct_io(self, fh: int) -> bool:
         """Whether handle ``fh`` must bypass the kernel page cache: true while handles of another
         version of the same inode are open, since their reads fill the (per-inode) page cache
