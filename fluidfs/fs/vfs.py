@@ -158,8 +158,9 @@ class Vfs:
 
     # --- files ----------------------------------------------------------------------------
     async def open(self, inode: int, flags: int) -> tuple[int, bool]:
-        """Open for reading; returns (fh, keep_cache)."""
-        if flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND):
+        """Open for reading; returns (fh, keep_cache).  ``O_APPEND`` without write access is a read-only
+        open (as on any read-only file system); write access or ``O_TRUNC`` is EROFS."""
+        if flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC):
             raise FsOpError(E.EROFS)
         node = await self.ns.getattr(inode)
         if node.is_dir:
