@@ -313,6 +313,7 @@ def test_changed_within_ttl_first_read_eio_then_whole_new_version(u: Union) -> N
     with pytest.raises(OSError) as ei:
         path.read_bytes()  # the open takes the cached (old) version; the source no longer has it
     assert ei.value.errno == errno.EIO
+    assert "re-open the file to read the new version" in u.log.read_text()
     # the failed read taught the mount the new version: the next open reads all of it, with its size
     assert path.read_bytes() == new
     assert os.stat(path).st_size == len(new)
@@ -363,7 +364,7 @@ def test_deleted_within_ttl_cached_bytes_then_enoent_after_refresh(u: Union) -> 
 
 
 def test_union_mount_paths_and_dataset_directories(u: Union) -> None:
-    assert sorted(os.listdir(u.mnt)) == ["data", "extra"]
+    assert os.listdir(u.mnt) == ["data", "extra"]  # the mount paths, in the Dataset's order
     assert os.listdir(u.mnt / "extra") == ["more"]
     assert (u.mnt / "extra" / "more" / "other.txt").read_bytes() == b"other\n"
     assert (u.mnt / "data" / "hello.txt").read_bytes() == b"hello\n"
@@ -406,6 +407,8 @@ def test_xattrs(u: Union) -> None:
     assert os.getxattr(f, "user.fluidfs.cached") == b"0.0000"
     f.read_bytes()
     assert os.getxattr(f, "user.fluidfs.cached") == b"1.0000"
+    u.refresh()
+    assert os.getxattr(f, "user.fluidfs.cached") == b"1.0000"  # a refresh keeps the cached blocks
     for name in ("user.fluidfs.version", "user.other", "security.selinux", "system.posix_acl_access"):
         assert errno_of(os.getxattr, d if name == "user.fluidfs.version" else f, name) == errno.ENODATA, name
     assert errno_of(os.setxattr, f, "user.x", b"1") == errno.EROFS
@@ -526,6 +529,9 @@ def test_other_calls(u: Union) -> None:
         fcntl.flock(fd, fcntl.LOCK_SH)  # locks are local to this machine
         fcntl.lockf(fd, fcntl.LOCK_SH)
         os.fsync(fd)  # nothing is ever dirty
+        os.fdatasync(fd)
+        buf = bytearray(3)
+        assert os.readv(fd, [buf]) == 1 and bytes(buf[:1]) == b"o"
         assert (os.lseek(fd, 0, os.SEEK_DATA), os.lseek(fd, 0, os.SEEK_HOLE)) == (0, 1)
         assert errno_of(os.write, fd, b"x") == errno.EBADF
         assert errno_of(os.posix_fallocate, fd, 0, 10) == errno.EBADF
@@ -557,3 +563,4 @@ def test_special_names(u: Union) -> None:
     assert os.stat(d / ".").st_ino == os.stat(d).st_ino
     assert os.stat(d / "..").st_ino == os.stat(u.mnt / "data").st_ino
     assert os.stat(u.mnt / "data" / "..").st_ino == 1  # a mount's parent: the Dataset's directory
+    assert os.stat(u.mnt / "..").st_ino == os.stat(u.mnt.parent).st_ino  # the root's: outside the mount

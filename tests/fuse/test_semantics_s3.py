@@ -103,9 +103,13 @@ def eventually(check: Callable[[], bool], within: float = TTL + 15) -> None:
 
 def test_keys_become_a_tree(s3: S3Mount) -> None:
     d = s3.mnt / "keys"
-    assert sorted(os.listdir(d)) == sorted(
-        ["plain.txt", "with space & ünïcødé.txt", "back\\slash", "double", "dot", "dotdot", "marker", "marked", LONG]
-    )
+    files = ["plain.txt", "with space & ünïcødé.txt", "back\\slash", LONG]
+    dirs = ["double", "dot", "dotdot", "marker", "marked"]
+    # in the order of the keys (UTF-8 bytes; a directory's key is its prefix, ending in '/')
+    assert os.listdir(d) == sorted(files + dirs, key=lambda n: (n + "/" if n in dirs else n).encode())
+    assert os.getxattr(d / "plain.txt", "user.fluidfs.source") == f"s3://{BUCKET}/keys/plain.txt".encode()
+    etag = s3.client.head_object(Bucket=BUCKET, Key="keys/plain.txt")["ETag"].strip('"')
+    assert os.getxattr(d / "plain.txt", "user.fluidfs.version").decode() == etag
     assert (d / "back\\slash").read_bytes() == b"backslash"  # a backslash is an ordinary character
     assert os.listdir(d / "double") == []  # keys/double//slash: the empty component hides the key
     assert os.listdir(d / "dot") == [] and os.listdir(d / "dotdot") == []  # '.' and '..' keys: hidden
