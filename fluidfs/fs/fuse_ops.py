@@ -6,7 +6,13 @@ Every write operation answers EROFS.  An open that finds a newer version of a fi
 size and time the kernel holds for it (the file changed at the source and the daemon learned it
 first, e.g. from a failed read) makes the kernel forget those attributes before it answers:
 the kernel never reads past the size it holds, so it would serve the new version cut to the old
-size.  Failures answered with EIO are logged as warnings, at most
+size.  A short read (its end of file) by a handle of an older, smaller version makes the kernel
+shrink its size of the file to that version's; the kernel is told to forget it again at the next
+open or when that handle is closed (flushed or released).
+
+Caveats: between such a short read and the next open or close, ``stat`` shows the old version's
+size (handles of the new version read all of it: they bypass the page cache while an older
+version is open).  Failures answered with EIO are logged as warnings, at most
 one per (operation, kind of error) every ``WARN_INTERVAL`` seconds with a count of the ones
 suppressed (a reader retrying against a source that is down would otherwise flood the log);
 the ``fluidfs_fuse_errors_total`` metric counts every one.
@@ -109,6 +115,7 @@ class FluidOperations(pyfuse3.Operations):
         self._read_bytes = metrics.FUSE_READ_BYTES.labels(vfs.dataset)
         self.warn = RateLimitedLog(log, WARN_INTERVAL)
         self._notify = trio.CapacityLimiter(2)  # threads writing notifications to the kernel
+        self._shrunk: set[int] = set()  # inodes whose size the kernel cut to an older version's
 
     def _entry(self, a: Attr) -> pyfuse3.EntryAttributes:
         cached = self._ea.get(a.inode)
@@ -165,12 +172,13 @@ class FluidOperations(pyfuse3.Operations):
         fh, keep = await self.vfs.open(inode, flags)
         told = self._ea.get(inode)
         now = self.vfs.handle_attr(fh)
-        if told is not None and (told[0].size, told[0].mtime_ns) != (now.size, now.mtime_ns):
+        if inode in self._shrunk or (told is not None and (told[0].size, told[0].mtime_ns) != (now.size, now.mtime_ns)):
             await self._forget_kernel_attrs(inode)
         return pyfuse3.FileInfo(fh=fh, keep_cache=keep, direct_io=self.vfs.direct_io(fh))
 
     async def _forget_kernel_attrs(self, inode: int) -> None:
         """Make the kernel ask for ``inode``'s attributes again (its next read or stat gets the new size)."""
+        self._shrunk.discard(inode)
 
         def notify() -> None:
             try:
@@ -184,15 +192,28 @@ class FluidOperations(pyfuse3.Operations):
     async def read(self, fh: int, off: int, size: int) -> Any:
         data = await self.vfs.read(fh, off, size)
         self._read_bytes.inc(len(data))
+        if len(data) < size:
+            inode, end = self.vfs.handle_extent(fh)
+            told = self._ea.get(inode)
+            if told is not None and told[0].size > end:
+                # the kernel will cut its size of the file to this (older) version's end; telling it
+                # to forget now would make it zero-fill the rest of this reply instead
+                self._shrunk.add(inode)
         return data
 
     @_op("release")
     async def release(self, fh: int) -> None:
+        inode = self.vfs.handle_extent(fh)[0]
         self.vfs.release(fh)
+        if inode in self._shrunk:
+            await self._forget_kernel_attrs(inode)
 
     @_op("flush")
     async def flush(self, fh: int) -> None:
-        return None
+        # close() waits for flush (release comes later, asynchronously): a stat after close is right
+        inode = self.vfs.handle_extent(fh)[0]
+        if inode in self._shrunk:
+            await self._forget_kernel_attrs(inode)
 
     @_op("statfs")
     async def statfs(self, ctx: Any) -> pyfuse3.StatvfsData:

@@ -251,6 +251,12 @@ class Vfs:
         """The current attributes of the file handle ``fh`` reads."""
         return self.attr(self._file(fh).node)
 
+    def handle_extent(self, fh: int) -> tuple[int, int]:
+        """``(inode, size)`` of the version handle ``fh`` reads (older than the file's current one
+        when the file changed while it was open)."""
+        h = self._file(fh)
+        return h.node.inode, h.reader.size
+
     def direct_io(self, fh: int) -> bool:
         """Whether handle ``fh`` must bypass the kernel page cache: true while handles of another
         version of the same inode are open, since their reads fill the (per-inode) page cache

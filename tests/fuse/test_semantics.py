@@ -36,6 +36,8 @@ MEMORY = 64 * MiB
 NOBODY = 65534
 REFRESHED = "metadata refreshed"
 OPEN_OLD = random.Random(5).randbytes(3 * MiB)
+TWO_OLD = random.Random(6).randbytes(MiB + 100)
+SHRINK_OLD = random.Random(8).randbytes(2 * MiB)
 FLAGS = (
     "--metadata-ttl",
     "indefinite",
@@ -90,6 +92,8 @@ def make_sources(data: Path, more: Path) -> None:
     put(data / "changed" / "grows.txt", b"old\n")
     put(data / "changed-kept" / "kept.txt", b"first\n")
     put(data / "changed-open" / "open.bin", OPEN_OLD)
+    put(data / "changed-two" / "f.bin", TWO_OLD)
+    put(data / "changed-shrinks" / "f.bin", SHRINK_OLD)
     put(data / "deleted" / "gone.txt", b"still here\n")
     put(data / "mmap" / "m.bin", bytes(range(256)) * 256)
     put(data / "xattr" / "f.txt", b"x")
@@ -347,6 +351,38 @@ def test_changed_while_open_cached_blocks_old_others_eio_reopen_new(u: Union) ->
     u.refresh()
     assert path.read_bytes() == b"short"  # and shrunk
     assert os.stat(path).st_size == 5
+
+
+def test_two_versions_open_each_reads_its_own_then_the_new_size(u: Union) -> None:
+    src = u.data / "changed-two" / "f.bin"
+    path = u.mnt / "data" / "changed-two" / "f.bin"
+    with open(path, "rb") as old:
+        assert old.read() == TWO_OLD
+        new = random.Random(7).randbytes(3 * MiB)
+        put(src, new)
+        u.refresh()
+        with open(path, "rb") as fresh:
+            assert fresh.read() == new  # the whole new version, while the old one is open
+            assert old.read() == b""  # the old handle: its own end of file, never new bytes
+            assert os.pread(old.fileno(), 100, MiB) == TWO_OLD[MiB:]
+            assert os.stat(path).st_size == len(TWO_OLD)  # the kernel took the old handle's end as the size
+    assert os.stat(path).st_size == len(new)  # until the old handle was closed
+    assert path.read_bytes() == new
+
+
+def test_older_larger_version_open_reads_end_at_the_new_size(u: Union) -> None:
+    src = u.data / "changed-shrinks" / "f.bin"
+    path = u.mnt / "data" / "changed-shrinks" / "f.bin"
+    with open(path, "rb") as old:
+        assert old.read() == SHRINK_OLD  # every block cached under the old version
+        put(src, b"short")
+        u.refresh()
+        with open(path, "rb") as fresh:
+            assert fresh.read() == b"short"
+            # one size per file, the newest version's: the old handle reads its own bytes, cut to it
+            assert os.pread(old.fileno(), 100, 0) == SHRINK_OLD[:5]
+            assert os.pread(old.fileno(), 100, MiB) == b""
+    assert path.read_bytes() == b"short"
 
 
 def test_deleted_within_ttl_cached_bytes_then_enoent_after_refresh(u: Union) -> None:
