@@ -2,20 +2,23 @@
 errnos, records per-operation metrics, and never lets an exception escape (an escaping
 exception would take the whole mount down: pyfuse3 ends its main loop).
 
-Every write operation answers EROFS.  An open that finds a newer version of a file than the
-size and time the kernel holds for it (the file changed at the source and the daemon learned it
-first, e.g. from a failed read) makes the kernel forget those attributes before it answers:
-the kernel never reads past the size it holds, so it would serve the new version cut to the old
-size.  A short read (its end of file) by a handle of an older, smaller version makes the kernel
-shrink its size of the file to that version's; the kernel is told to forget it again at the next
-open or when that handle is closed (flushed or released).
-
-Caveats: between such a short read and the next open or close, ``stat`` shows the old version's
-size (handles of the new version read all of it: they bypass the page cache while an older
-version is open).  Failures answered with EIO are logged as warnings, at most
+Every write operation answers EROFS.  Failures answered with EIO are logged as warnings, at most
 one per (operation, kind of error) every ``WARN_INTERVAL`` seconds with a count of the ones
 suppressed (a reader retrying against a source that is down would otherwise flood the log);
 the ``fluidfs_fuse_errors_total`` metric counts every one.
+
+The kernel holds one size per file and never reads past it.  An open that finds a newer version
+of a file than the size and time the kernel holds (the file changed at the source and the daemon
+learned it first, e.g. from a failed read) makes the kernel forget those attributes before it
+answers; otherwise it would serve the new version cut to the old size.  A short read (its end of
+file) by a handle of an older, smaller version makes the kernel shrink its size of the file to
+that version's; the kernel is told to forget it again at the next open or when that handle is
+closed (flushed or released).
+
+Caveats: between such a short read and the next open or close, ``stat`` shows the old version's
+size (handles of the new version read all of it: they bypass the page cache while an older
+version is open).  A handle of an older, *larger* version reads only up to the newer size once
+the kernel has it.
 """
 
 from __future__ import annotations
