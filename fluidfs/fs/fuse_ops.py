@@ -206,7 +206,7 @@ class FluidOperations(pyfuse3.Operations):
 
     @_op("release")
     async def release(self, fh: int) -> None:
-        inode = self.vfs.handle_extent(fh)[0]
+        inode = self.vfs.handle_extent(fh)[0] if self._shrunk else 0
         self.vfs.release(fh)
         if inode in self._shrunk:
             await self._forget_kernel_attrs(inode)
@@ -214,8 +214,7 @@ class FluidOperations(pyfuse3.Operations):
     @_op("flush")
     async def flush(self, fh: int) -> None:
         # close() waits for flush (release comes later, asynchronously): a stat after close is right
-        inode = self.vfs.handle_extent(fh)[0]
-        if inode in self._shrunk:
+        if self._shrunk and (inode := self.vfs.handle_extent(fh)[0]) in self._shrunk:
             await self._forget_kernel_attrs(inode)
 
     @_op("statfs")
