@@ -17,6 +17,7 @@ import os
 import random
 import shutil
 import signal
+import socket
 import stat
 import subprocess
 import tempfile
@@ -111,6 +112,8 @@ def make_sources(data: Path, more: Path) -> None:
     os.symlink("/etc/hostname", data / "links" / "escapes")
     os.symlink("nowhere", data / "links" / "broken")
     os.mkfifo(data / "links" / "fifo")
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.bind(str(data / "links" / "socket"))
     put(data / "names" / "with space.txt", b"space")
     (data / "names").joinpath(os.fsdecode(b"\xff\xfe-latin1.bin")).write_bytes(b"not utf-8")
     put(data / "write" / "f.txt", b"w")
@@ -528,7 +531,7 @@ def test_symlinks_followed_inside_hidden_outside_special_files_hidden(u: Union) 
     assert stat.S_ISDIR(os.lstat(d / "to-dir").st_mode)
     assert to_file.st_ino != os.stat(d / "target.txt").st_ino
     assert errno_of(os.readlink, d / "to-file") == errno.EINVAL  # not a symlink in the mount
-    for hidden in ("escapes", "broken", "fifo"):
+    for hidden in ("escapes", "broken", "fifo", "socket"):
         assert errno_of(os.stat, d / hidden) == errno.ENOENT, hidden
 
 
