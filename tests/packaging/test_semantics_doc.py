@@ -4,6 +4,7 @@ test exists, and every test written for the document is named by it."""
 from __future__ import annotations
 
 import ast
+import functools
 import re
 from pathlib import Path
 
@@ -22,6 +23,7 @@ def sections() -> dict[str, str]:
     return {title.strip(): body for title, body in zip(parts[1::2], parts[2::2], strict=True)}
 
 
+@functools.cache
 def defined_tests(path: Path) -> set[str]:
     tree = ast.parse(path.read_text(), str(path))
     return {
