@@ -10,6 +10,9 @@
   name its daemon labels its own metrics with, and its dataset key (``fluidfs.spec.identity``),
   so that fluidfs-controller can publish the ``cache.fluidfs.io/<dataset_key>`` node labels from
   the daemons' cache metrics.  Bounded by the datasets mounted on the node.
+- ``fluidfs_csi_cluster_port{service}``: the peer port of this node's daemon of each cluster
+  service (``NAMESPACE/NAME``) it serves (``csi/peers.py``); fluidfs-controller publishes the
+  nodes of a dataset's cluster from it.  Bounded by the datasets mounted on the node.
 """
 
 from __future__ import annotations
@@ -40,6 +43,12 @@ DATASET_INFO = Gauge(
     "fluidfs_csi_dataset_info",
     "1 per dataset mounted on the node: its metrics name and dataset key (cache.fluidfs.io/<key> labels)",
     ["dataset", "dataset_key"],
+    registry=REGISTRY,
+)
+CLUSTER_PORT = Gauge(
+    "fluidfs_csi_cluster_port",
+    "Peer port of this node's dataset daemon that is a member of the cluster cache of this Service",
+    ["service"],
     registry=REGISTRY,
 )
 for _kind in ("mount", "bind"):

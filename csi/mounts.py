@@ -52,7 +52,7 @@ import yaml
 from fluidfs.spec import identity
 from fluidfs.util.mounts import is_mounted, mounts_under
 
-from . import daemons, metrics
+from . import daemons, metrics, peers
 from .daemons import MountFailed
 from .mountops import bind_ro, healthy_mount, make_private, path_kind, top_device, unmount_all
 from .rpc import Budget
@@ -94,6 +94,8 @@ class MountManager:
         unstage_grace: float = 0.0,
         fluidfs_cmd: list[str] | None = None,
         mount_timeout: float = MOUNT_TIMEOUT,
+        peer_ports: tuple[int, int] = peers.DEFAULT_PORTS,
+        member_id: str = "",
     ) -> None:
         self.store = store
         self.state = state
@@ -106,6 +108,9 @@ class MountManager:
         self._locks: dict[str, threading.Lock] = {}
         self._locks_guard = threading.Lock()
         self._retry_at: dict[str, float] = {}  # key -> monotonic time of the next remount try
+        self.peer_ports = peer_ports  # clustered datasets' peer servers (csi/peers.py)
+        self.member_id = member_id
+        self._reserved_ports: set[int] = set()  # chosen by a mount in progress (guarded by state_lock)
         self._backoff: dict[str, float] = {}
 
     # -- state ----------------------------------------------------------------------------------
@@ -169,15 +174,20 @@ class MountManager:
                 self.remount(m, budget)
             return m
         m = self._prepare(key, req, secrets)
+        port = peers.port_of(m) or 0
         try:
             self._mount(m, budget)
         except BaseException:
             shutil.rmtree(os.path.dirname(m.source), ignore_errors=True)
+            with self.state_lock:
+                self._reserved_ports.discard(port)
             raise
         with self.state_lock:
             self.state.mounts[key] = m
+            self._reserved_ports.discard(port)
             self.save()
         metrics.set_dataset(key, req.name, identity.key_of(req.dataset_digest()))
+        peers.publish(m)
         return m
 
     def _prepare(self, key: str, req: DatasetRequest, secrets: Mapping[str, str]) -> SharedMount:
@@ -186,14 +196,20 @@ class MountManager:
             raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, "secret keys must match [A-Za-z0-9._-]+")
         ddir = os.path.join(self.state_dir, "datasets", key)
         sdir = os.path.join(ddir, "secrets")
+        files = {k: os.path.join(sdir, k) for k in secrets}
+        with self.state_lock:  # a clustered dataset gets its peer port, member id and secret file
+            args = peers.cluster_args(
+                req.cache_args, files, list(self.state.mounts.values()), ports=self.peer_ports,
+                member_id=self.member_id, reserved=self._reserved_ports,
+            )  # fmt: skip
+            listen = peers.flag_value(args, "--listen")
+            if listen is not None:
+                self._reserved_ports.add(int(listen.rpartition(":")[2]))
         os.makedirs(sdir, mode=0o700, exist_ok=True)
         os.chmod(ddir, 0o700)
         os.chmod(sdir, 0o700)
-        files = {}
         for k, v in secrets.items():
-            path = os.path.join(sdir, k)
-            _write_private(path, v)
-            files[k] = path
+            _write_private(files[k], v)
         doc = build_document(req, files)
         source = os.path.join(ddir, "dataset.yaml")
         _write_private(source, yaml.safe_dump(doc, sort_keys=False))
@@ -203,7 +219,7 @@ class MountManager:
             key=key,
             mountpoint=os.path.join(self.state_dir, "mounts", key),
             source=source,
-            args=list(req.cache_args),
+            args=args,
             cache_dir=os.path.join(self.cache_root, key),
             secret_dir=sdir,
             pid_file=os.path.join(ddir, "daemon.pid"),
@@ -256,6 +272,7 @@ class MountManager:
 
     def _unmount_shared(self, m: SharedMount, budget: Budget) -> None:
         log.info("dataset %s: unmounting %s", m.key, m.mountpoint)
+        peers.unpublish(m)
         daemons.stop(self.fluidfs_cmd, m, min(STOP_TIMEOUT, budget.left()))
         unmount_all(m.mountpoint, lazy=True)
         try:

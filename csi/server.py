@@ -4,7 +4,7 @@
                 [--node-id NAME] [--mounter unix:///run/fluidfs/mounter.sock]
                 [--state-dir DIR] [--cache-root DIR] [--unstage-grace SECONDS]
                 [--mount-timeout SECONDS] [--metrics-addr HOST:PORT] [--check-interval SECONDS]
-                [--log-level LEVEL]
+                [--peer-ports LO-HI] [--member-id NAME] [--log-level LEVEL]
 
 Modes: ``controller`` (next to csi-provisioner), ``node`` (next to node-driver-registrar),
 ``all`` (both on one socket: tests, single-node users) and ``mounter``: the mount supervisor,
@@ -36,7 +36,7 @@ import grpc
 
 from fluidfs.util.sizes import parse_duration
 
-from . import metrics
+from . import metrics, peers
 from ._gen import csi_pb2_grpc as pb_grpc
 from .controller import ControllerServicer
 from .daemons import fluidfs_command
@@ -64,6 +64,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mount-timeout", default=f"{MOUNT_TIMEOUT:.0f}", help="longest wait for one dataset mount")
     p.add_argument("--metrics-addr", default="", help="serve Prometheus metrics on HOST:PORT")
     p.add_argument("--check-interval", type=float, default=1.0, help="seconds between health checks")
+    lo, hi = peers.DEFAULT_PORTS
+    p.add_argument(
+        "--peer-ports", default=f"{lo}-{hi}", help="ports of clustered datasets' peer servers (mounter; LO-HI)"
+    )
+    p.add_argument(
+        "--member-id",
+        default=os.environ.get("POD_NAME", ""),
+        help="this supervisor's id in clusters (default $POD_NAME: the EndpointSlice targetRef)",
+    )
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     return p
 
@@ -83,6 +92,7 @@ def socket_path(endpoint: str, flag: str = "--endpoint") -> str:
 def _check_args(args: argparse.Namespace) -> tuple[str, str, float, float]:
     """(socket, supervisor socket or "", unstage grace, mount timeout); ValueError on a mistake."""
     sock = socket_path(args.endpoint)
+    args.peer_ports = peers.parse_ports(args.peer_ports)
     sup = socket_path(args.mounter, "--mounter") if args.mounter else ""
     grace = parse_duration(args.unstage_grace, "--unstage-grace")
     mount_timeout = parse_duration(args.mount_timeout, "--mount-timeout")
@@ -128,6 +138,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             unstage_grace=grace if grace != math.inf else 10**9,
             fluidfs_cmd=fluidfs_command(),
             mount_timeout=mount_timeout,
+            peer_ports=args.peer_ports,
+            member_id=args.member_id or args.node_id,
         )
         monitor = Monitor(manager, interval=args.check_interval)
     if sup_sock:
@@ -149,6 +161,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         for vid in state.volumes:
             metrics.set_volume(vid, True)
         manager.publish_datasets()
+        for m in state.mounts.values():
+            peers.publish(m)
     if manager is not None:
         manager.sweep_orphans()  # before serving: a mount in progress is not in the state yet
     if monitor is not None:

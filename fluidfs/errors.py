@@ -130,6 +130,19 @@ class ScrapeError(ControlError):
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_SOURCE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
 
+def unwrap(exc: BaseException) -> BaseException:
+    """The one exception inside (nested) exception groups of one exception each, else ``exc``.
+
+    trio's nurseries wrap what their tasks raise in groups; a start-up error of one task (a port
+    in use, say) is still that one error to the user.
+    """
+    while True:
+        inner = getattr(exc, "exceptions", None)  # an exception group (also Python 3.10's backport)
+        if not isinstance(inner, tuple) or len(inner) != 1 or not isinstance(inner[0], BaseException):
+            return exc
+        exc = inner[0]
+
+
 def exit_code(exc: BaseException) -> int:
     """The exit code for an error that ends a command: 2 usage/spec/config, 3 source, else 1."""
     if isinstance(exc, (SpecError, ConfigError)):

@@ -48,6 +48,9 @@ FORMATS = """\
 - **address**: `HOST:PORT` (port `0`: any free port), or `none` to turn it off.
 - **path**: an absolute path; on the command line a relative one is taken from the working
   directory.
+- **name**: 1 to 63 characters of `A-Z a-z 0-9 . _ -` (a cluster member id; a Kubernetes port name).
+- **service**: a Kubernetes Service as `NAMESPACE/NAME`, both lowercase DNS labels.
+- **choice**: one of the words shown.
 - **boolean**: on the command line a switch without a value.
 """
 

@@ -10,7 +10,7 @@ User mistakes end with one line on stderr and a non-zero exit code, never a trac
     3  source failure (unreachable endpoint, wrong credentials, missing bucket/path)
   130  interrupted
 
-Each command module (mount, umount, refresh, load, status, demo) has ``add_parser(sub)``, which
+Each command module (mount, umount, refresh, load, status, worker, demo) has ``add_parser(sub)``, which
 registers its sub-command with ``handler=run``, and ``run(args, argv) -> exit code``; command
 modules never import each other.
 """
@@ -22,12 +22,12 @@ import sys
 from collections.abc import Sequence
 
 from fluidfs import __version__
-from fluidfs.cli import demo, load, mount, refresh, status, umount
+from fluidfs.cli import demo, load, mount, refresh, status, umount, worker
 from fluidfs.cli.options import Parser
 from fluidfs.errors import EXIT_INTERRUPTED, FluidfsError, exit_code
 from fluidfs.util.redact import RedactingFilter, redact_text
 
-COMMANDS = (mount, umount, refresh, load, status, demo)
+COMMANDS = (mount, umount, refresh, load, status, worker, demo)
 
 
 def build_parser() -> Parser:

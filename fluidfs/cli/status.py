@@ -1,4 +1,4 @@
-"""``fluidfs status MOUNTPOINT [PATH ...] [--json]``: what a running mount is, holds and did.
+"""``fluidfs status MOUNTPOINT [PATH ...] [--json]`` (or ``--worker HOST:PORT``): what a mount or member holds and did.
 
 Everything comes from three places: the mount's runtime record (pid, dataset, sources,
 configuration, metrics URL; :mod:`fluidfs.daemon.record`), its Prometheus endpoint (tier
@@ -15,11 +15,17 @@ The mount is found through the mount table (never touching it); before the walk,
 is stopped or hangs gives one line (exit 1) instead of a hang.
 
 When the mount is a member of a cluster cache (it exports the peer tier's metrics), a
-``cluster`` line gives the members it sees and its share of the blocks; with ``--controller
+``peers`` line gives the members it sees, its share of the blocks and the bytes to and from peers; with ``--controller
 URL`` (fluidfs-controller's metrics endpoint) a ``workers`` line gives the dataset's cache
 workers and what the autoscaler recommends (``kubectl describe dataset`` says why).  The
 dataset's size is the one the mount has seen (``fluidfs_dataset_size_bytes``): complete once
 every directory was listed, else a lower bound.
+A mount that is a member of a cluster also shows the cluster as that member sees it: every
+member's address, ownership share, health (this member's circuit breaker for it, and whether it
+answers) and the bytes it holds for the dataset (:mod:`fluidfs.cluster.peerstatus`, a signed
+``GET /v1/status`` to the daemon's peer port with the secret of its ``peer_secret_file`` or
+``$FLUIDFS_PEER_SECRET``).  ``--worker HOST:PORT`` shows the same for any member by its peer
+address — a worker, which has no mountpoint.
 
 Caveats: the "% cached" walk costs one ``getxattr`` (a FUSE round trip) per file, done by 16
 threads; on millions of files give a PATH.  Files that are partly cached count with their
@@ -42,7 +48,7 @@ from typing import Any
 from fluidfs.cache.ssd import SSDTier
 from fluidfs.cli.options import intermixed
 from fluidfs.daemon.record import require_mount
-from fluidfs.errors import MountError
+from fluidfs.errors import ConfigError, MountError
 from fluidfs.util.mounts import answers
 from fluidfs.util.proc import process_uptime, state
 from fluidfs.util.prom import Sample, fetch_samples, total
@@ -89,7 +95,7 @@ def metrics_summary(samples: list[Sample]) -> dict[str, Any]:
             k: int(total(samples, f"fluidfs_readahead_{k}_bytes_total")) for k in ("issued", "used", "wasted")
         },
         "dataset_size": _dataset_size(samples),
-        "cluster": _cluster(samples),
+        "peers": _peers(samples),
     }
 
 
@@ -102,7 +108,7 @@ def _dataset_size(samples: list[Sample]) -> dict[str, Any] | None:
     }
 
 
-def _cluster(samples: list[Sample]) -> dict[str, Any] | None:
+def _peers(samples: list[Sample]) -> dict[str, Any] | None:
     """The peer tier as this member sees it; None when the mount is not a cluster member."""
     if not any(s.name == "fluidfs_peer_members" for s in samples):
         return None
@@ -132,7 +138,9 @@ def autoscaler_summary(samples: list[Sample], dataset: str) -> list[dict[str, An
 # ----------------------------------------------------------------------------- the command
 
 
-def collect(mountpoint: str, paths: Sequence[str], controller: str | None = None) -> dict[str, Any]:
+def collect(
+    mountpoint: str, paths: Sequence[str], controller: str | None = None, secret_file: str | None = None
+) -> dict[str, Any]:
     """Everything ``fluidfs status`` shows, as a JSON-able dict."""
     rec = require_mount(mountpoint)
     mnt = str(rec["mountpoint"])
@@ -170,10 +178,52 @@ def collect(mountpoint: str, paths: Sequence[str], controller: str | None = None
             out["autoscaler"] = autoscaler_summary(fetch_samples(controller), str(rec.get("dataset") or ""))
         except (OSError, ValueError) as exc:
             out["autoscaler_error"] = f"{controller}: {exc}"
+    peer = rec.get("peer")
+    if isinstance(peer, str) and peer:
+        out["cluster"] = ask_member(peer, secret_file or cfg.get("peer_secret_file"))
     t0 = time.monotonic()
     summary = cached_summary(mnt, rels)
     out["cached"] = {**asdict(summary), "fraction": summary.fraction, "scan_seconds": time.monotonic() - t0}
     return out
+
+
+def ask_member(address: str, secret_file: object) -> dict[str, Any]:
+    """The cluster as the member at ``address`` sees it (loads the peer client only when asked)."""
+    from fluidfs.cluster.peerstatus import ask  # start-up cost: trio and the peer client only for members
+
+    return ask(address, secret_file if isinstance(secret_file, str) else None)
+
+
+def render_cluster(c: dict[str, Any]) -> list[str]:
+    """The ``cluster`` lines of a status page."""
+    if "error" in c:
+        return [f"  cluster    member at {c.get('address')}: {c['error']}"]
+    members = c.get("members") or []
+    head = (
+        f"  cluster    {c.get('self') or 'not a member (reads through peers)'} at {c.get('address')}, "
+        f"{len(members)} members (generation {c.get('generation')}, replicas {c.get('replicas')}, "
+        f"peer copy {c.get('copy')})"
+    )
+    lines = [head]
+    width = max([len(str(m.get("id"))) for m in members] + [2])
+    awidth = max([len(str(m.get("address"))) for m in members] + [7])
+    lines.append(
+        f"  {'':<10} {'':<2}{'ID':<{width}}  {'ADDRESS':<{awidth}}  {'HEALTH':<6}  {'BREAKER':<9}  {'SHARE':>6}  "
+        "SSD HELD / QUOTA      MEM HELD"
+    )
+    for m in members:
+        share = m.get("share")
+        share_text = f"{100 * share:.1f}%" if isinstance(share, (int, float)) else "?"
+        held = f"{_size(m.get('ssd_used_bytes'))} / {_size(m.get('ssd_quota_bytes'))}"
+        if m.get("ssd_quota_bytes") is None:
+            held = "none" if m.get("health") == "up" else "?"
+        mark = "*" if m.get("self") else " "
+        lines.append(
+            f"  {'':<10} {mark} {str(m.get('id')):<{width}}  {str(m.get('address')):<{awidth}}  "
+            f"{str(m.get('health')):<6}  {str(m.get('breaker')):<9}  {share_text:>6}  {held:<20}  "
+            f"{_size(m.get('mem_used_bytes'))}"
+        )
+    return lines
 
 
 def _stats_without_metrics(cfg: dict[str, Any]) -> dict[str, Any]:
@@ -190,7 +240,7 @@ def _stats_without_metrics(cfg: dict[str, Any]) -> dict[str, Any]:
             tiers["ssd"]["used_bytes"] = SSDTier.inspect(str(cfg["cache_dir"])).used_bytes
         except OSError:
             pass
-    return {"tiers": tiers, "hit_ratio": None, "source": None, "readahead": None, "dataset_size": None, "cluster": None}
+    return {"tiers": tiers, "hit_ratio": None, "source": None, "readahead": None, "dataset_size": None, "peers": None}
 
 
 def _size(v: Any) -> str:
@@ -256,10 +306,10 @@ def render(st: dict[str, Any]) -> str:
     if size:
         how = "every directory listed" if size["complete"] else "at least: not every directory listed yet"
         lines.append(f"  size       {_size(size['bytes'])} of files ({how})")
-    cl = st.get("cluster")
+    cl = st.get("peers")
     if cl:
         lines.append(
-            f"  cluster    {cl['members']} members, this one owns {100 * cl['ownership_share']:.0f}% of the blocks; "
+            f"  peers      {cl['members']} members, this one owns {100 * cl['ownership_share']:.0f}% of the blocks; "
             f"from peers {_size(cl['peer_bytes_received'])}, to peers {_size(cl['peer_bytes_served'])}"
         )
     for a in st.get("autoscaler") or []:
@@ -278,11 +328,26 @@ def render(st: dict[str, Any]) -> str:
         f"{c['fully_cached_files']}/{c['files']} files fully cached"
         + (f", {c['errors']} unreadable" if c["errors"] else "")
     )
+    if st.get("cluster"):
+        lines += render_cluster(st["cluster"])
     return "\n".join(lines)
 
 
 def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
-    st = collect(args.mountpoint, args.paths, args.controller)
+    if args.worker:
+        if args.mountpoint or args.paths:
+            raise ConfigError("give a MOUNTPOINT or --worker HOST:PORT, not both")
+        cl = ask_member(args.worker, args.peer_secret_file)
+        if args.json:
+            json.dump({"cluster": cl}, sys.stdout, indent=1, default=str)
+            sys.stdout.write("\n")
+        else:
+            print(f"fluidfs member {cl.get('address')} of dataset {cl.get('dataset') or '?'}")
+            print("\n".join(render_cluster(cl)))
+        return 1 if "error" in cl else 0
+    if not args.mountpoint:
+        raise ConfigError("give a MOUNTPOINT (or --worker HOST:PORT)")
+    st = collect(args.mountpoint, args.paths, args.controller, args.peer_secret_file)
     if args.json:
         json.dump(st, sys.stdout, indent=1, default=str)
         sys.stdout.write("\n")
@@ -293,7 +358,7 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
 def add_parser(sub: Any) -> None:
     p = intermixed(sub.add_parser("status", help="show a mount's configuration, cache usage, hit ratios and %% cached"))
-    p.add_argument("mountpoint")
+    p.add_argument("mountpoint", nargs="?")
     p.add_argument("paths", nargs="*", metavar="PATH", help="paths in the mount for '%% cached' (default: all)")
     p.add_argument("--json", action="store_true", help="print the same as JSON")
     p.add_argument(
@@ -302,5 +367,15 @@ def add_parser(sub: Any) -> None:
         default=os.environ.get("FLUIDFS_CONTROLLER_METRICS") or None,
         help="fluidfs-controller's metrics URL: show the dataset's cache workers and the autoscaler's "
         "recommendation (default: $FLUIDFS_CONTROLLER_METRICS)",
+    )
+    p.add_argument(
+        "--worker",
+        metavar="HOST:PORT",
+        help="instead of a mount: the cluster as the member (a worker) with this peer address sees it",
+    )
+    p.add_argument(
+        "--peer-secret-file",
+        metavar="FILE",
+        help="the cluster secret, to ask a member (default: the mount's own, else $FLUIDFS_PEER_SECRET)",
     )
     p.set_defaults(handler=run)

@@ -42,7 +42,14 @@ from fluidfs.cache.base import BlockKey, Buffer
 from fluidfs.cache.blockfile import checksum
 from fluidfs.cluster.auth import PeerAuth
 from fluidfs.cluster.membership import Member
-from fluidfs.cluster.protocol import H_SUM, INFO_PATH, block_target, check_response_headers, checksum_header
+from fluidfs.cluster.protocol import (
+    H_SUM,
+    INFO_PATH,
+    STATUS_PATH,
+    block_target,
+    check_response_headers,
+    checksum_header,
+)
 from fluidfs.errors import PeerError
 
 log = logging.getLogger(__name__)
@@ -130,6 +137,10 @@ class PeerClient:
     async def info(self, member: Member) -> dict[str, Any]:
         """The member's ``/v1/info`` document.  Raises PeerError."""
         return await self._run(self.info_sync, member)
+
+    async def status(self, member: Member) -> dict[str, Any]:
+        """The member's ``/v1/status`` document (its view of the cluster).  Raises PeerError."""
+        return await self._run(self.status_sync, member)
 
     def close(self) -> None:
         self._pool.close()
@@ -294,18 +305,25 @@ class PeerClient:
         return self._exchange(member, "PUT", target, headers, body, self.read_timeout, handle, deadline)
 
     def info_sync(self, member: Member) -> dict[str, Any]:
-        headers = self.auth.sign("GET", INFO_PATH)
-        deadline = time.monotonic() + self.read_timeout + self.connect_timeout
+        return self._document_sync(member, INFO_PATH, self.read_timeout)
+
+    def status_sync(self, member: Member) -> dict[str, Any]:
+        # the member surveys its peers (connect + read timeout each, concurrently) before it answers
+        return self._document_sync(member, STATUS_PATH, 2 * (self.read_timeout + self.connect_timeout))
+
+    def _document_sync(self, member: Member, path: str, timeout: float) -> dict[str, Any]:
+        headers = self.auth.sign("GET", path)
+        deadline = time.monotonic() + timeout + self.connect_timeout
 
         def handle(resp: http.client.HTTPResponse, sock: socket.socket, deadline: float) -> dict[str, Any]:
             if resp.status != 200:
                 raise self._status_error(member, resp)
             try:
-                doc = json.loads(resp.read(1 << 20))
+                doc = json.loads(resp.read(4 << 20))
             except ValueError as exc:
-                raise PeerError(f"peer {member.id}: bad info document ({exc})", "protocol") from None
+                raise PeerError(f"peer {member.id}: bad {path} document ({exc})", "protocol") from None
             if not isinstance(doc, dict):
-                raise PeerError(f"peer {member.id}: bad info document", "protocol")
+                raise PeerError(f"peer {member.id}: bad {path} document", "protocol")
             return doc
 
-        return self._exchange(member, "GET", INFO_PATH, headers, None, self.read_timeout, handle, deadline)
+        return self._exchange(member, "GET", path, headers, None, timeout, handle, deadline)

@@ -15,9 +15,8 @@ while it hands off).  Member id: the endpoint's ``targetRef`` name (the pod name
 StatefulSet), else its hostname, else ``ip-<address>``; address: the endpoint's first address and
 the Service port named ``port_name``.
 
-Caveats: EndpointSlices carry no capacity, so every member gets the same weight unless a
-``weight_of`` function is given; a Service that mixes node daemons and cache workers of
-different sizes needs one (e.g. by name prefix).  Needs RBAC ``list`` and ``watch`` on
+Caveats: EndpointSlices carry no capacity: a member weighs what it announces itself (its
+``/v1/info``, learned by ``weights.py``) unless a ``weight_of`` function is given.  Needs RBAC ``list`` and ``watch`` on
 ``endpointslices.discovery.k8s.io`` in the namespace.  A thread blocked in a watch is abandoned
 on cancellation and ends at its next event or at the watch timeout.
 """
@@ -103,7 +102,8 @@ def members_of(slices: dict[str, Slice], weight_of: Callable[[SliceEndpoint], fl
                 continue
             mid = ep.name or "ip-" + ep.address.replace(":", "-").replace(".", "-")
             try:
-                m = Member.make(mid[:63], format_address(ep.address, s.port), weight_of(ep) if weight_of else 1.0)
+                addr = format_address(ep.address, s.port)
+                m = Member.make(mid[:63], addr, weight_of(ep) if weight_of else 1.0, weight_given=weight_of is not None)
             except ValueError as exc:
                 log.warning("EndpointSlice %s: skipping endpoint %s: %s", name, ep.address, exc)
                 continue

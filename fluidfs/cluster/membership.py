@@ -9,7 +9,9 @@ A :class:`Member` is ``(id, address, weight)``.  The static peers file has one m
 blank lines and ``#`` comments are ignored; a bad line, a duplicate id or a duplicate address is
 a :class:`~fluidfs.errors.ConfigError` naming the file and line.  Ids are at most 63 characters
 of ``[A-Za-z0-9._-]`` (they are metric label values); weights are positive numbers (use the
-cache capacity, e.g. in GiB; default 1).
+cache capacity in GiB, as members announce theirs).  A member without a weight in its line (and
+every member found through Kubernetes) weighs what it announces (``/v1/info``; see
+``weights.py``): :meth:`MembershipView.learn` records the announced weights and applies them.
 
 :class:`MembershipView` holds the current member set (a :class:`~fluidfs.cluster.hashing.Ring`),
 which member is *this* process (by id, or by its listen address), and the previous member sets
@@ -97,6 +99,9 @@ class Member:
     id: str
     address: str  # normalised HOST:PORT ([v6]:PORT)
     weight: float = 1.0
+    # False: nobody gave a weight (a peers-file line without one, a Kubernetes endpoint): the
+    # member's own announced weight applies once known (MembershipView.learn)
+    weight_given: bool = field(default=True, compare=False)
 
     @property
     def host(self) -> str:
@@ -107,7 +112,7 @@ class Member:
         return parse_address(self.address)[1]
 
     @classmethod
-    def make(cls, member_id: str, address: str, weight: float = 1.0) -> Member:
+    def make(cls, member_id: str, address: str, weight: float = 1.0, *, weight_given: bool = True) -> Member:
         """Validated constructor (raises ValueError with a one-line message)."""
         if not _ID_RE.fullmatch(member_id):
             raise ValueError(f"bad member id {member_id!r} (1-63 characters of A-Z a-z 0-9 . _ -)")
@@ -116,7 +121,7 @@ class Member:
             raise ValueError(f"member {member_id}: {address!r} is a wildcard address, not one peers can reach")
         if not (weight > 0 and math.isfinite(weight)):
             raise ValueError(f"member {member_id}: weight must be a positive number, got {weight!r}")
-        return cls(member_id, format_address(host, port), float(weight))
+        return cls(member_id, format_address(host, port), float(weight), weight_given)
 
 
 def parse_peers(text: str, name: str = "<peers>") -> tuple[Member, ...]:
@@ -141,7 +146,7 @@ def parse_peers(text: str, name: str = "<peers>") -> tuple[Member, ...]:
             except ValueError:
                 raise ConfigError(f"{where}: bad weight {fields[2]!r} (expected a positive number)") from None
         try:
-            m = Member.make(fields[0], fields[1], weight)
+            m = Member.make(fields[0], fields[1], weight, weight_given=len(fields) == 3)
         except ValueError as exc:
             raise ConfigError(f"{where}: {exc}") from None
         if m.id in ids:
@@ -219,6 +224,8 @@ class MembershipView:
         self._history_ttl = history_ttl
         self._clock = clock
         self.current = Snapshot.of(0, ())
+        self.given: tuple[Member, ...] = ()  # the member set as last given (before learned weights)
+        self.learned: dict[str, tuple[str, float]] = {}  # member id -> (address, weight it announced)
         self.history: deque[tuple[Snapshot, float]] = deque()  # (set, replaced at), newest first
         self.self_id: str | None = None
         self._listeners: list[Callable[[MembershipView], None]] = []
@@ -232,7 +239,13 @@ class MembershipView:
         self._listeners.append(callback)
 
     def update(self, members: Sequence[Member], reason: str = "") -> bool:
-        """Apply a new member set; False if it equals the current one."""
+        """Apply a new member set; False if it equals the current one.
+
+        Members without a given weight weigh what they announced (:meth:`learn`), else the
+        median of the announced weights (1 while none is known).
+        """
+        self.given = tuple(members)
+        members = self._weighed(self.given)
         if self.current.same_members(members):
             return False
         old = self.current
@@ -259,6 +272,32 @@ class MembershipView:
             cb(self)
         changed.set()
         return True
+
+    def _weighed(self, members: Sequence[Member]) -> list[Member]:
+        known = sorted(w for _a, w in self.learned.values())
+        default = known[len(known) // 2] if known else 1.0
+        out = []
+        for m in members:
+            if not m.weight_given:
+                got = self.learned.get(m.id)
+                weight = got[1] if got is not None and got[0] == m.address else default
+                m = Member(m.id, m.address, weight, False)
+            out.append(m)
+        return out
+
+    def unweighed(self) -> list[Member]:
+        """Members of the given set whose announced weight is not known (for their address)."""
+        return [m for m in self.given if not m.weight_given and self.learned.get(m.id, ("", 0.0))[0] != m.address]
+
+    def learn(self, weights: dict[str, tuple[str, float]], reason: str = "weights announced") -> bool:
+        """Record weights members announced (``id -> (address, weight)``); apply them if they change the set."""
+        self.learned.update(weights)
+        known = {m.id for m in self.given}
+        for mid in [mid for mid in self.learned if mid not in known]:
+            if len(self.learned) <= 4 * max(1, len(known)):
+                break
+            del self.learned[mid]  # bounded: forget members long gone
+        return self.update(self.given, reason)
 
     def _identify(self, snap: Snapshot) -> str | None:
         if self._fixed_id is not None:

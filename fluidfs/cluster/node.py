@@ -36,6 +36,7 @@ from fluidfs.cluster.membership import Member, MembershipView, PeersFileWatcher,
 from fluidfs.cluster.peertier import COPY_POLICIES, PeerTier
 from fluidfs.cluster.protocol import BlockProvider
 from fluidfs.cluster.server import PeerServer
+from fluidfs.cluster.weights import WeightLearner
 from fluidfs.errors import ConfigError, PeerError
 
 log = logging.getLogger(__name__)
@@ -67,6 +68,7 @@ class PeerSettings:
     breaker_cap: float = 30.0
     history_size: int = 4  # previous member sets remembered (previous-owner lookups)
     history_ttl: float = 3600.0  # ... for at most this many seconds
+    weight: float | None = None  # announced in /v1/info: members without a given weight weigh it
 
 
 def validate_settings(s: PeerSettings) -> PeerSettings:
@@ -95,6 +97,8 @@ def validate_settings(s: PeerSettings) -> PeerSettings:
     for name in ("server_transfers", "client_transfers", "history_size"):
         if getattr(s, name) < 1:
             raise ConfigError(f"peer setting {name} must be at least 1, got {getattr(s, name)}")
+    if s.weight is not None and not (s.weight > 0 and math.isfinite(s.weight)):
+        raise ConfigError(f"peer weight must be a positive number, got {s.weight!r}")
     return s
 
 
@@ -151,7 +155,10 @@ class PeerNode:
             listen=s.listen,
             max_transfers=s.server_transfers,
             fetch_timeout=s.fetch_timeout + s.read_timeout,
+            status=self.status_document,
+            weight=s.weight,
         )
+        self.learner = WeightLearner(self.view, self.client)
         self.address: str | None = None
 
     async def run(self, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
@@ -163,6 +170,7 @@ class PeerNode:
                     nursery.start_soon(self.watcher.run)
                 if self.discovery is not None:
                     nursery.start_soon(self.discovery.run)
+                nursery.start_soon(self.learner.run)
                 self.cache.attach_peer(self.tier)
                 task_status.started(self.address)
         finally:
@@ -205,3 +213,7 @@ class PeerNode:
         out = self.tier.status()
         out["address"] = self.address
         return out
+
+    async def status_document(self) -> dict[str, object]:
+        """What ``GET /v1/status`` answers: this member's view and every member's ``/v1/info``."""
+        return {"dataset": self.dataset, "view": self.status(), "survey": await self.survey()}

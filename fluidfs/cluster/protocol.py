@@ -6,6 +6,8 @@ HTTP/1.1 on the member's own port, one block per request, keep-alive connections
     HEAD /v1/block/<dataset>?...          200 if this member holds the block now, else 404 (no body)
     PUT  /v1/block/<dataset>?...          push (handoff): body = the block, X-Fluidfs-Checksum required
     GET  /v1/info                         JSON: member id, datasets, bytes held (for status)
+    GET  /v1/status                       JSON: this member's view (members, shares, breakers) and
+                                          every member's /v1/info (``fluidfs status``)
 
 Values are percent-encoded UTF-8 (surrogateescape: any URL or version a source produced round
 trips).  A block is addressed by its key only — dataset, object URL, version token, block size
@@ -61,6 +63,7 @@ __all__ = [
 
 PREFIX = "/v1/block/"
 INFO_PATH = "/v1/info"
+STATUS_PATH = "/v1/status"  # the member's view of the cluster, and every member's /v1/info
 MAX_HOPS = 2
 MAX_URL = 8192
 MAX_VERSION = 1024

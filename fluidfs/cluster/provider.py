@@ -8,10 +8,15 @@ URL for which there is none (403).  So a peer can only ever make this member rea
 the datasets it serves, under the paths they already expose.  A key whose block size is not
 this dataset's is refused too (400), so peers cannot fill the cache with odd-sized blocks.
 
+``holds`` (a HEAD, asked before a handoff push) counts only the tier where this member keeps
+what it owns — the SSD tier, or memory without one — so a block a new owner has only as a
+reader's memory copy is still pushed and kept.
+
 ``get_block`` answers from the memory and SSD tiers, else (``mode=fetch``) through
 ``TieredCache.get`` — the same single-flight path as local reads, so concurrent requests for
-one block, local or remote, cause one source read.  A block index beyond the object's end is a
-404 (nothing is cached for it).
+one block, local or remote, cause one source read.  It takes none of the readers' fetch slots
+(``reserved``): the peer server's transfer slots bound the memory of served blocks.  A block
+index beyond the object's end is a 404 (nothing is cached for it).
 
 Caveats: the URL → source mapping tries each mount in turn (a handful per dataset) and
 remembers the last 4096 answers.  Objects are read by path, so a path hidden by the namespace
@@ -115,13 +120,23 @@ class CacheBlockProvider:
                 raise NotFoundError(f"block {key.index} is beyond the end of the object", key.url)
             return data
 
-        return await self.cache.get(key, fetch)
+        # reserved: the server's transfer slot is this block's memory.  Taking one of the readers'
+        # fetch slots instead would let two members whose readers wait on each other stall until
+        # the peer timeouts (each one's slots held by reads waiting for the other's server).
+        return await self.cache.get(key, fetch, reserved=True)
 
     def holds(self, key: BlockKey) -> bool:
-        return self.cache.tier_of(key) is not None
+        """Whether ``key`` is kept where this member keeps what it owns: its SSD tier (memory without one).
+
+        A copy in the memory tier of a member with an SSD tier does not count: it is a reader's
+        copy, gone at the next restart, so a handoff must still push the block.
+        """
+        if self.cache.ssd is not None:
+            return self.cache.ssd.contains(key)
+        return self.cache.mem.contains(key)
 
     async def put_block(self, key: BlockKey, data: Buffer) -> bool:
-        if self.cache.tier_of(key) is not None:
+        if self.holds(key):
             return True
         return await self.cache.admit(key, data)
 

@@ -28,7 +28,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import h11
@@ -42,6 +42,7 @@ from fluidfs.cluster.protocol import (
     H_SUM,
     INFO_PATH,
     SERVING_HOPS,
+    STATUS_PATH,
     BlockProvider,
     BlockRequest,
     parse_block_target,
@@ -82,6 +83,8 @@ class PeerServer:
         send_timeout: float = 30.0,
         fetch_timeout: float = 60.0,
         cpu_limiter: trio.CapacityLimiter | None = None,
+        status: Callable[[], Awaitable[dict[str, Any]]] | None = None,
+        weight: float | None = None,
     ) -> None:
         try:
             self._host, self._port = parse_address(listen, any_port=True)
@@ -98,6 +101,8 @@ class PeerServer:
         self.send_timeout = send_timeout
         self.fetch_timeout = fetch_timeout
         self.cpu_limiter = cpu_limiter or trio.CapacityLimiter(2)
+        self.status = status  # answers GET /v1/status (404 without it)
+        self.weight = weight  # announced in /v1/info: members weigh this member by it
         self._conn_slots = trio.Semaphore(max_connections)
         self._transfers = trio.Semaphore(max_transfers)
         self.failures = FailureLog()
@@ -248,6 +253,15 @@ class PeerServer:
                 result = "ok"
                 op = "info"
                 return
+            if target == STATUS_PATH and method == "GET":
+                op = "info"
+                if self.status is None:
+                    raise PeerRequestError(404, "no status here", "not_found")
+                await self._drain_request(conn, stream)
+                body = json.dumps(await self.status(), default=str).encode()
+                await self._send(conn, stream, 200, [("content-type", "application/json")], body)
+                result = "ok"
+                return
             breq = parse_block_target(target)
             provider = self.providers.get(breq.dataset)
             if provider is None:
@@ -397,5 +411,7 @@ class PeerServer:
             "datasets": {name: p.usage() for name, p in sorted(self.providers.items())},
             "time": time.time(),
         }
+        if self.weight is not None:
+            doc["weight"] = self.weight
         body = json.dumps(doc).encode()
         await self._send(conn, stream, 200, [("content-type", "application/json")], body)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
@@ -106,16 +107,20 @@ def _show_seconds(seconds: float) -> str:
     return "indefinite" if math.isinf(seconds) else f"{seconds:g}s"
 
 
-def duration(indefinite: bool = True) -> Kind[float]:
-    """Seconds, written ``30``, ``30s``, ``5m``, ``1h30m``; ``indefinite`` if allowed."""
+def duration(indefinite: bool = True, positive: bool = False) -> Kind[float]:
+    """Seconds, written ``30``, ``30s``, ``5m``, ``1h30m``; ``indefinite`` if allowed; more than 0 if ``positive``."""
 
     def parse(raw: object) -> float:
         value = parse_duration(raw)  # type: ignore[arg-type]  # parse_duration names any other type itself
         if math.isinf(value) and not indefinite:
             raise ValueError(f"must be a finite duration, got {raw!r}")
+        if positive and value <= 0:
+            raise ValueError(f"must be more than 0 seconds, got {raw!r}")
         return value
 
-    return Kind("duration", "SECONDS", parse, _show_seconds, accepts=(str, float))
+    return Kind(
+        "duration", "SECONDS", parse, _show_seconds, allowed="more than 0" if positive else "", accepts=(str, float)
+    )
 
 
 def _whole(raw: object) -> int | None:
@@ -224,6 +229,69 @@ def address(off: tuple[str, ...] = ("none", "off")) -> Kind[str | None]:
         return off[0] if value is None else value
 
     return Kind("address", "HOST:PORT", parse, show, allowed=f"HOST:PORT or '{off[0]}'")
+
+
+def weight() -> Kind[float | None]:
+    """A positive number (a share of something, e.g. GiB of cache); None: derived at run time."""
+
+    def parse(raw: object) -> float | None:
+        if raw is None:
+            return None
+        value: float | None = None
+        if isinstance(raw, (int, float)) and not isinstance(raw, bool):
+            value = float(raw)
+        elif isinstance(raw, str):
+            try:
+                value = float(raw.strip())
+            except ValueError:
+                value = None
+        if value is None or not (value > 0 and math.isfinite(value)):
+            raise ValueError(f"must be a positive number, got {raw!r}")
+        return value
+
+    def show(value: float | None) -> str:
+        return "auto" if value is None else f"{value:g}"
+
+    return Kind("number", "N", parse, show, allowed="more than 0", accepts=(str, float))
+
+
+_LABEL_RE = re.compile(r"[A-Za-z0-9._-]{1,63}")
+_DNS_RE = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+
+
+def label(optional: bool = False) -> Kind[str | None]:
+    """A name of 1-63 letters, digits, ``.``, ``_`` or ``-`` (a metric label value, e.g. a member id)."""
+
+    def parse(raw: object) -> str | None:
+        if raw is None and optional:
+            return None
+        value = text(raw).strip()
+        if not _LABEL_RE.fullmatch(value):
+            raise ValueError(f"must be 1-63 characters of A-Z a-z 0-9 . _ -, got {raw!r}")
+        return value
+
+    def show(value: str | None) -> str:
+        return "unset" if value is None else value
+
+    return Kind("name", "NAME", parse, show, allowed="1-63 of A-Z a-z 0-9 . _ -")
+
+
+def service() -> Kind[str | None]:
+    """A Kubernetes Service, ``NAMESPACE/NAME`` (both DNS labels); None: unset."""
+
+    def parse(raw: object) -> str | None:
+        if raw is None:
+            return None
+        value = text(raw).strip()
+        ns, sep, name = value.partition("/")
+        if not sep or not _DNS_RE.fullmatch(ns) or not _DNS_RE.fullmatch(name):
+            raise ValueError(f"must be NAMESPACE/NAME (lowercase DNS labels), got {raw!r}")
+        return value
+
+    def show(value: str | None) -> str:
+        return "unset" if value is None else value
+
+    return Kind("service", "NAMESPACE/NAME", parse, show)
 
 
 def switch() -> Kind[bool]:

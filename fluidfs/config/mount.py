@@ -7,17 +7,17 @@ attribute.  The CLI options, the Dataset's ``spec.cache`` / ``spec.metadata`` /
 from this class.  :func:`build_config` merges the layers (defaults <- Dataset <- command line)
 and validates once: every value against its row, then the rules that span several settings.
 
-Adding a setting is one entry here, e.g. a peer-tier listen address that ``fluidfs worker`` and
-``mount`` take and a Dataset can set::
+Adding a setting is one entry here, e.g. the peer tier's copy policy, which ``fluidfs mount`` and
+``fluidfs worker`` take, a Dataset can set and a CSI volume attribute passes on::
 
-    peer_listen: str | None = setting(None, address(), "serve cached blocks to peers here", group="cluster",
-                                      cli="--peer-listen", commands=("mount", "worker"), dataset="spec.cluster.listen")
+    peer_copy: str = setting("memory", choice("memory", "ssd", "none"), "where a member keeps a block ...",
+                             group="cluster", cli="--peer-copy", commands=("mount", "worker"),
+                             dataset="spec.cluster.peerCopy", csi="peerCopy")
 
-(plus ``"cluster"`` in ``GROUPS`` the first time).  Then read it where it is used:
-``cfg.peer_listen``.
+(plus a new group in ``GROUPS`` if needed).  Then read it where it is used: ``cfg.peer_copy``.
 
 Caveats: values are validated here; everything downstream trusts them.  A setting without any
-surface (``prefetch_memory``, ``source_threads``, ``request_timeout``) is a tuning constant that
+surface (``prefetch_memory``, ``source_threads``) is a tuning constant that
 still has one declaration and one row in the reference.
 """
 
@@ -27,8 +27,22 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from fluidfs.config.kinds import address, choice, count, duration, ident, mode, path, short_size, size, switch
-from fluidfs.config.table import MOUNT_AND_LOAD, Setting, rows, setting
+from fluidfs.config.kinds import (
+    address,
+    choice,
+    count,
+    duration,
+    ident,
+    label,
+    mode,
+    path,
+    service,
+    short_size,
+    size,
+    switch,
+    weight,
+)
+from fluidfs.config.table import CACHE_COMMANDS, MOUNT_AND_WORKER, Setting, rows, setting
 from fluidfs.errors import ConfigError
 
 KiB = 1024
@@ -55,7 +69,7 @@ class MountConfig:
         "SSD tier directory; unset: memory tier only",
         group="cache",
         cli="--cache-dir",
-        commands=MOUNT_AND_LOAD,
+        commands=CACHE_COMMANDS,
         dataset="spec.cache.directory",
     )
     cache_size: int = setting(
@@ -65,7 +79,7 @@ class MountConfig:
         group="cache",
         unit="bytes",
         cli="--cache-size",
-        commands=MOUNT_AND_LOAD,
+        commands=CACHE_COMMANDS,
         dataset="spec.cache.size",
         csi="cacheSize",
     )
@@ -76,6 +90,7 @@ class MountConfig:
         group="cache",
         unit="bytes",
         cli="--memory-size",
+        commands=MOUNT_AND_WORKER,
         dataset="spec.cache.memorySize",
         csi="memorySize",
     )
@@ -86,7 +101,7 @@ class MountConfig:
         group="cache",
         unit="bytes",
         cli="--block-size",
-        commands=MOUNT_AND_LOAD,
+        commands=CACHE_COMMANDS,
         dataset="spec.cache.blockSize",
         csi="blockSize",
     )
@@ -97,7 +112,7 @@ class MountConfig:
         "than the cache), lru evicts the least recently used block",
         group="cache",
         cli="--eviction",
-        commands=MOUNT_AND_LOAD,
+        commands=CACHE_COMMANDS,
         dataset="spec.cache.eviction",
         csi="eviction",
     )
@@ -108,7 +123,7 @@ class MountConfig:
         group="cache",
         unit="bytes",
         cli="--free-space-floor",
-        commands=MOUNT_AND_LOAD,
+        commands=CACHE_COMMANDS,
         dataset="spec.cache.freeSpaceFloor",
     )
     # -- readahead
@@ -137,6 +152,7 @@ class MountConfig:
         group="cache",
         unit="bytes",
         cli="--inflight-memory",
+        commands=MOUNT_AND_WORKER,
         dataset="spec.cache.inflightMemory",
         csi="inflightMemory",
     )
@@ -212,6 +228,152 @@ class MountConfig:
     )
     # -- sources
     source_threads: int = setting(32, count(1), "worker threads talking to sources", group="sources")
+    # -- cluster cache (fluidfs/cluster; docs/cluster.md)
+    peer_listen: str | None = setting(
+        None,
+        address(),
+        "serve this member's blocks to its peers on HOST:PORT (loopback unless told otherwise; a wildcard host "
+        "needs --member-id); with --peers or --kube-service it joins the dataset's cluster",
+        group="cluster",
+        cli="--listen",
+        commands=MOUNT_AND_WORKER,
+        dataset="spec.cluster.listen",
+    )
+    peers_file: str | None = setting(
+        None,
+        path(optional=True),
+        "static membership: a file of 'ID HOST:PORT [WEIGHT]' lines, re-read when it changes",
+        group="cluster",
+        cli="--peers",
+        commands=MOUNT_AND_WORKER,
+        dataset="spec.cluster.peersFile",
+    )
+    kube_service: str | None = setting(
+        None,
+        service(),
+        "Kubernetes membership: the ready endpoints of this headless Service's EndpointSlices",
+        group="cluster",
+        cli="--kube-service",
+        commands=MOUNT_AND_WORKER,
+        dataset="spec.cluster.kubeService",
+        csi="clusterService",
+    )
+    kube_port_name: str | None = setting(
+        "peer",
+        label(),
+        "the Service port that members listen on (with --kube-service)",
+        group="cluster",
+        cli="--kube-port-name",
+        commands=MOUNT_AND_WORKER,
+        dataset="spec.cluster.portName",
+    )
+    peer_secret_file: str | None = setting(
+        None,
+        path(optional=True),
+        "file holding the cluster secret (at least 16 bytes; every member has the same); unset: $FLUIDFS_PEER_SECRET",
+        group="cluster",
+        cli="--peer-secret-file",
+        commands=MOUNT_AND_WORKER,
+        dataset="spec.cluster.secretFile",
+    )
+    member_id: str | None = setting(
+        None,
+        label(optional=True),
+        "this member's id in the member set; unset: the member whose address is --listen",
+        group="cluster",
+        cli="--member-id",
+        commands=MOUNT_AND_WORKER,
+    )
+    peer_weight: float | None = setting(
+        None,
+        weight(),
+        "this member's share of the blocks, relative to the others' (announced to the members that have no "
+        "weight for it); auto: its cache capacity in GiB (the SSD quota, or the memory tier without one)",
+        group="cluster",
+        cli="--weight",
+        commands=MOUNT_AND_WORKER,
+        dataset="spec.cluster.weight",
+    )
+    replicas: int = setting(
+        1,
+        count(1, 8),
+        "owners per block: readers spread over them, and a block survives the loss of replicas-1 owners "
+        "(the same on every member)",
+        group="cluster",
+        cli="--replicas",
+        commands=MOUNT_AND_WORKER,
+        dataset="spec.cluster.replicas",
+        csi="clusterReplicas",
+    )
+    peer_copy: str = setting(
+        "memory",
+        choice("memory", "ssd", "none"),
+        "where a member keeps a block it got from a peer and does not own",
+        group="cluster",
+        cli="--peer-copy",
+        commands=MOUNT_AND_WORKER,
+        dataset="spec.cluster.peerCopy",
+        csi="peerCopy",
+    )
+    handoff_timeout: float = setting(
+        30.0,
+        duration(indefinite=False, positive=True),
+        "on SIGTERM, time to hand this member's blocks to their next owners before it stops",
+        group="cluster",
+        unit="seconds",
+        cli="--handoff-timeout",
+        commands=MOUNT_AND_WORKER,
+        dataset="spec.cluster.handoffTimeout",
+    )
+    peer_connect_timeout: float = setting(
+        1.0,
+        duration(indefinite=False, positive=True),
+        "connecting to a peer",
+        group="cluster",
+        unit="seconds",
+        cli="--peer-connect-timeout",
+        commands=MOUNT_AND_WORKER,
+        dataset="spec.cluster.connectTimeout",
+    )
+    peer_read_timeout: float = setting(
+        5.0,
+        duration(indefinite=False, positive=True),
+        "each read of a block from a peer, and a lookup of a cached block",
+        group="cluster",
+        unit="seconds",
+        cli="--peer-read-timeout",
+        commands=MOUNT_AND_WORKER,
+        dataset="spec.cluster.readTimeout",
+    )
+    peer_fetch_timeout: float = setting(
+        15.0,
+        duration(indefinite=False, positive=True),
+        "an owner fetching a block from its source for a peer",
+        group="cluster",
+        unit="seconds",
+        cli="--peer-fetch-timeout",
+        commands=MOUNT_AND_WORKER,
+        dataset="spec.cluster.fetchTimeout",
+    )
+    peer_transfers: int = setting(
+        16,
+        count(1, 1024),
+        "block transfers served at once, and requested at once",
+        group="cluster",
+        cli="--peer-transfers",
+        commands=MOUNT_AND_WORKER,
+        dataset="spec.cluster.transfers",
+    )
+    peer_max_skew: float = setting(
+        30.0,
+        duration(indefinite=False, positive=True),
+        "largest clock difference between members (requests are signed with the time)",
+        group="cluster",
+        unit="seconds",
+        cli="--peer-max-skew",
+        commands=MOUNT_AND_WORKER,
+        dataset="spec.cluster.maxSkew",
+    )
     # -- observability
     metrics_addr: str | None = setting(
         "127.0.0.1:0",
@@ -219,6 +381,7 @@ class MountConfig:
         "Prometheus endpoint (port 0: any free port); none disables",
         group="process",
         cli="--metrics-addr",
+        commands=MOUNT_AND_WORKER,
         dataset="spec.cache.metricsAddr",
     )
     request_timeout: float = setting(
@@ -229,10 +392,15 @@ class MountConfig:
         group="sources",
         unit="seconds",
         cli="--request-timeout",
-        commands=MOUNT_AND_LOAD,
+        commands=CACHE_COMMANDS,
         dataset="spec.sources.requestTimeout",
         csi="requestTimeout",
     )
+
+    @property
+    def clustered(self) -> bool:
+        """Whether this member joins a cluster (a membership is configured; validation ensures --listen)."""
+        return bool(self.peers_file or self.kube_service)
 
     @property
     def inflight_bytes(self) -> int:
@@ -273,6 +441,14 @@ def validate(cfg: MountConfig) -> MountConfig:
         raise ConfigError(
             f"memory size {short_size(cfg.memory_size)} must hold at least two blocks of {short_size(cfg.block_size)}"
         )
+    if cfg.peers_file and cfg.kube_service:
+        raise ConfigError(
+            "the cluster's members come from a peers file or a Kubernetes Service, not both (--peers, --kube-service)"
+        )
+    if (cfg.peers_file or cfg.kube_service) and not cfg.peer_listen:
+        raise ConfigError("joining a cluster needs this member's peer address (--listen HOST:PORT)")
+    if cfg.peer_listen and not (cfg.peers_file or cfg.kube_service):
+        raise ConfigError("--listen needs the cluster's members: --peers FILE or --kube-service NAMESPACE/NAME")
     if cfg.inflight_memory and cfg.inflight_memory < 2 * cfg.block_size:
         raise ConfigError(
             f"in-flight memory {short_size(cfg.inflight_memory)} must hold at least two blocks of "

@@ -32,6 +32,9 @@ _ROW = "fluidfs.setting"
 #: the commands whose flags a row can be (``fluidfs <command>``)
 MOUNT: tuple[str, ...] = ("mount",)
 MOUNT_AND_LOAD: tuple[str, ...] = ("mount", "load")
+MOUNT_AND_WORKER: tuple[str, ...] = ("mount", "worker")
+#: the SSD tier's settings: every command that has one
+CACHE_COMMANDS: tuple[str, ...] = ("mount", "load", "worker")
 
 #: group -> its title in ``--help`` and its heading in the reference, in this order
 GROUPS: dict[str, str] = {
@@ -39,6 +42,7 @@ GROUPS: dict[str, str] = {
     "metadata": "metadata",
     "permissions": "permissions of the files and directories shown",
     "sources": "talking to sources",
+    "cluster": "cluster cache (members share their caches; docs/cluster.md)",
     "process": "process",
 }
 

@@ -7,7 +7,7 @@ JSON-like dicts as the API serves them; a missing object is ``None`` from ``get`
 failure a ``KubeApiError`` (``status`` 409 for a conflict, 404 for not found on update).
 
 Kinds handled by ``get``/``create``/``replace``/``delete``: ``ConfigMap``, ``Service``,
-``ServiceAccount``, ``Role``, ``RoleBinding``, ``StatefulSet``, ``Lease``, ``Job``.  The
+``ServiceAccount``, ``Role``, ``RoleBinding``, ``StatefulSet``, ``EndpointSlice``, ``Lease``, ``Job``.  The
 StatefulSet's replica count is changed only through ``scale`` (its scale subresource).
 
 For cache-aware scheduling the adapter also reads (``list_objects``, ``get``) PersistentVolumeClaims,
@@ -32,6 +32,7 @@ API_VERSIONS = {
     "Role": "rbac.authorization.k8s.io/v1",
     "RoleBinding": "rbac.authorization.k8s.io/v1",
     "StatefulSet": "apps/v1",
+    "EndpointSlice": "discovery.k8s.io/v1",
     "Lease": "coordination.k8s.io/v1",
     "Job": "batch/v1",
     "Pod": "v1",
@@ -88,6 +89,7 @@ class PodInfo:
     deleting: bool = False
     metrics_url: str = ""  # http://IP:PORT/metrics of its container port named "metrics"; "" if none
     labels: Mapping[str, str] = field(default_factory=dict)
+    ip: str = ""  # the pod's IP ("" if it has none yet)
 
 
 class KubeApi(Protocol):

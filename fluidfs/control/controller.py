@@ -9,9 +9,11 @@ One pass (:meth:`Controller.run_once`) lists the Dataset resources and, for each
    ``Failed``, the message and one Warning event per generation);
 3. creates or repairs its objects (``objects.desired`` + ``reconcile.plan``);
 4. when its sampling interval is due: scrapes its members' metrics endpoints (worker pods, and
-   node plugin pods that hold its mounts) in parallel, turns them into a ``signals.Sample``,
+   mount supervisor pods that hold its mounts) in parallel, turns them into a ``signals.Sample``,
    asks the autoscaler, and scales the StatefulSet through the scale subresource, with an
-   Event for every change;
+   Event for every change; the supervisors whose daemon of the Dataset serves peers
+   (``fluidfs_csi_cluster_port``) become the node members of its cluster (the EndpointSlice
+   ``<dataset>-cache-nodes``, written at the next pass);
 5. patches the status when it changed.
 
 Everything goes through the ``KubeApi`` adapter; the per-Dataset memory (signal history,
@@ -84,6 +86,7 @@ class _Memory:
     recommended: int | None = None
     last_scaling: Obj | None = None
     next_sample: float = 0.0
+    nodes: tuple[objects.NodeMember, ...] = ()  # supervisors whose daemon serves the dataset's peers
     sampled_at: str = ""
     last_status: Obj | None = None
 
@@ -233,9 +236,9 @@ class Controller:
         """Create/repair the Dataset's objects; returns the observed StatefulSet (None: blocked)."""
         b = res.bounds
         initial = b.clamp(b.replicas if res.params.policy == autoscaler.MANUAL and b.replicas is not None else 0)
-        want = objects.desired(res, self.cfg.worker, initial)
+        want = objects.desired(res, self.cfg.worker, initial, mem.nodes)
         name = objects.base_name(res.name)
-        observed = {kind: self.api.get(kind, res.namespace, name) for kind in objects.KINDS}
+        observed = {o["kind"]: self.api.get(o["kind"], res.namespace, o["metadata"]["name"]) for o in want}
         meta = Meta(res.namespace, res.name, res.uid, res.generation, False, (), "")
         for action in reconcile.plan(want, observed, res.uid):
             kind = action.obj["kind"]
@@ -268,7 +271,7 @@ class Controller:
             except KubeApiError as exc:
                 problems.append(f"cannot list mount pods: {exc}")
         targets = [
-            signals.Target(f"{p.namespace}/{p.name}", role, p.node, p.metrics_url)
+            signals.Target(f"{p.namespace}/{p.name}", role, p.node, p.metrics_url, p.ip)
             for role, p in pods
             if p.ready and not p.deleting and p.metrics_url
         ]
@@ -280,7 +283,27 @@ class Controller:
         except ScrapeError as exc:
             metrics.SCRAPE_ERRORS.labels(res.namespace, res.name).inc()
             return signals.snapshot(target, None, res.name, self.clock(), str(exc))
-        return signals.snapshot(target, text, res.name, self.clock())
+        service = f"{res.namespace}/{objects.base_name(res.name)}"
+        return signals.snapshot(target, text, res.name, self.clock(), service=service)
+
+    @staticmethod
+    def _node_members(
+        snaps: list[signals.MemberSnapshot], before: tuple[objects.NodeMember, ...]
+    ) -> tuple[objects.NodeMember, ...]:
+        """Supervisors that serve the dataset's peers; one that did not answer keeps its last entry."""
+        kept = {f"{n.namespace}/{n.pod}": n for n in before}
+        out: list[objects.NodeMember] = []
+        for s in snaps:
+            t = s.target
+            if t.role != signals.CLIENT:
+                continue
+            if s.error:
+                if t.name in kept:
+                    out.append(kept[t.name])
+            elif s.peer_port is not None and t.ip:
+                namespace, _, pod = t.name.partition("/")
+                out.append(objects.NodeMember(pod, namespace, t.ip, t.node, s.peer_port))
+        return tuple(sorted(out))
 
     def _sample_and_scale(self, res: DatasetResource, mem: _Memory, sts: Obj, now: float) -> None:
         targets, problems = self._targets(res)
@@ -289,6 +312,10 @@ class Controller:
         if problems:
             sample = replace(sample, partial=True, problems=(*problems, *sample.problems))
         mem.snapshots = signals.by_name(snaps)
+        nodes = self._node_members(snaps, mem.nodes)
+        if nodes != mem.nodes:
+            log.info("Dataset %s: node members of its cluster: %s", res.key, ", ".join(n.pod for n in nodes) or "none")
+            mem.nodes = nodes
         mem.history.append(sample)
         mem.sampled_at = _now_text()
         current = int((sts.get("spec") or {}).get("replicas") or 0)
@@ -322,8 +349,8 @@ class Controller:
     def _finalize(self, meta: Meta) -> None:
         if FINALIZER not in meta.finalizers:
             return
-        name = objects.base_name(meta.name)
         for kind in reversed(objects.KINDS):
+            name = objects.object_name(kind, meta.name)
             have = self.api.get(kind, meta.namespace, name)
             if have is not None and reconcile.owned_by(have, meta.uid):
                 self.api.delete(kind, meta.namespace, name)

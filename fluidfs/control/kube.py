@@ -46,6 +46,7 @@ _PLURALS = {
     "Role": "roles",
     "RoleBinding": "rolebindings",
     "StatefulSet": "statefulsets",
+    "EndpointSlice": "endpointslices",
     "Lease": "leases",
     "Job": "jobs",
     "Pod": "pods",
@@ -101,6 +102,7 @@ def pod_info(pod: Mapping[str, Any]) -> PodInfo:
         deleting=bool(meta.get("deletionTimestamp")),
         metrics_url=f"http://{host}:{port}/metrics" if ip and port else "",
         labels=dict(meta.get("labels") or {}),
+        ip=ip,
     )
 
 

@@ -7,18 +7,23 @@ garbage-collects them):
 - ConfigMap: ``dataset.yaml``, the fluidfs Dataset document the workers read;
 - ServiceAccount, Role, RoleBinding: the workers may get/list/watch EndpointSlices of their
   namespace (peer discovery, ``--peers-from kubernetes``) and nothing else;
-- Service: headless, selecting the worker pods (peer and metrics ports);
+- Service: headless, selecting the worker pods (peer and metrics ports): the members of the
+  Dataset's cluster cache find each other through its EndpointSlices;
 - StatefulSet: ``fluidfs worker`` pods; a PVC per worker of ``worker.storageClassName`` (deleted
-  on scale-in and with the set: a leaving worker has handed its blocks over) or an emptyDir.
+  on scale-in and with the set: a leaving worker has handed its blocks over) or an emptyDir;
+- EndpointSlice ``<dataset>-cache-nodes`` of that Service: the node daemons (mount supervisor
+  pods) that serve the Dataset's cluster (volumes with ``clusterService``), as the supervisors
+  report them (``fluidfs_csi_cluster_port``), so workers and node daemons are one cluster.
 
 Each object carries ``fluidfs.io/spec-hash`` (what the controller last wanted) so that drift
 is found without comparing API-server-defaulted fields; the StatefulSet also carries
 ``fluidfs.io/immutable-hash`` over the fields Kubernetes will not update (selector,
 serviceName, volumeClaimTemplates, podManagementPolicy): when that changes it is recreated.
 
-Caveats: the worker command line follows the ``fluidfs worker`` interface of the cluster-cache
-design (``--listen``, ``--peers-from kubernetes``, ``--peer-secret-file``, ``--metrics-addr``);
-the peer Secret (``WorkerConfig.peer_secret``) must exist in the Dataset's namespace.
+Caveats: the peer Secret (``WorkerConfig.peer_secret``) must exist in the Dataset's namespace.
+Node members are published on one port (the one most of them report; the supervisors derive it
+from the Service name, so they agree unless a node had a collision): a node on another port
+stays out of the slice and reads through its peers without owning blocks.
 """
 
 from __future__ import annotations
@@ -26,7 +31,8 @@ from __future__ import annotations
 import hashlib
 import json
 import secrets
-from collections.abc import Mapping
+from collections import Counter
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -44,7 +50,9 @@ MANAGER = "fluidfs-controller"
 REPORTING_CONTROLLER = "fluidfs.io/fluidfs-controller"
 DOCUMENT_DIR, PEER_SECRET_DIR, CACHE_DIR = "/etc/fluidfs/dataset", "/etc/fluidfs/peer", "/var/cache/fluidfs"
 #: created in this order, deleted in the reverse order
-KINDS = ("ConfigMap", "ServiceAccount", "Role", "RoleBinding", "Service", "StatefulSet")
+KINDS = ("ConfigMap", "ServiceAccount", "Role", "RoleBinding", "Service", "StatefulSet", "EndpointSlice")
+#: the EndpointSlice label naming who manages it (the endpointslice controller leaves it alone)
+SLICE_MANAGER = "fluidfs-controller.fluidfs.io"
 _MAX_BASE = 46  # <base>-<ordinal> pod names and the controller-revision-hash label fit in 63
 
 
@@ -70,6 +78,22 @@ def base_name(dataset: str) -> str:
         return name
     digest = hashlib.sha256(dataset.encode()).hexdigest()[:8]
     return f"{dataset[: _MAX_BASE - 15].rstrip('-')}-{digest}-cache"
+
+
+def object_name(kind: str, dataset: str) -> str:
+    """Name of ``dataset``'s object of ``kind``: the base name, ``<base>-nodes`` for the node members' slice."""
+    return f"{base_name(dataset)}-nodes" if kind == "EndpointSlice" else base_name(dataset)
+
+
+@dataclass(frozen=True, order=True)
+class NodeMember:
+    """A mount supervisor pod whose daemon of the Dataset serves peers on ``port`` (cluster member)."""
+
+    pod: str
+    namespace: str
+    ip: str
+    node: str
+    port: int
 
 
 def selector(res: DatasetResource) -> dict[str, str]:
@@ -178,13 +202,13 @@ def _env(res: DatasetResource) -> list[Obj]:
             ("NODE_NAME", "spec.nodeName"),
         )
     ]
-    env.append({"name": "FLUIDFS_PEERS_SERVICE", "value": base_name(res.name)})
     for s in res.secret_env:
         env.append({"name": s.env, "valueFrom": {"secretKeyRef": {"name": s.secret, "key": s.key}}})
     return env
 
 
 def worker_args(res: DatasetResource, cfg: WorkerConfig) -> list[str]:
+    """``fluidfs worker``: members are the ready endpoints of the Dataset's Service, the pod name is its id."""
     return [
         "worker",
         f"{DOCUMENT_DIR}/dataset.yaml",
@@ -192,10 +216,14 @@ def worker_args(res: DatasetResource, cfg: WorkerConfig) -> list[str]:
         CACHE_DIR,
         "--listen",
         f"0.0.0.0:{cfg.peer_port}",
-        "--peers-from",
-        "kubernetes",
+        "--kube-service",
+        f"{res.namespace}/{base_name(res.name)}",
+        "--member-id",
+        "$(POD_NAME)",  # expanded by the kubelet from the env
         "--peer-secret-file",
         f"{PEER_SECRET_DIR}/{cfg.peer_secret_key}",
+        "--handoff-timeout",
+        f"{res.worker.drain_timeout:g}s",
         "--metrics-addr",
         f"0.0.0.0:{cfg.metrics_port}",
         "--log-level",
@@ -291,7 +319,37 @@ def stateful_set(res: DatasetResource, cfg: WorkerConfig, replicas: int) -> Obj:
     return obj
 
 
-def desired(res: DatasetResource, cfg: WorkerConfig, replicas: int) -> list[Obj]:
+def node_slice(res: DatasetResource, cfg: WorkerConfig, nodes: Sequence[NodeMember] = ()) -> Obj:
+    """The EndpointSlice of the Dataset's Service listing its node members (see the module docstring)."""
+    counts = Counter(n.port for n in nodes)
+    port = min(counts, key=lambda p: (-counts[p], p)) if counts else cfg.peer_port
+    family = "IPv6" if nodes and all(":" in n.ip for n in nodes) else "IPv4"
+    endpoints = [
+        {
+            "addresses": [n.ip],
+            "conditions": {"ready": True},
+            "nodeName": n.node,
+            "targetRef": {"kind": "Pod", "namespace": n.namespace, "name": n.pod},
+        }
+        for n in sorted(set(nodes))
+        if n.port == port and n.ip and (":" in n.ip) == (family == "IPv6") and n.node
+    ]
+    body = {
+        "addressType": family,
+        "endpoints": endpoints,
+        "ports": [{"name": "peer", "port": port, "protocol": "TCP"}],
+    }
+    obj = _object("EndpointSlice", res, body)
+    obj["metadata"]["name"] = object_name("EndpointSlice", res.name)
+    obj["metadata"]["labels"] = {
+        **labels(res),
+        "kubernetes.io/service-name": base_name(res.name),
+        "endpointslice.kubernetes.io/managed-by": SLICE_MANAGER,
+    }
+    return obj
+
+
+def desired(res: DatasetResource, cfg: WorkerConfig, replicas: int, nodes: Sequence[NodeMember] = ()) -> list[Obj]:
     """Every object of the Dataset's workers, in creation order."""
     return [
         config_map(res),
@@ -300,6 +358,7 @@ def desired(res: DatasetResource, cfg: WorkerConfig, replicas: int) -> list[Obj]
         role_binding(res),
         service(res, cfg),
         stateful_set(res, cfg, replicas),
+        node_slice(res, cfg, nodes),
     ]
 
 

@@ -351,9 +351,26 @@ class ResourceSpecBase(Doc):
         return out
 
 
+#: the ``spec.cluster`` settings a resource may give; the controller sets the others (membership,
+#: addresses, ports, secret, weight and handoff time) on the workers' command line
+RESOURCE_CLUSTER_FIELDS = ("replicas", "peerCopy", "connectTimeout", "readTimeout", "fetchTimeout", "transfers",
+                           "maxSkew")  # fmt: skip
+
+
+def _resource_section(name: str, model: type[SectionDoc]) -> type[SectionDoc]:
+    """The section model as a resource takes it (``cluster`` without what the controller sets)."""
+    if name != "cluster":
+        return model
+    keep = {k: (f.annotation, f) for k, f in model.model_fields.items() if f.alias in RESOURCE_CLUSTER_FIELDS}
+    return create_model("ResourceClusterDoc", __base__=SectionDoc, **keep)  # type: ignore[call-overload,no-any-return]
+
+
 def _spec_model() -> type[ResourceSpecBase]:
     sections: dict[str, Any] = {
-        name: (model | None, Field(None, description=f"Settings of spec.{name} (docs/configuration.md)."))
+        name: (
+            _resource_section(name, model) | None,
+            Field(None, description=f"Settings of spec.{name} (docs/configuration.md)."),
+        )
         for name, model in section_models().items()
         if name != "cache"
     }

@@ -48,6 +48,8 @@ log = logging.getLogger(__name__)
 
 #: roles of the members of a dataset's cluster cache
 CLIENT, WORKER = "mount", "worker"
+#: a mount supervisor's gauge: the peer port of its daemon of a dataset, by the dataset's Service
+CLUSTER_PORT = "fluidfs_csi_cluster_port"
 
 _COUNTERS = {
     "read_bytes": ("fluidfs_fuse_read_bytes_total", {}),
@@ -72,6 +74,7 @@ class Target:
     role: str  # CLIENT | WORKER
     node: str  # where it runs ("" if unknown)
     url: str
+    ip: str = ""  # the pod's IP (node members of the cluster are published by it)
 
 
 @dataclass(frozen=True)
@@ -86,6 +89,7 @@ class MemberSnapshot:
     dataset_bytes: int | None = None  # the dataset's size, if this member knows it completely
     dataset_bytes_seen: int | None = None  # bytes of the files it has seen (a lower bound)
     error: str = ""
+    peer_port: int | None = None  # a mount supervisor's daemon of the dataset serves peers here (CLUSTER_PORT)
 
 
 @dataclass(frozen=True)
@@ -140,8 +144,14 @@ def _match(labels: Mapping[str, str], want: Mapping[str, str]) -> bool:
     return all(labels.get(k) == v for k, v in want.items())
 
 
-def snapshot(target: Target, text: str | None, dataset: str, now: float, error: str = "") -> MemberSnapshot:
-    """Parse one endpoint's Prometheus text (None: it did not answer; ``error`` says why)."""
+def snapshot(
+    target: Target, text: str | None, dataset: str, now: float, error: str = "", service: str = ""
+) -> MemberSnapshot:
+    """Parse one endpoint's Prometheus text (None: it did not answer; ``error`` says why).
+
+    ``service`` (``NAMESPACE/NAME`` of the dataset's peer Service): also read the peer port a
+    mount supervisor exports for it (:data:`CLUSTER_PORT`).
+    """
     if text is None:
         return MemberSnapshot(target, now, error=error or "no answer")
     counters: dict[str, float] = {}
@@ -149,10 +159,14 @@ def snapshot(target: Target, text: str | None, dataset: str, now: float, error: 
     quota: dict[str, float] = {}
     size: float | None = None
     complete = False
+    peer_port: int | None = None
     try:
         for family in text_string_to_metric_families(text):
             for s in family.samples:
                 labels = s.labels
+                if service and s.name == CLUSTER_PORT and labels.get("service") == service and 0 < s.value < 65536:
+                    peer_port = int(s.value)
+                    continue
                 if labels.get("dataset", dataset) != dataset:
                     continue
                 value = float(s.value)
@@ -182,6 +196,7 @@ def snapshot(target: Target, text: str | None, dataset: str, now: float, error: 
         quota_bytes=int(quota[tier]) if tier in quota else None,
         dataset_bytes=int(size) if size is not None and complete else None,
         dataset_bytes_seen=int(size) if size is not None else None,
+        peer_port=peer_port,
     )
 
 

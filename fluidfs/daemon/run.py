@@ -21,6 +21,14 @@ gets :data:`SHUTDOWN_GRACE` seconds from the stop; a daemon still busy then (a r
 a frozen source, say) detaches its mount, removes its record and exits anyway, so the daemon
 always exits and the mount is always gone.
 
+Cluster: with ``--peers``/``--kube-service`` the daemon is a member of the dataset's cluster
+cache (:mod:`fluidfs.cluster.member`).  The member is built before mounting (a bad peers file or
+a missing secret is a start-up error, exit 2) and runs in the daemon's nursery from before the
+mount answers.  A stop signal first hands the blocks this member owns to their next owners
+(``PeerNode.leave``, at most ``handoff_timeout`` seconds, while the mount keeps serving; a second
+stop signal cuts it short), then unmounts; an unmount from outside hands them over after the
+FUSE loop ended.  The stop deadline above counts from the end of that budget.
+
 Caveats: one mount per process.  After an unmount from outside (``fluidfs umount``) the daemon
 exits once its in-flight requests end; ``fluidfs umount`` stops it if that takes longer than
 its ``--timeout``.  An exit forced by the grace period skips closing the SSD tier (its blocks
@@ -30,7 +38,6 @@ are written tmp → rename and its lock ends with the process: nothing is lost).
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import dataclasses
 import logging
 import math
@@ -44,13 +51,15 @@ import pyfuse3
 import trio
 
 from fluidfs import metrics
-from fluidfs.cache.memory import MemoryTier
 from fluidfs.cache.ssd import SSDTier
 from fluidfs.cache.tiered import TieredCache
+from fluidfs.cluster.member import join
+from fluidfs.cluster.node import PeerNode
 from fluidfs.config import MountConfig
 from fluidfs.daemon.record import checked_runtime_dir, identity, record_path, remove_record, write_record
 from fluidfs.daemon.spawn import check_mountpoint, force_unmount
-from fluidfs.errors import FluidfsError, MountError, exit_code
+from fluidfs.daemon.tiers import build_cache, tune_malloc
+from fluidfs.errors import FluidfsError, MountError, exit_code, unwrap
 from fluidfs.fs.fuse_ops import FluidOperations
 from fluidfs.fs.namespace import MountRef, Namespace
 from fluidfs.fs.vfs import Vfs
@@ -66,38 +75,6 @@ log = logging.getLogger(__name__)
 #: seconds a stopping daemon waits for in-flight work before it exits anyway
 SHUTDOWN_GRACE = 5.0
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
-
-
-def build_cache(dataset: Dataset, cfg: MountConfig) -> TieredCache:
-    ssd = None
-    if cfg.cache_dir:
-        try:
-            ssd = SSDTier(
-                cfg.cache_dir,
-                cfg.cache_size,
-                eviction="lru" if cfg.eviction == "lru" else "none",
-                free_space_floor=cfg.free_space_floor,
-            )
-        except OSError as exc:
-            raise MountError(f"cache directory {cfg.cache_dir}: {exc.strerror or exc}") from None
-    mem_policy = "lru" if ssd is not None else cfg.eviction
-    return TieredCache(MemoryTier(cfg.memory_size, mem_policy), ssd, dataset=dataset.name, fetch_slots=cfg.fetch_slots)
-
-
-def tune_malloc() -> None:
-    """Keep the daemon's RSS close to what it really holds (glibc only; no-op elsewhere).
-
-    Cache blocks are multi-MiB buffers freed from many worker threads; glibc's default dynamic
-    mmap threshold moves such buffers into per-thread arenas that it rarely returns to the OS.
-    A fixed 1 MiB threshold keeps them mmap-backed (freed at once) and two arenas bound the rest.
-    """
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        m_mmap_threshold, m_arena_max = -3, -8
-        libc.mallopt(m_mmap_threshold, 1 << 20)
-        libc.mallopt(m_arena_max, 2)
-    except (OSError, AttributeError):
-        pass
 
 
 def set_kernel_readahead(dev: str, kib: int) -> None:
@@ -179,7 +156,11 @@ class MountDaemon:
         self.dev: str | None = None  # the mounted filesystem's "major:minor", from the mount table
         self._mounted = False
         self._stopping = False
+        self._fuse_done = False
         self._outer: trio.Nursery | None = None
+        self.node: PeerNode | None = None  # this mount's member of the dataset's cluster, if any
+        self._left = False
+        self._handoff_scope: trio.CancelScope | None = None
 
     def _build(self) -> FluidOperations:
         # one limiter per source: a source that stops answering holds only its own threads
@@ -194,6 +175,7 @@ class MountDaemon:
         ]
         ns = Namespace(mounts, self.dataset.name, self.cfg.metadata_ttl, self.cfg.negative_ttl)
         self.cache = build_cache(self.dataset, self.cfg)
+        self.node = join(self.dataset.name, self.cfg, self.cache, [m.source for m in mounts])
         self.vfs = Vfs(ns, self.cache, self.cfg, self.dataset.name)
         return FluidOperations(self.vfs)
 
@@ -225,6 +207,11 @@ class MountDaemon:
                 self.dev = entry.dev
             try:
                 trio.run(self._main, ready, pending)
+            except BaseException as exc:
+                inner = unwrap(exc)
+                if inner is not exc and isinstance(inner, FluidfsError):  # one task's start-up error (port in use)
+                    raise inner from None
+                raise
             finally:
                 self._unmount()
                 remove_record(self.record_file, os.getpid())
@@ -244,30 +231,57 @@ class MountDaemon:
             self._outer = outer
             async with trio.open_nursery() as nursery:
                 self.cache.start(nursery)
+                if self.node is not None:
+                    await nursery.start(self.node.run)  # peers are served before the mount answers
                 self.vfs.prefetcher.start(nursery)
                 self.vfs.ns.start(nursery)
                 nursery.start_soon(self._signals, nursery, pending)
                 nursery.start_soon(self._announce, ready)
                 await pyfuse3.main(min_tasks=8, max_tasks=128)
-                self._begin_stop()
+                self._fuse_done = True
+                self._begin_stop(self._handoff_budget())
+                await self._hand_off()  # unmounted from outside: the peer server still runs
                 nursery.cancel_scope.cancel()
             self._unmount()
             remove_record(self.record_file, os.getpid())
             outer.cancel_scope.cancel()
 
-    def _begin_stop(self) -> None:
-        """From now on the daemon exits within SHUTDOWN_GRACE seconds, whatever is still running."""
+    def _begin_stop(self, extra: float = 0.0) -> None:
+        """From now on the daemon exits within ``extra`` + SHUTDOWN_GRACE seconds, whatever is still running."""
         if not self._stopping and self._outer is not None:
             self._stopping = True
-            self._outer.start_soon(self._deadline)
+            self._outer.start_soon(self._deadline, extra + SHUTDOWN_GRACE)
 
-    async def _deadline(self) -> None:
-        await trio.sleep(SHUTDOWN_GRACE)
+    def _handoff_budget(self) -> float:
+        return self.cfg.handoff_timeout + 1.0 if self.node is not None and not self._left else 0.0
+
+    async def _hand_off(self) -> None:
+        """Hand the blocks this member owns to their next owners, once, within ``handoff_timeout``."""
+        if self.node is None or self._left:
+            return
+        self._left = True
+        with trio.CancelScope() as self._handoff_scope:
+            with trio.move_on_after(self.cfg.handoff_timeout + 1.0):
+                report = await self.node.leave()
+                log.info(
+                    "dataset %s: handed off %d of %d owned blocks (%d already there, %d failed, %d not sent)",
+                    self.dataset.name, report.pushed, report.owned, report.present, report.failed, report.unsent,
+                )  # fmt: skip
+        if self._handoff_scope.cancelled_caught:
+            log.warning("dataset %s: handoff cut short", self.dataset.name)
+
+    async def _leave_then_stop(self, sig: int) -> None:
+        await self._hand_off()
+        if not self._fuse_done:  # else a second signal stopped it already
+            self._stop(sig)
+
+    async def _deadline(self, grace: float) -> None:
+        await trio.sleep(grace)
         log.warning(
             "dataset %s: requests still running %.0fs after the stop (a source does not answer?); "
             "detaching %s and exiting anyway",
             self.dataset.name,
-            SHUTDOWN_GRACE,
+            grace,
             self.mountpoint,
         )
         if self._mounted and self.dev is not None:
@@ -290,13 +304,23 @@ class MountDaemon:
                 if sig == signal.SIGUSR1:
                     nursery.start_soon(self.refresh)
                     continue
+                if self.node is not None and not self._left:
+                    log.info("dataset %s: %s, handing blocks over before unmounting", self.dataset.name,
+                             signal.Signals(sig).name)  # fmt: skip
+                    self._begin_stop(self._handoff_budget())
+                    nursery.start_soon(self._leave_then_stop, sig)
+                    continue  # a second stop signal cuts the handoff short
+                if self._handoff_scope is not None:
+                    self._handoff_scope.cancel()
                 self._stop(sig)
                 return
 
     def _stop(self, sig: int) -> None:
         log.info("dataset %s: %s, unmounting %s", self.dataset.name, signal.Signals(sig).name, self.mountpoint)
         self._begin_stop()
-        pyfuse3.terminate()
+        if not self._fuse_done:
+            self._fuse_done = True
+            pyfuse3.terminate()
 
     async def refresh(self) -> None:
         """Forget all cached metadata, ours and the kernel's (``fluidfs refresh``)."""
@@ -348,6 +372,7 @@ class MountDaemon:
             "dataset": self.dataset.name,
             "sources": [redact_url(m.url) for m in self.dataset.mounts],
             "metrics": f"http://{self.metrics_addr[0]}:{self.metrics_addr[1]}/metrics" if self.metrics_addr else None,
+            "peer": self.node.address if self.node is not None else None,  # `fluidfs status` asks it
             "config": cfg,
         }
 

@@ -17,6 +17,7 @@ from prometheus_client import REGISTRY
 
 from fluidfs.cache.base import BlockKey
 from fluidfs.cache.memory import MemoryTier
+from fluidfs.cache.ssd import SSDTier
 from fluidfs.cache.tiered import TieredCache
 from fluidfs.cluster.breaker import OPEN
 from fluidfs.cluster.kubediscovery import Slice, SliceEndpoint, SliceEvent
@@ -196,7 +197,11 @@ def test_membership_flapping_stays_correct_and_bounded(tmp_path: Path) -> None:
 
             async def flap() -> None:
                 for i in range(flips):
-                    write_peers(tmp_path / "peers", entries if i % 2 else entries[:2])
+                    now = entries if i % 2 else entries[:2]
+                    write_peers(tmp_path / "peers", now)
+                    with trio.fail_after(20):  # every view follows each flip (a loaded machine polls late)
+                        while any(len(m.node.view.current.members) != len(now) for m in ms.values()):
+                            await trio.sleep(0.02)
                     await trio.sleep(0.1)
                 done.set()
 
@@ -351,3 +356,53 @@ def test_a_node_without_a_secret_does_not_start(tmp_path: Path, monkeypatch: pyt
     write_peers(peers, [("a", "127.0.0.1:7000"), ("a", "127.0.0.1:7001")])
     with pytest.raises(ConfigError, match=r"peers:3: duplicate member id 'a'"):
         PeerNode("x", PeerSettings(listen="127.0.0.1:7000", peers_file=str(peers)), cache, provider, secret=SECRET)
+
+
+def test_a_readers_memory_copy_does_not_stop_a_handoff_push(tmp_path: Path) -> None:
+    """HEAD (asked before a handoff push) and PUT count the SSD tier only: a block a new owner has only
+    as a reader's memory copy (gone at its next restart) is still pushed, and then kept on SSD."""
+    ssd = SSDTier(str(tmp_path / "ssd"), 64 * MiB, free_space_floor=0)
+    try:
+        cache = TieredCache(MemoryTier(8 * MiB), ssd, dataset="prov")
+        p = CacheBlockProvider("prov", cache, [], block_size=MiB)
+        key = BlockKey("s3://b/x", "v1", MiB, 0)
+        assert cache.mem.put(key, b"x" * 100)
+        assert cache.tier_of(key) == "mem" and not p.holds(key)
+        assert trio.run(p.put_block, key, memoryview(b"x" * 100))
+        assert ssd.contains(key) and p.holds(key)
+        memory_only = CacheBlockProvider("prov", TieredCache(MemoryTier(8 * MiB), dataset="prov"), [], block_size=MiB)
+        assert memory_only.cache.mem.put(key, b"y") and memory_only.holds(key)
+    finally:
+        ssd.close()
+
+
+def test_members_weigh_what_they_announce(tmp_path: Path) -> None:
+    """A peers file without weights: each member announces its own (``/v1/info``) and every member
+    ends up with the same weighted ring."""
+    make_files(tmp_path / "data", {"f": 1})
+    ds = dataset("weights")
+
+    async def main() -> None:
+        ports = free_ports(2)
+        addrs = {"big": f"127.0.0.1:{ports[0]}", "small": f"127.0.0.1:{ports[1]}"}
+        peers = tmp_path / "peers"
+        write_peers(peers, list(addrs.items()))
+        async with trio.open_nursery() as nursery:
+            ms = {}
+            for name, weight in (("big", 300.0), ("small", 100.0)):
+                ms[name] = build_member(name, tmp_path / "data", tmp_path, addrs[name], peers, ds, bs=BS, weight=weight)
+                await start_member(nursery, ms[name])
+            with trio.fail_after(20):
+                while any(
+                    {m.id: m.weight for m in x.node.view.current.members} != {"big": 300.0, "small": 100.0}
+                    for x in ms.values()
+                ):
+                    await trio.sleep(0.05)
+            for x in ms.values():
+                assert x.node.view.current.ring.share("big") == pytest.approx(0.75)
+                assert x.node.status()["members"][0]["weight"] == 300.0  # type: ignore[index]
+            nursery.cancel_scope.cancel()
+        for x in ms.values():
+            x.close()
+
+    trio.run(main)

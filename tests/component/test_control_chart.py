@@ -104,7 +104,7 @@ def test_deployment_runs_fluidfs_controller_with_leader_election(default: list[d
     assert args["worker-image"] == c["image"] == "fluidfs/fluidfs:0.1.0"
     assert "leader-election" in args and args["lease-namespace"] == "$(POD_NAMESPACE)"
     assert args["client-namespace"] == NAMESPACE
-    assert "app.kubernetes.io/component=mounter" in args["client-selector"]
+    assert "app.kubernetes.io/component=mounter" in args["client-selector"]  # the mount supervisors
     assert args["peer-secret"] == "fluidfs-peer/secret" and "namespace" not in args
     assert pod["serviceAccountName"] == "fluidfs-dataset-controller"
     assert pod["securityContext"]["runAsNonRoot"] is True
@@ -131,8 +131,9 @@ def test_rbac_is_least_privilege(default: list[dict[str, Any]]) -> None:
     assert granted[("", "pods")] == {"list"}
     assert granted[("apps", "statefulsets/scale")] == {"get", "patch"}
     assert granted[("fluidfs.io", "datasets")] == {"get", "list", "watch", "patch"}
-    # it may grant the workers' Role exactly what it holds for discovery
-    assert granted[("discovery.k8s.io", "endpointslices")] == {"get", "list", "watch"}
+    # it may grant the workers' Role exactly what it holds for discovery, and writes the slice of
+    # each Dataset's node members
+    assert granted[("discovery.k8s.io", "endpointslices")] == {"get", "list", "watch", "create", "update", "delete"}
     assert not any("escalate" in v or "bind" in v for v in granted.values())
     local = one(default, "Role")
     assert {r["resources"][0]: set(r["verbs"]) for r in local["rules"]} == {

@@ -349,7 +349,8 @@ def check_mounter_daemonset(
     assert ds["spec"]["selector"]["matchLabels"].items() <= ds["spec"]["template"]["metadata"]["labels"].items()
     assert ds["spec"]["updateStrategy"] == {"type": "OnDelete"}
     assert pod["priorityClassName"] == "system-node-critical"
-    assert pod["automountServiceAccountToken"] is False
+    # a token only when its dataset daemons may join clusters (they watch EndpointSlices)
+    assert pod["automountServiceAccountToken"] is bool(values["cluster"]["enabled"])
     for key in ("nodeSelector", "tolerations", "affinity", "serviceAccountName"):
         assert pod.get(key) == node_pod.get(key), f"both node DaemonSets share {key}: they run on the same nodes"
     assert pod["terminationGracePeriodSeconds"] == values["mounter"]["terminationGracePeriodSeconds"]
@@ -369,6 +370,13 @@ def check_mounter_daemonset(
     assert flag(args, "log-level") == values["logLevel"]
     assert sup["securityContext"]["privileged"] is True
     assert "livenessProbe" not in sup, "a liveness restart would end every mount on the node"
+    env = {e["name"]: e for e in sup["env"]}
+    if values["cluster"]["enabled"]:  # members: the pod name is the id, the metrics publish the port
+        assert flag(args, "peer-ports") == values["cluster"]["peerPorts"]
+        assert env["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+        assert flag(args, "metrics-addr") is not None
+    else:
+        assert flag(args, "peer-ports") is None and "POD_NAME" not in env
     assert sup["resources"] == values["mounter"]["resources"]
 
     # kubelet dir at the same path, Bidirectional; /dev/fuse; the state dir private; cache; socket
@@ -508,6 +516,21 @@ def test_rbac_is_least_privilege(default_objs: list[dict[str, Any]]) -> None:
     ]
 
 
+def test_cluster_lets_the_node_daemons_read_endpointslices_only(
+    full_objs: list[dict[str, Any]], default_objs: list[dict[str, Any]]
+) -> None:
+    role = next(o for o in by_kind(full_objs, "ClusterRole") if o["metadata"]["name"].endswith("-node-peers"))
+    assert role["rules"] == [
+        {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["get", "list", "watch"]}
+    ]
+    binding = next(
+        o for o in by_kind(full_objs, "ClusterRoleBinding") if o["roleRef"]["name"] == role["metadata"]["name"]
+    )
+    node_sa = daemonset(full_objs, "mounter")["spec"]["template"]["spec"]["serviceAccountName"]
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": node_sa, "namespace": NAMESPACE}]
+    assert not any(o["metadata"]["name"].endswith("-node-peers") for o in default_objs)  # off by default
+
+
 def test_rbac_can_be_left_out() -> None:
     kinds = {o["kind"] for o in objects(render({"rbac": {"create": False}}))}
     assert not kinds & {"ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"}
@@ -533,6 +556,7 @@ def test_storageclass(full_objs: list[dict[str, Any]], all_values: dict[str, Any
         assert p[f"csi.storage.k8s.io/{kind}-secret-name"] == "s3-credentials"
         assert p[f"csi.storage.k8s.io/{kind}-secret-namespace"] == "ml-datasets"
     assert p["name"] == "imagenet-train" and p["pinToNode"] == "true"
+    assert p["clusterService"] == "ml-datasets/imagenet-cache"
     assert "dataset" not in p
     assert sc["allowedTopologies"] == all_values["storageClass"]["allowedTopologies"]
 
@@ -651,6 +675,9 @@ BAD_VALUES = [
     ({"unstageGrace": -5}, "unstageGrace"),
     ({"storageClass": {"url": "ftp://host/x"}}, "url"),
     ({"storageClass": {"pinToNode": "yes"}}, "pinToNode"),
+    ({"storageClass": {"clusterService": "imagenet-cache"}}, "clusterService"),
+    ({"cluster": {"peerPorts": 7100}}, "peerPorts"),
+    ({"cluster": {"enabled": "yes"}}, "enabled"),
     ({"storageClass": {"volumeBindingMode": "Later"}}, "volumeBindingMode"),
     ({"metrics": {"port": 70000}}, "port"),
     ({"metrics": {"serviceMonitor": {"interval": "often"}}}, "interval"),

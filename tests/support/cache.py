@@ -18,7 +18,7 @@ from fluidfs.cache.ssd import SSDTier
 from fluidfs.cache.ssdlayout import round_up
 from fluidfs.cache.tiered import TieredCache
 from fluidfs.config import MountConfig
-from fluidfs.daemon.run import build_cache
+from fluidfs.daemon.tiers import build_cache
 from fluidfs.fs.namespace import ROOT_INODE, MountRef, Namespace
 from fluidfs.fs.vfs import Vfs
 from fluidfs.sources.aio import AsyncSource
@@ -94,7 +94,7 @@ def make_vfs_with_cache(
 
 
 def cache_from_config(tmp: Path | None, dataset: str, **cfg_kw: Any) -> TieredCache:
-    """The cache exactly as ``fluidfs mount`` builds it (fluidfs.daemon.run.build_cache)."""
+    """The cache exactly as ``fluidfs mount`` builds it (fluidfs.daemon.tiers.build_cache)."""
     cfg = MountConfig(cache_dir=str(tmp) if tmp else None, metrics_addr=None, **cfg_kw)
     return build_cache(SimpleNamespace(name=dataset), cfg)  # type: ignore[arg-type]
 

@@ -13,7 +13,7 @@ import zlib
 
 import trio
 
-from fluidfs.cluster.protocol import parse_block_target, response_headers
+from fluidfs.cluster.protocol import INFO_PATH, parse_block_target, response_headers
 
 MODES = ("truncate", "corrupt", "wrongkey", "silent", "notfound")
 
@@ -43,8 +43,11 @@ class BadPeer:
                         return
                     buf += chunk
                 head, buf = buf.split(b"\r\n\r\n", 1)
-                self.requests += 1
                 target = head.split(b"\r\n", 1)[0].split(b" ")[1].decode()
+                if target == INFO_PATH and self.mode != "silent":  # members ask for its weight: none
+                    await stream.send_all(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n")
+                    continue
+                self.requests += target != INFO_PATH  # block requests only
                 if self.mode == "silent":
                     await trio.sleep_forever()
                 if self.mode == "notfound":

@@ -319,3 +319,20 @@ def test_bad_settings(kw: dict[str, object], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         validate_settings(PeerSettings(**base))  # type: ignore[arg-type]
     assert parse_address("[::1]:80") == ("::1", 80)
+
+
+def test_members_without_a_given_weight_weigh_what_they_announce() -> None:
+    v = view(self_id="a")
+    v.update(parse_peers("a 127.0.0.1:1\nb 127.0.0.1:2\nc 127.0.0.1:3 5"))
+    assert {m.id: m.weight for m in v.current.members} == {"a": 1.0, "b": 1.0, "c": 5.0}
+    assert [m.id for m in v.unweighed()] == ["a", "b"]  # c's weight is given: never asked
+    gen = v.current.generation
+    assert v.learn({"a": ("127.0.0.1:1", 30.0)})
+    # b is still unknown: it weighs the median of the announced weights meanwhile
+    assert {m.id: m.weight for m in v.current.members} == {"a": 30.0, "b": 30.0, "c": 5.0}
+    assert v.learn({"b": ("127.0.0.1:2", 10.0), "c": ("127.0.0.1:3", 99.0)}) and v.current.generation == gen + 2
+    assert {m.id: m.weight for m in v.current.members} == {"a": 30.0, "b": 10.0, "c": 5.0}
+    assert v.current.ring.share("a") == pytest.approx(30 / 45) and v.unweighed() == []
+    assert not v.learn({"b": ("127.0.0.1:2", 10.0)})  # nothing new: no membership change
+    v.update(parse_peers("a 127.0.0.1:1\nb 127.0.0.1:7\nc 127.0.0.1:3 5"))  # b restarted elsewhere
+    assert [m.id for m in v.unweighed()] == ["b"]

@@ -14,6 +14,7 @@ import yaml
 from fluidfs.config import SETTINGS
 from fluidfs.control import autoscaler, crd, resource
 from fluidfs.errors import SpecError
+from fluidfs.spec.parse import parse_dataset
 from tests.support.control_validate import schema_errors, validate_strict
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -210,7 +211,12 @@ def test_every_setting_of_the_table_is_in_the_crd_and_reaches_the_workers() -> N
     """A row with a Dataset field is in the CRD's spec schema with no line in crd.py, the controller
     accepts it, and it goes to the workers' document as written."""
     spec = crd.crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
-    rows = [row for row in SETTINGS if row.dataset]
+    from fluidfs.control.schema import RESOURCE_CLUSTER_FIELDS
+
+    # spec.cluster: the controller sets membership, addresses, secret, weight and handoff itself
+    set_by_controller = {row.key for row in SETTINGS if row.section == "cluster"} - set(RESOURCE_CLUSTER_FIELDS)
+    assert set_by_controller and set(spec["properties"]["cluster"]["properties"]) == set(RESOURCE_CLUSTER_FIELDS)
+    rows = [row for row in SETTINGS if row.dataset and not (row.section == "cluster" and row.key in set_by_controller)]
     assert rows
     for row in rows:
         node = spec["properties"][row.section]["properties"].get(row.key)
@@ -235,3 +241,28 @@ def test_a_resource_without_cache_gets_the_defaults() -> None:
     res = resource.parse(obj)
     assert res.bounds == autoscaler.Bounds() and res.params == autoscaler.Params()
     assert res.worker == resource.WorkerSpec()
+
+
+def test_cluster_settings_reach_the_workers_document() -> None:
+    """spec.cluster (the protocol settings; the controller sets membership, addresses and secret)."""
+    obj = _resource()
+    obj["spec"]["cluster"] = {"replicas": 2, "peerCopy": "ssd", "readTimeout": "10s", "transfers": 8}
+    assert schema_errors(obj) == []
+    res = resource.parse(obj)
+    assert res.document["spec"]["cluster"] == obj["spec"]["cluster"]
+    worker = parse_dataset(resource.document_yaml(res), "workers")
+    assert worker.settings["replicas"] == 2 and worker.settings["peer_copy"] == "ssd"
+    assert worker.settings["peer_read_timeout"] == 10.0 and worker.settings["peer_transfers"] == 8
+    bad = copy.deepcopy(obj)
+    bad["spec"]["cluster"]["replicas"] = 9  # whole numbers are int-or-string in the CRD: the controller checks
+    with pytest.raises(SpecError) as info:
+        resource.parse(bad)
+    assert info.value.field == "spec.cluster.replicas"
+    bad["spec"]["cluster"] = {"listen": "0.0.0.0:7070"}  # the controller's to set
+    assert any(e.startswith("spec.cluster: ") for e in schema_errors(bad))
+    with pytest.raises(SpecError) as info:
+        resource.parse(bad)
+    assert info.value.field == "spec.cluster.listen"
+    bad["spec"]["cluster"] = {"peerCopy": "disk"}
+    with pytest.raises(SpecError):
+        resource.parse(bad)

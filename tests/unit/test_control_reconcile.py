@@ -15,6 +15,9 @@ from typing import Any
 import pytest
 import yaml
 
+from fluidfs.cli.main import build_parser
+from fluidfs.cli.options import cli_overrides
+from fluidfs.config import build_config
 from fluidfs.control import objects
 from fluidfs.control.autoscaler import MANUAL
 from fluidfs.control.controller import FINALIZER, Controller, ControllerConfig
@@ -81,7 +84,15 @@ def test_first_pass_creates_valid_objects_owned_by_the_dataset(kube: FakeKube) -
     pod = sts["spec"]["template"]["spec"]
     args = pod["containers"][0]["args"]
     assert args[:2] == ["worker", "/etc/fluidfs/dataset/dataset.yaml"]
-    assert args[args.index("--peers-from") + 1] == "kubernetes"
+    assert args[args.index("--kube-service") + 1] == f"{NS}/{STS}"
+    # a command line `fluidfs worker` takes: members from the Service, the pod name as member id
+    parsed = build_parser().parse_args([a.replace("$(POD_NAME)", f"{STS}-0") for a in args])
+    cfg = build_config(cli_overrides(parsed))
+    assert (cfg.kube_service, cfg.member_id, cfg.peer_listen, cfg.cache_dir) == (
+        f"{NS}/{STS}", f"{STS}-0", "0.0.0.0:7070", "/var/cache/fluidfs",
+    )  # fmt: skip
+    assert cfg.handoff_timeout == 120.0 and cfg.peer_secret_file == "/etc/fluidfs/peer/secret"  # drainTimeout: 2m
+    assert {e["name"] for e in pod["containers"][0]["env"]} >= {"POD_NAME"}
     assert pod["serviceAccountName"] == STS
     env = {e["name"]: e for e in pod["containers"][0]["env"]}
     assert env["FLUIDFS_M0_ACCESS_KEY_ID"]["valueFrom"]["secretKeyRef"] == {
@@ -381,3 +392,52 @@ def test_cached_percentage_is_exact_only_with_a_complete_dataset_size(kube: Fake
     assert seen["members"] == {"mounts": 1, "workers": 0}
     known = status(36 << 30, 1)
     assert known["datasetBytes"] == 36 << 30 and known["cachedPercentage"] == "25%"
+
+
+def test_supervisors_serving_the_dataset_become_node_members_of_its_cluster(kube: FakeKube) -> None:
+    """A mount supervisor exports the peer port of its daemon of the Dataset's Service: the next pass
+    publishes it in the EndpointSlice ``<dataset>-cache-nodes`` (one port: the one most report); a
+    supervisor that stops reporting it leaves the slice, one that does not answer keeps its place."""
+    kube.apply(dataset())
+    texts = {}
+    for i, (pod, port) in enumerate([("mounter-a", 7345), ("mounter-b", 7345), ("mounter-c", 7346), ("plain", 0)]):
+        kube.clients.append(pod_info({
+            "metadata": {"name": pod, "namespace": CLIENTS, "labels": {"app": "fluidfs-node"}},
+            "spec": {"nodeName": f"node-{i}", "containers": [{"ports": [{"name": "metrics", "containerPort": 9809}]}]},
+            "status": {"podIP": f"10.0.0.{i + 1}", "conditions": [{"type": "Ready", "status": "True"}]},
+        }))  # fmt: skip
+        url = f"http://10.0.0.{i + 1}:9809/metrics"
+        texts[pod] = url
+        kube.texts[url] = (
+            f'# TYPE fluidfs_csi_cluster_port gauge\nfluidfs_csi_cluster_port{{service="{NS}/{STS}"}} {port}\n'
+            f'fluidfs_csi_cluster_port{{service="other/x-cache"}} 7001\n'
+            if port
+            else "# TYPE fluidfs_csi_shared_mounts gauge\nfluidfs_csi_shared_mounts 0\n"
+        )
+    clock = Clock()
+    c = make(kube, clock)
+    c.run_once()  # creates the objects and samples
+    clock.t += 15
+    c.run_once()  # writes the node members
+    sl = kube.objects[("EndpointSlice", NS, f"{STS}-nodes")]
+    validate_strict(sl, "slice: ")
+    assert sl["metadata"]["labels"]["kubernetes.io/service-name"] == STS
+    assert sl["metadata"]["labels"]["endpointslice.kubernetes.io/managed-by"] == objects.SLICE_MANAGER
+    assert sl["ports"] == [{"name": "peer", "port": 7345, "protocol": "TCP"}]
+    assert [(e["targetRef"]["name"], e["addresses"], e["nodeName"]) for e in sl["endpoints"]] == [
+        ("mounter-a", ["10.0.0.1"], "node-0"),
+        ("mounter-b", ["10.0.0.2"], "node-1"),
+    ]
+    # mounter-a no longer serves it, mounter-b does not answer (keeps its place)
+    kube.texts[texts["mounter-a"]] = "# TYPE fluidfs_csi_shared_mounts gauge\nfluidfs_csi_shared_mounts 0\n"
+    kube.texts[texts["mounter-b"]] = None
+    clock.t += 15
+    c.run_once()
+    clock.t += 15
+    c.run_once()
+    sl = kube.objects[("EndpointSlice", NS, f"{STS}-nodes")]
+    assert [e["targetRef"]["name"] for e in sl["endpoints"]] == ["mounter-b"]
+    # deleting the Dataset deletes the slice too
+    kube.delete_dataset(NS, NAME)
+    c.run_once()
+    assert ("EndpointSlice", NS, f"{STS}-nodes") not in kube.objects

@@ -23,7 +23,7 @@ from fluidfs.errors import SpecError
 from fluidfs.spec.parse import parse_dataset
 from tools import gen_config_doc
 
-COMMANDS = ("mount", "load")
+COMMANDS = ("mount", "load", "worker")
 WITH_CLI = [r for r in SETTINGS if r.cli]
 WITH_DATASET = [r for r in SETTINGS if r.dataset]
 WITH_CSI = [r for r in SETTINGS if r.csi]
@@ -35,11 +35,16 @@ def _ids(rows: list[Setting]) -> list[str]:
 
 def sample(row: Setting) -> tuple[str, Any]:
     """A value other than the default, as text, and the typed value it means."""
+    if row.kind.name == "choice":  # the first allowed value that is not the default
+        word = next(w for w in row.kind.allowed.split(" | ") if w != row.default)
+        return word, word
     samples: dict[str, tuple[str, Any]] = {
         "path": ("/var/cache/sample", "/var/cache/sample"),
+        "name": ("node-7", "node-7"),
+        "number": ("2.5", 2.5),
+        "service": ("ml/imagenet-cache", "ml/imagenet-cache"),
         "address": ("127.0.0.1:9999", "127.0.0.1:9999"),
         "boolean": ("true", True),
-        "choice": ("lru", "lru"),
         "duration": ("2m", 120.0),
         "size": ("8Mi", 8 << 20),
         "whole number": ("3", 3),

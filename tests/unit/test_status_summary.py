@@ -64,10 +64,10 @@ def test_cluster_member_dataset_size_and_the_autoscaler_in_the_status() -> None:
         sample("fluidfs_dataset_size_complete", 0),
     ]
     m = metrics_summary(s)
-    assert m["cluster"] == {"members": 3, "ownership_share": pytest.approx(1 / 3), "peer_bytes_received": 4 << 20,
+    assert m["peers"] == {"members": 3, "ownership_share": pytest.approx(1 / 3), "peer_bytes_received": 4 << 20,
                             "peer_bytes_served": 1 << 20, "lookups": {"owner": 9}}  # fmt: skip
     assert m["dataset_size"] == {"bytes": 10 << 30, "complete": False}
-    assert metrics_summary([])["cluster"] is None and metrics_summary([])["dataset_size"] is None
+    assert metrics_summary([])["peers"] is None and metrics_summary([])["dataset_size"] is None
     controller = [
         Sample("fluidfs_autoscaler_replicas", {"namespace": "ml", "dataset": "d"}, 2),
         Sample("fluidfs_autoscaler_recommended_replicas", {"namespace": "ml", "dataset": "d"}, 3),
@@ -82,6 +82,6 @@ def test_cluster_member_dataset_size_and_the_autoscaler_in_the_status() -> None:
                    "fully_cached_files": 1, "errors": 0},
     }  # fmt: skip
     text = render(st)
-    assert "cluster    3 members, this one owns 33% of the blocks" in text
+    assert "peers      3 members, this one owns 33% of the blocks" in text
     assert "size       10 GiB of files (at least: not every directory listed yet)" in text
     assert "workers    ml/d: 2 cache workers, the autoscaler recommends 3" in text

@@ -38,9 +38,11 @@
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["list"]
+# the workers' Role holds get/list/watch (discovery); create/update/delete: the slice of the
+# node members of each Dataset's cluster (<dataset>-cache-nodes)
 - apiGroups: ["discovery.k8s.io"]
   resources: ["endpointslices"]
-  verbs: ["get", "list", "watch"]
+  verbs: ["get", "list", "watch", "create", "update", "delete"]
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]
   verbs: ["create"]

@@ -80,9 +80,10 @@ app.kubernetes.io/component: {{ .component }}
 {{- end -}}
 
 {{/* The mount supervisors serve metrics for Prometheus, or for fluidfs-controller (the autoscaler's
-  input signals and the node cache labels come from them). */}}
+  input signals, the node cache labels and, with cluster.enabled, the peer ports of the daemons that
+  serve a dataset's cluster come from them). */}}
 {{- define "fluidfs.mounterMetrics" -}}
-{{- if or (include "fluidfs.metricsEnabled" .) .Values.datasetController.enabled -}}true{{- end -}}
+{{- if or (include "fluidfs.metricsEnabled" .) .Values.datasetController.enabled .Values.cluster.enabled -}}true{{- end -}}
 {{- end -}}
 
 {{/* Kubelet directory without a trailing slash. */}}
