@@ -7,7 +7,11 @@ Layout under ``--state-dir``::
     datasets/<key>/secrets/<k>    one 0600 file per CSI secret value (dir 0700)
     datasets/<key>/daemon.pid, daemon.log
 
-and ``--cache-root/<key>/`` holds the dataset's block cache (kept after unmount: warm restarts).
+and ``--cache-root/<dataset id>/`` holds the dataset's block cache, named by the dataset and not by
+the credentials (kept after unmount: warm restarts, also with a rotated key; ``csi/caches.py``).
+What each mount may hold of the node's memory and disk is granted before its daemon starts
+(``csi/reserve.py``, ``csi/budget.py``); every daemon runs in the environment the node's policy
+allows (``csi/policy.py``).
 
 Every volume staged with the dataset gets a read-only bind of the shared mount at its
 ``staging_target_path``; every publish binds the shared mount (or its ``subPath``) read-only at
@@ -25,7 +29,7 @@ Locks: one per dataset key, held while that dataset is mounted, repaired, bound 
 mount may take up to ``mount_timeout``), and one short ``state_lock`` for the ``State`` and its
 file, never held across a mount, a probe or a subprocess.  Calls on different datasets never
 wait for each other; a call on a busy dataset waits at most its own budget (then UNAVAILABLE).
-Lock order: volume (``csi/node.py``) -> dataset -> state.
+Lock order: volume (``csi/node.py``) -> dataset -> reservations -> state.
 
 Caveats: a hung (not dead) daemon is reported and left alone: killing it would turn slow reads
 into errors.  Two volumes of one dataset with different cache settings share one mount; the
@@ -47,11 +51,17 @@ from collections.abc import Iterator, Mapping
 import grpc
 import yaml
 
+from fluidfs.daemon.record import read_record
+from fluidfs.errors import FluidfsError
 from fluidfs.util.mounts import is_mounted, mounts_under
 
 from . import daemons, metrics
+from .budget import NodeBudget
+from .caches import CacheDirs
 from .daemons import MountFailed
 from .mountops import bind_ro, healthy_mount, make_private, path_kind, top_device, unmount_all
+from .policy import Policy
+from .reserve import Reservation, Reservations
 from .rpc import Budget
 from .state import SharedMount, State, StateStore, Volume
 from .volumes import DatasetRequest, RequestError, build_document
@@ -62,6 +72,7 @@ MOUNT_TIMEOUT = 60.0  # default for one `fluidfs mount` (--mount-timeout)
 PROBE_TIMEOUT = 5.0  # one statvfs health check
 STOP_TIMEOUT = 30.0  # one `fluidfs umount`
 MIN_MOUNT_TIME = 2.0  # a mount attempt is not started with less time than this left
+CACHE_GRACE = 86400.0  # an unused cache directory is removed after this long (--cache-gc-grace)
 _SECRET_KEY_RE = re.compile(r"^[A-Za-z0-9._-]{1,253}$")
 
 
@@ -89,6 +100,9 @@ class MountManager:
         unstage_grace: float = 0.0,
         fluidfs_cmd: list[str] | None = None,
         mount_timeout: float = MOUNT_TIMEOUT,
+        policy: Policy | None = None,
+        budget: NodeBudget | None = None,
+        cache_grace: float = CACHE_GRACE,
     ) -> None:
         self.store = store
         self.state = state
@@ -96,8 +110,17 @@ class MountManager:
         self.unstage_grace = unstage_grace
         self.fluidfs_cmd = fluidfs_cmd
         self.mount_timeout = mount_timeout
+        self.policy = policy if policy is not None else Policy()
         self.state_lock = threading.RLock()
         self.state_dir = store.state_dir
+        os.makedirs(cache_root, mode=0o700, exist_ok=True)
+        self.reservations = Reservations(
+            state,
+            self.state_lock,
+            self.save,
+            budget if budget is not None else NodeBudget(cache_root),
+            CacheDirs(cache_root, cache_grace),
+        )
         self._locks: dict[str, threading.Lock] = {}
         self._locks_guard = threading.Lock()
         self._retry_at: dict[str, float] = {}  # key -> monotonic time of the next remount try
@@ -120,6 +143,19 @@ class MountManager:
     def volume(self, volume_id: str) -> Volume | None:
         with self.state_lock:
             return self.state.volumes.get(volume_id)
+
+    def daemon_endpoints(self) -> list[tuple[str, str]]:
+        """``(key, metrics URL or "")`` of every mounted dataset (from each daemon's runtime record)."""
+        with self.state_lock:
+            mounts = [(m.key, m.mountpoint) for m in self.state.mounts.values()]
+        out = []
+        for key, mountpoint in mounts:
+            try:
+                rec = read_record(mountpoint)
+            except FluidfsError:
+                rec = None
+            out.append((key, str((rec or {}).get("metrics") or "")))
+        return out
 
     # -- locks ----------------------------------------------------------------------------------
     def _lock_of(self, key: str) -> threading.Lock:
@@ -153,21 +189,52 @@ class MountManager:
             if not self.shared_healthy(m):
                 self.remount(m, budget)
             return m
-        m = self._prepare(key, req, secrets)
+        bad = [k for k in secrets if not _SECRET_KEY_RE.match(k)]
+        if bad:
+            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, "secret keys must match [A-Za-z0-9._-]+")
+        self._release_unused_peers(key, req.dataset_digest()[:20], budget)
+        res = self.reservations.reserve(key, req)
         try:
-            self._mount(m, budget)
+            m = self._prepare(key, req, secrets, res)
+            try:
+                self._mount(m, budget)
+            except BaseException:
+                shutil.rmtree(os.path.dirname(m.source), ignore_errors=True)
+                raise
         except BaseException:
-            shutil.rmtree(os.path.dirname(m.source), ignore_errors=True)
+            self.reservations.cancel(key)
             raise
         with self.state_lock:
             self.state.mounts[key] = m
             self.save()
+        self.reservations.commit(key)
         return m
 
-    def _prepare(self, key: str, req: DatasetRequest, secrets: Mapping[str, str]) -> SharedMount:
-        bad = [k for k in secrets if not _SECRET_KEY_RE.match(k)]
-        if bad:
-            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, "secret keys must match [A-Za-z0-9._-]+")
+    def _release_unused_peers(self, key: str, dataset: str, budget: Budget) -> None:
+        """Unmount the other mounts of ``dataset`` that no volume uses (kept in their unstage grace
+        period): a volume staged again with rotated credentials then finds the cache directory
+        free, and warm.  A peer busy with a call is left alone (the new mount gets a directory
+        of its own)."""
+        with self.state_lock:
+            peers = [
+                m
+                for k, m in self.state.mounts.items()
+                if k != key and m.dataset == dataset and not self.state.users_of(k)
+            ]
+        for m in peers:
+            lock = self._lock_of(m.key)
+            if not lock.acquire(blocking=False):
+                continue
+            try:
+                with self.state_lock:
+                    if self.state.mounts.get(m.key) is not m or self.state.users_of(m.key):
+                        continue
+                log.info("dataset %s: unused mount of the same data (other credentials) released for %s", m.key, key)
+                self._unmount_shared(m, budget)
+            finally:
+                lock.release()
+
+    def _prepare(self, key: str, req: DatasetRequest, secrets: Mapping[str, str], res: Reservation) -> SharedMount:
         ddir = os.path.join(self.state_dir, "datasets", key)
         sdir = os.path.join(ddir, "secrets")
         os.makedirs(sdir, mode=0o700, exist_ok=True)
@@ -185,10 +252,13 @@ class MountManager:
             key=key,
             mountpoint=os.path.join(self.state_dir, "mounts", key),
             source=source,
-            args=list(req.cache_args),
-            cache_dir=os.path.join(self.cache_root, key),
+            args=list(res.args),
+            cache_dir=res.cache_dir,
             secret_dir=sdir,
             pid_file=os.path.join(ddir, "daemon.pid"),
+            dataset=res.dataset,
+            memory=res.grant.memory,
+            cache=res.grant.cache,
         )
 
     def _mount(self, m: SharedMount, budget: Budget) -> None:
@@ -197,7 +267,7 @@ class MountManager:
         timeout = min(self.mount_timeout, budget.require(MIN_MOUNT_TIME, f"mount dataset {m.key}") - 1.0)
         unmount_all(m.mountpoint, lazy=True)
         try:
-            daemons.start(self.fluidfs_cmd, m, max(1.0, timeout))
+            daemons.start(self.fluidfs_cmd, m, max(1.0, timeout), env=self.policy.daemon_env(os.environ))
             # Private, so that binds of it are not its peers (see csi/mountops.py).
             make_private(m.mountpoint)
         except BaseException:
@@ -248,6 +318,7 @@ class MountManager:
         with self.state_lock:
             self.state.mounts.pop(m.key, None)
             self.save()
+        self.reservations.released(m)
 
     # -- binds ----------------------------------------------------------------------------------
     def source_of(self, vol: Volume) -> str:
