@@ -34,6 +34,7 @@ import argparse
 import logging
 import math
 import os
+import shutil
 import signal
 import sys
 import threading
@@ -223,7 +224,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return ""
         if not fuse_usable():
             return "/dev/fuse cannot be opened"
-        return "" if manager.fluidfs_cmd is not None else "the fluidfs command is not installed"
+        cmd = manager.fluidfs_cmd
+        if cmd is None or shutil.which(cmd[0]) is None:
+            return f"the fluidfs command ({cmd[0] if cmd else 'fluidfs'}) is not installed"
+        return ""
 
     server = _serve(args, sock, with_controller, (ready, missing), store, state, manager, supervisor, policy)
     if args.metrics_addr:
