@@ -5,7 +5,7 @@
                 [--state-dir DIR] [--cache-root DIR] [--unstage-grace SECONDS]
                 [--mount-timeout SECONDS] [--metrics-addr HOST:PORT] [--check-interval SECONDS]
                 [--log-level LEVEL]
-                [--allow-host-path PATH]... [--node-identity] [--disable-ephemeral]
+                [--allow-host-path PATH]... [--node-identity] [--disable-ephemeral] [--kubelet-dir DIR]
                 [--memory-limit auto|none|SIZE] [--cache-capacity SIZE|PCT|none]
                 [--cache-free-floor SIZE|PCT] [--cache-gc-grace DURATION]
 
@@ -90,6 +90,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="S3 sources without credentials may use the node's own identity (env, instance metadata)",
     )
     sec.add_argument("--disable-ephemeral", action="store_true", help="refuse inline (ephemeral) volumes")
+    sec.add_argument(
+        "--kubelet-dir",
+        default="/var/lib/kubelet",
+        help="kubelet's root directory: never a local source (nor the state dir)",
+    )
     res = p.add_argument_group("node budgets (csi/budget.py); modes mounter, node and all")
     res.add_argument(
         "--memory-limit",
@@ -144,7 +149,7 @@ def _policy(args: argparse.Namespace, cache_root: str) -> Policy:
         args.allow_host_path,
         node_identity=args.node_identity,
         ephemeral=not args.disable_ephemeral,
-        protected=[args.state_dir, cache_root],
+        protected=[args.state_dir, cache_root, args.kubelet_dir],
     )
 
 

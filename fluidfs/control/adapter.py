@@ -33,7 +33,7 @@ API_VERSIONS = {
 
 @dataclass(frozen=True)
 class PodInfo:
-    """What the controller needs of a pod (a cache worker or a node plugin holding mounts)."""
+    """What the controller needs of a pod (a cache worker or a mount supervisor holding mounts)."""
 
     name: str
     namespace: str

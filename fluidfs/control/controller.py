@@ -9,7 +9,7 @@ One pass (:meth:`Controller.run_once`) lists the Dataset resources and, for each
    ``Failed``, the message and one Warning event per generation);
 3. creates or repairs its objects (``objects.desired`` + ``reconcile.plan``);
 4. when its sampling interval is due: scrapes its members' metrics endpoints (worker pods, and
-   node plugin pods that hold its mounts) in parallel, turns them into a ``signals.Sample``,
+   mount supervisor pods that hold its mounts) in parallel, turns them into a ``signals.Sample``,
    asks the autoscaler, and scales the StatefulSet through the scale subresource, with an
    Event for every change;
 5. patches the status when it changed.
@@ -52,7 +52,7 @@ FINALIZER = "fluidfs.io/cache-workers"
 class ControllerConfig:
     namespace: str | None = None  # watch one namespace, or all
     worker: objects.WorkerConfig = field(default_factory=objects.WorkerConfig)
-    client_namespace: str = ""  # where the pods holding the mounts (node plugins) run; "" = none
+    client_namespace: str = ""  # where the pods holding the mounts (mount supervisors) run; "" = none
     client_selector: Mapping[str, str] = field(default_factory=dict)
     scrape_timeout: float = 5.0
     scrape_threads: int = 8
