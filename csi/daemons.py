@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import math
 import os
 import re
 import shutil
@@ -133,7 +134,7 @@ def start(cmd: list[str], m: SharedMount, timeout: float, env: Mapping[str, str]
         "--log-file",
         log_file,
         "--timeout",
-        f"{max(1.0, timeout):.0f}",
+        str(math.ceil(max(1.0, timeout))),  # rounded up: never below what the caller asked for
         *m.args,
     ]
     log.info("dataset %s: mounting at %s (timeout %.0f s)", m.key, m.mountpoint, timeout)

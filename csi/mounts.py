@@ -51,6 +51,7 @@ from collections.abc import Iterator, Mapping
 import grpc
 import yaml
 
+from fluidfs.config import DEFAULT_REQUEST_TIMEOUT
 from fluidfs.daemon.record import read_record
 from fluidfs.errors import FluidfsError
 from fluidfs.util.mounts import is_mounted, mounts_under
@@ -61,7 +62,7 @@ from .caches import CacheDirs
 from .daemons import MountFailed
 from .mountops import bind_ro, healthy_mount, make_private, path_kind, top_device, unmount_all
 from .policy import Policy
-from .reserve import Reservation, Reservations
+from .reserve import Reservation, Reservations, wanted
 from .rpc import Budget
 from .state import SharedMount, State, StateStore, Volume
 from .volumes import DatasetRequest, RequestError, build_document
@@ -72,6 +73,10 @@ MOUNT_TIMEOUT = 60.0  # default for one `fluidfs mount` (--mount-timeout)
 PROBE_TIMEOUT = 5.0  # one statvfs health check
 STOP_TIMEOUT = 30.0  # one `fluidfs umount`
 MIN_MOUNT_TIME = 2.0  # a mount attempt is not started with less time than this left
+#: `fluidfs mount` needs time to report a source that does not answer: its own --timeout must
+#: exceed the source request timeout by this much (else it refuses to start)
+SOURCE_REPORT_SLACK = 10.0
+MIN_MOUNT_TIMEOUT = DEFAULT_REQUEST_TIMEOUT + SOURCE_REPORT_SLACK  # the least --mount-timeout
 CACHE_GRACE = 86400.0  # an unused cache directory is removed after this long (--cache-gc-grace)
 _SECRET_KEY_RE = re.compile(r"^[A-Za-z0-9._-]{1,253}$")
 
@@ -192,10 +197,18 @@ class MountManager:
         bad = [k for k in secrets if not _SECRET_KEY_RE.match(k)]
         if bad:
             raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, "secret keys must match [A-Za-z0-9._-]+")
+        request_timeout = wanted(req).request_timeout
+        if request_timeout + SOURCE_REPORT_SLACK > self.mount_timeout:
+            raise RequestError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"dataset {req.name}: request timeout {request_timeout:g} s does not fit the node's mount timeout"
+                f" ({self.mount_timeout:g} s, mounter.mountTimeout): at most {self.mount_timeout - SOURCE_REPORT_SLACK:g} s",
+            )
         self._release_unused_peers(key, req.dataset_digest()[:20], budget)
         res = self.reservations.reserve(key, req)
         try:
             m = self._prepare(key, req, secrets, res)
+            m.request_timeout = request_timeout
             try:
                 self._mount(m, budget)
             except BaseException:
@@ -264,16 +277,23 @@ class MountManager:
     def _mount(self, m: SharedMount, budget: Budget) -> None:
         if self.fluidfs_cmd is None:
             raise MountFailed("the fluidfs command is not available", grpc.StatusCode.UNAVAILABLE)
-        timeout = min(self.mount_timeout, budget.require(MIN_MOUNT_TIME, f"mount dataset {m.key}") - 1.0)
+        need = (m.request_timeout or DEFAULT_REQUEST_TIMEOUT) + SOURCE_REPORT_SLACK
+        timeout = min(self.mount_time(m), budget.require(need + 1.0, f"mount dataset {m.key}") - 1.0)
         unmount_all(m.mountpoint, lazy=True)
         try:
-            daemons.start(self.fluidfs_cmd, m, max(1.0, timeout), env=self.policy.daemon_env(os.environ))
+            daemons.start(self.fluidfs_cmd, m, timeout, env=self.policy.daemon_env(os.environ))
             # Private, so that binds of it are not its peers (see csi/mountops.py).
             make_private(m.mountpoint)
         except BaseException:
             daemons.kill_daemon(m)
             unmount_all(m.mountpoint, lazy=True)
             raise
+
+    def mount_time(self, m: SharedMount) -> float:
+        """How long one mount of ``m`` may take: ``--mount-timeout``, but never less than its source's
+        request timeout plus the time to report it (a mount recorded under a longer
+        ``--mount-timeout`` keeps the time it was accepted with)."""
+        return max(self.mount_timeout, (m.request_timeout or DEFAULT_REQUEST_TIMEOUT) + SOURCE_REPORT_SLACK)
 
     def shared_healthy(self, m: SharedMount) -> bool:
         if daemons.daemon_pid(m) is None:
@@ -438,7 +458,7 @@ class MountManager:
             if time.monotonic() < self._retry_at.get(key, 0.0):
                 return 0
             try:
-                self.remount(m, Budget(self.mount_timeout + 1.0))
+                self.remount(m, Budget(self.mount_time(m) + 1.5))
             except RequestError as e:
                 # Back off (1 s doubling to 60 s): a source that is down will not come back faster.
                 delay = min(60.0, self._backoff.get(key, 0.5) * 2)

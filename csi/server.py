@@ -53,7 +53,7 @@ from .daemons import fluidfs_command
 from .forward import ForwardingNodeServicer, Supervisor
 from .identity import IdentityServicer
 from .mountops import fuse_usable
-from .mounts import MOUNT_TIMEOUT, MountManager
+from .mounts import MIN_MOUNT_TIMEOUT, MOUNT_TIMEOUT, MountManager
 from .node import BUDGET_SLACK, NodeServicer
 from .policy import Policy
 from .recovery import Monitor
@@ -133,8 +133,11 @@ def _check_args(args: argparse.Namespace) -> tuple[str, str, float, float]:
     sup = socket_path(args.mounter, "--mounter") if args.mounter else ""
     grace = parse_duration(args.unstage_grace, "--unstage-grace")
     mount_timeout = parse_duration(args.mount_timeout, "--mount-timeout")
-    if not 1 <= mount_timeout < math.inf:
-        raise ValueError(f"--mount-timeout {args.mount_timeout!r}: must be at least 1 second and finite")
+    if not MIN_MOUNT_TIMEOUT <= mount_timeout < math.inf:
+        raise ValueError(
+            f"--mount-timeout {args.mount_timeout!r}: must be finite and at least {MIN_MOUNT_TIMEOUT:g} seconds"
+            " (a mount waits for its source's request timeout, 20 s by default, plus 10 s)"
+        )
     if args.mode in ("node", "all") and not args.node_id:
         raise ValueError(f"--node-id is required with --mode {args.mode}")
     if sup and args.mode not in ("node", "all"):

@@ -11,7 +11,8 @@ Format (``version`` 2; a version 1 file is read as well, its mounts without the 
       "mounts": {                       # one per dataset key (shared node-level fluidfs mount)
         "<key>": {"key", "mountpoint", "source", "args": [...], "cache_dir", "secret_dir",
                   "pid_file", "release_at": float|null, "daemon_pid": int|null, "daemon_start",
-                  "dataset", "memory", "cache"}     # dataset identity, memory tier and SSD quota granted
+                  "dataset", "memory", "cache",     # dataset identity, memory tier and SSD quota granted
+                  "request_timeout"}                # the daemon's source request timeout (0: default)
       },
       "volumes": {                      # one per staged (or ephemeral) volume
         "<volume_id>": {"volume_id", "key", "staging_target_path", "ephemeral", "context_digest",
@@ -86,6 +87,7 @@ class SharedMount:
     dataset: str = ""  # the dataset's identity (names its cache directory); "" in version 1 files
     memory: int = 0  # memory tier granted (csi/budget.py); 0: unknown (version 1)
     cache: int = 0  # SSD quota granted; 0 with a cache_dir: unknown (version 1)
+    request_timeout: float = 0.0  # the daemon's source request timeout; 0: fluidfs's default
 
 
 @dataclass

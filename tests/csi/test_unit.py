@@ -463,6 +463,7 @@ def test_stacked_binds_are_read_only_and_all_removed(tmp_path) -> None:
         (["--mode", "node", "--node-id", "n", "--mounter", "x.sock"], "--mounter 'x.sock'"),
         (["--mode", "node", "--node-id", "n", "--mounter", "/x.sock", "--metrics-addr", ":0"], "supervisor"),
         (["--mode", "mounter", "--mount-timeout", "0"], "--mount-timeout"),
+        (["--mode", "mounter", "--mount-timeout", "29"], "--mount-timeout"),
         (["--mode", "mounter", "--mount-timeout", "indefinite"], "--mount-timeout"),
     ],
 )
