@@ -198,11 +198,12 @@ class MountManager:
         if bad:
             raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, "secret keys must match [A-Za-z0-9._-]+")
         request_timeout = wanted(req).request_timeout
-        if request_timeout + SOURCE_REPORT_SLACK > self.mount_timeout:
+        most = self.mount_timeout - SOURCE_REPORT_SLACK
+        if request_timeout > most:
             raise RequestError(
                 grpc.StatusCode.INVALID_ARGUMENT,
                 f"dataset {req.name}: request timeout {request_timeout:g} s does not fit the node's mount timeout"
-                f" ({self.mount_timeout:g} s, mounter.mountTimeout): at most {self.mount_timeout - SOURCE_REPORT_SLACK:g} s",
+                f" ({self.mount_timeout:g} s, mounter.mountTimeout): at most {most:g} s",
             )
         self._release_unused_peers(key, req.dataset_digest()[:20], budget)
         res = self.reservations.reserve(key, req)

@@ -258,6 +258,19 @@ def test_node_stage_errors(plugin: Plugin, tmp_path: Path) -> None:
             volume_context={**PARAMS, "eviction": "fifo"},
         ),
     )
+    # a request timeout the mount timeout (60 s) cannot wait for, plus 10 s to report it
+    e = expect_code(
+        INVALID,
+        plugin.node.NodeStageVolume,
+        S(
+            volume_id="v",
+            staging_target_path=stp,
+            volume_capability=cap(),
+            volume_context={**PARAMS, "requestTimeout": "55"},
+            secrets={"accessKeyId": "a", "secretAccessKey": "b"},
+        ),
+    )
+    assert "mountTimeout" in (e.details() or "") and "at most 50 s" in (e.details() or "")
     expect_code(
         NOT_FOUND, plugin.node.NodeStageVolume, S(volume_id="v", staging_target_path=stp, volume_capability=cap())
     )

@@ -51,6 +51,8 @@ def no_answer(outcome: dict[str, object]) -> bool:
     """The call failed saying the endpoint (request timeout) or the mount (its own) did not answer."""
     details = str(outcome.get("details"))
     return outcome.get("code") in NO_ANSWER and ("no answer within" in details or "did not answer within" in details)
+
+
 BOUND = MOUNT_TIMEOUT + 10 + 10  # documented bound of a call, plus slack for a busy machine
 FAST = 5.0  # "did not wait for the hanging mount" (that one takes MOUNT_TIMEOUT or more)
 
