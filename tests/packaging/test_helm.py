@@ -634,11 +634,26 @@ def test_storageclass_from_dataset_document_and_defaults() -> None:
         ({"create": True}, "needs storageClass.url"),
         ({"create": True, "url": "s3://a/b", "dataset": "kind: Dataset"}, "exclusive"),
         ({"create": True, "dataset": "kind: Dataset", "region": "eu-west-1"}, "go with storageClass.url"),
+        ({"create": True, "url": "s3://a/b"}, "s3:// source without credentials"),
+        ({"create": True, "url": "file:///mnt/data"}, "security.allowedHostPaths"),
     ],
 )
 def test_storageclass_misconfiguration_fails_with_a_clear_message(sc: dict[str, Any], message: str) -> None:
     with pytest.raises(helm.HelmError, match=message):
         render({"storageClass": sc})
+
+
+def test_storageclass_of_what_the_nodes_serve() -> None:
+    """A StorageClass the chart creates names only what the nodes' policy lets them read."""
+    for sc, values in [
+        ({"url": "s3://public/p", "options": {"anonymous": "true"}}, {}),
+        ({"url": "s3://public/p", "parameters": {"options.anonymous": "true"}}, {}),
+        ({"url": "s3://b/p"}, {"security": {"nodeIdentity": True}}),
+        ({"url": "file:///mnt/data"}, {"security": {"allowedHostPaths": ["/mnt/data"]}}),
+        ({"url": "https://host/dir/"}, {}),
+    ]:
+        objs = objects(render({"storageClass": {"create": True, **sc}, **values}))
+        assert one(objs, "StorageClass")["parameters"]["url"] == sc["url"]
 
 
 def test_metrics_service_and_servicemonitor(full_objs: list[dict[str, Any]]) -> None:
