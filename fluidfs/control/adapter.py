@@ -80,7 +80,7 @@ def selector_matches(labels: Mapping[str, str], selector: str) -> bool:
 
 @dataclass(frozen=True)
 class PodInfo:
-    """What the controller needs of a pod (a cache worker or a node plugin holding mounts)."""
+    """What the controller needs of a pod (a cache worker or a mount supervisor holding mounts)."""
 
     name: str
     namespace: str

@@ -60,7 +60,7 @@ FINALIZER = "fluidfs.io/cache-workers"
 class ControllerConfig:
     namespace: str | None = None  # watch one namespace, or all
     worker: objects.WorkerConfig = field(default_factory=objects.WorkerConfig)
-    client_namespace: str = ""  # where the pods holding the mounts (node plugins) run; "" = none
+    client_namespace: str = ""  # where the pods holding the mounts (mount supervisors) run; "" = none
     client_selector: Mapping[str, str] = field(default_factory=dict)
     scrape_timeout: float = 5.0
     scrape_threads: int = 8

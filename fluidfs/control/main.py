@@ -159,7 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="NAME[/KEY] of the Secret with the peer key, in each Dataset's namespace")  # fmt: skip
     w.add_argument("--worker-log-level", default="info")
     c = p.add_argument_group("signals")
-    c.add_argument("--client-namespace", default="", help="namespace of the pods serving mounts (the node plugin)")
+    c.add_argument("--client-namespace", default="", help="namespace of the CSI mount supervisor pods")
     c.add_argument("--client-selector", type=_labels, default={}, help="their labels, k=v[,k=v...]")
     c.add_argument("--scrape-timeout", type=float, default=5.0)
     e = p.add_argument_group("leader election")

@@ -21,9 +21,10 @@ Signals (names of the data-plane metrics in ``fluidfs/metrics.py``):
   ``fluidfs_dataset_size_complete`` is 1 (it has listed every directory it has seen); the largest
   size any member has seen is kept too, as a lower bound.
 
-Only samples whose ``dataset`` label is the dataset being sampled count (a node plugin's
-endpoint serves every dataset mounted on that node); a mount-side endpoint with no sample of
-the dataset at all is not a member of it and is skipped.
+Only samples whose ``dataset`` label is the dataset being sampled count (a CSI mount
+supervisor's endpoint serves every dataset mounted on that node, each mount's samples with a
+``mount`` label, which are summed); a mount-side endpoint with no sample of the dataset at all
+is not a member of it and is skipped.
 
 Nothing here raises on bad input: an endpoint that did not answer, a garbled page, a missing
 counter or a member seen for the first time makes the sample *partial* (``problems`` says
@@ -238,7 +239,7 @@ def sample(previous: Mapping[str, MemberSnapshot], current: Sequence[MemberSnaps
             usage_known = False
             continue
         if client and not cur.counters and cur.used_bytes is None and cur.quota_bytes is None:
-            continue  # a node plugin's endpoint without this dataset: no mount of it there
+            continue  # a mount supervisor's endpoint without this dataset: no mount of it there
         clients += client
         workers += not client
         if cur.used_bytes is None or cur.quota_bytes is None:

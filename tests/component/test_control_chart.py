@@ -104,7 +104,7 @@ def test_deployment_runs_fluidfs_controller_with_leader_election(default: list[d
     assert args["worker-image"] == c["image"] == "fluidfs/fluidfs:0.1.0"
     assert "leader-election" in args and args["lease-namespace"] == "$(POD_NAMESPACE)"
     assert args["client-namespace"] == NAMESPACE
-    assert "app.kubernetes.io/component=mounter" in args["client-selector"]  # the mount supervisors
+    assert "app.kubernetes.io/component=mounter" in args["client-selector"]  # pods holding the mounts
     assert args["peer-secret"] == "fluidfs-peer/secret" and "namespace" not in args
     assert pod["serviceAccountName"] == "fluidfs-dataset-controller"
     assert pod["securityContext"]["runAsNonRoot"] is True
