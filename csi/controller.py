@@ -2,9 +2,12 @@
 
 A "volume" is a view of an existing dataset, so CreateVolume only validates the parameters,
 derives a deterministic volume id (``fluidfs-<dataset digest>-<name digest>``) and returns the
-parameters as ``volume_context``; DeleteVolume forgets it.  The name -> (volume id, parameters)
-map is kept in the state file so a repeated CreateVolume with the same name and different
-parameters is answered ALREADY_EXISTS, as the spec requires.
+parameters as ``volume_context``; DeleteVolume forgets it.  The name -> (volume id, parameters,
+capacity, node) map is kept in the state file: a repeated CreateVolume gets the same volume back,
+and one whose parameters differ, whose capacity range excludes the volume's capacity or whose
+topology requirement excludes its node is answered ALREADY_EXISTS, as the spec requires.  The
+node's policy (``csi/policy.py``, the same flags as the node's) is checked here too, so a PVC
+asking for what the nodes refuse fails at provisioning, with the same message.
 
 Caveats: ``capacity_bytes`` echoes the requested size (a dataset has no capacity of its own).
 With ``pinToNode: "true"`` the volume is tied to the CO's preferred (else first requisite)
@@ -21,6 +24,7 @@ import grpc
 from . import TOPOLOGY_KEY
 from ._gen import csi_pb2 as pb
 from ._gen import csi_pb2_grpc as pb_grpc
+from .policy import Policy
 from .state import State, StateStore
 from .volumes import (
     RequestError,
@@ -38,10 +42,11 @@ RPC = pb.ControllerServiceCapability.RPC
 
 
 class ControllerServicer(pb_grpc.ControllerServicer):
-    def __init__(self, store: StateStore, state: State, lock: threading.RLock) -> None:
+    def __init__(self, store: StateStore, state: State, lock: threading.RLock, policy: Policy | None = None) -> None:
         self.store = store
         self.state = state
         self.lock = lock
+        self.policy = policy if policy is not None else Policy()
 
     def _fail(self, context: grpc.ServicerContext, e: RequestError) -> None:
         context.abort(e.code, e.message)
@@ -80,30 +85,29 @@ class ControllerServicer(pb_grpc.ControllerServicer):
         if not has_dataset(params):
             raise invalid("parameters must name a dataset: set 'url' or 'dataset'")
         req = parse_context(params)
+        self.policy.check_sources(req)
         vid = volume_id_for(request.name, req)
         pdigest = digest(params)
+        capacity = cr.required_bytes or cr.limit_bytes
+        node = _pinned_node(request.accessibility_requirements) if req.pin_to_node else ""
         with self.lock:
             known = self.state.controller.get(request.name)
-            if known is not None and known.get("digest") != pdigest:
-                raise RequestError(
-                    grpc.StatusCode.ALREADY_EXISTS,
-                    f"volume {request.name!r} already exists with different parameters",
-                )
-            if known is None:
-                self.state.controller[request.name] = {"volume_id": vid, "digest": pdigest}
+            if known is not None:
+                _check_compatible(request, known, pdigest)
+                capacity = int(known.get("capacity") or capacity)
+                node = known.get("node", node) if req.pin_to_node else ""
+            else:
+                self.state.controller[request.name] = {
+                    "volume_id": vid,
+                    "digest": pdigest,
+                    "capacity": str(capacity),
+                    "node": node,
+                }
                 self.store.save(self.state)
                 log.info("created volume %s (name %s)", vid, request.name)
-        volume = pb.Volume(
-            volume_id=vid,
-            capacity_bytes=cr.required_bytes or cr.limit_bytes,
-            volume_context=params,
-        )
-        if req.pin_to_node:
-            ar = request.accessibility_requirements
-            for topo in list(ar.preferred) + list(ar.requisite):
-                if TOPOLOGY_KEY in topo.segments:
-                    volume.accessible_topology.append(pb.Topology(segments={TOPOLOGY_KEY: topo.segments[TOPOLOGY_KEY]}))
-                    break
+        volume = pb.Volume(volume_id=vid, capacity_bytes=capacity, volume_context=params)
+        if node:
+            volume.accessible_topology.append(pb.Topology(segments={TOPOLOGY_KEY: node}))
         return pb.CreateVolumeResponse(volume=volume)
 
     def DeleteVolume(self, request: pb.DeleteVolumeRequest, context: grpc.ServicerContext) -> pb.DeleteVolumeResponse:
@@ -132,7 +136,7 @@ class ControllerServicer(pb_grpc.ControllerServicer):
             context.abort(grpc.StatusCode.NOT_FOUND, f"volume {request.volume_id} does not exist")
         if has_dataset(ctx):
             try:
-                parse_context(ctx)
+                self.policy.check_sources(parse_context(ctx))
             except RequestError as e:
                 return pb.ValidateVolumeCapabilitiesResponse(message=e.message)
         for cap in request.volume_capabilities:
@@ -145,4 +149,35 @@ class ControllerServicer(pb_grpc.ControllerServicer):
                 volume_capabilities=request.volume_capabilities,
                 parameters=request.parameters,
             )
+        )
+
+
+def _pinned_node(ar: pb.TopologyRequirement) -> str:
+    """The node a ``pinToNode`` volume is tied to: the CO's first preferred, else first requisite."""
+    for topo in list(ar.preferred) + list(ar.requisite):
+        if TOPOLOGY_KEY in topo.segments:
+            return str(topo.segments[TOPOLOGY_KEY])
+    return ""
+
+
+def _check_compatible(request: pb.CreateVolumeRequest, known: dict[str, str], pdigest: str) -> None:
+    """ALREADY_EXISTS when the volume created under this name does not satisfy ``request``."""
+    name = request.name
+    if known.get("digest") != pdigest:
+        raise RequestError(grpc.StatusCode.ALREADY_EXISTS, f"volume {name!r} already exists with different parameters")
+    cr = request.capacity_range
+    if known.get("capacity"):
+        capacity = int(known["capacity"])
+        if capacity < cr.required_bytes or (cr.limit_bytes and capacity > cr.limit_bytes):
+            raise RequestError(
+                grpc.StatusCode.ALREADY_EXISTS,
+                f"volume {name!r} already exists with capacity {capacity} bytes, outside the requested range"
+                f" (required {cr.required_bytes}, limit {cr.limit_bytes or 'none'})",
+            )
+    node = known.get("node", "")
+    requisite = [t.segments.get(TOPOLOGY_KEY) for t in request.accessibility_requirements.requisite]
+    if node and requisite and node not in requisite:
+        raise RequestError(
+            grpc.StatusCode.ALREADY_EXISTS,
+            f"volume {name!r} already exists on node {node}, which the requested topology does not include",
         )

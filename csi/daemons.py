@@ -30,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Mapping
 
 import grpc
 
@@ -119,12 +120,14 @@ def kill_daemon(m: SharedMount, sig: int = signal.SIGKILL) -> None:
             pass
 
 
-def start(cmd: list[str], m: SharedMount, timeout: float) -> None:
-    """Run ``fluidfs mount`` for ``m`` and record its daemon; raises MountFailed with
-    DEADLINE_EXCEEDED when it does not answer within ``timeout`` seconds, INVALID_ARGUMENT for a
-    rejected dataset, UNAVAILABLE for a source that cannot be reached or read, INTERNAL otherwise."""
+def start(cmd: list[str], m: SharedMount, timeout: float, env: Mapping[str, str] | None = None) -> None:
+    """Run ``fluidfs mount`` for ``m`` (in ``env``, default the plugin's environment) and record its
+    daemon; raises MountFailed with DEADLINE_EXCEEDED when it does not answer within ``timeout``
+    seconds, INVALID_ARGUMENT for a rejected dataset, UNAVAILABLE for a source that cannot be
+    reached or read, INTERNAL otherwise.  Without ``m.cache_dir`` the daemon has no SSD tier."""
     os.makedirs(m.mountpoint, exist_ok=True)
-    os.makedirs(m.cache_dir, mode=0o700, exist_ok=True)
+    if m.cache_dir:
+        os.makedirs(m.cache_dir, mode=0o700, exist_ok=True)
     log_file = os.path.join(os.path.dirname(m.source), "daemon.log")
     # `fluidfs mount` wants room to report a source that does not answer (its request timeout +
     # 10 s); a shorter deadline of ours is kept by interrupting it (it then stops its daemon).
@@ -134,8 +137,7 @@ def start(cmd: list[str], m: SharedMount, timeout: float) -> None:
         "mount",
         m.source,
         m.mountpoint,
-        "--cache-dir",
-        m.cache_dir,
+        *(["--cache-dir", m.cache_dir] if m.cache_dir else []),
         "--allow-other",
         "--pid-file",
         m.pid_file,
@@ -150,7 +152,12 @@ def start(cmd: list[str], m: SharedMount, timeout: float) -> None:
     with tempfile.TemporaryFile("w+", encoding="utf-8", errors="replace") as err:
         # stderr to a file, not a pipe: the daemon may keep inherited fds open.
         proc = subprocess.Popen(
-            argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err, start_new_session=True
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+            start_new_session=True,
+            env=None if env is None else dict(env),
         )
         try:
             rc = proc.wait(timeout=timeout if cli_timeout > timeout else timeout + KILL_GRACE)

@@ -171,6 +171,16 @@ def path_kind(path: str, timeout: float) -> str:
     return _bounded("stat", path, kind, timeout).status
 
 
+def real_path(path: str, timeout: float) -> str | None:
+    """``os.path.realpath(path)``, or None when it does not answer within ``timeout`` (a hung
+    mount on the way); the helper thread is left to finish on its own."""
+    out: list[str] = []
+    t = threading.Thread(target=lambda: out.append(os.path.realpath(path)), name=f"csi-realpath:{path}", daemon=True)
+    t.start()
+    t.join(timeout)
+    return out[0] if out else None
+
+
 def healthy_mount(path: str, timeout: float) -> bool:
     """Something is mounted at ``path`` and its top layer answers (or hangs)."""
     return is_mounted(path) and probe(path, timeout).usable

@@ -6,8 +6,13 @@ Layout under ``--state-dir``::
     datasets/<key>/dataset.yaml   the generated Dataset document (credentials as {file: ...})
     datasets/<key>/secrets/<k>    one 0600 file per CSI secret value (dir 0700)
     datasets/<key>/daemon.pid, daemon.log
+    datasets/<key>/identity.json  the dataset's name and dataset key (``fluidfs_csi_dataset_info``)
 
-and ``--cache-root/<key>/`` holds the dataset's block cache (kept after unmount: warm restarts).
+and ``--cache-root/<dataset id>/`` holds the dataset's block cache, named by the dataset and not by
+the credentials (kept after unmount: warm restarts, also with a rotated key; ``csi/caches.py``).
+What each mount may hold of the node's memory and disk is granted before its daemon starts
+(``csi/reserve.py``, ``csi/budget.py``); every daemon runs in the environment the node's policy
+allows (``csi/policy.py``).
 
 Every volume staged with the dataset gets a read-only bind of the shared mount at its
 ``staging_target_path``; every publish binds the shared mount (or its ``subPath``) read-only at
@@ -25,7 +30,7 @@ Locks: one per dataset key, held while that dataset is mounted, repaired, bound 
 mount may take up to ``mount_timeout``), and one short ``state_lock`` for the ``State`` and its
 file, never held across a mount, a probe or a subprocess.  Calls on different datasets never
 wait for each other; a call on a busy dataset waits at most its own budget (then UNAVAILABLE).
-Lock order: volume (``csi/node.py``) -> dataset -> state.
+Lock order: volume (``csi/node.py``) -> dataset -> reservations -> state.
 
 Caveats: a hung (not dead) daemon is reported and left alone: killing it would turn slow reads
 into errors.  Two volumes of one dataset with different cache settings share one mount; the
@@ -35,6 +40,7 @@ first stage's settings win until the mount is released.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import re
@@ -47,11 +53,19 @@ from collections.abc import Iterator, Mapping
 import grpc
 import yaml
 
+from fluidfs.config import DEFAULT_REQUEST_TIMEOUT
+from fluidfs.daemon.record import read_record
+from fluidfs.errors import FluidfsError
+from fluidfs.spec import identity
 from fluidfs.util.mounts import is_mounted, mounts_under
 
 from . import daemons, metrics, peers
+from .budget import NodeBudget
+from .caches import CacheDirs
 from .daemons import MountFailed
 from .mountops import bind_ro, healthy_mount, make_private, path_kind, top_device, unmount_all
+from .policy import Policy
+from .reserve import Reservation, Reservations, wanted
 from .rpc import Budget
 from .state import SharedMount, State, StateStore, Volume
 from .volumes import DatasetRequest, RequestError, build_document
@@ -62,7 +76,14 @@ MOUNT_TIMEOUT = 60.0  # default for one `fluidfs mount` (--mount-timeout)
 PROBE_TIMEOUT = 5.0  # one statvfs health check
 STOP_TIMEOUT = 30.0  # one `fluidfs umount`
 MIN_MOUNT_TIME = 2.0  # a mount attempt is not started with less time than this left
+#: `fluidfs mount` needs time to report a source that does not answer: its own --timeout must
+#: exceed the source request timeout by this much (else it refuses to start)
+SOURCE_REPORT_SLACK = 10.0
+MIN_MOUNT_TIMEOUT = DEFAULT_REQUEST_TIMEOUT + SOURCE_REPORT_SLACK  # the least --mount-timeout
+CACHE_GRACE = 86400.0  # an unused cache directory is removed after this long (--cache-gc-grace)
 _SECRET_KEY_RE = re.compile(r"^[A-Za-z0-9._-]{1,253}$")
+#: datasets/<key>/identity.json: the dataset's name and key, for fluidfs_csi_dataset_info
+IDENTITY_FILE = "identity.json"
 
 
 def _write_private(path: str, data: str) -> None:
@@ -91,6 +112,9 @@ class MountManager:
         mount_timeout: float = MOUNT_TIMEOUT,
         peer_ports: tuple[int, int] = peers.DEFAULT_PORTS,
         member_id: str = "",
+        policy: Policy | None = None,
+        budget: NodeBudget | None = None,
+        cache_grace: float = CACHE_GRACE,
     ) -> None:
         self.store = store
         self.state = state
@@ -98,8 +122,17 @@ class MountManager:
         self.unstage_grace = unstage_grace
         self.fluidfs_cmd = fluidfs_cmd
         self.mount_timeout = mount_timeout
+        self.policy = policy if policy is not None else Policy()
         self.state_lock = threading.RLock()
         self.state_dir = store.state_dir
+        os.makedirs(cache_root, mode=0o700, exist_ok=True)
+        self.reservations = Reservations(
+            state,
+            self.state_lock,
+            self.save,
+            budget if budget is not None else NodeBudget(cache_root),
+            CacheDirs(cache_root, cache_grace),
+        )
         self._locks: dict[str, threading.Lock] = {}
         self._locks_guard = threading.Lock()
         self._retry_at: dict[str, float] = {}  # key -> monotonic time of the next remount try
@@ -114,6 +147,16 @@ class MountManager:
             self.store.save(self.state)
             metrics.SHARED_MOUNTS.set(len(self.state.mounts))
 
+    def publish_datasets(self) -> None:
+        """Export ``fluidfs_csi_dataset_info`` for the mounts of the state (after a restart)."""
+        for key in self.keys():
+            try:
+                with open(os.path.join(self.state_dir, "datasets", key, IDENTITY_FILE), encoding="utf-8") as f:
+                    ident = json.load(f)
+                metrics.set_dataset(key, str(ident["dataset"]), str(ident["dataset_key"]))
+            except (OSError, ValueError, KeyError, TypeError):
+                log.debug("dataset %s: no identity file (mounted by an older plugin)", key)
+
     def keys(self) -> list[str]:
         with self.state_lock:
             return list(self.state.mounts)
@@ -125,6 +168,19 @@ class MountManager:
     def volume(self, volume_id: str) -> Volume | None:
         with self.state_lock:
             return self.state.volumes.get(volume_id)
+
+    def daemon_endpoints(self) -> list[tuple[str, str]]:
+        """``(key, metrics URL or "")`` of every mounted dataset (from each daemon's runtime record)."""
+        with self.state_lock:
+            mounts = [(m.key, m.mountpoint) for m in self.state.mounts.values()]
+        out = []
+        for key, mountpoint in mounts:
+            try:
+                rec = read_record(mountpoint)
+            except FluidfsError:
+                rec = None
+            out.append((key, str((rec or {}).get("metrics") or "")))
+        return out
 
     # -- locks ----------------------------------------------------------------------------------
     def _lock_of(self, key: str) -> threading.Lock:
@@ -158,12 +214,31 @@ class MountManager:
             if not self.shared_healthy(m):
                 self.remount(m, budget)
             return m
-        m = self._prepare(key, req, secrets)
-        port = peers.port_of(m) or 0
+        bad = [k for k in secrets if not _SECRET_KEY_RE.match(k)]
+        if bad:
+            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, "secret keys must match [A-Za-z0-9._-]+")
+        request_timeout = wanted(req).request_timeout
+        most = self.mount_timeout - SOURCE_REPORT_SLACK
+        if request_timeout > most:
+            raise RequestError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"dataset {req.name}: request timeout {request_timeout:g} s does not fit the node's mount timeout"
+                f" ({self.mount_timeout:g} s, mounter.mountTimeout): at most {most:g} s",
+            )
+        self._release_unused_peers(key, req.dataset_digest()[:20], budget)
+        res = self.reservations.reserve(key, req)
+        port = 0
         try:
-            self._mount(m, budget)
+            m = self._prepare(key, req, secrets, res)
+            port = peers.port_of(m) or 0
+            m.request_timeout = request_timeout
+            try:
+                self._mount(m, budget)
+            except BaseException:
+                shutil.rmtree(os.path.dirname(m.source), ignore_errors=True)
+                raise
         except BaseException:
-            shutil.rmtree(os.path.dirname(m.source), ignore_errors=True)
+            self.reservations.cancel(key)
             with self.state_lock:
                 self._reserved_ports.discard(port)
             raise
@@ -171,19 +246,42 @@ class MountManager:
             self.state.mounts[key] = m
             self._reserved_ports.discard(port)
             self.save()
+        self.reservations.commit(key)
+        metrics.set_dataset(key, req.name, identity.key_of(req.dataset_digest()))
         peers.publish(m)
         return m
 
-    def _prepare(self, key: str, req: DatasetRequest, secrets: Mapping[str, str]) -> SharedMount:
-        bad = [k for k in secrets if not _SECRET_KEY_RE.match(k)]
-        if bad:
-            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, "secret keys must match [A-Za-z0-9._-]+")
+    def _release_unused_peers(self, key: str, dataset: str, budget: Budget) -> None:
+        """Unmount the other mounts of ``dataset`` that no volume uses (kept in their unstage grace
+        period): a volume staged again with rotated credentials then finds the cache directory
+        free, and warm.  A peer busy with a call is left alone (the new mount gets a directory
+        of its own)."""
+        with self.state_lock:
+            idle = [
+                m
+                for k, m in self.state.mounts.items()
+                if k != key and m.dataset == dataset and not self.state.users_of(k)
+            ]
+        for m in idle:
+            lock = self._lock_of(m.key)
+            if not lock.acquire(blocking=False):
+                continue
+            try:
+                with self.state_lock:
+                    if self.state.mounts.get(m.key) is not m or self.state.users_of(m.key):
+                        continue
+                log.info("dataset %s: unused mount of the same data (other credentials) released for %s", m.key, key)
+                self._unmount_shared(m, budget)
+            finally:
+                lock.release()
+
+    def _prepare(self, key: str, req: DatasetRequest, secrets: Mapping[str, str], res: Reservation) -> SharedMount:
         ddir = os.path.join(self.state_dir, "datasets", key)
         sdir = os.path.join(ddir, "secrets")
         files = {k: os.path.join(sdir, k) for k in secrets}
         with self.state_lock:  # a clustered dataset gets its peer port, member id and secret file
             args = peers.cluster_args(
-                req.cache_args, files, list(self.state.mounts.values()), ports=self.peer_ports,
+                list(res.args), files, list(self.state.mounts.values()), ports=self.peer_ports,
                 member_id=self.member_id, reserved=self._reserved_ports,
             )  # fmt: skip
             listen = peers.flag_value(args, "--listen")
@@ -197,29 +295,41 @@ class MountManager:
         doc = build_document(req, files)
         source = os.path.join(ddir, "dataset.yaml")
         _write_private(source, yaml.safe_dump(doc, sort_keys=False))
+        ident = {"dataset": req.name, "dataset_key": identity.key_of(req.dataset_digest())}
+        _write_private(os.path.join(ddir, IDENTITY_FILE), json.dumps(ident))
         return SharedMount(
             key=key,
             mountpoint=os.path.join(self.state_dir, "mounts", key),
             source=source,
             args=args,
-            cache_dir=os.path.join(self.cache_root, key),
+            cache_dir=res.cache_dir,
             secret_dir=sdir,
             pid_file=os.path.join(ddir, "daemon.pid"),
+            dataset=res.dataset,
+            memory=res.grant.memory,
+            cache=res.grant.cache,
         )
 
     def _mount(self, m: SharedMount, budget: Budget) -> None:
         if self.fluidfs_cmd is None:
             raise MountFailed("the fluidfs command is not available", grpc.StatusCode.UNAVAILABLE)
-        timeout = min(self.mount_timeout, budget.require(MIN_MOUNT_TIME, f"mount dataset {m.key}") - 1.0)
+        need = (m.request_timeout or DEFAULT_REQUEST_TIMEOUT) + SOURCE_REPORT_SLACK
+        timeout = min(self.mount_time(m), budget.require(need + 1.0, f"mount dataset {m.key}") - 1.0)
         unmount_all(m.mountpoint, lazy=True)
         try:
-            daemons.start(self.fluidfs_cmd, m, max(1.0, timeout))
+            daemons.start(self.fluidfs_cmd, m, timeout, env=self.policy.daemon_env(os.environ))
             # Private, so that binds of it are not its peers (see csi/mountops.py).
             make_private(m.mountpoint)
         except BaseException:
             daemons.kill_daemon(m)
             unmount_all(m.mountpoint, lazy=True)
             raise
+
+    def mount_time(self, m: SharedMount) -> float:
+        """How long one mount of ``m`` may take: ``--mount-timeout``, but never less than its source's
+        request timeout plus the time to report it (a mount recorded under a longer
+        ``--mount-timeout`` keeps the time it was accepted with)."""
+        return max(self.mount_timeout, (m.request_timeout or DEFAULT_REQUEST_TIMEOUT) + SOURCE_REPORT_SLACK)
 
     def shared_healthy(self, m: SharedMount) -> bool:
         if daemons.daemon_pid(m) is None:
@@ -265,6 +375,8 @@ class MountManager:
         with self.state_lock:
             self.state.mounts.pop(m.key, None)
             self.save()
+        metrics.drop_dataset(m.key)
+        self.reservations.released(m)
 
     # -- binds ----------------------------------------------------------------------------------
     def source_of(self, vol: Volume) -> str:
@@ -384,7 +496,7 @@ class MountManager:
             if time.monotonic() < self._retry_at.get(key, 0.0):
                 return 0
             try:
-                self.remount(m, Budget(self.mount_timeout + 1.0))
+                self.remount(m, Budget(self.mount_time(m) + 1.5))
             except RequestError as e:
                 # Back off (1 s doubling to 60 s): a source that is down will not come back faster.
                 delay = min(60.0, self._backoff.get(key, 0.5) * 2)

@@ -1,15 +1,22 @@
 """CSI Node service: stage (shared mount + staging bind), publish (read-only bind), and back.
 
-Rules beyond the happy path (CSI spec v1 error tables):
+Rules beyond the happy path (CSI spec v1.9 error tables; the table checked is in
+docs/kubernetes.md, "CSI conformance"):
 
-- missing required fields, unsupported capabilities (block, writer access modes), bad volume
-  attributes -> INVALID_ARGUMENT; publish without staging_target_path (we have
+- missing required fields, a malformed capability, bad volume attributes -> INVALID_ARGUMENT;
+  a well-formed capability a read-only filesystem does not offer (block, writer access modes)
+  -> FAILED_PRECONDITION ("Exceeds capabilities"); publish without staging_target_path (we have
   STAGE_UNSTAGE_VOLUME) -> FAILED_PRECONDITION;
+- what the node's policy does not allow (``csi/policy.py``) -> PERMISSION_DENIED; a dataset that
+  does not fit the node's memory -> RESOURCE_EXHAUSTED (``csi/budget.py``);
 - volume unknown to this node -> NOT_FOUND (stage without any dataset in its volume_context,
-  publish of a volume never staged, unstage/unpublish/stats of an unknown volume);
-- repeating a call that succeeded succeeds again (a bounded list of recently removed
-  (volume, path) pairs lets a repeated unpublish/unstage answer OK instead of NOT_FOUND);
-  the same volume/path with different parameters -> ALREADY_EXISTS;
+  publish of a volume never staged, stats of an unknown volume);
+- unstage/unpublish of a volume that is not staged/published at that path -> OK (the spec's
+  MUST: kubelet would otherwise retry forever); fluidfs binds found there are removed, without
+  ever touching the path itself while something else may be mounted on it;
+- repeating a call that succeeded succeeds again; the same volume/path with different
+  parameters -> ALREADY_EXISTS; a second target of a volume whose access mode is not
+  MULTI_NODE_... -> FAILED_PRECONDITION;
 - two calls on one volume at once: the second is answered ABORTED;
 - a call that needs a dataset another call is mounting waits at most its budget (the caller's
   deadline, capped at ``--mount-timeout`` + 10 s), then UNAVAILABLE; a mount that does not answer
@@ -32,10 +39,12 @@ from typing import TypeVar
 
 import grpc
 
+from fluidfs.util.mounts import FLUIDFS_FSTYPE, is_mounted, mount_at
+
 from . import TOPOLOGY_KEY, metrics
 from ._gen import csi_pb2 as pb
 from ._gen import csi_pb2_grpc as pb_grpc
-from .mountops import path_kind, probe, unmount_all
+from .mountops import path_kind, probe, umount_top, unmount_all
 from .mounts import PROBE_TIMEOUT, MountManager
 from .rpc import OP_SLOTS, STATS_SLOTS, Admission, Budget, call
 from .state import Publication, Volume
@@ -47,6 +56,7 @@ from .volumes import (
     identity_context,
     invalid,
     is_ephemeral,
+    is_multi_node,
     mount_key,
     parse_context,
     require_capability,
@@ -154,6 +164,7 @@ class NodeServicer(pb_grpc.NodeServicer):
                     grpc.StatusCode.NOT_FOUND, f"volume {r.volume_id}: volume_context names no dataset (url or dataset)"
                 )
             req = parse_context(ctx)
+            self.mm.policy.check(req, r.secrets)
             if not os.path.isdir(r.staging_target_path):
                 raise _err(
                     grpc.StatusCode.FAILED_PRECONDITION,
@@ -198,10 +209,9 @@ class NodeServicer(pb_grpc.NodeServicer):
         with self._volume(r.volume_id):
             vol = self.mm.volume(r.volume_id)
             if vol is None or vol.ephemeral or vol.staging_target_path != r.staging_target_path:
-                with self.mm.state_lock:
-                    if self.state.has_tombstone(r.volume_id, r.staging_target_path):
-                        return pb.NodeUnstageVolumeResponse()
-                raise _err(grpc.StatusCode.NOT_FOUND, f"volume {r.volume_id} is not staged at {r.staging_target_path}")
+                # Not staged there (a repeat, or never): OK, as the spec requires.
+                self._clear_unknown(os.path.normpath(r.staging_target_path), remove=False)
+                return pb.NodeUnstageVolumeResponse()
             if vol.publications:
                 raise _err(
                     grpc.StatusCode.FAILED_PRECONDITION,
@@ -228,6 +238,8 @@ class NodeServicer(pb_grpc.NodeServicer):
         self._require(r.volume_id, "volume_id")
         self._require(r.target_path, "target_path")
         ephemeral = is_ephemeral(r.volume_context)
+        if ephemeral:
+            self.mm.policy.check_ephemeral()
         require_capability(r.volume_capability, r.HasField("volume_capability"), ephemeral=ephemeral)
         if not ephemeral and not r.staging_target_path:
             raise _err(
@@ -259,6 +271,13 @@ class NodeServicer(pb_grpc.NodeServicer):
                     with self.mm.dataset(vol.key, budget):
                         self.mm.check_locked(vol.key)
                 return pb.NodePublishVolumeResponse()
+            if vol.publications and not is_multi_node(r.volume_capability):
+                raise _err(
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                    f"volume {r.volume_id} is already published at {next(iter(vol.publications))} and its access"
+                    f" mode {pb.VolumeCapability.AccessMode.Mode.Name(r.volume_capability.access_mode.mode)} allows"
+                    " one target per node",
+                )
             with self.mm.dataset(vol.key, budget):
                 self._bind_target(vol, target, budget)
                 self._record_publication(vol, target, r.readonly, capd)
@@ -291,6 +310,7 @@ class NodeServicer(pb_grpc.NodeServicer):
         if not has_dataset(ctx):
             raise invalid("ephemeral volume: volumeAttributes must set 'url' or 'dataset'")
         req = parse_context(ctx)
+        self.mm.policy.check(req, r.secrets)
         key = mount_key(req.dataset_digest(), r.secrets)
         vol = Volume(volume_id=r.volume_id, key=key, ephemeral=True, context_digest=digest(ctx), sub_path=req.sub_path)
         with self.mm.dataset(key, budget):
@@ -320,15 +340,13 @@ class NodeServicer(pb_grpc.NodeServicer):
         with self._volume(r.volume_id):
             vol = self.mm.volume(r.volume_id)
             if vol is None or target not in vol.publications:
+                # Not published there (a repeat, or never): OK, as the spec requires.
                 with self.mm.state_lock:
                     repeat = self.state.has_tombstone(r.volume_id, target)
                 if repeat:
-                    # Already unpublished (a repeat): make sure nothing of ours is left behind.
-                    self._remove_target(target)
-                elif os.path.lexists(target):
-                    raise _err(
-                        grpc.StatusCode.NOT_FOUND, f"volume {r.volume_id} is not published at {target} on this node"
-                    )
+                    self._remove_target(target)  # ours: make sure nothing of it is left behind
+                else:
+                    self._clear_unknown(target)
                 return pb.NodeUnpublishVolumeResponse()
             with self.mm.dataset(vol.key, budget):
                 self._remove_target(target)
@@ -345,6 +363,28 @@ class NodeServicer(pb_grpc.NodeServicer):
                     self.mm.release(vol.key, budget)
             log.info("volume %s: unpublished from %s", r.volume_id, target)
         return pb.NodeUnpublishVolumeResponse()
+
+    def _clear_unknown(self, path: str, remove: bool = True) -> None:
+        """An unstage/unpublish of a path this node has no volume at: remove the fluidfs binds
+        stacked there (left by a lost state file, say) and, for a target (``remove``), the empty
+        directory (the staging directory is kubelet's), never stat-ing a path something else is
+        still mounted on (it may be a dead or hung mount).  A path a known volume uses is left
+        alone."""
+        with self.mm.state_lock:
+            for v in self.state.volumes.values():
+                if path == v.staging_target_path or path in v.publications:
+                    return
+        top = mount_at(path)
+        while top is not None and top.fstype == FLUIDFS_FSTYPE:
+            umount_top(path, lazy=True)
+            log.info("%s: removed a fluidfs bind no volume of this node uses", path)
+            top = mount_at(path)
+        if not remove or top is not None or is_mounted(path):
+            return
+        try:
+            os.rmdir(path)
+        except OSError:
+            pass  # missing, not empty, or a file: not ours to remove
 
     @staticmethod
     def _remove_target(target: str) -> None:

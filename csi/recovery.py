@@ -8,6 +8,9 @@ independently: a remount that waits for an unreachable endpoint (up to ``--mount
 delays the repairs of that dataset only.  A dataset busy with a call (stage, publish...) is
 skipped until the next tick.
 
+The monitor also removes the cache directories no dataset used for longer than their grace
+period, every ``GC_INTERVAL`` seconds (``MountManager.reservations.collect``).
+
 At start the monitor adopts what is there: a dataset whose daemon still runs and answers (the
 supervisor restarted, the daemons did not) is left alone; only dead ones are remounted.  The
 plugin serves calls meanwhile: a call on a dataset being repaired waits for its lock.
@@ -20,10 +23,12 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 
 from .mounts import MountManager
 
 log = logging.getLogger(__name__)
+GC_INTERVAL = 60.0  # seconds between two looks at the unused cache directories
 
 
 class Monitor:
@@ -70,9 +75,23 @@ class Monitor:
                 self._checkers[key] = t
                 t.start()
 
+    def _collect(self) -> None:
+        try:
+            self.manager.reservations.collect()
+        except Exception:
+            log.exception("cache directory collection failed")
+
     def _run(self) -> None:
         for key in self.manager.keys():
             self.manager.adopt(key)
+        self.manager.reservations.caches.empty_trash()
         self._spawn()
+        self._collect()
+        next_gc = time.monotonic() + min(GC_INTERVAL, max(self.interval, self.manager.reservations.caches.grace / 2))
         while not self._stop.wait(min(self.interval, 1.0)):
             self._spawn()
+            if time.monotonic() >= next_gc:
+                self._collect()
+                next_gc = time.monotonic() + min(
+                    GC_INTERVAL, max(self.interval, self.manager.reservations.caches.grace / 2)
+                )

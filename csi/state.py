@@ -4,13 +4,15 @@ The file (``<state-dir>/state.json``) is rewritten atomically (write ``state.jso
 rename) after every change, so a plugin killed at any moment restarts from a consistent picture
 and can repair every shared mount, staging bind and published bind (see ``csi/recovery.py``).
 
-Format (``version`` 1)::
+Format (``version`` 2; a version 1 file is read as well, its mounts without the budget fields)::
 
     {
-      "version": 1,
+      "version": 2,
       "mounts": {                       # one per dataset key (shared node-level fluidfs mount)
         "<key>": {"key", "mountpoint", "source", "args": [...], "cache_dir", "secret_dir",
-                  "pid_file", "release_at": float|null, "daemon_pid": int|null, "daemon_start"}
+                  "pid_file", "release_at": float|null, "daemon_pid": int|null, "daemon_start",
+                  "dataset", "memory", "cache",     # dataset identity, memory tier and SSD quota granted
+                  "request_timeout"}                # the daemon's source request timeout (0: default)
       },
       "volumes": {                      # one per staged (or ephemeral) volume
         "<volume_id>": {"volume_id", "key", "staging_target_path", "ephemeral", "context_digest",
@@ -18,7 +20,8 @@ Format (``version`` 1)::
                            "<target_path>": {"target_path", "readonly", "capability"}}}
       },
       "controller": {"<name>": {"volume_id", "digest"}},   # CreateVolume idempotency
-      "tombstones": [["<volume_id>", "<path>"], ...]       # recently removed, bounded
+      "tombstones": [["<volume_id>", "<path>"], ...],      # recently removed, bounded
+      "idle_caches": {"<cache dir name>": {"since": float, "bytes": int|null}}   # unused cache dirs
     }
 
 Secrets never enter this file: they live only in 0600 files under ``secret_dir``.
@@ -39,7 +42,8 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-STATE_VERSION = 1
+STATE_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 MAX_TOMBSTONES = 1024
 
 
@@ -80,6 +84,18 @@ class SharedMount:
     release_at: float | None = None  # unmount when time.time() passes this (grace period)
     daemon_pid: int | None = None  # the daemon started for this mount ...
     daemon_start: str = ""  # ... and its "<boot id>:<start ticks>" (a pid alone may be reused)
+    dataset: str = ""  # the dataset's identity (names its cache directory); "" in version 1 files
+    memory: int = 0  # memory tier granted (csi/budget.py); 0: unknown (version 1)
+    cache: int = 0  # SSD quota granted; 0 with a cache_dir: unknown (version 1)
+    request_timeout: float = 0.0  # the daemon's source request timeout; 0: fluidfs's default
+
+
+@dataclass
+class IdleCache:
+    """A cache directory no mount uses: since when, and the bytes it holds (None: not measured)."""
+
+    since: float
+    bytes: int | None = None
 
 
 @dataclass
@@ -88,6 +104,7 @@ class State:
     volumes: dict[str, Volume] = field(default_factory=dict)
     controller: dict[str, dict[str, str]] = field(default_factory=dict)
     tombstones: list[tuple[str, str]] = field(default_factory=list)
+    idle_caches: dict[str, IdleCache] = field(default_factory=dict)
 
     def users_of(self, key: str) -> list[Volume]:
         """Volumes currently using the shared mount ``key``."""
@@ -115,11 +132,12 @@ class State:
             "volumes": {k: dataclasses.asdict(v) for k, v in self.volumes.items()},
             "controller": self.controller,
             "tombstones": [list(t) for t in self.tombstones],
+            "idle_caches": {k: dataclasses.asdict(v) for k, v in self.idle_caches.items()},
         }
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> State:
-        if data.get("version") != STATE_VERSION:
+        if data.get("version") not in READABLE_VERSIONS:
             raise ValueError(f"unsupported state version {data.get('version')!r}")
         mounts = {k: SharedMount(**m) for k, m in data.get("mounts", {}).items()}
         volumes = {}
@@ -131,6 +149,7 @@ class State:
             volumes=volumes,
             controller=dict(data.get("controller", {})),
             tombstones=[(str(a), str(b)) for a, b in data.get("tombstones", [])],
+            idle_caches={k: IdleCache(**v) for k, v in data.get("idle_caches", {}).items()},
         )
 
 

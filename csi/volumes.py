@@ -16,6 +16,12 @@ Volume context (= StorageClass ``parameters`` or a PV's / inline volume's ``volu
 Keys containing ``/`` (``csi.storage.k8s.io/...`` added by Kubernetes) are ignored; any other
 unknown key is an INVALID_ARGUMENT so typos are not silently dropped.
 
+The dataset is validated by the Dataset parser (``fluidfs.spec``) here, so a malformed one is an
+INVALID_ARGUMENT before anything is mounted, and the node's policy (``csi/policy.py``) can look at
+every source.  Credentials come only from the CSI secrets: a ``{file: ...}`` or ``{env: ...}``
+reference in a ``dataset`` document would read the node's files or the plugin's environment, and
+is refused with PERMISSION_DENIED whatever the policy.
+
 Caveats: two volumes with the same dataset but different cache keys share one mount; the cache
 settings of the first stage win until that mount is released.
 """
@@ -26,7 +32,7 @@ import hashlib
 import json
 import posixpath
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,6 +40,10 @@ import grpc
 import yaml
 
 from fluidfs.config import SETTINGS, Setting
+from fluidfs.errors import SpecError
+from fluidfs.spec import identity
+from fluidfs.spec.model import Dataset, MountSpec
+from fluidfs.spec.parse import dataset_from_url, parse_dataset
 
 from . import EPHEMERAL_KEY
 from ._gen import csi_pb2 as pb
@@ -70,6 +80,7 @@ SECRET_ALIASES = {
     "bearer_token": "bearerToken",
 }
 _NAME_RE = re.compile(r"[^a-z0-9-]+")
+DOCUMENT = "volume attribute 'dataset'"  # how messages name a dataset document
 
 
 class RequestError(Exception):
@@ -85,10 +96,14 @@ def invalid(message: str) -> RequestError:
     return RequestError(grpc.StatusCode.INVALID_ARGUMENT, message)
 
 
+def denied(message: str) -> RequestError:
+    """A request the node's policy does not allow (PERMISSION_DENIED)."""
+    return RequestError(grpc.StatusCode.PERMISSION_DENIED, message)
+
+
 def digest(obj: Any) -> str:
     """Stable sha256 hex digest of a JSON-able object."""
-    text = json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+    return identity.digest(obj)
 
 
 def identity_context(ctx: Mapping[str, str]) -> dict[str, str]:
@@ -111,16 +126,15 @@ class DatasetRequest:
     cache_args: tuple[str, ...] = ()
     sub_path: str = ""
     pin_to_node: bool = False
+    sources: tuple[MountSpec, ...] = ()  # every source of the dataset, as the Dataset parser reads it
+    settings: Mapping[str, Any] = field(default_factory=dict)  # {MountConfig field: value}: document, then attributes
 
     def dataset_digest(self) -> str:
-        """Identifies the data (not cache settings, not subPath): equal digests share a mount."""
+        """Identifies the data (not cache settings, not subPath): equal digests share a mount.
+        Its first 20 hex digits are the dataset key (``fluidfs.spec.identity``)."""
         if self.document is not None:
-            doc = dict(self.document)
-            spec = dict(doc.get("spec") or {})
-            spec.pop("cache", None)
-            doc["spec"] = spec
-            return digest({"dataset": doc})
-        return digest({"url": self.url, "options": dict(self.options)})
+            return identity.document_digest(self.document)
+        return identity.url_digest(self.url, self.options)
 
 
 def has_dataset(ctx: Mapping[str, str]) -> bool:
@@ -153,10 +167,13 @@ def parse_context(ctx: Mapping[str, str]) -> DatasetRequest:
     if doc_text:
         if options:
             raise invalid("source options go inside the 'dataset' document, not next to it")
+        parsed = _spec(lambda: parse_dataset(doc_text, DOCUMENT))
         document = _parse_document(doc_text)
     else:
         if not re.match(r"^(s3|https?|file)://", url):
             raise invalid(f"url {url!r}: must start with s3://, http://, https:// or file://")
+        parsed = _spec(lambda: dataset_from_url(url, options))
+    refuse_credential_references(parsed)
     cache_args = setting_args(ctx)
     name = ctx.get("name") or (document or {}).get("metadata", {}).get("name") or _name_from_url(url)
     pin = ctx.get("pinToNode", "false").lower()
@@ -170,7 +187,36 @@ def parse_context(ctx: Mapping[str, str]) -> DatasetRequest:
         cache_args=tuple(cache_args),
         sub_path=normalize_sub_path(ctx.get("subPath", "")),
         pin_to_node=pin == "true",
+        sources=parsed.mounts,
+        settings={**parsed.settings, **setting_values(ctx)},
     )
+
+
+def _spec(parse: Callable[[], Dataset]) -> Dataset:
+    """``parse()``; a SpecError (its one-line message names the field) is an INVALID_ARGUMENT."""
+    try:
+        return parse()
+    except SpecError as e:
+        raise invalid(str(e)) from None
+
+
+def refuse_credential_references(ds: Dataset) -> None:
+    """Credentials come from the CSI secrets only: ``{file: ...}`` and ``{env: ...}`` would read the
+    node's files or the plugin's environment (PERMISSION_DENIED)."""
+    for i, m in enumerate(ds.mounts):
+        for name, ref in sorted(m.credentials.items()):
+            if ref.file or ref.env:
+                form = "file" if ref.file else "env"
+                raise denied(
+                    f"{DOCUMENT}: spec.mounts[{i}].credentials ({name}): a {{{form}: ...}} reference would read"
+                    " the node's own files or environment; name a key of the volume's CSI secret instead"
+                    " ({secretKeyRef: {name: ..., key: ...}})"
+                )
+
+
+def setting_values(ctx: Mapping[str, str]) -> dict[str, Any]:
+    """The settings a volume context sets: {MountConfig field: typed value} (values checked before)."""
+    return {row.name: row.parse_arg(ctx[key].strip()) for key, row in SETTING_ATTRIBUTES.items() if key in ctx}
 
 
 def setting_args(ctx: Mapping[str, str]) -> list[str]:
@@ -232,33 +278,50 @@ def mount_key(dataset_digest: str, secrets: Mapping[str, str]) -> str:
 
 def volume_id_for(name: str, req: DatasetRequest) -> str:
     """CreateVolume's volume id: deterministic from the dataset and the request name."""
-    return f"fluidfs-{req.dataset_digest()[:20]}-{digest(name)[:8]}"
+    return f"fluidfs-{identity.key_of(req.dataset_digest())}-{digest(name)[:8]}"
 
 
 # -- capabilities -------------------------------------------------------------------------------
-def capability_error(cap: pb.VolumeCapability, *, ephemeral: bool = False) -> str | None:
-    """Why the plugin cannot serve ``cap`` (None when it can).  Read-only filesystem only."""
+def capability_issue(cap: pb.VolumeCapability, *, ephemeral: bool = False) -> tuple[bool, str] | None:
+    """Why the plugin cannot serve ``cap``: ``(malformed, message)``, None when it can.  Malformed:
+    a field the spec requires is missing; otherwise the capability is well-formed but asks for what
+    a fluidfs volume is not (a block device, a writer).  Read-only filesystem only."""
     if cap.HasField("block"):
-        return "block volumes are not supported: fluidfs volumes are filesystems"
+        return False, "block volumes are not supported: fluidfs volumes are filesystems"
     if not cap.HasField("mount"):
-        return "volume capability must set access_type (mount)"
+        return True, "volume capability must set access_type (mount)"
     if not cap.HasField("access_mode") or cap.access_mode.mode == Mode.UNKNOWN:
-        return "volume capability must set an access mode"
+        return True, "volume capability must set an access mode"
     allowed = EPHEMERAL_MODES if ephemeral else READ_ONLY_MODES
     if cap.access_mode.mode not in allowed:
-        return (
+        return False, (
             f"access mode {Mode.Name(cap.access_mode.mode)} is not supported: fluidfs volumes are"
             " read-only (use ReadOnlyMany / MULTI_NODE_READER_ONLY or SINGLE_NODE_READER_ONLY)"
         )
     return None
 
 
+def capability_error(cap: pb.VolumeCapability, *, ephemeral: bool = False) -> str | None:
+    """Why the plugin cannot serve ``cap`` (None when it can)."""
+    issue = capability_issue(cap, ephemeral=ephemeral)
+    return issue[1] if issue else None
+
+
 def require_capability(cap: pb.VolumeCapability, present: bool, *, ephemeral: bool = False) -> None:
+    """The capability of a node call: missing or malformed is INVALID_ARGUMENT; well-formed but more
+    than a fluidfs volume offers (block, a writer mode) is FAILED_PRECONDITION, the spec's
+    "Exceeds capabilities" of NodeStageVolume and NodePublishVolume."""
     if not present:
         raise invalid("volume_capability is required")
-    err = capability_error(cap, ephemeral=ephemeral)
-    if err:
-        raise invalid(err)
+    issue = capability_issue(cap, ephemeral=ephemeral)
+    if issue is not None:
+        malformed, message = issue
+        raise invalid(message) if malformed else RequestError(grpc.StatusCode.FAILED_PRECONDITION, message)
+
+
+def is_multi_node(cap: pb.VolumeCapability) -> bool:
+    """A ``MULTI_NODE_...`` access mode: the volume may be published at several targets of a node."""
+    return str(Mode.Name(cap.access_mode.mode)).startswith("MULTI_NODE_")
 
 
 def capability_digest(cap: pb.VolumeCapability) -> str:

@@ -17,11 +17,14 @@ Signals (names of the data-plane metrics in ``fluidfs/metrics.py``):
 - source throughput: ``fluidfs_source_bytes_total``;
 - cache capacity used: ``fluidfs_cache_used_bytes`` / ``fluidfs_cache_quota_bytes`` of each
   member's largest tier (the SSD tier, or the memory tier of a member without one);
-- dataset size, when some member knows it: ``fluidfs_dataset_size_bytes``.
+- dataset size, when some member knows it: ``fluidfs_dataset_size_bytes`` of a member whose
+  ``fluidfs_dataset_size_complete`` is 1 (it has listed every directory it has seen); the largest
+  size any member has seen is kept too, as a lower bound.
 
-Only samples whose ``dataset`` label is the dataset being sampled count (a node plugin's
-endpoint serves every dataset mounted on that node); a mount-side endpoint with no sample of
-the dataset at all is not a member of it and is skipped.
+Only samples whose ``dataset`` label is the dataset being sampled count (a CSI mount
+supervisor's endpoint serves every dataset mounted on that node, each mount's samples with a
+``mount`` label, which are summed); a mount-side endpoint with no sample of the dataset at all
+is not a member of it and is skipped.
 
 Nothing here raises on bad input: an endpoint that did not answer, a garbled page, a missing
 counter or a member seen for the first time makes the sample *partial* (``problems`` says
@@ -84,7 +87,8 @@ class MemberSnapshot:
     counters: Mapping[str, float] = field(default_factory=dict)  # keys of _COUNTERS present
     used_bytes: int | None = None  # largest tier
     quota_bytes: int | None = None
-    dataset_bytes: int | None = None
+    dataset_bytes: int | None = None  # the dataset's size, if this member knows it completely
+    dataset_bytes_seen: int | None = None  # bytes of the files it has seen (a lower bound)
     error: str = ""
     peer_port: int | None = None  # a mount supervisor's daemon of the dataset serves peers here (CLUSTER_PORT)
 
@@ -114,7 +118,8 @@ class Sample:
     source_bps: float | None = None
     used_bytes: int | None = None  # cluster cache (all members)
     capacity_bytes: int | None = None
-    dataset_bytes: int | None = None
+    dataset_bytes: int | None = None  # known completely by some member
+    dataset_bytes_seen: int | None = None  # the most any member has seen (a lower bound)
     clients: int = 0  # mount daemons that answered
     workers: int = 0  # cache workers that answered
     members: tuple[MemberUsage, ...] = ()
@@ -154,6 +159,7 @@ def snapshot(
     used: dict[str, float] = {}
     quota: dict[str, float] = {}
     size: float | None = None
+    complete = False
     peer_port: int | None = None
     try:
         for family in text_string_to_metric_families(text):
@@ -177,6 +183,8 @@ def snapshot(
                     quota[tier] = quota.get(tier, 0.0) + value
                 elif s.name == "fluidfs_dataset_size_bytes" and value > 0:
                     size = value if size is None else max(size, value)
+                elif s.name == "fluidfs_dataset_size_complete" and value > 0:
+                    complete = True
     except Exception as exc:  # the parser raises ValueError, IndexError, ... on garbage
         log.debug("metrics of %s (%s) are garbled: %s", target.name, target.url, exc)
         return MemberSnapshot(target, now, error=f"garbled metrics: {type(exc).__name__}")
@@ -187,7 +195,8 @@ def snapshot(
         counters=counters,
         used_bytes=int(used[tier]) if tier in used else None,
         quota_bytes=int(quota[tier]) if tier in quota else None,
-        dataset_bytes=int(size) if size is not None else None,
+        dataset_bytes=int(size) if size is not None and complete else None,
+        dataset_bytes_seen=int(size) if size is not None else None,
         peer_port=peer_port,
     )
 
@@ -217,6 +226,7 @@ def sample(previous: Mapping[str, MemberSnapshot], current: Sequence[MemberSnaps
     clients = workers = used = capacity = 0
     usage_known = bool(current)
     size: int | None = None
+    seen: int | None = None
     members: list[MemberUsage] = []
     if not current:
         problems.append("no member answered")
@@ -229,7 +239,7 @@ def sample(previous: Mapping[str, MemberSnapshot], current: Sequence[MemberSnaps
             usage_known = False
             continue
         if client and not cur.counters and cur.used_bytes is None and cur.quota_bytes is None:
-            continue  # a node plugin's endpoint without this dataset: no mount of it there
+            continue  # a mount supervisor's endpoint without this dataset: no mount of it there
         clients += client
         workers += not client
         if cur.used_bytes is None or cur.quota_bytes is None:
@@ -241,6 +251,8 @@ def sample(previous: Mapping[str, MemberSnapshot], current: Sequence[MemberSnaps
             members.append(MemberUsage(t.name, t.role, t.node, cur.used_bytes, cur.quota_bytes))
         if cur.dataset_bytes is not None:
             size = max(size or 0, cur.dataset_bytes)
+        if cur.dataset_bytes_seen is not None:
+            seen = max(seen or 0, cur.dataset_bytes_seen)
         required = _CLIENT_REQUIRED if client else _WORKER_REQUIRED
         missing = [k for k in required if k not in cur.counters]
         if missing:
@@ -284,6 +296,7 @@ def sample(previous: Mapping[str, MemberSnapshot], current: Sequence[MemberSnaps
         used_bytes=used if usage_known else None,
         capacity_bytes=capacity if usage_known else None,
         dataset_bytes=size,
+        dataset_bytes_seen=seen,
         clients=clients,
         workers=workers,
         members=tuple(members),

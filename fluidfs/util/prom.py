@@ -39,11 +39,16 @@ def parse_samples(text: str) -> list[Sample]:
     ]
 
 
+def fetch_text(url: str, timeout: float = 5.0) -> str:
+    """The metrics page at ``url`` (never through an HTTP proxy: the endpoints are local); raises OSError."""
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    with opener.open(url, timeout=timeout) as resp:
+        return str(resp.read().decode("utf-8", "replace"))
+
+
 def fetch_samples(url: str, timeout: float = 5.0) -> list[Sample]:
     """All samples of the metrics page at ``url``; raises OSError (or ValueError for a bad page)."""
-    with urllib.request.urlopen(url, timeout=timeout) as resp:
-        text = resp.read().decode("utf-8", "replace")
-    return parse_samples(text)
+    return parse_samples(fetch_text(url, timeout))
 
 
 def total(samples: list[Sample], name: str, **labels: str) -> float:

@@ -22,6 +22,7 @@ from tests.support.csi import Mode, Plugin, cap, cleanup, expect_code
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 NOT_FOUND = grpc.StatusCode.NOT_FOUND
+EXCEEDS = grpc.StatusCode.FAILED_PRECONDITION
 PARAMS = {"url": "s3://bucket/train", "endpoint": "http://127.0.0.1:1"}
 
 
@@ -226,13 +227,14 @@ def test_node_stage_errors(plugin: Plugin, tmp_path: Path) -> None:
     )
     expect_code(INVALID, plugin.node.NodeStageVolume, S(volume_id="v", volume_capability=cap(), volume_context=PARAMS))
     expect_code(INVALID, plugin.node.NodeStageVolume, S(volume_id="v", staging_target_path=stp, volume_context=PARAMS))
+    # well-formed capabilities a read-only filesystem does not offer: the spec's "Exceeds capabilities"
     expect_code(
-        INVALID,
+        EXCEEDS,
         plugin.node.NodeStageVolume,
         S(volume_id="v", staging_target_path=stp, volume_capability=cap(block=True), volume_context=PARAMS),
     )
     expect_code(
-        INVALID,
+        EXCEEDS,
         plugin.node.NodeStageVolume,
         S(
             volume_id="v",
@@ -244,6 +246,11 @@ def test_node_stage_errors(plugin: Plugin, tmp_path: Path) -> None:
     expect_code(
         INVALID,
         plugin.node.NodeStageVolume,
+        S(volume_id="v", staging_target_path=stp, volume_capability=cap(Mode.UNKNOWN), volume_context=PARAMS),
+    )
+    expect_code(
+        INVALID,
+        plugin.node.NodeStageVolume,
         S(
             volume_id="v",
             staging_target_path=stp,
@@ -251,6 +258,19 @@ def test_node_stage_errors(plugin: Plugin, tmp_path: Path) -> None:
             volume_context={**PARAMS, "eviction": "fifo"},
         ),
     )
+    # a request timeout the mount timeout (60 s) cannot wait for, plus 10 s to report it
+    e = expect_code(
+        INVALID,
+        plugin.node.NodeStageVolume,
+        S(
+            volume_id="v",
+            staging_target_path=stp,
+            volume_capability=cap(),
+            volume_context={**PARAMS, "requestTimeout": "55"},
+            secrets={"accessKeyId": "a", "secretAccessKey": "b"},
+        ),
+    )
+    assert "mountTimeout" in (e.details() or "") and "at most 50 s" in (e.details() or "")
     expect_code(
         NOT_FOUND, plugin.node.NodeStageVolume, S(volume_id="v", staging_target_path=stp, volume_capability=cap())
     )
@@ -268,7 +288,7 @@ def test_node_publish_errors(plugin: Plugin, tmp_path: Path) -> None:
     )
     expect_code(INVALID, plugin.node.NodePublishVolume, P(volume_id="v", target_path=tp, staging_target_path=stp))
     expect_code(
-        INVALID,
+        EXCEEDS,
         plugin.node.NodePublishVolume,
         P(volume_id="v", target_path=tp, staging_target_path=stp, volume_capability=cap(Mode.SINGLE_NODE_WRITER)),
     )
@@ -284,7 +304,7 @@ def test_node_publish_errors(plugin: Plugin, tmp_path: Path) -> None:
     )
     eph = {**PARAMS, "csi.storage.k8s.io/ephemeral": "true"}
     expect_code(
-        INVALID,
+        EXCEEDS,
         plugin.node.NodePublishVolume,
         P(volume_id="e", target_path=tp, volume_capability=cap(block=True), volume_context=eph),
     )
@@ -304,22 +324,16 @@ def test_node_publish_errors(plugin: Plugin, tmp_path: Path) -> None:
 def test_node_unpublish_unstage_stats_errors(plugin: Plugin, tmp_path: Path) -> None:
     expect_code(INVALID, plugin.node.NodeUnpublishVolume, pb.NodeUnpublishVolumeRequest(target_path=str(tmp_path)))
     expect_code(INVALID, plugin.node.NodeUnpublishVolume, pb.NodeUnpublishVolumeRequest(volume_id="v"))
-    expect_code(
-        NOT_FOUND,
-        plugin.node.NodeUnpublishVolume,
-        pb.NodeUnpublishVolumeRequest(volume_id="unknown", target_path=str(tmp_path)),
-    )
-    # nothing there at all: already unpublished, so a (repeated) unpublish succeeds
-    plugin.node.NodeUnpublishVolume(
-        pb.NodeUnpublishVolumeRequest(volume_id="unknown", target_path=str(tmp_path / "gone"))
-    )
+    # not published there: OK (the spec's MUST), whether the path exists or not; a non-empty
+    # directory that is no target of ours is left alone
+    (tmp_path / "keep").write_text("x")
+    for path in (tmp_path, tmp_path / "gone"):
+        plugin.node.NodeUnpublishVolume(pb.NodeUnpublishVolumeRequest(volume_id="unknown", target_path=str(path)))
+    assert (tmp_path / "keep").exists()
     expect_code(INVALID, plugin.node.NodeUnstageVolume, pb.NodeUnstageVolumeRequest(staging_target_path=str(tmp_path)))
     expect_code(INVALID, plugin.node.NodeUnstageVolume, pb.NodeUnstageVolumeRequest(volume_id="v"))
-    expect_code(
-        NOT_FOUND,
-        plugin.node.NodeUnstageVolume,
-        pb.NodeUnstageVolumeRequest(volume_id="unknown", staging_target_path=str(tmp_path)),
-    )
+    plugin.node.NodeUnstageVolume(pb.NodeUnstageVolumeRequest(volume_id="unknown", staging_target_path=str(tmp_path)))
+    assert (tmp_path / "keep").exists()
     expect_code(INVALID, plugin.node.NodeGetVolumeStats, pb.NodeGetVolumeStatsRequest(volume_path=str(tmp_path)))
     expect_code(INVALID, plugin.node.NodeGetVolumeStats, pb.NodeGetVolumeStatsRequest(volume_id="v"))
     expect_code(

@@ -5,8 +5,10 @@ a dataset behind it hangs, and while the monitor tries to remount another datase
 endpoint turned into a black hole, the node keeps working: Probe answers, a pod of another
 dataset is published, another dataset's dead daemon is repaired, and a flood of
 NodeGetVolumeStats on a hung mount neither blocks nor starves anything.  The hanging stage
-fails on its own with DEADLINE_EXCEEDED within the documented bound (``--mount-timeout`` + 10 s)
-and leaves nothing behind; the broken dataset comes back once its endpoint does.
+fails on its own within the documented bound (``--mount-timeout`` + 10 s): UNAVAILABLE once the
+source's request timeout (20 s) says the endpoint did not answer (DEADLINE_EXCEEDED if the
+mount itself overran), and leaves nothing behind; the broken dataset comes back once its
+endpoint does.
 """
 
 from __future__ import annotations
@@ -41,7 +43,16 @@ from tests.support.fuse import needs_fuse
 
 pytestmark = needs_fuse
 
-MOUNT_TIMEOUT = 20  # --mount-timeout of these tests (a mount of a loaded 2-core machine can take > 8 s)
+MOUNT_TIMEOUT = 30  # --mount-timeout of these tests (the least allowed: request timeout 20 s + 10 s)
+NO_ANSWER = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+
+
+def no_answer(outcome: dict[str, object]) -> bool:
+    """The call failed saying the endpoint (request timeout) or the mount (its own) did not answer."""
+    details = str(outcome.get("details"))
+    return outcome.get("code") in NO_ANSWER and ("no answer within" in details or "did not answer within" in details)
+
+
 BOUND = MOUNT_TIMEOUT + 10 + 10  # documented bound of a call, plus slack for a busy machine
 FAST = 5.0  # "did not wait for the hanging mount" (that one takes MOUNT_TIMEOUT or more)
 
@@ -171,7 +182,7 @@ def test_black_hole_endpoint_stalls_nothing_else(
     # the hanging stage fails on its own, within the bound, and leaves nothing behind
     hanging.join(timeout=BOUND + 30)
     assert not hanging.is_alive()
-    assert outcome["code"] == grpc.StatusCode.DEADLINE_EXCEEDED, outcome
+    assert no_answer(outcome), outcome
     assert float(outcome["elapsed"]) < BOUND, outcome  # type: ignore[arg-type]
     assert layers(str(stp_b)) == 0
     assert sorted(os.listdir(datasets)) == sorted(docs), "nothing left of the failed dataset"
@@ -191,8 +202,8 @@ def test_black_hole_endpoint_stalls_nothing_else(
 
 
 def test_black_hole_through_the_forwarding_plugin(workdir: Path, s3: object, black_hole: BlackHole) -> None:
-    """Plugin -> supervisor: the hanging stage fails with the supervisor's DEADLINE_EXCEEDED, the
-    plugin's Probe and NodeGetInfo answer meanwhile."""
+    """Plugin -> supervisor: the hanging stage fails with the supervisor's error (the endpoint did
+    not answer), the plugin's Probe and NodeGetInfo answer meanwhile."""
     env = plugin_env()
     sup = Plugin(workdir, mode="mounter", name="mounter", env=env, extra=["--mount-timeout", str(MOUNT_TIMEOUT)])
     plugin = Plugin(workdir, mode="node", env=env, extra=["--mounter", f"unix://{sup.sock}"])
@@ -210,8 +221,7 @@ def test_black_hole_through_the_forwarding_plugin(workdir: Path, s3: object, bla
             assert timed(lambda: plugin.node.NodeGetInfo(pb.NodeGetInfoRequest(), timeout=FAST)) < FAST
         assert hanging.is_alive()
         hanging.join(timeout=BOUND + 30)
-        assert outcome["code"] == grpc.StatusCode.DEADLINE_EXCEEDED, outcome
-        assert "did not answer within" in str(outcome["details"])
+        assert no_answer(outcome), outcome
         assert float(outcome["elapsed"]) < BOUND  # type: ignore[arg-type]
         assert mounts_under(str(workdir)) == []
         # the supervisor gone: the plugin answers UNAVAILABLE at once and says so in Probe

@@ -18,6 +18,7 @@ import yaml
 from csi._gen import csi_pb2 as pb
 from csi.daemons import request_timeout
 from csi.mounts import MountManager
+from csi.rpc import Budget
 from csi.state import MAX_TOMBSTONES, Publication, SharedMount, State, StateStore, Volume
 from csi.volumes import (
     RequestError,
@@ -80,6 +81,9 @@ def test_parse_url_context_with_options_cache_and_subpath() -> None:
     assert req.name == "bucket"
 
 
+DOC_HEAD = "apiVersion: fluidfs.io/v1alpha1\nkind: Dataset\nmetadata: {name: d}\n"
+
+
 @pytest.mark.parametrize(
     "ctx, needle",
     [
@@ -92,9 +96,13 @@ def test_parse_url_context_with_options_cache_and_subpath() -> None:
         ({"url": "s3://b", "metadataTTL": "soon"}, "metadataTTL"),
         ({"url": "s3://b", "subPath": "../etc"}, "subPath"),
         ({"url": "s3://b", "pinToNode": "yes"}, "pinToNode"),
-        ({"dataset": "a: [unclosed"}, "not valid YAML"),
-        ({"dataset": "kind: Pod"}, "kind: Dataset"),
-        ({"dataset": "kind: Dataset\nspec: {mounts: []}"}, "spec.mounts"),
+        ({"dataset": "a: [unclosed"}, "invalid YAML"),
+        ({"dataset": "apiVersion: fluidfs.io/v1alpha1\nkind: Pod"}, "expected 'Dataset'"),
+        ({"dataset": "kind: Dataset\nspec: {mounts: [{mountPoint: 's3://b'}]}"}, "apiVersion"),
+        ({"dataset": f"{DOC_HEAD}spec: {{mounts: []}}"}, "spec.mounts"),
+        ({"dataset": f"{DOC_HEAD}spec: {{mounts: [{{mountPoint: 'gopher://x'}}]}}"}, "spec.mounts[0].mountPoint"),
+        ({"url": "s3://b", "options.anonymous": "maybe"}, "anonymous"),
+        ({"url": "s3://b", "options.secret_access_key": "x"}, "credentials belong"),
         ({"dataset": "kind: Dataset\nspec: {mounts: [{mountPoint: 's3://b'}]}", "endpoint": "x"}, "inside"),
     ],
 )
@@ -276,7 +284,7 @@ def test_state_round_trip_and_atomic_save(tmp_path) -> None:
     again = store.load()
     assert again == st
     assert sorted(v.volume_id for v in again.users_of("k1")) == ["e1", "v1"]
-    assert json.load(open(store.path))["version"] == 1
+    assert json.load(open(store.path))["version"] == 2
 
 
 def test_corrupt_state_file_is_set_aside(tmp_path) -> None:
@@ -309,7 +317,7 @@ def test_credentials_written_private_and_never_in_state(tmp_path) -> None:
     mm = MountManager(store, State(), cache_root=str(tmp_path / "cache"), fluidfs_cmd=None)
     req = parse_context({"url": "s3://bucket/p", "endpoint": "http://127.0.0.1:1"})
     secrets = {"accessKeyId": "AKID-123", "secretAccessKey": "TOPSECRET-456"}
-    m = mm._prepare("key1", req, secrets)
+    m = mm._prepare("key1", req, secrets, mm.reservations.reserve("key1", req))
     assert stat.S_IMODE(os.stat(m.secret_dir).st_mode) == 0o700
     assert stat.S_IMODE(os.stat(os.path.dirname(m.source)).st_mode) == 0o700
     for name in secrets:
@@ -322,7 +330,35 @@ def test_credentials_written_private_and_never_in_state(tmp_path) -> None:
     mm.save()
     assert "TOPSECRET" not in open(store.path).read()
     with pytest.raises(RequestError):
-        mm._prepare("key2", req, {"../escape": "x"})
+        mm.ensure_shared("key2", req, {"../escape": "x"}, Budget(5))
+
+
+def test_dataset_info_names_the_dataset_key_of_each_shared_mount(tmp_path) -> None:
+    """fluidfs_csi_dataset_info{dataset, dataset_key}: how fluidfs-controller maps a daemon's
+    metrics (labelled by dataset name) to the node label cache.fluidfs.io/<dataset key>; it
+    survives a restart of the supervisor (identity file) and goes with the last mount."""
+    from csi import metrics as csi_metrics
+    from fluidfs.spec.identity import dataset_key
+
+    store = StateStore(str(tmp_path / "state"))
+    mm = MountManager(store, State(), cache_root=str(tmp_path / "cache"), fluidfs_cmd=None)
+    ctx = {"url": "s3://bucket/train", "name": "imagenet"}
+    m = mm._prepare("mkey", parse_context(ctx), {})
+    mm.state.mounts["mkey"] = m
+    key = dataset_key(ctx)
+    assert key is not None
+
+    def info() -> float | None:
+        return csi_metrics.REGISTRY.get_sample_value(
+            "fluidfs_csi_dataset_info", {"dataset": "imagenet", "dataset_key": key}
+        )
+
+    csi_metrics.drop_dataset("mkey")
+    assert info() is None
+    mm.publish_datasets()  # what a restarted supervisor does for the mounts of its state
+    assert info() == 1.0
+    csi_metrics.drop_dataset("mkey")
+    assert info() is None
 
 
 def test_second_operation_on_one_volume_is_aborted(tmp_path) -> None:
@@ -456,6 +492,7 @@ def test_stacked_binds_are_read_only_and_all_removed(tmp_path) -> None:
         (["--mode", "node", "--node-id", "n", "--mounter", "x.sock"], "--mounter 'x.sock'"),
         (["--mode", "node", "--node-id", "n", "--mounter", "/x.sock", "--metrics-addr", ":0"], "supervisor"),
         (["--mode", "mounter", "--mount-timeout", "0"], "--mount-timeout"),
+        (["--mode", "mounter", "--mount-timeout", "29"], "--mount-timeout"),
         (["--mode", "mounter", "--mount-timeout", "indefinite"], "--mount-timeout"),
     ],
 )

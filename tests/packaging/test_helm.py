@@ -283,6 +283,12 @@ def test_csidriver(default_objs: list[dict[str, Any]]) -> None:
     assert spec["fsGroupPolicy"] == "None"  # a read-only FUSE mount cannot be chowned
 
 
+def test_inline_volumes_can_be_switched_off(full_objs: list[dict[str, Any]]) -> None:
+    assert one(full_objs, "CSIDriver")["spec"]["volumeLifecycleModes"] == ["Persistent"]
+    args = container(daemonset(full_objs, "mounter")["spec"]["template"]["spec"], "mounter")["args"]
+    assert flag(args, "disable-ephemeral") == "", "the supervisor refuses them too (a CSIDriver managed elsewhere)"
+
+
 def test_csidriver_can_be_left_out() -> None:
     kinds = [o["kind"] for o in objects(render({"csiDriver": {"create": False}}))]
     assert "CSIDriver" not in kinds
@@ -378,6 +384,21 @@ def check_mounter_daemonset(
     else:
         assert flag(args, "peer-ports") is None and "POD_NAME" not in env
     assert sup["resources"] == values["mounter"]["resources"]
+    # node-wide budgets (the memory limit comes from the container's cgroup) and the policy
+    cache = values["cache"]
+    assert flag(args, "cache-capacity") == str(cache["capacity"])
+    assert flag(args, "cache-free-floor") == str(cache["freeSpaceFloor"])
+    assert flag(args, "cache-gc-grace") == str(cache["gcGracePeriod"])
+    assert flag(args, "memory-limit") is None
+    assert flag(args, "kubelet-dir") == kubelet_dir
+    sec = values["security"]
+    allowed = [a.split("=", 1)[1] for a in args if a.startswith("--allow-host-path=")]
+    assert allowed == [p.rstrip("/") for p in sec["allowedHostPaths"]]
+    assert (flag(args, "node-identity") == "") is sec["nodeIdentity"]
+    assert (flag(args, "disable-ephemeral") == "") is (not sec["ephemeralVolumes"])
+    for i, path in enumerate(allowed):  # each allowed host path, read-only, at its own path
+        assert mount(sup, f"host-path-{i}") == {"name": f"host-path-{i}", "mountPath": path, "readOnly": True}
+        assert volume(pod, f"host-path-{i}")["hostPath"] == {"path": path, "type": "Directory"}
 
     # kubelet dir at the same path, Bidirectional; /dev/fuse; the state dir private; cache; socket
     km = mount(sup, "kubelet-dir")
@@ -404,7 +425,43 @@ def test_node_daemonsets_defaults(chart: helm.Chart, default_objs: list[dict[str
         assert container(pod, name)["image"] == f"fluidfs/fluidfs:{chart.metadata['appVersion']}"
         assert "hostNetwork" not in pod
         assert pod["tolerations"] == [{"operator": "Exists"}]
-    assert flag(container(mounter["spec"]["template"]["spec"], "mounter")["args"], "metrics-addr") is None
+    sup = container(mounter["spec"]["template"]["spec"], "mounter")
+    # fluidfs-controller scrapes the mounts there, so the port is served without metrics.enabled
+    assert flag(sup["args"], "metrics-addr") == "0.0.0.0:9809"
+    assert sup["ports"] == [{"name": "metrics", "containerPort": 9809, "protocol": "TCP"}]
+    assert not by_kind(default_objs, "Service"), "a Service only with metrics.enabled"
+    # the memory request is what the memory tiers really take: the limit
+    res = values["mounter"]["resources"]
+    assert res["requests"]["memory"] == res["limits"]["memory"]
+    quiet = objects(render({"datasetController": {"enabled": False}}))
+    sup = container(daemonset(quiet, "mounter")["spec"]["template"]["spec"], "mounter")
+    assert flag(sup["args"], "metrics-addr") is None and "ports" not in sup
+
+
+def test_dataset_controller_scrapes_the_mount_supervisors() -> None:
+    """fluidfs-controller's client selector finds the pods that hold the mounts, on a port named
+    ``metrics`` (what its Kubernetes adapter reads), and samples by the ``dataset`` label the
+    supervisor's page carries (tests/csi/test_resources.py)."""
+    rendered = render()
+    dep = next(
+        d
+        for name, text in rendered.items()
+        if name.endswith("dataset-controller.yaml")
+        for d in docs_of(text)
+        if d["kind"] == "Deployment"
+    )
+    args = dep["spec"]["template"]["spec"]["containers"][0]["args"]
+    selector = dict(kv.split("=", 1) for kv in (flag(args, "client-selector") or "").split(","))
+    assert flag(args, "client-namespace") == NAMESPACE
+    objs = objects(rendered)
+    matching = [
+        ds
+        for ds in by_kind(objs, "DaemonSet")
+        if selector.items() <= ds["spec"]["template"]["metadata"]["labels"].items()
+    ]
+    assert [ds["metadata"]["labels"]["app.kubernetes.io/component"] for ds in matching] == ["mounter"]
+    sup = container(matching[0]["spec"]["template"]["spec"], "mounter")
+    assert "metrics" in {p["name"] for p in sup["ports"]}
 
 
 def test_node_daemonsets_all_features(
@@ -428,6 +485,23 @@ def test_node_daemonsets_all_features(
     assert flag(sup["args"], "metrics-addr") == "0.0.0.0:9900"
     assert {"name": "metrics", "containerPort": 9900, "protocol": "TCP"} in sup["ports"]
     assert pod["hostNetwork"] is True and pod["dnsPolicy"] == "ClusterFirstWithHostNet"
+    assert [a for a in sup["args"] if a.startswith("--allow-host-path=")] == [
+        "--allow-host-path=/mnt/datasets",
+        "--allow-host-path=/data/shared",
+    ]
+
+
+@pytest.mark.parametrize(
+    "path, clash",
+    [
+        ("/var/lib", "/var/lib/kubelet"),
+        ("/var/", "/var/lib/kubelet"),
+        ("/var/lib/fluidfs/csi/x", "/var/lib/fluidfs/csi"),
+    ],
+)
+def test_allowed_host_paths_never_expose_the_nodes_secrets(path: str, clash: str) -> None:
+    with pytest.raises(helm.HelmError, match=f"{re.escape(path.rstrip('/') or '')} overlaps {re.escape(clash)}"):
+        render({"security": {"allowedHostPaths": [path]}})
 
 
 def test_controller_deployment(chart: helm.Chart, default_objs: list[dict[str, Any]]) -> None:
@@ -444,7 +518,15 @@ def test_controller_deployment(chart: helm.Chart, default_objs: list[dict[str, A
     plugin = container(pod, "fluidfs")
     assert flag(plugin["args"], "mode") == "controller"
     assert flag(plugin["args"], "endpoint") == "unix:///csi/csi.sock"
-    assert "securityContext" not in plugin or not plugin["securityContext"].get("privileged")
+    # nothing in the controller pod needs root; the plugin's state dir is a directory of its own
+    assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] != 0
+    for c in pod["containers"]:
+        sc = c["securityContext"]
+        assert sc["allowPrivilegeEscalation"] is False and sc["readOnlyRootFilesystem"] is True, c["name"]
+        assert sc["capabilities"] == {"drop": ["ALL"]}, c["name"]
+    assert flag(plugin["args"], "state-dir") == "/var/lib/fluidfs/csi/state"
+    assert mount(plugin, "state-dir")["mountPath"] == "/var/lib/fluidfs/csi"
+    assert flag(plugin["args"], "kubelet-dir") == "/var/lib/kubelet"  # the nodes' policy, checked at provisioning
     probe = container(pod, "liveness-probe")
     assert {p["name"]: p["containerPort"] for p in plugin["ports"]}["healthz"] == int(
         flag(probe["args"], "health-port") or 0
@@ -473,19 +555,17 @@ def test_rbac_is_least_privilege(default_objs: list[dict[str, Any]]) -> None:
                 assert res != "*" and group != "*" and "*" not in rule["verbs"]
                 granted.setdefault((group, res), set()).update(rule["verbs"])
     needed = {
-        ("", "persistentvolumes"): {"get", "list", "watch", "create", "delete"},
+        ("", "persistentvolumes"): {"get", "list", "watch", "create", "patch", "delete"},
         ("", "persistentvolumeclaims"): {"get", "list", "watch", "update"},
         ("storage.k8s.io", "storageclasses"): {"get", "list", "watch"},
-        ("", "events"): {"create", "patch"},
+        ("", "events"): {"create", "update", "patch"},
         ("storage.k8s.io", "csinodes"): {"get", "list", "watch"},
         ("", "nodes"): {"get", "list", "watch"},
-        ("storage.k8s.io", "volumeattachments"): {"get", "list", "watch"},
-        ("", "secrets"): {"get"},
     }
-    for key, verbs in needed.items():
-        assert verbs <= granted.get(key, set()), f"provisioner lacks {verbs} on {key}"
-    assert granted[("", "secrets")] == {"get"}  # never list/watch every secret
-    assert set(granted) == set(needed), "nothing beyond what the provisioner needs"
+    assert granted == needed, "exactly what csi-provisioner needs: no Secrets, no VolumeAttachments"
+    readme = (CHART / "README.md").read_text()
+    for _group, res in needed:
+        assert f"`{res}`" in readme, f"helm/fluidfs/README.md does not say why the provisioner may use {res}"
 
     accounts = {sa["metadata"]["name"]: sa for sa in by_kind(default_objs, "ServiceAccount")}
     node_sas = {o["spec"]["template"]["spec"]["serviceAccountName"] for o in by_kind(default_objs, "DaemonSet")}
@@ -504,12 +584,10 @@ def test_rbac_is_least_privilege(default_objs: list[dict[str, Any]]) -> None:
     assert bound == {controller_sa}, "the node plugin needs no API permissions"
     lease_role = one(default_objs, "Role")
     assert lease_role["rules"] == [
-        {
-            "apiGroups": ["coordination.k8s.io"],
-            "resources": ["leases"],
-            "verbs": ["get", "watch", "list", "delete", "update", "create"],
-        }
+        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get", "create", "update"]}
     ]
+    rendered = "\n".join(yaml.safe_dump(o) for o in default_objs)
+    assert "provisioner-secret" not in rendered
 
 
 def test_cluster_lets_the_node_daemons_read_endpointslices_only(
@@ -541,6 +619,12 @@ def test_storageclass(full_objs: list[dict[str, Any]], all_values: dict[str, Any
     p = sc["parameters"]
     assert all(isinstance(v, str) for v in p.values())
     assert p["url"] == "s3://training-data/imagenet"
+    # only the node reads the secret: CreateVolume takes none, so the controller needs no Secret access
+    assert {k for k in p if "secret" in k} == {
+        "csi.storage.k8s.io/node-stage-secret-name",
+        "csi.storage.k8s.io/node-stage-secret-namespace",
+    }
+    assert p["csi.storage.k8s.io/node-stage-secret-name"] == all_values["storageClass"]["secretName"]
     assert p["endpoint"] == "http://minio.storage.svc:9000"
     assert p["region"] == "us-east-1"
     assert p["options.addressing_style"] == "path"
@@ -548,9 +632,7 @@ def test_storageclass(full_objs: list[dict[str, Any]], all_values: dict[str, Any
     assert p["cacheSize"] == "500Gi" and p["memorySize"] == "8Gi" and p["blockSize"] == "8Mi"
     assert p["eviction"] == "lru"
     assert p["metadataTTL"] == "3600"  # storageClass.parameters win over metadata.ttl
-    for kind in ("node-stage", "provisioner"):
-        assert p[f"csi.storage.k8s.io/{kind}-secret-name"] == "s3-credentials"
-        assert p[f"csi.storage.k8s.io/{kind}-secret-namespace"] == "ml-datasets"
+    assert p["csi.storage.k8s.io/node-stage-secret-namespace"] == "ml-datasets"
     assert p["name"] == "imagenet-train" and p["pinToNode"] == "true"
     assert p["clusterService"] == "ml-datasets/imagenet-cache"
     assert "dataset" not in p
@@ -576,11 +658,26 @@ def test_storageclass_from_dataset_document_and_defaults() -> None:
         ({"create": True}, "needs storageClass.url"),
         ({"create": True, "url": "s3://a/b", "dataset": "kind: Dataset"}, "exclusive"),
         ({"create": True, "dataset": "kind: Dataset", "region": "eu-west-1"}, "go with storageClass.url"),
+        ({"create": True, "url": "s3://a/b"}, "s3:// source without credentials"),
+        ({"create": True, "url": "file:///mnt/data"}, "security.allowedHostPaths"),
     ],
 )
 def test_storageclass_misconfiguration_fails_with_a_clear_message(sc: dict[str, Any], message: str) -> None:
     with pytest.raises(helm.HelmError, match=message):
         render({"storageClass": sc})
+
+
+def test_storageclass_of_what_the_nodes_serve() -> None:
+    """A StorageClass the chart creates names only what the nodes' policy lets them read."""
+    for sc, values in [
+        ({"url": "s3://public/p", "options": {"anonymous": "true"}}, {}),
+        ({"url": "s3://public/p", "parameters": {"options.anonymous": "true"}}, {}),
+        ({"url": "s3://b/p"}, {"security": {"nodeIdentity": True}}),
+        ({"url": "file:///mnt/data"}, {"security": {"allowedHostPaths": ["/mnt/data"]}}),
+        ({"url": "https://host/dir/"}, {}),
+    ]:
+        objs = objects(render({"storageClass": {"create": True, **sc}, **values}))
+        assert one(objs, "StorageClass")["parameters"]["url"] == sc["url"]
 
 
 def test_metrics_service_and_servicemonitor(full_objs: list[dict[str, Any]]) -> None:
@@ -618,9 +715,16 @@ def test_servicemonitor_implies_metrics() -> None:
 def test_notes(full_render: dict[str, str]) -> None:
     notes = full_render["fluidfs/templates/NOTES.txt"]
     assert DRIVER in notes and "imagenet" in notes and "ReadOnlyMany" in notes
-    assert "fluidfs-all-metrics" in notes
+    assert "fluidfs-all-metrics" in notes and "labels dataset and mount" in notes
+    assert "Inline (ephemeral) volumes are switched off" in notes and "(inline ephemeral volume)" not in notes
+    assert "local sources below /mnt/datasets, /data/shared/" in notes
+    assert "at most 400Gi" in notes and "less than 20% free" in notes and "memory limit, 32Gi" in notes
+    assert "stays on that pod's node" in notes, "pinToNode"
+    assert "next to the node's cache" not in notes, "nothing schedules pods toward a cache"
     default_notes = render()["fluidfs/templates/NOTES.txt"]
     assert "No StorageClass was created" in default_notes
+    assert "no local (file://) sources" in default_notes and "never as the node" in default_notes
+    assert "at most 50% of its file system" in default_notes and "(inline ephemeral volume)" in default_notes
 
 
 # ---------------------------------------------------------------------------------- schema
@@ -680,6 +784,14 @@ BAD_VALUES = [
     ({"csiDriver": {"fsGroupPolicy": "Always"}}, "fsGroupPolicy"),
     ({"sidecars": {"provisioner": {"extraArgs": ["worker-threads=2"]}}}, "extraArgs"),
     ({"node": {"resources": {"limits": {"memory": "lots"}}}}, "memory"),
+    ({"cache": {"capacity": "lots"}}, "capacity"),
+    ({"cache": {"capacity": "150%"}}, "capacity"),
+    ({"cache": {"freeSpaceFloor": "-1%"}}, "freeSpaceFloor"),
+    ({"cache": {"gcGracePeriod": "soon"}}, "gcGracePeriod"),
+    ({"security": {"allowedHostPaths": ["data"]}}, "allowedHostPaths"),
+    ({"security": {"allowedHostPaths": ["/data/../var/lib/kubelet"]}}, "allowedHostPaths"),
+    ({"security": {"nodeIdentity": "yes"}}, "nodeIdentity"),
+    ({"security": {"ephemeral": False}}, "ephemeral"),
 ]
 
 
@@ -701,6 +813,8 @@ def test_good_alternative_values_are_accepted(chart: helm.Chart) -> None:
         {"cache": {"size": "1.5Ti", "memorySize": "2G", "blockSize": "16Mi"}},
         {"controller": {"replicas": 0}},
         {"storageClass": {"url": "https://data.example.com/set"}},
+        {"cache": {"capacity": "none", "freeSpaceFloor": "50Gi", "gcGracePeriod": "indefinite"}},
+        {"cache": {"capacity": "90%", "freeSpaceFloor": "12.5%", "gcGracePeriod": 3600}},
     ):
         chart.validate_schema(chart.merge_values(override))
 
@@ -818,6 +932,12 @@ def test_every_volume_context_is_accepted_by_the_plugin(full_objs: list[dict[str
 # ---------------------------------------------------------------------------------- Dockerfile
 
 
+def dockerfile_text() -> str:
+    """The Dockerfile without its comment lines."""
+    lines = (ROOT / "Dockerfile").read_text().splitlines()
+    return "\n".join(line for line in lines if not line.lstrip().startswith("#"))
+
+
 def dockerfile_instructions() -> list[tuple[str, str]]:
     text = (ROOT / "Dockerfile").read_text().replace("\\\n", " ")
     out = []
@@ -832,8 +952,10 @@ def dockerfile_instructions() -> list[tuple[str, str]]:
 def test_dockerfile_copies_existing_paths_and_runs_the_csi_entry_point() -> None:
     instructions = dockerfile_instructions()
     froms = [rest for word, rest in instructions if word == "FROM"]
-    assert froms and all("python:3.11-slim" in f or f.startswith("${PYTHON_IMAGE}") for f in froms)
-    assert any(w == "ARG" and r.startswith("PYTHON_IMAGE=python:3.11-slim") for w, r in instructions)
+    assert froms and all(f.startswith("${PYTHON_IMAGE}") for f in froms)
+    (base,) = [r.split("=", 1)[1] for w, r in instructions if w == "ARG" and r.startswith("PYTHON_IMAGE=")]
+    # pinned: an exact Python release and Debian release, or a digest (never a moving tag)
+    assert re.fullmatch(r"python:3\.11\.\d+-slim-[a-z]+(@sha256:[0-9a-f]{64})?", base), base
     copied = []
     for word, rest in instructions:
         if word == "COPY" and "--from=" not in rest:
@@ -849,6 +971,9 @@ def test_dockerfile_copies_existing_paths_and_runs_the_csi_entry_point() -> None
     runs = " ".join(rest for word, rest in instructions if word == "RUN")
     for pkg in ("fuse3", "mount", "libfuse3-dev"):
         assert re.search(rf"\b{re.escape(pkg)}\b", runs), pkg
+    final = dockerfile_text().rsplit("FROM ", 1)[1]  # the image itself: runtime pieces only
+    for pkg in ("moto", "pytest", "seaweedfs", "build-essential", "libfuse3-dev"):
+        assert not re.search(rf"\b{re.escape(pkg)}\b", final), pkg
     (entry,) = [json.loads(rest) for word, rest in instructions if word == "ENTRYPOINT"]
     assert entry == ["fluidfs-csi"]
     assert "fluidfs-csi" in pyproject["project"]["scripts"]

@@ -54,10 +54,9 @@ class Plugin:
         self.channel: grpc.Channel | None = None
         self.log_path = workdir / f"plugin{suffix}.log"
 
-    def start(self) -> Plugin:
-        if os.path.exists(self.sock):
-            os.unlink(self.sock)
-        cmd = [
+    def command(self) -> list[str]:
+        """The plugin's command line (run from the repository root)."""
+        return [
             sys.executable,
             "-m",
             "csi",
@@ -73,6 +72,11 @@ class Plugin:
             "0.5",
             *self.extra,
         ]
+
+    def start(self) -> Plugin:
+        if os.path.exists(self.sock):
+            os.unlink(self.sock)
+        cmd = self.command()
         env = dict(self.env if self.env is not None else os.environ)
         env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
         with open(self.log_path, "ab") as log:

@@ -74,9 +74,30 @@ app.kubernetes.io/component: {{ .component }}
 {{- printf "%s:%s" .repository .tag -}}
 {{- end -}}
 
-{{/* Metrics are served when asked for directly or through a ServiceMonitor. */}}
+{{/* The metrics Service is created when asked for directly or through a ServiceMonitor. */}}
 {{- define "fluidfs.metricsEnabled" -}}
 {{- if or .Values.metrics.enabled .Values.metrics.serviceMonitor.enabled -}}true{{- end -}}
+{{- end -}}
+
+{{/* The mount supervisors serve their metrics port for the Service, or for fluidfs-controller,
+     which scrapes every dataset's mounts there (the autoscaler's input signals, the node cache
+     labels and, with cluster.enabled, the peer ports of the daemons serving a dataset's cluster). */}}
+{{- define "fluidfs.mounterMetrics" -}}
+{{- if or (include "fluidfs.metricsEnabled" .) .Values.datasetController.enabled .Values.cluster.enabled -}}true{{- end -}}
+{{- end -}}
+
+{{/* The host paths volumes may read (security.allowedHostPaths), checked: never one that is,
+     contains or lies inside the kubelet directory, the state directory or the cache. */}}
+{{- define "fluidfs.allowedHostPaths" -}}
+{{- $own := list (include "fluidfs.kubeletDir" .) (trimSuffix "/" .Values.stateDir) (trimSuffix "/" .Values.cache.hostPath) (trimSuffix "/" .Values.mounter.socketDir) "/var/lib/fluidfs/csi" "/var/lib/fluidfs/cache" "/run/fluidfs" -}}
+{{- range .Values.security.allowedHostPaths -}}
+{{- $p := trimSuffix "/" . -}}
+{{- range $own -}}
+{{- if or (eq $p "") (eq $p .) (hasPrefix (printf "%s/" $p) .) (hasPrefix (printf "%s/" .) $p) -}}
+{{- fail (printf "security.allowedHostPaths: %s overlaps %s, where the node keeps pods' secrets, staged credentials or the cache" $p .) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
 {{- end -}}
 
 {{/* Kubelet directory without a trailing slash. */}}
