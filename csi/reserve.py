@@ -35,6 +35,7 @@ from .volumes import DatasetRequest, invalid
 log = logging.getLogger(__name__)
 
 DEFAULTS = MountConfig()
+PLACEHOLDER_LISTEN = "0.0.0.0:1"  # validation only: the port the supervisor picks is not known yet
 LOOPBACK_METRICS = "127.0.0.1:0"  # every daemon serves its metrics on loopback (the supervisor re-exports them)
 
 
@@ -51,8 +52,11 @@ class Reservation:
 
 def wanted(req: DatasetRequest) -> MountConfig:
     """The settings a dataset asks for (attributes over its document over the defaults)."""
+    settings = dict(req.settings)
+    if settings.get("kube_service") and not settings.get("peer_listen"):
+        settings["peer_listen"] = PLACEHOLDER_LISTEN  # a clustered volume: the supervisor adds --listen (csi/peers.py)
     try:
-        return build_config(req.settings)
+        return build_config(settings)
     except ConfigError as e:
         raise invalid(f"dataset {req.name}: {e}") from None
 

@@ -76,7 +76,7 @@ def test_a_clustered_dataset_is_prepared_with_its_flags_and_a_refused_one_leaves
     store = StateStore(str(tmp_path / "state"))
     mm = MountManager(store, State(), cache_root=str(tmp_path / "cache"), member_id="mounter-a")
     req = parse_context({"url": "s3://b/p", "clusterService": SERVICE})
-    m = mm._prepare("key1", req, {"peerSecret": "s" * 32})
+    m = mm._prepare("key1", req, {"peerSecret": "s" * 32}, mm.reservations.reserve("key1", req))
     secret_file = os.path.join(m.secret_dir, "peerSecret")
     assert open(secret_file).read() == "s" * 32
     assert peers.service_of(m) == SERVICE and peers.port_of(m) == peers.preferred_port(SERVICE, PORTS)
@@ -84,9 +84,10 @@ def test_a_clustered_dataset_is_prepared_with_its_flags_and_a_refused_one_leaves
     assert peers.flag_value(m.args, "--peer-secret-file") == secret_file
     mm.state.mounts["key1"] = m
     with pytest.raises(RequestError, match="already served"):
-        mm._prepare("key2", req, {"peerSecret": "t" * 32})
+        mm._prepare("key2", req, {"peerSecret": "t" * 32}, mm.reservations.reserve("key2", req))
+    other = parse_context({"url": "s3://b/q", "clusterService": "ml/q"})
     with pytest.raises(RequestError, match="peerSecret"):
-        mm._prepare("key3", parse_context({"url": "s3://b/q", "clusterService": "ml/q"}), {"accessKeyId": "AK"})
+        mm._prepare("key3", other, {"accessKeyId": "AK"}, mm.reservations.reserve("key3", other))
     assert sorted(os.listdir(tmp_path / "state" / "datasets")) == ["key1"]  # no secrets left by refusals
 
 
