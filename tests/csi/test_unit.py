@@ -343,7 +343,8 @@ def test_dataset_info_names_the_dataset_key_of_each_shared_mount(tmp_path) -> No
     store = StateStore(str(tmp_path / "state"))
     mm = MountManager(store, State(), cache_root=str(tmp_path / "cache"), fluidfs_cmd=None)
     ctx = {"url": "s3://bucket/train", "name": "imagenet"}
-    m = mm._prepare("mkey", parse_context(ctx), {})
+    req = parse_context(ctx)
+    m = mm._prepare("mkey", req, {}, mm.reservations.reserve("mkey", req))
     mm.state.mounts["mkey"] = m
     key = dataset_key(ctx)
     assert key is not None
