@@ -180,7 +180,8 @@ class Trainer:
         if not files:
             raise ValueError(f"no samples under {spec.root}")
         paths = [os.path.join(spec.root, f) for f in files]
-        self.sink({"kind": "start", "t": time.time(), "samples": len(paths), "spec": asdict(spec)})
+        spec_d = {k: v for k, v in asdict(spec).items() if k != "files"}  # the sample list is long
+        self.sink({"kind": "start", "t": time.time(), "samples": len(paths), "spec": spec_d})
         t0 = time.monotonic()
         reporter = threading.Thread(target=self._reporter, name="trainer-report", daemon=True)
         reporter.start()
