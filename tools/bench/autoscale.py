@@ -523,10 +523,7 @@ def run(sc: Scenario, workdir: Path, only: set[str] | None = None,
         out["shaping"] = rig.store.shaping
         out["dataset_bytes"] = rig.dataset_bytes
         progress(f"store up ({rig.store.shaping}); dataset {len(rig.files)} files, {rig.dataset_bytes >> 20} MiB")
-        out["reference"] = {
-            "io": rig.compute_bound_reference(sc.compute_s),
-            "cb": rig.compute_bound_reference(sc.cb_compute_s, 1),
-        }
+        out["reference"] = {"io": rig.compute_bound_reference(sc.compute_s)}
         for job in jobs_of(sc):
             if only and job.name not in only and job.policy not in only:
                 continue

@@ -88,7 +88,9 @@ def evaluate(result: Mapping[str, Any]) -> dict[str, Any]:
     sc = result["scenario"]
     ref = result.get("reference", {})
     cb_io = (_epochs(ref.get("io", [])) or [0.0])[-1]
-    cb_cb = (_epochs(ref.get("cb", [])) or [0.0])[-1]
+    # the compute-bound job's own ceiling: its nominal rate (batch bytes / compute time)
+    mean = result.get("dataset_bytes", sc["samples"] * sc["sample_size"]) / sc["samples"]
+    cb_cb = (_epochs(ref.get("cb", [])) or [sc["batch_size"] * mean / sc["cb_compute_s"]])[-1]
     jobs = result.get("jobs", {})
     out: dict[str, Any] = {"compute_bound_MiBps": round(cb_io / MiB, 2), "cb_job_compute_bound_MiBps": round(
         cb_cb / MiB, 2), "jobs": {}}  # fmt: skip

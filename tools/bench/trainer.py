@@ -32,6 +32,11 @@ Interface for reuse (e.g. several jobs under a scheduling policy): build a :clas
 start :class:`TrainerProcess` (``start()``, ``wait()``, ``stop()``), and read
 :func:`read_report` / :func:`summarize` (epochs, rates, wait).
 
+Page cache: by default each sample's pages are dropped once it is read
+(``posix_fadvise(POSIX_FADV_DONTNEED)``), so every epoch reads through the filesystem, as it does
+when the dataset is much larger than the node's memory; without it a small benchmark dataset
+would be served from the kernel's page cache from the second epoch on (fluidfs mounts keep it).
+
 Caveats: a read error of one sample is counted (``errors``) and the sample skipped, as a tolerant
 loader would; "compute" is a sleep, so the trainer's CPU use is the readers' only.  Samples are
 whole files (no intra-file sample index); threads, not processes, read (``os.read`` releases the
@@ -78,6 +83,7 @@ class TrainerSpec:
     seed: int = 0
     report_interval: float = 1.0
     max_seconds: float | None = None  # stop (as if killed) after this long
+    drop_cache: bool = True  # drop each sample from the page cache once read: a dataset larger than the node's RAM
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1 or self.readers < 1 or self.prefetch < 1:
@@ -100,6 +106,8 @@ class TrainerSpec:
         ]  # fmt: skip
         if self.max_seconds is not None:
             out += ["--max-seconds", repr(self.max_seconds)]
+        if not self.drop_cache:
+            out.append("--keep-page-cache")
         return out
 
 
@@ -113,13 +121,15 @@ def list_samples(root: str) -> list[str]:
     return out
 
 
-def read_sample(path: str, read_size: int) -> int:
-    """Read one file to its end; returns the byte count."""
+def read_sample(path: str, read_size: int, drop_cache: bool = False) -> int:
+    """Read one file to its end (then drop its pages from the page cache if asked); returns the byte count."""
     fd = os.open(path, os.O_RDONLY)
     try:
         n = 0
         while chunk := os.read(fd, read_size):
             n += len(chunk)
+        if drop_cache:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
         return n
     finally:
         os.close(fd)
@@ -151,7 +161,7 @@ class Trainer:
             if self.stop.is_set():
                 break
             try:
-                got += read_sample(p, self.spec.read_size)
+                got += read_sample(p, self.spec.read_size, self.spec.drop_cache)
             except OSError as exc:
                 errs += 1
                 log.warning("trainer: reading %s failed: %s", p, exc)
@@ -384,6 +394,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--report-interval", type=float, default=d.report_interval)
     p.add_argument("--max-seconds", type=float, default=None)
+    p.add_argument("--keep-page-cache", action="store_true",
+                   help="leave samples in the page cache (default: drop each once read, as a dataset larger than "
+                   "the node's memory would be)")  # fmt: skip
     p.add_argument("--report", help="append JSON-line reports here (default: stdout)")
     return p
 
@@ -399,7 +412,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         spec = TrainerSpec(
             root=args.root, files=files, epochs=args.epochs, batch_size=args.batch_size, compute_s=args.compute,
             readers=args.readers, prefetch=args.prefetch, read_size=args.read_size, seed=args.seed,
-            report_interval=args.report_interval, max_seconds=args.max_seconds,
+            report_interval=args.report_interval, max_seconds=args.max_seconds, drop_cache=not args.keep_page_cache,
         )  # fmt: skip
         if not os.path.isdir(spec.root):
             raise ValueError(f"{spec.root}: not a directory")
