@@ -90,7 +90,8 @@ def _job(policy: str, rates: list[float], desired: list[int], events: list[str],
 
 def test_report_arithmetic() -> None:
     sc = {"idle_after": 20.0, "min_workers": 1, "max_workers": 6, "block_size": 1 << 20, "samples": 10,
-          "bandwidth_mbit": 8, "latency_ms": 5, "worker_quota": 4 << 20}  # fmt: skip
+          "bandwidth_mbit": 8, "latency_ms": 5, "worker_quota": 4 << 20, "sample_size": 1 << 20,
+          "batch_size": 2, "cb_compute_s": 1.0}  # fmt: skip
     blocks = {"lost": 0, "owned_by_remaining": 5, "remaining_used_bytes": 1, "remaining_quota_bytes": 4 << 20}
     result = {
         "scenario": sc,
@@ -116,6 +117,11 @@ def test_report_arithmetic() -> None:
     assert ev["jobs"]["compute-bound"]["epochs_to_target"] == 1  # against its own compute-bound rate
     met = {t["target"]: t["met"] for t in ev["targets"]}
     assert all(met.values()), ev["targets"]
+    # a job that ends at minWorkers does not exercise the idle scale-in: reported, not judged
+    result["jobs"]["training-speed"]["timeline"][-1]["desired"] = 1
+    ev = report.evaluate(result)
+    met = {t["target"]: t["met"] for t in ev["targets"]}
+    assert met["back to minWorkers after the job ends"] is None
     text = report.table(result, ev)
     assert "training-speed" in text and "best fixed worker count 2" in text
 

@@ -337,12 +337,17 @@ class Rig:
         force_unmount(str(mnt))
 
     def held_blocks(self, job: str) -> dict[str, set[str]]:
-        """Block digests on each worker's SSD directory (pod name -> digests)."""
+        """Block digests on the SSD directory of each running worker (pod name -> digests).
+
+        A stopped worker's directory stays on disk here (a pod's emptyDir would be gone): not counted.
+        """
+        assert self.cluster is not None
+        prefix = base_name(job) + "-"
+        live = {p.name for p in self.cluster.list_pods(NAMESPACE, {}) if p.name.startswith(prefix) and not p.deleting}
         out: dict[str, set[str]] = {}
-        root = self.sts_dir(job)
-        for pod in sorted(p for p in root.iterdir() if p.is_dir()) if root.exists() else []:
-            if (pod / "cache").is_dir():
-                out[pod.name] = {b.digest for b in scan_directory(str(pod / "cache")).blocks}
+        for name in sorted(live):
+            cache = self.sts_dir(job) / name / "cache"
+            out[name] = {b.digest for b in scan_directory(str(cache)).blocks} if cache.is_dir() else set()
         return out
 
     # ------------------------------------------------------------------------------ a job
@@ -444,10 +449,15 @@ class Rig:
             assert self.controller is not None
             mem = self.controller._mem.get(f"{NAMESPACE}/{job}")  # read-only peek for the timeline
             decision = mem.decision.reason if mem is not None and mem.decision is not None else ""
+            sample = mem.history[-1] if mem is not None and mem.history else None
+            signals = {}
+            if sample is not None:  # what the autoscaler saw last (None: unknown)
+                signals = {"input_bps": sample.delivered_bps, "stall": sample.stall, "hit_ratio": sample.hit_ratio,
+                           "fill": sample.fill, "source_bps": sample.source_bps, "partial": sample.partial}  # fmt: skip
             last = [r for r in read_report(report) if r.get("kind") == "interval"][-1:]
             res.timeline.append(
                 {"t": time.time(), "desired": desired, "ready": ready, "processes": alive,
-                 "trainer_bps": last[0]["bytes_per_s"] if last else None, "decision": decision}
+                 "trainer_bps": last[0]["bytes_per_s"] if last else None, "decision": decision, **signals}
             )  # fmt: skip
 
     def _scale_in(self, job: JobSpec, res: JobResult) -> None:
@@ -582,6 +592,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--only", action="append", default=[], help="run only these jobs or policies (repeatable)")
     p.add_argument("--set", dest="overrides", action="append", type=_override, default=[], metavar="FIELD=VALUE",
                    help="change a Scenario field (repeatable)")  # fmt: skip
+    p.add_argument("--from-json", metavar="FILE", help="do not run: evaluate and plot a saved run (its --json)")
     p.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
     args = p.parse_args(argv)
     logging.basicConfig(level=getattr(logging, args.log_level.upper()), format="%(asctime)s %(name)s: %(message)s")
@@ -592,8 +603,11 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, on_term)
     sc = scenario_with(tiny() if args.tiny else Scenario(), dict(args.overrides))
-    with workdir_of(args.workdir) as wd:
-        result = run(sc, wd, set(args.only) or None, progress=lambda m: print(m, file=sys.stderr, flush=True))
+    if args.from_json:  # evaluate and draw a saved run again
+        result = json.loads(Path(args.from_json).read_text())
+    else:
+        with workdir_of(args.workdir) as wd:
+            result = run(sc, wd, set(args.only) or None, progress=lambda m: print(m, file=sys.stderr, flush=True))
     ev = report.evaluate(result)
     result["evaluation"] = ev
     print(report.table(result, ev))

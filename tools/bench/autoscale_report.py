@@ -79,8 +79,9 @@ def job_summary(job: Mapping[str, Any], cb_rate: float) -> dict[str, Any]:
     }
 
 
-def _target(name: str, value: Any, limit: str, met: bool) -> dict[str, Any]:
-    return {"target": name, "measured": value, "limit": limit, "met": bool(met)}
+def _target(name: str, value: Any, limit: str, met: bool | None) -> dict[str, Any]:
+    """``met`` None: the run did not exercise what the target is about."""
+    return {"target": name, "measured": value, "limit": limit, "met": None if met is None else bool(met)}
 
 
 def evaluate(result: Mapping[str, Any]) -> dict[str, Any]:
@@ -119,10 +120,16 @@ def evaluate(result: Mapping[str, Any]) -> dict[str, Any]:
                                "<= 1", ts["direction_changes"] <= 1))  # fmt: skip
         limit = sc["idle_after"] + 30
         si = ts["scale_in_s"]
-        targets.append(_target("back to minWorkers after the job ends", f"{si}s" if si is not None else "never",
-                               f"<= idleAfter + 30 = {limit:g}s", si is not None and si <= limit))  # fmt: skip
+        idle_in = ts["workers_end"] is not None and ts["workers_end"] > sc["min_workers"]
+        targets.append(_target("back to minWorkers after the job ends",
+                               (f"{si}s" if si is not None else "never") if idle_in else
+                               "not exercised: at minWorkers when the job ended", f"<= idleAfter + 30 = {limit:g}s",
+                               (si is not None and si <= limit) if idle_in else None))  # fmt: skip
         b = ts["blocks"]
-        if b:
+        if b and not idle_in:
+            targets.append(_target("no cached block a remaining member owns is lost at scale-in",
+                                   "not exercised (no idle scale-in)", "0", None))  # fmt: skip
+        elif b:
             full = b["remaining_used_bytes"] >= b["remaining_quota_bytes"] - sc["block_size"]
             targets.append(_target("no cached block a remaining member owns is lost at scale-in",
                                    f"{b['lost']} of {b['owned_by_remaining']} lost"
@@ -173,8 +180,23 @@ def table(result: Mapping[str, Any], ev: Mapping[str, Any]) -> str:
         )
     lines += ["", f"{'target':64} {'measured':34} {'limit':28} met"]
     for t in ev["targets"]:
-        lines.append(f"{t['target']:64} {t['measured']!s:34} {t['limit']:28} {'yes' if t['met'] else 'NO'}")
+        met = "n/a" if t["met"] is None else "yes" if t["met"] else "NO"
+        lines.append(f"{t['target']:64} {t['measured']!s:34} {t['limit']:28} {met}")
     return "\n".join(lines)
+
+
+SMOOTH = 5.0  # seconds of trainer intervals averaged per plotted point
+
+
+def smoothed(reports: Sequence[Mapping[str, Any]], t0: float) -> list[tuple[float, float]]:
+    """The trainer's input rate (MiB/s) over a sliding window of ``SMOOTH`` seconds of its intervals."""
+    iv = [r for r in reports if r.get("kind") == "interval"]
+    out = []
+    for i, r in enumerate(iv):
+        win = [x for x in iv[: i + 1] if x["t"] > r["t"] - SMOOTH]
+        secs = sum(float(x["seconds"]) for x in win)
+        out.append((float(r["t"]) - t0, sum(float(x["bytes"]) for x in win) / secs / MiB if secs else 0.0))
+    return out
 
 
 def plot(result: Mapping[str, Any], ev: Mapping[str, Any], path: Path) -> None:
@@ -197,8 +219,13 @@ def plot(result: Mapping[str, Any], ev: Mapping[str, Any], path: Path) -> None:
         ax.set_ylabel("workers")
         ax.set_ylim(0, result["scenario"]["max_workers"] + 0.5)
         r = ax.twinx()
-        pts = [(x["t"] - t0, x["bytes_per_s"] / MiB) for x in job["reports"] if x.get("kind") == "interval"]
-        r.plot([p[0] for p in pts], [p[1] for p in pts], color="tab:orange", linewidth=0.8, label="input MiB/s")
+        pts = smoothed(job["reports"], t0)
+        r.plot([p[0] for p in pts], [p[1] for p in pts], color="tab:orange", linewidth=1.0,
+               label=f"trainer input MiB/s ({SMOOTH:g} s mean)")  # fmt: skip
+        seen = [(p["t"] - t0, p["input_bps"] / MiB) for p in tl if p.get("input_bps") is not None]
+        if seen:
+            r.plot([p[0] for p in seen], [p[1] for p in seen], color="tab:red", linewidth=0.6, alpha=0.6,
+                   label="input the autoscaler sees (per interval)")  # fmt: skip
         cb = ev["cb_job_compute_bound_MiBps"] if name == "compute-bound" else ev["compute_bound_MiBps"]
         r.axhline(TARGET_SHARE * cb, color="tab:green", linestyle="--", linewidth=0.8, label="90% of compute-bound")
         for x in job["reports"]:
