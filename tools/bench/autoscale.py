@@ -58,6 +58,7 @@ from fluidfs.control.controller import Controller, ControllerConfig
 from fluidfs.control.local import CLIENT_NAMESPACE, LocalCluster
 from fluidfs.control.objects import base_name
 from tests.support.net import free_port
+from tools.bench import autoscale_report as report
 from tools.bench import datasets
 from tools.bench.store import Store, open_store
 from tools.bench.systems import Janitor, force_unmount, raise_readahead, wait_mounted
@@ -596,7 +597,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
     args = p.parse_args(argv)
     logging.basicConfig(level=getattr(logging, args.log_level.upper()), format="%(asctime)s %(name)s: %(message)s")
-    from tools.bench import autoscale_report as report
 
     def on_term(_signum: int, _frame: object) -> None:
         raise KeyboardInterrupt  # unwinds through Rig.close(): workers, mounts, store stopped
