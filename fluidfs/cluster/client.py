@@ -199,6 +199,12 @@ class PeerClient:
                 raise PeerError(f"peer {member.id}: request failed ({exc})", "protocol") from None
             try:
                 result = handle(resp, sock, deadline)
+            except TimeoutError:
+                conn.close()
+                raise PeerError(f"peer {member.id}: response not read within the deadline", "timeout") from None
+            except (OSError, http.client.HTTPException) as exc:  # e.g. the peer closed mid-response (it is leaving)
+                conn.close()
+                raise PeerError(f"peer {member.id}: response failed ({type(exc).__name__}: {exc})", "refused") from None
             except BaseException:
                 conn.close()
                 raise

@@ -17,6 +17,10 @@ change), ``{workdir}`` (the pod's directory).  Ports are free ports picked at st
 Mount daemons (the "clients" whose input the autoscaler follows) are registered with
 :meth:`LocalCluster.add_client` and listed as pods of the client namespace.
 
+The peers file lists a StatefulSet's running pods once their peer and metrics ports accept
+connections (checked whenever the set or its pods are read, i.e. every controller pass), as an
+EndpointSlice lists ready endpoints; a stopping pod leaves it at once.
+
 Caveats: a pod is ready once its metrics port accepts a connection; Secrets are taken from
 the ``secrets`` mapping given at construction (``(name, key) -> value``), never from a cluster.
 """
@@ -74,6 +78,7 @@ class _Proc:
     metrics_port: int
     labels: dict[str, str]
     stopping: threading.Thread | None = None
+    serving: bool = False  # its peer and metrics ports accepted a connection once (the readiness probe passed)
 
 
 class LocalCluster:
@@ -185,6 +190,7 @@ class LocalCluster:
                 procs = self._procs.get((namespace, name), [])
                 live = [p for p in procs if p.stopping is None and p.proc.poll() is None]
                 ready = sum(_listening(self.host, p.metrics_port) for p in live)
+                self._write_peers(namespace, name)
                 out["status"] = {"replicas": len(live), "readyReplicas": ready, "availableReplicas": ready}
             return out
 
@@ -275,10 +281,23 @@ class LocalCluster:
         d.mkdir(parents=True, exist_ok=True)
         return d
 
+    def _serving(self, p: _Proc) -> bool:
+        if not p.serving and p.proc.poll() is None:
+            p.serving = _listening(self.host, p.peer_port) and _listening(self.host, p.metrics_port)
+        return p.serving and p.proc.poll() is None
+
     def _write_peers(self, namespace: str, name: str) -> None:
-        live = [p for p in self._procs.get((namespace, name), []) if p.stopping is None]
+        """The peers file lists the running pods that serve, not the stopping ones: an EndpointSlice's ready
+        endpoints (a pod joins once its readiness probe passes and leaves when it starts terminating)."""
+        procs = self._procs.get((namespace, name), [])
+        live = [p for p in procs if p.stopping is None and self._serving(p)]
         text = "".join(f"{p.name} {self.host}:{p.peer_port}\n" for p in sorted(live, key=lambda p: p.ordinal))
         path = self._pod_dir(namespace, name) / "peers"
+        try:
+            if path.read_text() == text:
+                return
+        except FileNotFoundError:
+            pass
         tmp = path.with_suffix(".tmp")
         tmp.write_text(text)
         os.replace(tmp, path)
@@ -374,6 +393,7 @@ class LocalCluster:
             for (ns, _name), procs in self._procs.items():
                 if ns != namespace:
                     continue
+                self._write_peers(ns, _name)  # pods that became ready join their set's peers
                 for p in procs:
                     if not selector.items() <= p.labels.items():
                         continue
