@@ -40,7 +40,7 @@ class Job:
     gpus: int
     dataset: str
     compute_seconds: float
-    epochs: int = 1
+    epochs: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -82,6 +82,7 @@ class TraceConfig:
     min_size: float = 5 * GIB
     max_size: float = 1024 * GIB
     epochs: tuple[int, int] = (1, 4)
+    gpu_rate: float | None = None
 
 
 def _zipf_weights(n: int, s: float) -> list[float]:
@@ -107,9 +108,11 @@ def generate(cfg: TraceConfig, *, sharing: bool = True) -> Trace:
         t += rng.expovariate(rate)
         gpus = rng.choices(cfg.gpu_choices, cfg.gpu_weights)[0]
         seconds = cfg.median_seconds * math.exp(rng.gauss(0.0, cfg.sigma))
-        epochs = rng.randint(cfg.epochs[0], cfg.epochs[1])
-        ds = datasets[rng.choices(range(n_ds), weights)[0]].name if sharing else datasets[i].name
-        jobs.append(Job(f"j{i:04d}", round(t, 3), gpus, ds, round(seconds, 3), epochs))
+        epochs: float = rng.randint(cfg.epochs[0], cfg.epochs[1])
+        d = datasets[rng.choices(range(n_ds), weights)[0]] if sharing else datasets[i]
+        if cfg.gpu_rate is not None:
+            epochs = round(seconds * gpus * cfg.gpu_rate / d.size, 4)
+        jobs.append(Job(f"j{i:04d}", round(t, 3), gpus, d.name, round(seconds, 3), epochs))
     meta = {"generator": asdict(cfg), "sharing": sharing}
     return Trace(datasets, tuple(jobs), meta)
 
@@ -135,7 +138,7 @@ def from_json(data: Mapping[str, Any]) -> Trace:
             int(j["gpus"]),
             str(j["dataset"]),
             float(j["compute_seconds"]),
-            int(j.get("epochs", 1)),
+            float(j.get("epochs", 1)),
         )
         for j in data["jobs"]
     )

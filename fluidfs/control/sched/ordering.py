@@ -53,11 +53,27 @@ class JobInfo:
 @dataclass(frozen=True)
 class DatasetState:
     """What is known about the datasets: cached fraction (0..1) per key, which are read by
-    running jobs, which are being warmed."""
+    running jobs, which are being warmed, their sizes (bytes, where known) and how many GPUs of
+    running jobs read each."""
 
     cached_fraction: Mapping[str, float] = field(default_factory=dict)
     reading: frozenset[str] = frozenset()
     warming: frozenset[str] = frozenset()
+    sizes: Mapping[str, int] = field(default_factory=dict)
+    readers: Mapping[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SourceModel:
+    """What the ordering assumes of the data path: the sources' aggregate bandwidth (bytes/s)
+    and how fast one GPU of a job reads when its data is cached (bytes/s)."""
+
+    bandwidth: float
+    gpu_rate: float
+
+    def __post_init__(self) -> None:
+        if not self.bandwidth > 0 or not self.gpu_rate > 0:
+            raise ValueError(f"source bandwidth and GPU rate must be positive, not {self.bandwidth}, {self.gpu_rate}")
 
 
 @dataclass(frozen=True)
@@ -101,6 +117,8 @@ class OrderingConfig:
     warm_threshold: float = 0.5
     warm_ahead: int = 0
     default_expected_seconds: float = 3600.0
+    source: SourceModel | None = None
+    stagger: bool = False
 
     def __post_init__(self) -> None:
         if self.window < 1:
@@ -155,6 +173,65 @@ def warmth(job: JobInfo, state: DatasetState, reading: frozenset[str] | set[str]
     return sum(parts) / len(parts)
 
 
+def _fraction(state: DatasetState, d: str) -> float:
+    return min(1.0, max(0.0, state.cached_fraction.get(d, 0.0)))
+
+
+class _Source:
+    """One round's view of the sources: the load cold readers put on them, and per job its cold
+    data, its demand on the sources and its expected duration given the cache."""
+
+    def __init__(self, state: DatasetState, model: SourceModel) -> None:
+        self.state, self.model = state, model
+        self.load = 0.0
+        self.fetching = 0
+        for d in state.reading:
+            cold = 1.0 - _fraction(state, d)
+            if cold > 0:
+                self.load += max(1, state.readers.get(d, 1)) * model.gpu_rate * cold
+                self.fetching += 1
+
+    def cold(self, job: JobInfo, reading: set[str]) -> tuple[float, float]:
+        """(bytes the job must fetch from the sources, share of its data that is cold)."""
+        weights = [float(self.state.sizes.get(d, 0)) for d in job.datasets]
+        if not job.datasets:
+            return 0.0, 0.0
+        if not all(w > 0 for w in weights):
+            weights = [1.0] * len(job.datasets)
+        nbytes = share = 0.0
+        for d, w in zip(job.datasets, weights, strict=True):
+            if d in reading:
+                continue
+            cold = 1.0 - _fraction(self.state, d)
+            nbytes += self.state.sizes.get(d, 0) * cold
+            share += w * cold
+        return nbytes, share / sum(weights)
+
+    def speed(self, job: JobInfo) -> float:
+        return max(1, job.gpus_per_pod) * max(1, job.pods) * self.model.gpu_rate
+
+    def demand(self, job: JobInfo, reading: set[str]) -> float:
+        return self.speed(job) * self.cold(job, reading)[1]
+
+    def extra(self, job: JobInfo, reading: set[str]) -> float:
+        """The time the job's cold bytes add to its run beyond its own reading pace, at the
+        share of the sources it would get now."""
+        nbytes = self.cold(job, reading)[0]
+        if nbytes <= 0:
+            return 0.0
+        speed = self.speed(job)
+        share = max(self.model.bandwidth - self.load, self.model.bandwidth / (self.fetching + 1))
+        return nbytes / min(speed, share) - nbytes / speed
+
+    def saturated(self) -> bool:
+        return self.load >= self.model.bandwidth
+
+    def add(self, demand: float) -> None:
+        if demand > 0:
+            self.load += demand
+            self.fetching += 1
+
+
 def plan(
     pending: Sequence[JobInfo],
     state: DatasetState,
@@ -173,6 +250,10 @@ def plan(
     remaining = list(order)
     admitted: list[str] = []
     cap = capacity
+    source = _Source(state, config.source) if config.cache_aware and config.source is not None else None
+
+    def expected(j: JobInfo) -> float:
+        return j.expected_seconds if j.expected_seconds is not None else config.default_expected_seconds
 
     def barrier_job() -> JobInfo | None:
         if bound is None:
@@ -183,7 +264,12 @@ def plan(
     def ranked(barrier: JobInfo | None) -> list[JobInfo]:
         window = remaining[: config.window]
         if config.cache_aware:
-            window.sort(key=lambda j: (warmth(j, state, reading) < config.warm_threshold, rank[j.name]))
+            if source is not None:
+                start = {j.name: expected(j) if config.base is BasePolicy.SJF else j.submitted for j in window}
+                key = {j.name: start[j.name] + source.extra(j, reading) for j in window}
+                window.sort(key=lambda j: (key[j.name], rank[j.name]))
+            else:
+                window.sort(key=lambda j: (warmth(j, state, reading) < config.warm_threshold, rank[j.name]))
         if barrier is not None:
             window = [barrier] + [j for j in window if j.name != barrier.name]
         return window
@@ -191,9 +277,14 @@ def plan(
     while remaining:
         barrier = barrier_job()
         chosen: JobInfo | None = None
+        demand = 0.0
         for job in ranked(barrier):
             if barrier is not None and fifo[job.name] > fifo[barrier.name]:
                 continue
+            if source is not None:
+                demand = source.demand(job, reading)
+                if config.stagger and demand > 0 and job is not barrier and source.saturated():
+                    continue
             after = cap.place(job)
             if after is not None:
                 chosen, cap = job, after
@@ -201,6 +292,8 @@ def plan(
         if chosen is None:
             break
         admitted.append(chosen.name)
+        if source is not None:
+            source.add(demand)
         reading.update(chosen.datasets)
         remaining = [j for j in remaining if j.name != chosen.name]
         for j in remaining:
