@@ -64,6 +64,21 @@ def test_calibrate(tmp_path: Path) -> None:
     assert json.loads(out.read_text())[0]["job"] == "a"
 
 
+def test_scenario(tmp_path: Path) -> None:
+    example = ROOT / "docs" / "scheduling" / "calibration-example.yaml"
+    out = tmp_path / "s.json"
+    res = sim("scenario", str(example), "--json", str(out))
+    assert res.returncode == 0, res.stderr
+    assert "| j6 | imgs-a | 1 | 25.0 |" in res.stdout and "| fifo+cache+src/affinity |" in res.stdout
+    doc = json.loads(out.read_text())
+    assert [p["policy"] for p in doc["policies"]] == ["fifo/affinity", "fifo+cache+src/affinity"]
+    assert {j["name"] for j in doc["policies"][0]["jobs"]} == {f"j{i}" for i in range(1, 7)}
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("cluster: {members: 3, cacheBytes: 1Gi, sourceBandwidth: fast}\ndatasets: []\njobs: []\n")
+    res = sim("scenario", str(bad))
+    assert res.returncode == 2 and "cluster.sourceBandwidth: invalid size 'fast'" in res.stderr
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

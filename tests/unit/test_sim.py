@@ -4,7 +4,6 @@ that it runs the controller's own ordering and placement code (fluidfs.control.s
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,7 +13,6 @@ import fluidfs.control.sched.ordering as sched_ordering
 import fluidfs.control.sched.placement as sched_placement
 from fluidfs.control.sched.ordering import BasePolicy
 from tools.sim import engine
-from tools.sim.calibrate import CalibrationError, calibrate, parse
 from tools.sim.cluster import NodeCache, owner
 from tools.sim.engine import ClusterConfig, Policy, simulate
 from tools.sim.report import metrics, percentile
@@ -131,45 +129,3 @@ def test_rendezvous_moves_only_the_leavers_share_and_caches_never_self_evict() -
 def test_percentile() -> None:
     assert percentile([], 95) == 0.0
     assert percentile([float(x) for x in range(1, 101)], 95) == 95.0
-
-
-def calibration_doc() -> dict[str, Any]:
-    return {
-        "cluster": {"nodes": ["m1"], "gpusPerNode": 1, "cacheBytes": 10**10, "sourceBandwidth": 1e9,
-                    "localBandwidth": 1e9, "chunks": 2},
-        "policy": {"base": "fifo", "cacheAware": False, "placement": "random"},
-        "datasets": [{"name": "d", "bytes": 2 * 10**9}],
-        "jobs": [
-            {"name": "a", "dataset": "d", "computeSeconds": 4.0, "submitted": 0.0, "started": 0.0, "ended": 5.5,
-             "node": "m1"},
-            {"name": "b", "dataset": "d", "computeSeconds": 4.0, "submitted": 0.0, "started": 5.5, "ended": 10.0},
-        ],
-    }  # fmt: skip
-
-
-def test_calibration(tmp_path: Path) -> None:
-    path = tmp_path / "run.json"
-    path.write_text(json.dumps(calibration_doc()))
-    rows = {m.name: m for m in calibrate(path)}
-    assert rows["a"].predicted == pytest.approx(5.0) and rows["a"].error == pytest.approx(5.0 / 5.5 - 1)
-    assert rows["b"].predicted == pytest.approx(10.0) and rows["b"].error == pytest.approx(0.0)
-
-
-@pytest.mark.parametrize(
-    ("edit", "message"),
-    [
-        (lambda d: d.pop("cluster"), "missing 'cluster'"),
-        (lambda d: d["cluster"].update(nodes=[]), "cluster.nodes"),
-        (lambda d: d["policy"].update(base="lifo"), "policy.base"),
-        (lambda d: d["jobs"][0].update(dataset="zzz"), "jobs[0].dataset"),
-        (lambda d: d["jobs"][0].update(ended=-1.0), "must be after submitted"),
-        (lambda d: d["jobs"][0].update(node="m9"), "jobs[0].node"),
-        (lambda d: d["jobs"][1].update(name="a"), "distinct"),
-        (lambda d: d["jobs"][0].update(computeSeconds="4"), "wrong type"),
-    ],
-)
-def test_bad_calibration_files(edit: Any, message: str) -> None:
-    doc = calibration_doc()
-    edit(doc)
-    with pytest.raises(CalibrationError, match=message.replace("[", r"\[").replace("]", r"\]")):
-        parse(doc)

@@ -1,12 +1,15 @@
-"""Command line of the simulator: ``python -m tools.sim {run,trace,report}`` or ``--calibrate FILE``.
+"""Command line of the simulator: ``python -m tools.sim {run,scenario,trace,report}`` or ``--calibrate FILE``.
 
 - ``run``: simulate one trace (generated from the flags, or ``--trace FILE``) under the chosen
   policies; prints a Markdown table; ``--json`` and ``--plot`` write the metrics and a PNG.
+- ``scenario FILE``: simulate a scenario file (JSON or YAML: cluster, datasets, jobs, policies;
+  ``tools/sim/scenario.py``) under each of its policies; prints each job's start, end and JCT per
+  policy and the metrics table; ``--json`` writes them.
 - ``trace``: write a generated trace as JSON (to edit, or to feed ``run --trace``).
 - ``report``: every experiment of docs/scheduling.md into a folder (``report.md``,
   ``report.json``, PNG plots).
-- ``--calibrate FILE``: predicted vs measured completion time of each job of a real run (the
-  format is in ``tools/sim/calibrate.py``).
+- ``--calibrate FILE``: predicted vs measured completion time of each job of a real run (a
+  scenario file whose jobs carry the measured ``ended``; ``tools/sim/calibrate.py``).
 
 Bad input exits with a one-line message and code 2.
 """
@@ -22,6 +25,7 @@ from pathlib import Path
 from fluidfs.control.sched.ordering import BasePolicy
 from tools.sim import calibrate as cal
 from tools.sim import experiments
+from tools.sim import scenario as sc
 from tools.sim.engine import ClusterConfig, Policy, simulate
 from tools.sim.report import bar_plot, metrics, table
 from tools.sim.trace import GIB, TraceConfig, generate, load, save
@@ -67,6 +71,10 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--max-pass-over", type=int, default=experiments.BOUND, help="-1: unbounded")
     run.add_argument("--plot", type=Path, help="write a PNG of JCT and bytes per policy")
     run.add_argument("--json", dest="run_json", metavar="FILE", type=Path, help="also write the metrics as JSON")
+    scn = sub.add_parser("scenario", help="simulate a scenario file (JSON or YAML) under its policies")
+    scn.add_argument("file", type=Path)
+    scn.add_argument("--seed", type=int, default=1, help="seed of random placement")
+    scn.add_argument("--json", dest="run_json", metavar="FILE", type=Path, help="also write the results as JSON")
     tr = sub.add_parser("trace", help="write a generated trace as JSON")
     _trace_flags(tr)
     tr.add_argument("--out", type=Path, required=True)
@@ -94,6 +102,36 @@ def _fail(message: str) -> None:
     raise SystemExit(2)
 
 
+def _scenario(a: argparse.Namespace) -> None:
+    s = sc.load(a.file)
+    runs = [simulate(s.trace, s.cluster, p, seed=a.seed) for p in s.policies]
+    names = [r.policy for r in runs]
+    print("| job | dataset | GPUs | arrival (s) | " + " | ".join(f"{n} start / end / JCT (s)" for n in names) + " |")
+    print("| --- | --- | ---: | ---: |" + " ---: |" * len(runs))
+    by_run = [{j.name: j for j in r.jobs} for r in runs]
+    for job in sorted(s.trace.jobs, key=lambda j: (j.submit, j.name)):
+        cells = [f"{b[job.name].start:.1f} / {b[job.name].end:.1f} / {b[job.name].jct:.1f}" for b in by_run]
+        print(f"| {job.name} | {job.dataset} | {job.gpus} | {job.submit:.1f} | " + " | ".join(cells) + " |")
+    rows = [metrics(r) for r in runs]
+    print()
+    print(table(rows, {m.policy: m.policy.replace("+cache", "").replace("+src", "") for m in rows}))
+    json_out = a.run_json or a.json
+    if json_out:
+        doc = {
+            "policies": [
+                {
+                    "policy": r.policy,
+                    "metrics": m.as_dict(),
+                    "jobs": [
+                        {"name": j.name, "node": j.node, "start": j.start, "end": j.end, "jct": j.jct} for j in r.jobs
+                    ],
+                }
+                for r, m in zip(runs, rows, strict=True)
+            ]
+        }
+        json_out.write_text(json.dumps(doc, indent=1) + "\n")
+
+
 def main(argv: list[str] | None = None) -> None:
     a = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if a.verbose else logging.WARNING, format="%(message)s")
@@ -107,6 +145,9 @@ def main(argv: list[str] | None = None) -> None:
                     for m in measured
                 ]
                 a.json.write_text(json.dumps(doc, indent=1) + "\n")
+            return
+        if a.command == "scenario":
+            _scenario(a)
             return
         if a.command == "trace":
             cfg = _trace_config(a)
@@ -146,7 +187,7 @@ def main(argv: list[str] | None = None) -> None:
             json_out.write_text(json.dumps([m.as_dict() for m in rows], indent=1) + "\n")
         if a.plot:
             bar_plot(rows, a.plot, f"{len(trace.jobs)} jobs")
-    except (cal.CalibrationError, ValueError, KeyError) as e:
+    except (sc.ScenarioError, ValueError, KeyError) as e:
         _fail(str(e))
     except OSError as e:
         _fail(f"{getattr(e, 'filename', '') or ''}: {e.strerror or e}")
