@@ -191,8 +191,10 @@ class _Source:
                 self.load += max(1, state.readers.get(d, 1)) * model.gpu_rate * cold
                 self.fetching += 1
 
-    def cold(self, job: JobInfo, reading: set[str]) -> tuple[float, float]:
-        """(bytes the job must fetch from the sources, share of its data that is cold)."""
+    def cold(self, job: JobInfo, reading: set[str], seconds: float) -> tuple[float, float]:
+        """(bytes the job must fetch from the sources, share of its data that is cold); a job
+        reads at most ``seconds`` x its reading pace, so a short job over a large dataset only
+        fetches that much."""
         weights = [float(self.state.sizes.get(d, 0)) for d in job.datasets]
         if not job.datasets:
             return 0.0, 0.0
@@ -205,18 +207,18 @@ class _Source:
             cold = 1.0 - _fraction(self.state, d)
             nbytes += self.state.sizes.get(d, 0) * cold
             share += w * cold
-        return nbytes, share / sum(weights)
+        return min(nbytes, self.speed(job) * seconds), share / sum(weights)
 
     def speed(self, job: JobInfo) -> float:
         return max(1, job.gpus_per_pod) * max(1, job.pods) * self.model.gpu_rate
 
-    def demand(self, job: JobInfo, reading: set[str]) -> float:
-        return self.speed(job) * self.cold(job, reading)[1]
+    def demand(self, job: JobInfo, reading: set[str], seconds: float) -> float:
+        return self.speed(job) * self.cold(job, reading, seconds)[1]
 
-    def extra(self, job: JobInfo, reading: set[str]) -> float:
+    def extra(self, job: JobInfo, reading: set[str], seconds: float) -> float:
         """The time the job's cold bytes add to its run beyond its own reading pace, at the
         share of the sources it would get now."""
-        nbytes = self.cold(job, reading)[0]
+        nbytes = self.cold(job, reading, seconds)[0]
         if nbytes <= 0:
             return 0.0
         speed = self.speed(job)
@@ -266,7 +268,7 @@ def plan(
         if config.cache_aware:
             if source is not None:
                 start = {j.name: expected(j) if config.base is BasePolicy.SJF else j.submitted for j in window}
-                key = {j.name: start[j.name] + source.extra(j, reading) for j in window}
+                key = {j.name: start[j.name] + source.extra(j, reading, expected(j)) for j in window}
                 window.sort(key=lambda j: (key[j.name], rank[j.name]))
             else:
                 window.sort(key=lambda j: (warmth(j, state, reading) < config.warm_threshold, rank[j.name]))
@@ -282,7 +284,7 @@ def plan(
             if barrier is not None and fifo[job.name] > fifo[barrier.name]:
                 continue
             if source is not None:
-                demand = source.demand(job, reading)
+                demand = source.demand(job, reading, expected(job))
                 if config.stagger and demand > 0 and job is not barrier and source.saturated():
                     continue
             after = cap.place(job)
