@@ -235,7 +235,8 @@ class Simulator:
         for r in self.running.values():
             readers[r.key] = readers.get(r.key, 0) + r.job.gpus
         warming = frozenset(self.keys[ds] for ds in self.data.warms)
-        return ordering.DatasetState(fractions, frozenset(readers), warming, self.key_sizes, readers)
+        free = float(sum(c.capacity - c.used for c in self.data.caches.values()))
+        return ordering.DatasetState(fractions, frozenset(readers), warming, self.key_sizes, readers, free)
 
     def _schedule(self, t: float) -> None:
         if not self.pending:

@@ -83,6 +83,7 @@ class TraceConfig:
     max_size: float = 1024 * GIB
     epochs: tuple[int, int] = (1, 4)
     gpu_rate: float | None = None
+    burst: float = 1.0
 
 
 def _zipf_weights(n: int, s: float) -> list[float]:
@@ -104,12 +105,24 @@ def generate(cfg: TraceConfig, *, sharing: bool = True) -> Trace:
     weights = _zipf_weights(n_ds, cfg.zipf_s)
     jobs: list[Job] = []
     t = 0.0
+    group: tuple[int, Dataset] | None = None
+    left = 0
     for i in range(cfg.jobs):
-        t += rng.expovariate(rate)
-        gpus = rng.choices(cfg.gpu_choices, cfg.gpu_weights)[0]
+        if left == 0:
+            # a new submission: a group of jobs over one dataset (a sweep), geometric size
+            t += rng.expovariate(rate / cfg.burst)
+            left = 1
+            while cfg.burst > 1 and rng.random() > 1.0 / cfg.burst:
+                left += 1
+            gpus = rng.choices(cfg.gpu_choices, cfg.gpu_weights)[0]
+            group = (gpus, datasets[rng.choices(range(n_ds), weights)[0]] if sharing else datasets[i])
+        assert group is not None
+        left -= 1
+        gpus, d = group
+        if not sharing:
+            d = datasets[i]
         seconds = cfg.median_seconds * math.exp(rng.gauss(0.0, cfg.sigma))
         epochs: float = rng.randint(cfg.epochs[0], cfg.epochs[1])
-        d = datasets[rng.choices(range(n_ds), weights)[0]] if sharing else datasets[i]
         if cfg.gpu_rate is not None:
             epochs = round(seconds * gpus * cfg.gpu_rate / d.size, 4)
         jobs.append(Job(f"j{i:04d}", round(t, 3), gpus, d.name, round(seconds, 3), epochs))

@@ -53,14 +53,15 @@ class JobInfo:
 @dataclass(frozen=True)
 class DatasetState:
     """What is known about the datasets: cached fraction (0..1) per key, which are read by
-    running jobs, which are being warmed, their sizes (bytes, where known) and how many GPUs of
-    running jobs read each."""
+    running jobs, which are being warmed, their sizes (bytes, where known), how many GPUs of
+    running jobs read each, and how much of the cluster cache is free."""
 
     cached_fraction: Mapping[str, float] = field(default_factory=dict)
     reading: frozenset[str] = frozenset()
     warming: frozenset[str] = frozenset()
     sizes: Mapping[str, int] = field(default_factory=dict)
     readers: Mapping[str, int] = field(default_factory=dict)
+    cache_free: float | None = None  # bytes free in the cluster cache (None: unknown)
 
 
 @dataclass(frozen=True)
@@ -183,6 +184,7 @@ class _Source:
 
     def __init__(self, state: DatasetState, model: SourceModel) -> None:
         self.state, self.model = state, model
+        self.free = state.cache_free
         self.load = 0.0
         self.fetching = 0
         for d in state.reading:
@@ -222,16 +224,42 @@ class _Source:
         if nbytes <= 0:
             return 0.0
         speed = self.speed(job)
-        share = max(self.model.bandwidth - self.load, self.model.bandwidth / (self.fetching + 1))
-        return nbytes / min(speed, share) - nbytes / speed
+        return nbytes / min(speed, self.share()) - nbytes / speed
+
+    def share(self) -> float:
+        """The source bandwidth one more cold reader would get now."""
+        return max(self.model.bandwidth - self.load, self.model.bandwidth / (self.fetching + 1))
+
+    def evicted(self, job: JobInfo, reading: set[str], seconds: float, wanted: set[str]) -> float:
+        """Bytes that other waiting jobs want (datasets in ``wanted``) which the job's cold
+        bytes would push out of a full cluster cache: what it overflows, taken from the cached
+        datasets nobody reads in proportion to their bytes."""
+        if self.free is None:
+            return 0.0
+        over = self.cold(job, reading, seconds)[0] - max(0.0, self.free)
+        if over <= 0:
+            return 0.0
+        idle = {
+            d: _fraction(self.state, d) * self.state.sizes.get(d, 0)
+            for d in self.state.cached_fraction
+            if d not in reading and d not in job.datasets
+        }
+        total = sum(idle.values())
+        if total <= 0:
+            return 0.0
+        return min(over, total) * sum(b for d, b in idle.items() if d in wanted) / total
 
     def saturated(self) -> bool:
         return self.load >= self.model.bandwidth
 
-    def add(self, demand: float) -> None:
+    def add(self, job: JobInfo, reading: set[str], seconds: float) -> None:
+        """Account for ``job`` admitted (before ``reading`` takes its datasets)."""
+        demand = self.demand(job, reading, seconds)
         if demand > 0:
             self.load += demand
             self.fetching += 1
+        if self.free is not None:
+            self.free -= self.cold(job, reading, seconds)[0]
 
 
 def plan(
@@ -257,6 +285,14 @@ def plan(
     def expected(j: JobInfo) -> float:
         return j.expected_seconds if j.expected_seconds is not None else config.default_expected_seconds
 
+    def effective_key(j: JobInfo, window: list[JobInfo], src: _Source) -> float:
+        # SJF: the job's expected duration given the cache; FIFO: its submission, pushed back by
+        # the time its cold data costs. Both add the refetch of what it would evict for others.
+        seconds = expected(j)
+        wanted = {d for o in window if o.name != j.name for d in o.datasets} - set(j.datasets)
+        cost = src.extra(j, reading, seconds) + src.evicted(j, reading, seconds, wanted) / src.share()
+        return (seconds if config.base is BasePolicy.SJF else j.submitted) + cost
+
     def barrier_job() -> JobInfo | None:
         if bound is None:
             return None
@@ -267,8 +303,7 @@ def plan(
         window = remaining[: config.window]
         if config.cache_aware:
             if source is not None:
-                start = {j.name: expected(j) if config.base is BasePolicy.SJF else j.submitted for j in window}
-                key = {j.name: start[j.name] + source.extra(j, reading, expected(j)) for j in window}
+                key = {j.name: effective_key(j, window, source) for j in window}
                 window.sort(key=lambda j: (key[j.name], rank[j.name]))
             else:
                 window.sort(key=lambda j: (warmth(j, state, reading) < config.warm_threshold, rank[j.name]))
@@ -279,13 +314,11 @@ def plan(
     while remaining:
         barrier = barrier_job()
         chosen: JobInfo | None = None
-        demand = 0.0
         for job in ranked(barrier):
             if barrier is not None and fifo[job.name] > fifo[barrier.name]:
                 continue
-            if source is not None:
-                demand = source.demand(job, reading, expected(job))
-                if config.stagger and demand > 0 and job is not barrier and source.saturated():
+            if source is not None and config.stagger and job is not barrier and source.saturated():
+                if source.demand(job, reading, expected(job)) > 0:
                     continue
             after = cap.place(job)
             if after is not None:
@@ -295,7 +328,7 @@ def plan(
             break
         admitted.append(chosen.name)
         if source is not None:
-            source.add(demand)
+            source.add(chosen, reading, expected(chosen))
         reading.update(chosen.datasets)
         remaining = [j for j in remaining if j.name != chosen.name]
         for j in remaining:
