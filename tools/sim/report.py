@@ -143,3 +143,36 @@ def line_plot(
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
+
+
+def heatmap(
+    xs: Sequence[float],
+    ys: Sequence[float],
+    grids: Mapping[str, Sequence[Sequence[float]]],
+    path: Path,
+    xlabel: str,
+    ylabel: str,
+) -> None:
+    """One heatmap per entry of ``grids`` (rows over ``ys``, columns over ``xs``), side by side,
+    each cell labelled with its value; colour centred on 1.0 (red: worse, blue: better)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import TwoSlopeNorm
+
+    fig, axes = plt.subplots(1, len(grids), figsize=(4.6 * len(grids), 3.8), squeeze=False)
+    norm = TwoSlopeNorm(vcenter=1.0, vmin=0.7, vmax=2.2)
+    for ax, (title, grid) in zip(axes[0], grids.items(), strict=True):
+        image = ax.imshow(grid, cmap="RdBu", norm=norm, origin="lower", aspect="auto")
+        ax.set_xticks(range(len(xs)), [f"{x:g}" for x in xs])
+        ax.set_yticks(range(len(ys)), [f"{y:g}" for y in ys])
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.set_title(title, fontsize=10)
+        for i, row in enumerate(grid):
+            for k, v in enumerate(row):
+                ax.text(k, i, f"{v:.2f}", ha="center", va="center", fontsize=9)
+    fig.colorbar(image, ax=axes[0].tolist(), shrink=0.8, label="avg JCT speed-up")
+    fig.savefig(path, dpi=90, bbox_inches="tight")
+    plt.close(fig)
