@@ -185,6 +185,7 @@ class _Source:
     def __init__(self, state: DatasetState, model: SourceModel) -> None:
         self.state, self.model = state, model
         self.free = state.cache_free
+        self._cold: dict[str, tuple[float, float]] = {}
         self.load = 0.0
         self.fetching = 0
         for d in state.reading:
@@ -196,7 +197,13 @@ class _Source:
     def cold(self, job: JobInfo, reading: set[str], seconds: float) -> tuple[float, float]:
         """(bytes the job must fetch from the sources, share of its data that is cold); a job
         reads at most ``seconds`` x its reading pace, so a short job over a large dataset only
-        fetches that much."""
+        fetches that much. Memoised until the next ``add`` (which changes ``reading``)."""
+        got = self._cold.get(job.name)
+        if got is None:
+            got = self._cold[job.name] = self._compute_cold(job, reading, seconds)
+        return got
+
+    def _compute_cold(self, job: JobInfo, reading: set[str], seconds: float) -> tuple[float, float]:
         weights = [float(self.state.sizes.get(d, 0)) for d in job.datasets]
         if not job.datasets:
             return 0.0, 0.0
@@ -230,24 +237,26 @@ class _Source:
         """The source bandwidth one more cold reader would get now."""
         return max(self.model.bandwidth - self.load, self.model.bandwidth / (self.fetching + 1))
 
-    def evicted(self, job: JobInfo, reading: set[str], seconds: float, wanted: set[str]) -> float:
+    def idle(self, reading: set[str]) -> dict[str, float]:
+        """Bytes cached of each dataset nobody reads (what a full cache evicts from)."""
+        sizes = self.state.sizes
+        return {d: _fraction(self.state, d) * sizes.get(d, 0) for d in self.state.cached_fraction if d not in reading}
+
+    def evicted(
+        self, job: JobInfo, reading: set[str], seconds: float, wanted: set[str], idle: Mapping[str, float]
+    ) -> float:
         """Bytes that other waiting jobs want (datasets in ``wanted``) which the job's cold
         bytes would push out of a full cluster cache: what it overflows, taken from the cached
-        datasets nobody reads in proportion to their bytes."""
+        datasets nobody reads (``idle``) in proportion to their bytes."""
         if self.free is None:
             return 0.0
         over = self.cold(job, reading, seconds)[0] - max(0.0, self.free)
         if over <= 0:
             return 0.0
-        idle = {
-            d: _fraction(self.state, d) * self.state.sizes.get(d, 0)
-            for d in self.state.cached_fraction
-            if d not in reading and d not in job.datasets
-        }
-        total = sum(idle.values())
+        total = sum(idle.values()) - sum(idle.get(d, 0.0) for d in set(job.datasets))
         if total <= 0:
             return 0.0
-        return min(over, total) * sum(b for d, b in idle.items() if d in wanted) / total
+        return min(over, total) * sum(idle.get(d, 0.0) for d in wanted - set(job.datasets)) / total
 
     def saturated(self) -> bool:
         return self.load >= self.model.bandwidth
@@ -260,6 +269,7 @@ class _Source:
             self.fetching += 1
         if self.free is not None:
             self.free -= self.cold(job, reading, seconds)[0]
+        self._cold.clear()
 
 
 def plan(
@@ -269,7 +279,12 @@ def plan(
     config: OrderingConfig,
 ) -> Plan:
     """Which of ``pending`` to start now (see the module docstring)."""
-    unschedulable = tuple(j.name for j in pending if not capacity.can_ever_fit(j))
+    fits: dict[tuple[int, int], bool] = {}
+    for j in pending:
+        shape = (j.gpus_per_pod, j.pods)
+        if shape not in fits:
+            fits[shape] = capacity.can_ever_fit(j)
+    unschedulable = tuple(j.name for j in pending if not fits[(j.gpus_per_pod, j.pods)])
     jobs = [j for j in pending if j.name not in unschedulable]
     order = base_order(jobs, config)
     rank = {j.name: i for i, j in enumerate(order)}
@@ -285,12 +300,11 @@ def plan(
     def expected(j: JobInfo) -> float:
         return j.expected_seconds if j.expected_seconds is not None else config.default_expected_seconds
 
-    def effective_key(j: JobInfo, window: list[JobInfo], src: _Source) -> float:
+    def effective_key(j: JobInfo, src: _Source, wanted: set[str], idle: Mapping[str, float]) -> float:
         # SJF: the job's expected duration given the cache; FIFO: its submission, pushed back by
         # the time its cold data costs. Both add the refetch of what it would evict for others.
         seconds = expected(j)
-        wanted = {d for o in window if o.name != j.name for d in o.datasets} - set(j.datasets)
-        cost = src.extra(j, reading, seconds) + src.evicted(j, reading, seconds, wanted) / src.share()
+        cost = src.extra(j, reading, seconds) + src.evicted(j, reading, seconds, wanted, idle) / src.share()
         return (seconds if config.base is BasePolicy.SJF else j.submitted) + cost
 
     def barrier_job() -> JobInfo | None:
@@ -303,7 +317,9 @@ def plan(
         window = remaining[: config.window]
         if config.cache_aware:
             if source is not None:
-                key = {j.name: effective_key(j, window, source) for j in window}
+                wanted = {d for o in window for d in o.datasets}
+                idle = source.idle(reading)
+                key = {j.name: effective_key(j, source, wanted, idle) for j in window}
                 window.sort(key=lambda j: (key[j.name], rank[j.name]))
             else:
                 window.sort(key=lambda j: (warmth(j, state, reading) < config.warm_threshold, rank[j.name]))
