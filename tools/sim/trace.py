@@ -8,7 +8,12 @@ GPU-cluster traces where many jobs are repeats over the same data). ``no_sharing
 job a dataset of its own (same sizes, durations and arrivals otherwise).
 
 A job reads its dataset ``epochs`` times; when its data is local it runs for ``compute_seconds``
-(the compute-bound duration, which is also its expected duration for SJF).
+(the compute-bound duration, which is also its expected duration for SJF). With ``gpu_rate``
+(bytes/s per GPU when the data is local) a job's passes follow from its compute instead:
+``compute_seconds x gpus x gpu_rate / dataset size`` (often less than one pass for a short job
+over a large dataset). With ``burst`` > 1, submissions come in groups (geometric sizes of mean
+``burst``) of jobs over one dataset with the same GPUs, as hyperparameter sweeps do; the offered
+load is unchanged.
 
 Caveats: sizes and durations are independent draws (no correlation between a job's length and
 its dataset's size), and every job is one pod (GPUs per job at most a node's).

@@ -9,6 +9,16 @@ is. It is pure: the Job queue (``queue``) feeds it from Kubernetes objects, the 
 3. **Cache-aware**: within the window, *warm* jobs go first — jobs whose datasets are read by a
    running job (or one admitted in this round, so jobs of one dataset start together) or at
    least ``warm_threshold`` cached — each group in base order. Cache-oblivious keeps base order.
+
+   **Source-aware** (``source``: the sources' bandwidth and a GPU's read rate; needs the
+   datasets' ``sizes``): the window is sorted on each job's *effective* key instead — SJF: its
+   expected duration plus the time its cold bytes add at the share of the sources it would get
+   now (shortest effective job first); FIFO: its submission time pushed back by that same
+   time. A job's cold bytes are its datasets' uncached bytes (none for a dataset being read),
+   at most what it reads in its expected time. With ``cache_free`` known, a cold job that
+   overflows the cluster cache also pays for the refetch of the bytes it would evict that other
+   jobs in the window want. With ``stagger``, while cold readers saturate the sources no other
+   cold job starts (its GPUs stay free for warm jobs; the barrier job is exempt).
 4. **Capacity**: a candidate starts if its pods fit: every pod on one node with enough free GPUs
    (best fit), and/or a slot count. Candidates that do not fit are skipped (backfill).
 5. **Pass-over bound**: a job is *passed over* each time a job submitted after it starts while
@@ -19,7 +29,9 @@ is. It is pure: the Job queue (``queue``) feeds it from Kubernetes objects, the 
    datasets are returned as warm intents (the controller runs ``fluidfs load`` / a worker
    warm-up), at most ``warm_ahead`` datasets warming at once.
 
-Caveats: a job's warmth is the mean over its datasets, weighted equally (sizes unknown here);
+Caveats: a job's warmth is the mean over its datasets, weighted equally; the source-aware
+estimate assumes every GPU reads at one rate and equal shares of the sources, and spreads
+evictions over idle datasets by size (the caches' LRU order is not known here);
 a job that can never fit (pods larger than any node) is reported as unschedulable and takes no
 part in ordering or pass-over counting. Fit is checked per pod against free GPUs per node; other
 resources, taints and affinity are the scheduler's (a started job may still wait for a node).
