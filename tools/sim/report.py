@@ -161,7 +161,8 @@ def heatmap(
     import matplotlib.pyplot as plt
     from matplotlib.colors import TwoSlopeNorm
 
-    fig, axes = plt.subplots(1, len(grids), figsize=(4.6 * len(grids), 3.8), squeeze=False)
+    fig, axes = plt.subplots(1, len(grids), figsize=(5.0 * len(grids), 3.8), squeeze=False)
+    fig.subplots_adjust(wspace=0.35)
     norm = TwoSlopeNorm(vcenter=1.0, vmin=0.7, vmax=2.2)
     for ax, (title, grid) in zip(axes[0], grids.items(), strict=True):
         image = ax.imshow(grid, cmap="RdBu", norm=norm, origin="lower", aspect="auto")
