@@ -222,7 +222,14 @@ def run_all(out: Path, quick: bool = False) -> dict[str, Any]:
     ]
     md.append("")
 
-    # 4. where it pays: load x I/O-boundness, then one axis at a time (affinity placement)
+    # 4. placement on a multi-epoch trace: compute-bound jobs reading their dataset 2-8 times
+    multi = dataclasses.replace(trace_cfg, gpu_rate=None, epochs=(2, 8), load=1.2)
+    rows = run_policies(generate(multi), CLUSTER, policies("random", warm_first=False))
+    rows += run_policies(generate(multi), CLUSTER, policies("affinity", warm_first=False))
+    results["placement_multi_epoch"] = {"trace": dataclasses.asdict(multi), "runs": [m.as_dict() for m in rows]}
+    md += ["## Placement on a multi-epoch trace (compute-bound, 2-8 passes per job)", "", table(rows), ""]
+
+    # 5. where it pays: load x I/O-boundness, then one axis at a time (affinity placement)
     if not quick:
         md += ["## Load x read rate per GPU (affinity placement)", ""]
         md.append(
