@@ -65,6 +65,13 @@ def test_calibrate(tmp_path: Path) -> None:
     assert json.loads(out.read_text())[0]["job"] == "a"
 
 
+def test_source_aware_run() -> None:
+    res = sim("run", "--jobs", "12", "--nodes", "2", "--policy", "fifo", "--placement", "random", "--ordering", "all")
+    assert res.returncode == 0, res.stderr
+    for name in ("fifo/random", "fifo+cache/random", "fifo+cache+src/random"):
+        assert f"| {name} |" in res.stdout
+
+
 def test_scenario(tmp_path: Path) -> None:
     example = ROOT / "docs" / "scheduling" / "calibration-example.yaml"
     out = tmp_path / "s.json"
@@ -86,6 +93,7 @@ def test_scenario(tmp_path: Path) -> None:
         (["--calibrate", "/nonexistent.json"], "No such file"),
         (["run", "--nodes", "0"], "--nodes must be at least 1"),
         (["run", "--source-gbps", "0"], "--source-gbps must be positive"),
+        (["run", "--burst", "0.5"], "--burst >= 1"),
         ([], "give a command"),
     ],
 )
