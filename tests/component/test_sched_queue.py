@@ -19,7 +19,7 @@ import kubernetes_validate
 import pytest
 
 from fluidfs.control.sched.locations import CacheLocations, dataset_key_for_url
-from fluidfs.control.sched.ordering import BasePolicy, OrderingConfig
+from fluidfs.control.sched.ordering import BasePolicy, OrderingConfig, SourceModel
 from fluidfs.control.sched.queue import (
     ADMITTED_AT,
     ClusterState,
@@ -76,6 +76,8 @@ def load(path: Path) -> tuple[dict[str, Any], ClusterState, QueueConfig, FakeVol
         cache_aware=c["cacheAware"],
         max_pass_over=c.get("maxPassOver", 8),
         warm_ahead=c.get("warmAhead", 0),
+        source=SourceModel(c["source"]["bandwidth"], c["source"]["gpuRate"]) if "source" in c else None,
+        stagger=c.get("stagger", False),
     )
     config = QueueConfig(fx["queue"], ordering, slots=c.get("slots"), model_gpus=c.get("modelGpus", True))
     return fx, state, config, FakeVolumeLookups(objs["volumes"])

@@ -42,8 +42,9 @@ def test_quick_report(tmp_path: Path) -> None:
     assert (tmp_path / "report.md").exists() and (tmp_path / "high-sharing.png").exists()
     data = json.loads((tmp_path / "report.json").read_text())
     assert {"high_sharing", "no_sharing", "bound"} <= set(data)
-    bounds = {row["bound"]: row["max_passed_over"] for row in data["bound"]}
-    assert all(n <= b for b, n in bounds.items() if b is not None)
+    for row in data["bound"]:
+        if row["bound"] is not None:
+            assert row["max_passed_over"] <= row["bound"] and row["sjf"]["max_passed_over"] <= row["bound"]
 
 
 def test_calibrate(tmp_path: Path) -> None:
@@ -64,12 +65,35 @@ def test_calibrate(tmp_path: Path) -> None:
     assert json.loads(out.read_text())[0]["job"] == "a"
 
 
+def test_source_aware_run() -> None:
+    res = sim("run", "--jobs", "12", "--nodes", "2", "--policy", "fifo", "--placement", "random", "--ordering", "all")
+    assert res.returncode == 0, res.stderr
+    for name in ("fifo/random", "fifo+cache/random", "fifo+cache+src/random"):
+        assert f"| {name} |" in res.stdout
+
+
+def test_scenario(tmp_path: Path) -> None:
+    example = ROOT / "docs" / "scheduling" / "calibration-example.yaml"
+    out = tmp_path / "s.json"
+    res = sim("scenario", str(example), "--json", str(out))
+    assert res.returncode == 0, res.stderr
+    assert "| j6 | imgs-a | 1 | 25.0 |" in res.stdout and "| fifo+cache+src/affinity |" in res.stdout
+    doc = json.loads(out.read_text())
+    assert [p["policy"] for p in doc["policies"]] == ["fifo/affinity", "fifo+cache+src/affinity"]
+    assert {j["name"] for j in doc["policies"][0]["jobs"]} == {f"j{i}" for i in range(1, 7)}
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("cluster: {members: 3, cacheBytes: 1Gi, sourceBandwidth: fast}\ndatasets: []\njobs: []\n")
+    res = sim("scenario", str(bad))
+    assert res.returncode == 2 and "cluster.sourceBandwidth: invalid size 'fast'" in res.stderr
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
         (["--calibrate", "/nonexistent.json"], "No such file"),
         (["run", "--nodes", "0"], "--nodes must be at least 1"),
         (["run", "--source-gbps", "0"], "--source-gbps must be positive"),
+        (["run", "--burst", "0.5"], "--burst >= 1"),
         ([], "give a command"),
     ],
 )

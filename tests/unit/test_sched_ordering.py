@@ -13,6 +13,7 @@ from fluidfs.control.sched.ordering import (
     DatasetState,
     JobInfo,
     OrderingConfig,
+    SourceModel,
     WarmIntent,
     plan,
     warmth,
@@ -20,6 +21,14 @@ from fluidfs.control.sched.ordering import (
 
 FIFO_AWARE = OrderingConfig(BasePolicy.FIFO, cache_aware=True)
 FIFO = OrderingConfig(BasePolicy.FIFO, cache_aware=False)
+SOURCE = SourceModel(bandwidth=1e9, gpu_rate=1e8)  # 1 GB/s in all, 100 MB/s per GPU
+SIZES = {"x": 10**11, "w": 10**11, "y": 10**11}
+
+
+def busy_source(cached: dict[str, float] | None = None) -> DatasetState:
+    """A running 10-GPU job reads the cold dataset y at 1 GB/s: the source is saturated, one
+    more cold reader gets half of it (500 MB/s)."""
+    return DatasetState(cached or {"w": 1.0}, frozenset({"y"}), sizes=SIZES, readers={"y": 10})
 
 
 def job(name: str, t: float, gpus: int = 1, ds: str = "", expected: float | None = None, passed: int = 0) -> JobInfo:
@@ -96,6 +105,63 @@ def test_warmth_and_config_checks() -> None:
 
 # ---------------------------------------------------------------------------- starvation bound
 
+
+def test_source_aware_sjf_sorts_on_the_effective_duration() -> None:
+    cold = job("cold", 0, gpus=8, ds="x", expected=100)  # 80 GB at 500 MB/s: 160 s, not 100
+    warm = job("warm", 1, gpus=8, ds="w", expected=150)
+    sjf = OrderingConfig(BasePolicy.SJF, cache_aware=False)
+    assert plan([cold, warm], busy_source(), Capacity(slots=1), sjf).admit == ("cold",)
+    aware = OrderingConfig(BasePolicy.SJF, source=SOURCE)
+    assert plan([cold, warm], busy_source(), Capacity(slots=1), aware).admit == ("warm",)
+    slower = job("warm", 1, gpus=8, ds="w", expected=170)
+    assert plan([cold, slower], busy_source(), Capacity(slots=1), aware).admit == ("cold",)
+    # an idle source serves the cold job at its own pace: plain SJF order
+    idle = DatasetState({"w": 1.0}, sizes=SIZES)
+    assert plan([cold, warm], idle, Capacity(slots=1), aware).admit == ("cold",)
+    # without sizes nothing is known to be cold: base order
+    assert plan([cold, warm], DatasetState(reading=frozenset({"y"})), Capacity(slots=1), aware).admit == ("cold",)
+
+
+def test_source_aware_fifo_pushes_a_cold_job_back_by_its_cost() -> None:
+    cold = job("cold", 0, gpus=8, ds="x", expected=100)  # costs 60 s more than its own pace
+    cfg = OrderingConfig(BasePolicy.FIFO, source=SOURCE)
+    early, late = job("warm", 30, gpus=8, ds="w"), job("warm", 90, gpus=8, ds="w")
+    assert plan([cold, early], busy_source(), Capacity(slots=1), cfg).admit == ("warm",)
+    assert plan([cold, late], busy_source(), Capacity(slots=1), cfg).admit == ("cold",)
+
+
+def test_source_aware_counts_what_a_cold_job_would_evict_for_others() -> None:
+    sizes = {"x": 10**11, "w": 10**11, "v": 10**11}
+    cold = job("cold", 0, gpus=1, ds="x", expected=1000)  # 100 GB: no slower than its own pace
+    other = job("other", 1, gpus=1, ds="v", expected=1080)  # v is idle in the cache
+    later = job("later", 2, gpus=1, ds="w", expected=5000)  # wants w, also idle in the cache
+    cfg = OrderingConfig(BasePolicy.SJF, source=SOURCE)
+    # room for x: nothing evicted, shortest first
+    roomy = DatasetState({"w": 1.0, "v": 1.0}, sizes=sizes, cache_free=2e11)
+    assert plan([cold, other, later], roomy, Capacity(slots=1), cfg).admit == ("cold",)
+    # a full cache: x pushes out 100 GB of w and v, both wanted: 100 s of refetch (1100 > 1080)
+    full = DatasetState({"w": 1.0, "v": 1.0}, sizes=sizes, cache_free=0.0)
+    assert plan([cold, other, later], full, Capacity(slots=1), cfg).admit == ("other",)
+    # only v is wanted (later is outside a window of 2): half of it counts (1050 < 1080)
+    small = OrderingConfig(BasePolicy.SJF, source=SOURCE, window=2)
+    assert plan([cold, other, later], full, Capacity(slots=1), small).admit == ("cold",)
+
+
+def test_stagger_holds_cold_jobs_while_the_source_is_saturated() -> None:
+    cold, warm = job("cold", 0, ds="x", expected=10), job("warm", 1, ds="w", expected=10)
+    cfg = OrderingConfig(BasePolicy.FIFO, source=SOURCE, stagger=True)
+    assert plan([cold, warm], busy_source(), Capacity(slots=2), cfg).admit == ("warm",)
+    assert plan([cold], busy_source(), Capacity(slots=2), cfg).admit == ()
+    assert plan([cold], busy_source(), Capacity(slots=2), OrderingConfig(source=SOURCE)).admit == ("cold",)
+    # a job at the bound is never held back
+    held = job("cold", 0, ds="x", expected=10, passed=8)
+    assert plan([held], busy_source(), Capacity(slots=2), cfg).admit == ("cold",)
+    # jobs of a dataset being read are not cold
+    assert plan([job("hot", 0, ds="y")], busy_source(), Capacity(slots=2), cfg).admit == ("hot",)
+    with pytest.raises(ValueError, match="positive"):
+        SourceModel(0, 1e8)
+
+
 events = st.lists(
     st.one_of(
         st.tuples(st.just("submit"), st.sampled_from([1, 2, 4, 8]), st.integers(0, 3), st.integers(1, 1000)),
@@ -107,11 +173,21 @@ events = st.lists(
 
 
 @settings(max_examples=150, deadline=None)
-@given(events, st.integers(0, 4), st.sampled_from(list(BasePolicy)), st.booleans(), st.integers(1, 6))
+@given(
+    events,
+    st.integers(0, 4),
+    st.sampled_from(list(BasePolicy)),
+    st.sampled_from(["oblivious", "aware", "source", "stagger"]),
+    st.integers(1, 6),
+)
 def test_no_job_is_ever_passed_over_more_than_the_bound(
-    evs: list[tuple[str, int, int, int]], bound: int, base: BasePolicy, aware: bool, window: int
+    evs: list[tuple[str, int, int, int]], bound: int, base: BasePolicy, mode: str, window: int
 ) -> None:
-    cfg = OrderingConfig(base, aware, window=window, max_pass_over=bound)
+    source = SourceModel(1e9, 3e8) if mode in ("source", "stagger") else None
+    cfg = OrderingConfig(
+        base, mode != "oblivious", window=window, max_pass_over=bound, source=source, stagger=mode == "stagger"
+    )
+    sizes = {f"d{i}": 10**11 for i in range(4)}
     nodes = {"n1": 8, "n2": 8}
     pending: dict[str, JobInfo] = {}
     running: dict[str, JobInfo] = {}
@@ -128,7 +204,10 @@ def test_no_job_is_ever_passed_over_more_than_the_bound(
             del running[victim]
             for n, g in placed.pop(victim):
                 free[n] += g
-        state = DatasetState({}, frozenset(d for j in running.values() for d in j.datasets))
+        readers: dict[str, int] = {}
+        for j in running.values():
+            readers[j.datasets[0]] = readers.get(j.datasets[0], 0) + j.gpus_per_pod
+        state = DatasetState({"d0": 1.0, "d1": 0.5}, frozenset(readers), sizes=sizes, readers=readers, cache_free=0.0)
         got = plan(list(pending.values()), state, Capacity(dict(free), total_gpus=nodes), cfg)
         for name in got.admit:
             j = pending.pop(name)

@@ -1,12 +1,15 @@
-"""Command line of the simulator: ``python -m tools.sim {run,trace,report}`` or ``--calibrate FILE``.
+"""Command line of the simulator: ``python -m tools.sim {run,scenario,trace,report}`` or ``--calibrate FILE``.
 
 - ``run``: simulate one trace (generated from the flags, or ``--trace FILE``) under the chosen
   policies; prints a Markdown table; ``--json`` and ``--plot`` write the metrics and a PNG.
+- ``scenario FILE``: simulate a scenario file (JSON or YAML: cluster, datasets, jobs, policies;
+  ``tools/sim/scenario.py``) under each of its policies; prints each job's start, end and JCT per
+  policy and the metrics table; ``--json`` writes them.
 - ``trace``: write a generated trace as JSON (to edit, or to feed ``run --trace``).
 - ``report``: every experiment of docs/scheduling.md into a folder (``report.md``,
   ``report.json``, PNG plots).
-- ``--calibrate FILE``: predicted vs measured completion time of each job of a real run (the
-  format is in ``tools/sim/calibrate.py``).
+- ``--calibrate FILE``: predicted vs measured completion time of each job of a real run (a
+  scenario file whose jobs carry the measured ``ended``; ``tools/sim/calibrate.py``).
 
 Bad input exits with a one-line message and code 2.
 """
@@ -14,15 +17,17 @@ Bad input exits with a one-line message and code 2.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
 from pathlib import Path
 
-from fluidfs.control.sched.ordering import BasePolicy
+from fluidfs.control.sched.ordering import BasePolicy, SourceModel
 from tools.sim import calibrate as cal
 from tools.sim import experiments
-from tools.sim.engine import ClusterConfig, Policy, simulate
+from tools.sim import scenario as sc
+from tools.sim.engine import Policy, simulate
 from tools.sim.report import bar_plot, metrics, table
 from tools.sim.trace import GIB, TraceConfig, generate, load, save
 
@@ -36,6 +41,13 @@ def _trace_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--load", type=float, default=d.load, help="offered GPU load (1.0 = all GPUs busy)")
     p.add_argument("--median-size-gib", type=float, default=d.median_size / GIB)
     p.add_argument("--median-seconds", type=float, default=d.median_seconds)
+    p.add_argument(
+        "--gpu-rate-mbps",
+        type=float,
+        default=(d.gpu_rate or 0) / 1e6,
+        help="MB/s a GPU reads when its data is local (a job's passes follow); 0: 1-4 passes per job",
+    )
+    p.add_argument("--burst", type=float, default=d.burst, help="mean number of jobs per submission (one dataset)")
     p.add_argument("--no-sharing", action="store_true", help="every job its own dataset")
 
 
@@ -61,12 +73,22 @@ def _parser() -> argparse.ArgumentParser:
     _cluster_flags(run)
     run.add_argument("--trace", type=Path, help="a trace JSON (instead of generating one)")
     run.add_argument("--policy", choices=["fifo", "sjf", "all"], default="all")
-    run.add_argument("--ordering", choices=["oblivious", "cache", "both"], default="both")
+    run.add_argument(
+        "--ordering",
+        choices=["oblivious", "cache", "source", "both", "all"],
+        default="both",
+        help="cache: warm first; source: source-aware (effective duration, evictions, staggering); "
+        "both: oblivious and cache; all: the three",
+    )
     run.add_argument("--placement", choices=["random", "affinity", "both"], default="both")
     run.add_argument("--window", type=int, default=experiments.WINDOW)
     run.add_argument("--max-pass-over", type=int, default=experiments.BOUND, help="-1: unbounded")
     run.add_argument("--plot", type=Path, help="write a PNG of JCT and bytes per policy")
     run.add_argument("--json", dest="run_json", metavar="FILE", type=Path, help="also write the metrics as JSON")
+    scn = sub.add_parser("scenario", help="simulate a scenario file (JSON or YAML) under its policies")
+    scn.add_argument("file", type=Path)
+    scn.add_argument("--seed", type=int, default=1, help="seed of random placement")
+    scn.add_argument("--json", dest="run_json", metavar="FILE", type=Path, help="also write the results as JSON")
     tr = sub.add_parser("trace", help="write a generated trace as JSON")
     _trace_flags(tr)
     tr.add_argument("--out", type=Path, required=True)
@@ -77,7 +99,11 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _trace_config(a: argparse.Namespace) -> TraceConfig:
-    return TraceConfig(
+    """The report's high-sharing trace with the flags' changes."""
+    if a.gpu_rate_mbps < 0 or a.burst < 1:
+        _fail("--gpu-rate-mbps must be >= 0 and --burst >= 1")
+    return dataclasses.replace(
+        experiments.TRACE,
         seed=a.seed,
         jobs=a.jobs,
         datasets=a.datasets,
@@ -85,13 +111,44 @@ def _trace_config(a: argparse.Namespace) -> TraceConfig:
         load=a.load,
         median_size=a.median_size_gib * GIB,
         median_seconds=a.median_seconds,
-        epochs=experiments.TRACE.epochs,
+        gpu_rate=a.gpu_rate_mbps * 1e6 or None,
+        burst=a.burst,
     )
 
 
 def _fail(message: str) -> None:
     print(f"tools.sim: {message}", file=sys.stderr)
     raise SystemExit(2)
+
+
+def _scenario(a: argparse.Namespace) -> None:
+    s = sc.load(a.file)
+    runs = [simulate(s.trace, s.cluster, p, seed=a.seed) for p in s.policies]
+    names = [r.policy for r in runs]
+    print("| job | dataset | GPUs | arrival (s) | " + " | ".join(f"{n} start / end / JCT (s)" for n in names) + " |")
+    print("| --- | --- | ---: | ---: |" + " ---: |" * len(runs))
+    by_run = [{j.name: j for j in r.jobs} for r in runs]
+    for job in sorted(s.trace.jobs, key=lambda j: (j.submit, j.name)):
+        cells = [f"{b[job.name].start:.1f} / {b[job.name].end:.1f} / {b[job.name].jct:.1f}" for b in by_run]
+        print(f"| {job.name} | {job.dataset} | {job.gpus} | {job.submit:.1f} | " + " | ".join(cells) + " |")
+    rows = [metrics(r) for r in runs]
+    print()
+    print(table(rows, {m.policy: m.policy.replace("+cache", "").replace("+src", "") for m in rows}))
+    json_out = a.run_json or a.json
+    if json_out:
+        doc = {
+            "policies": [
+                {
+                    "policy": r.policy,
+                    "metrics": m.as_dict(),
+                    "jobs": [
+                        {"name": j.name, "node": j.node, "start": j.start, "end": j.end, "jct": j.jct} for j in r.jobs
+                    ],
+                }
+                for r, m in zip(runs, rows, strict=True)
+            ]
+        }
+        json_out.write_text(json.dumps(doc, indent=1) + "\n")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -107,6 +164,9 @@ def main(argv: list[str] | None = None) -> None:
                     for m in measured
                 ]
                 a.json.write_text(json.dumps(doc, indent=1) + "\n")
+            return
+        if a.command == "scenario":
+            _scenario(a)
             return
         if a.command == "trace":
             cfg = _trace_config(a)
@@ -124,8 +184,10 @@ def main(argv: list[str] | None = None) -> None:
         for name in ("cache_gib", "source_gbps", "nic_gbps", "load"):
             if getattr(a, name) <= 0:
                 _fail(f"--{name.replace('_', '-')} must be positive")
-        trace = load(a.trace) if a.trace else generate(_trace_config(a), sharing=not a.no_sharing)
-        cluster = ClusterConfig(
+        trace_cfg = _trace_config(a)
+        trace = load(a.trace) if a.trace else generate(trace_cfg, sharing=not a.no_sharing)
+        cluster = dataclasses.replace(
+            experiments.CLUSTER,
             nodes=a.nodes,
             gpus_per_node=a.gpus_per_node,
             cache_bytes=int(a.cache_gib * GIB),
@@ -134,19 +196,34 @@ def main(argv: list[str] | None = None) -> None:
             grace=a.grace,
         )
         bases = [BasePolicy.FIFO, BasePolicy.SJF] if a.policy == "all" else [BasePolicy(a.policy)]
-        awares = {"oblivious": [False], "cache": [True], "both": [False, True]}[a.ordering]
+        modes = {
+            "oblivious": ["oblivious"],
+            "cache": ["cache"],
+            "source": ["source"],
+            "both": ["oblivious", "cache"],
+            "all": ["oblivious", "cache", "source"],
+        }[a.ordering]
         places = ["random", "affinity"] if a.placement == "both" else [a.placement]
         bound = None if a.max_pass_over < 0 else a.max_pass_over
-        pols = [Policy(b, aw, pl, a.window, bound) for pl in places for b in bases for aw in awares]
+        rate = trace_cfg.gpu_rate if a.trace is None else sc.mean_gpu_rate(trace)
+        source = SourceModel(cluster.source_bandwidth, rate or sc.mean_gpu_rate(trace))
+        pols = [
+            Policy(b, m != "oblivious", pl, a.window, bound)
+            if m != "source"
+            else Policy(b, True, pl, a.window, bound, source=source, stagger=True, label="+src")
+            for pl in places
+            for b in bases
+            for m in modes
+        ]
         rows = [metrics(simulate(trace, cluster, pol, seed=a.seed)) for pol in pols]
         print(f"trace: {len(trace.jobs)} jobs, {len(trace.datasets)} datasets, repeat share {trace.repeat_share():.2f}")
-        print(table(rows, {m.policy: m.policy.replace("+cache", "") for m in rows}))
+        print(table(rows, {m.policy: m.policy.replace("+cache", "").replace("+src", "") for m in rows}))
         json_out = a.run_json or a.json
         if json_out:
             json_out.write_text(json.dumps([m.as_dict() for m in rows], indent=1) + "\n")
         if a.plot:
             bar_plot(rows, a.plot, f"{len(trace.jobs)} jobs")
-    except (cal.CalibrationError, ValueError, KeyError) as e:
+    except (sc.ScenarioError, ValueError, KeyError) as e:
         _fail(str(e))
     except OSError as e:
         _fail(f"{getattr(e, 'filename', '') or ''}: {e.strerror or e}")

@@ -16,10 +16,11 @@ its unused share of another to the rest), and transfers have no latency or per-r
 from __future__ import annotations
 
 import hashlib
+import heapq
 import math
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 Chunk = tuple[str, int]  # (dataset, chunk index)
 
@@ -86,61 +87,84 @@ def owner(chunk: Chunk, members: Sequence[str], weights: Mapping[str, float]) ->
     return max(members, key=lambda n: (-weights.get(n, 1.0) / math.log(_unit(chunk[0], chunk[1], n)), n))
 
 
-@dataclass
+@dataclass(eq=False)
 class Flow:
     ident: int
     resources: tuple[str, ...]
-    remaining: float
+    remaining: float  # bytes left at ``since``
+    size: float = 0.0
     rate: float = 0.0
+    since: float = 0.0
+    version: int = 0
     payload: object = None
 
 
-@dataclass
 class Flows:
-    """Active transfers and the capacity (bytes/s) of each resource."""
+    """Active transfers and the capacity (bytes/s) of each resource.
 
-    capacity: dict[str, float]
-    active: dict[int, Flow] = field(default_factory=dict)
-    now: float = 0.0
-    _next_id: int = 0
+    Incremental: a flow's rate changes only when a flow starts or ends on one of its resources,
+    so only those flows are re-rated; each flow's bytes are settled when its rate changes, and
+    finish times wait in a heap (stale entries are skipped by version).
+    """
 
-    def advance(self, t: float) -> None:
-        dt = t - self.now
-        if dt > 0:
-            for f in self.active.values():
-                f.remaining = max(0.0, f.remaining - f.rate * dt)
-        self.now = max(self.now, t)
+    def __init__(self, capacity: Mapping[str, float]) -> None:
+        self.capacity = dict(capacity)
+        self.active: dict[int, Flow] = {}
+        self.users: dict[str, set[Flow]] = {r: set() for r in self.capacity}
+        self.now = 0.0
+        self._heap: list[tuple[float, int, int]] = []
+        self._next_id = 0
 
-    def _rerate(self) -> None:
-        count: dict[str, int] = {}
-        for f in self.active.values():
-            for r in f.resources:
-                count[r] = count.get(r, 0) + 1
-        for f in self.active.values():
-            f.rate = min(self.capacity[r] / count[r] for r in f.resources)
+    def _rerate(self, flows: Iterable[Flow], t: float) -> None:
+        cap, users, heap = self.capacity, self.users, self._heap
+        for f in flows:
+            rate = min(cap[r] / len(users[r]) for r in f.resources)
+            if rate == f.rate:
+                continue
+            f.remaining = max(0.0, f.remaining - f.rate * (t - f.since))
+            f.since, f.rate = t, rate
+            f.version += 1
+            heapq.heappush(heap, (t + f.remaining / rate, f.ident, f.version))
+
+    def _affected(self, resources: Iterable[str]) -> set[Flow]:
+        out: set[Flow] = set()
+        for r in resources:
+            out |= self.users[r]
+        return out
 
     def start(self, t: float, resources: Iterable[str], nbytes: float, payload: object) -> Flow:
-        self.advance(t)
+        self.now = max(self.now, t)
         self._next_id += 1
-        flow = Flow(self._next_id, tuple(resources), float(nbytes), payload=payload)
+        flow = Flow(self._next_id, tuple(resources), float(nbytes), float(nbytes), since=t, payload=payload)
         self.active[flow.ident] = flow
-        self._rerate()
+        for r in flow.resources:
+            self.users[r].add(flow)
+        self._rerate(self._affected(flow.resources), t)
         return flow
 
     def finish_due(self, t: float) -> list[Flow]:
         """Advance to ``t`` and remove the flows that are done by then."""
-        self.advance(t)
-        done = [f for f in self.active.values() if f.remaining <= 1e-6 * max(1.0, f.rate)]
-        for f in done:
-            del self.active[f.ident]
+        self.now = max(self.now, t)
+        heap, done = self._heap, []
+        while heap and heap[0][0] <= t + 1e-9 * max(1.0, t):
+            _, ident, version = heapq.heappop(heap)
+            f = self.active.get(ident)
+            if f is None or f.version != version:
+                continue
+            del self.active[ident]
+            for r in f.resources:
+                self.users[r].discard(f)
+            done.append(f)
         if done:
-            self._rerate()
+            self._rerate(self._affected(r for f in done for r in f.resources), t)
         return done
 
     def next_finish(self) -> float | None:
-        best: float | None = None
-        for f in self.active.values():
-            if f.rate > 0:
-                t = self.now + f.remaining / f.rate
-                best = t if best is None or t < best else best
-        return best
+        heap = self._heap
+        while heap:
+            _, ident, version = heap[0]
+            f = self.active.get(ident)
+            if f is not None and f.version == version:
+                return heap[0][0]
+            heapq.heappop(heap)
+        return None

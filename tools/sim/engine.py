@@ -1,28 +1,27 @@
 """The simulator's event loop: jobs arrive, are admitted, placed, read their data, compute, end.
 
-Time advances from event to event (a heap): arrivals, the end of a chunk's compute, the end of a
-local read, the next transfer to finish, a node leaving a dataset's membership. Admission and
-placement call the controller's own code, not a copy:
+Time advances from event to event (a heap): arrivals, the end of a compute, the end of a local
+read, the next transfer to finish, a node leaving a dataset's membership. Admission and placement
+call the controller's own code, not a copy:
 
 - admission: ``fluidfs.control.sched.ordering.plan`` over the waiting jobs, with the free GPUs per
-  node and the datasets' state (cached fraction from the nodes' caches, datasets being read);
+  node and the datasets' state (cached fraction, sizes, GPUs reading each, datasets warming); its
+  warm intents start warm-ups (``datapath``);
 - placement: ``random`` (uniform over the nodes with room) or ``affinity``: each node's
   ``cache.fluidfs.io`` labels from ``locations.desired_labels``, the pod's node affinity from
   ``placement.cache_affinity``, and kube-scheduler's scoring (NodeAffinity, weight 2, normalised
   to 0..100 over the feasible nodes, evaluated with ``placement.preferred_score``; plus
   LeastAllocated GPUs, weight 1; ties broken at random).
 
-Data: a job reads its dataset (``chunks`` equal chunks) ``epochs`` times in order, fetching up
-to ``prefetch`` chunks ahead of its compute; each chunk computes for ``compute_seconds / (epochs
-x chunks)``. A chunk comes from the job's node if cached there; else from its owner among the
-dataset's members (nodes running a job on it, or that did within ``grace`` seconds) over the
-NICs; else from a member that holds it (ownership moved: the owner takes a copy); else from the
-source through the owner, which keeps it (each chunk leaves the source once while it stays
-cached; concurrent readers of a chunk in flight wait for it). Readers keep no copy of chunks
-they do not own.
+A job reads its dataset (``chunks`` equal chunks) ``epochs`` times (a pass may be partial) in
+order, fetching up to ``prefetch`` chunks ahead of its compute; each chunk computes for
+``compute_seconds / chunks read``, so with its data local the job runs for ``compute_seconds``.
+Where a chunk comes from is the data path's business (``datapath``). While a job computes, a run
+of chunks held on its own node is read at once and computed back to back (local reads outpace
+compute; exact when ``prefetch`` >= 2, and far fewer events).
 
-Caveats: a job is one pod; warm-up intents are not simulated; see ``cluster`` for the bandwidth
-model.
+Caveats: a job is one pod; the run of local chunks is taken from the cache as it is when the run
+starts (an eviction during it is not seen); see ``datapath`` and ``cluster`` for the data model.
 """
 
 from __future__ import annotations
@@ -34,6 +33,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fluidfs.control.sched import locations, ordering, placement
+from tools.sim.datapath import DataPath, Reader, Traffic
+from tools.sim.trace import GIB, Job, Trace
 
 __all__ = [
     "ClusterConfig",
@@ -46,8 +47,6 @@ __all__ = [
     "ordering",
     "placement",
 ]
-from tools.sim.cluster import Chunk, Flow, Flows, NodeCache, owner
-from tools.sim.trace import GIB, Job, Trace
 
 PLACEMENTS = ("random", "affinity")
 
@@ -79,14 +78,24 @@ class Policy:
     placement: str = "random"
     window: int = 16
     max_pass_over: int | None = 8
+    source: ordering.SourceModel | None = None
+    warm_ahead: int = 0
+    stagger: bool = False
+    label: str = ""
 
     @property
     def name(self) -> str:
-        return f"{self.base.value}{'+cache' if self.cache_aware else ''}/{self.placement}"
+        return f"{self.base.value}{'+cache' if self.cache_aware else ''}{self.label}/{self.placement}"
 
     def ordering_config(self) -> ordering.OrderingConfig:
         return ordering.OrderingConfig(
-            base=self.base, cache_aware=self.cache_aware, window=self.window, max_pass_over=self.max_pass_over
+            base=self.base,
+            cache_aware=self.cache_aware,
+            window=self.window,
+            max_pass_over=self.max_pass_over,
+            source=self.source,
+            warm_ahead=self.warm_ahead,
+            stagger=self.stagger,
         )
 
 
@@ -100,6 +109,7 @@ class JobResult:
     end: float = 0.0
     node: str = ""
     passed_over: int = 0
+    compute: float = 0.0
     bytes_source: float = 0.0
     bytes_peer: float = 0.0
     bytes_local: float = 0.0
@@ -113,15 +123,16 @@ class JobResult:
 class _Run:
     job: Job
     key: str
-    node: str
+    reader: Reader
     total: int
-    chunk_bytes: float
     compute_each: float
     result: JobResult
     fetched: int = 0
     computed: int = 0
     computing: bool = False
     fetching: bool = False
+    streams: bool = False  # local reads outpace compute: runs of local chunks are read at once
+    batch: int = 1  # chunks in the compute event in progress
 
 
 @dataclass
@@ -130,6 +141,7 @@ class RunResult:
     jobs: list[JobResult]
     total_gpus: int
     meta: dict[str, Any] = field(default_factory=dict)
+    warm: Traffic = field(default_factory=Traffic)  # moved by warm-ups, not by a job
 
 
 def dataset_key(name: str) -> str:
@@ -150,31 +162,39 @@ class Simulator:
         if policy.placement not in PLACEMENTS:
             raise ValueError(f"placement must be one of {', '.join(PLACEMENTS)}, not {policy.placement!r}")
         self.trace, self.cluster, self.policy = trace, cluster, policy
+        self.config = policy.ordering_config()
         self.rng = random.Random(seed)
         self.forced = dict(placements or {})
         self.nodes = cluster.node_names()
         unknown = sorted(set(self.forced.values()) - set(self.nodes))
         if unknown:
             raise ValueError(f"placements name unknown nodes: {', '.join(unknown)}")
-        self.caches = {n: NodeCache(cluster.cache_bytes) for n in self.nodes}
-        self.weights = {n: float(cluster.cache_bytes) for n in self.nodes}
         self.free = {n: cluster.gpus_per_node for n in self.nodes}
         self.total = dict(self.free)
-        cap = {"source": cluster.source_bandwidth}
+        bandwidth = {"source": cluster.source_bandwidth}
         for n in self.nodes:
-            cap[f"out:{n}"] = cap[f"in:{n}"] = cluster.nic_bandwidth
-        self.flows = Flows(cap)
+            bandwidth[f"out:{n}"] = bandwidth[f"in:{n}"] = cluster.nic_bandwidth
         self.sizes = {d.name: d.size for d in trace.datasets}
         self.keys = {d.name: dataset_key(d.name) for d in trace.datasets}
+        self.names = {key: name for name, key in self.keys.items()}
+        self.key_sizes = {self.keys[name]: size for name, size in self.sizes.items()}
+        self.data = DataPath(
+            self.nodes,
+            cluster.cache_bytes,
+            bandwidth,
+            cluster.local_bandwidth,
+            self.sizes,
+            cluster.chunks,
+            cluster.prefetch,
+            cluster.grace,
+            self._push,
+            self._arrived,
+        )
         self.heap: list[tuple[float, int, str, Any]] = []
         self.seq = 0
-        self.flow_gen = 0
         self.pending: dict[str, Job] = {}
         self.passed: dict[str, int] = {}
         self.running: dict[str, _Run] = {}
-        self.readers: dict[str, dict[str, int]] = {}  # dataset -> node -> running jobs
-        self.grace: dict[str, dict[str, float]] = {}  # dataset -> node -> membership ends
-        self.inflight: dict[Chunk, list[str]] = {}
         self.results: list[JobResult] = []
         self.plans = 0
 
@@ -184,50 +204,39 @@ class Simulator:
         self.seq += 1
         heapq.heappush(self.heap, (t, self.seq, kind, data))
 
-    def _rearm(self) -> None:
-        self.flow_gen += 1
-        t = self.flows.next_finish()
-        if t is not None:
-            self._push(t, "flows", self.flow_gen)
-
     def run(self) -> RunResult:
         for job in sorted(self.trace.jobs, key=lambda j: (j.submit, j.name)):
             self._push(job.submit, "arrive", job)
         while self.heap:
             t, _, kind, data = heapq.heappop(self.heap)
             if kind == "flows":
-                if data != self.flow_gen:
-                    continue
-                for flow in self.flows.finish_due(t):
-                    self._flow_done(flow, t)
-                self._rearm()
+                self.data.on_flows(data, t)
+            elif kind == "compute":
+                self._computed(self.running[data], t)
+            elif kind == "local":
+                self._arrived(data, t)
             elif kind == "arrive":
                 self.pending[data.name] = data
                 self.passed[data.name] = 0
                 self._schedule(t)
-            elif kind == "compute":
-                self._computed(self.running[data], t)
-            elif kind == "local":
-                self._fetched(self.running[data], t)
             elif kind == "expire":
-                ds, node, until = data
-                if self.grace.get(ds, {}).get(node) == until:
-                    del self.grace[ds][node]
+                self.data.on_expire(data)
         if self.pending:
             raise RuntimeError(f"{len(self.pending)} jobs never started (larger than any node?)")
         meta = {"plans": self.plans, "cluster": self.cluster.__dict__, "policy": self.policy.name}
-        return RunResult(self.policy.name, sorted(self.results, key=lambda r: r.name), sum(self.total.values()), meta)
+        jobs = sorted(self.results, key=lambda r: r.name)
+        return RunResult(self.policy.name, jobs, sum(self.total.values()), meta, self.data.warm_traffic)
 
     # ------------------------------------------------------------------ admission and placement
 
     def _dataset_state(self) -> ordering.DatasetState:
-        held: dict[str, int] = {}
-        for cache in self.caches.values():
-            for ds, nbytes in cache.by_dataset.items():
-                held[ds] = held.get(ds, 0) + nbytes
-        fractions = {self.keys[ds]: min(1.0, n / self.sizes[ds]) for ds, n in held.items()}
-        reading = frozenset(r.key for r in self.running.values())
-        return ordering.DatasetState(fractions, reading)
+        fractions = {self.keys[ds]: min(1.0, n / self.sizes[ds]) for ds, n in self.data.held().items()}
+        readers: dict[str, int] = {}
+        for r in self.running.values():
+            readers[r.key] = readers.get(r.key, 0) + r.job.gpus
+        warming = frozenset(self.keys[ds] for ds in self.data.warms)
+        free = float(sum(c.capacity - c.used for c in self.data.caches.values()))
+        return ordering.DatasetState(fractions, frozenset(readers), warming, self.key_sizes, readers, free)
 
     def _schedule(self, t: float) -> None:
         if not self.pending:
@@ -239,9 +248,11 @@ class Simulator:
             for j in self.pending.values()
         ]
         cap = ordering.Capacity(dict(self.free), None, self.total)
-        decision = ordering.plan(infos, self._dataset_state(), cap, self.policy.ordering_config())
+        decision = ordering.plan(infos, self._dataset_state(), cap, self.config)
         self.plans += 1
         self.passed.update(decision.passed_over)
+        for intent in decision.warm:
+            self.data.warm(self.names[intent.dataset], self.pending[intent.job].gpus, self.free, t)
         labels: dict[str, dict[str, str]] | None = None
         admitted = [self.pending.pop(name) for name in decision.admit]
         for i, job in enumerate(admitted):
@@ -253,7 +264,7 @@ class Simulator:
     def _labels(self) -> dict[str, dict[str, str]]:
         return {
             n: locations.desired_labels({self.keys[ds]: b for ds, b in c.by_dataset.items()})
-            for n, c in self.caches.items()
+            for n, c in self.data.caches.items()
         }
 
     def _place(self, job: Job, labels: dict[str, dict[str, str]] | None, rest: list[Job]) -> str:
@@ -291,78 +302,42 @@ class Simulator:
         self.free[node] -= job.gpus
         k = self.cluster.chunks
         result = JobResult(
-            job.name, job.dataset, job.gpus, job.submit, t, node=node, passed_over=self.passed.pop(job.name)
+            job.name,
+            job.dataset,
+            job.gpus,
+            job.submit,
+            t,
+            node=node,
+            passed_over=self.passed.pop(job.name),
+            compute=job.compute_seconds,
         )
-        total = max(1, job.epochs) * k
-        run = _Run(
-            job, self.keys[job.dataset], node, total, self.sizes[job.dataset] / k, job.compute_seconds / total, result
+        total = max(1, round(job.epochs * k))
+        reader = Reader(job.name, job.dataset, node, self.sizes[job.dataset] / k, Traffic())
+        run = _Run(job, self.keys[job.dataset], reader, total, job.compute_seconds / total, result)
+        run.streams = (
+            self.cluster.prefetch >= 2 and reader.chunk_bytes / self.cluster.local_bandwidth <= run.compute_each
         )
         self.running[job.name] = run
-        self.readers.setdefault(job.dataset, {})
-        self.readers[job.dataset][node] = self.readers[job.dataset].get(node, 0) + 1
+        self.data.join(reader)
         self._try_fetch(run, t)
 
-    # ------------------------------------------------------------------ reading
-
-    def _members(self, ds: str) -> list[str]:
-        readers = self.readers.get(ds, {})
-        nodes = {n for n, c in readers.items() if c > 0} | set(self.grace.get(ds, {}))
-        return sorted(nodes)
+    # ------------------------------------------------------------------ reading and computing
 
     def _try_fetch(self, run: _Run, t: float) -> None:
-        if run.fetching or run.fetched >= run.total or run.fetched - run.computed >= self.cluster.prefetch:
+        prefetch = self.cluster.prefetch
+        if run.fetching or run.fetched >= run.total or run.fetched - run.computed >= prefetch:
             return
+        if run.computing and run.streams:
+            run.fetched = self.data.read_local_run(
+                run.reader, run.fetched, min(run.total, run.fetched + self.cluster.chunks)
+            )
+            if run.fetched >= run.total or run.fetched - run.computed >= prefetch:
+                return
         run.fetching = True
-        self._fetch(run, (run.job.dataset, run.fetched % self.cluster.chunks), t)
+        self.data.fetch(run.reader, (run.job.dataset, run.fetched % self.cluster.chunks), t)
 
-    def _fetch(self, run: _Run, chunk: Chunk, t: float) -> None:
-        n, nbytes = run.node, run.chunk_bytes
-        if self.caches[n].has(chunk):
-            self.caches[n].touch(chunk)
-            run.result.bytes_local += nbytes
-            self._push(t + nbytes / self.cluster.local_bandwidth, "local", run.job.name)
-            return
-        members = self._members(chunk[0])
-        own = owner(chunk, members, self.weights)
-        if self.caches[own].has(chunk):
-            self.caches[own].touch(chunk)
-            self._transfer(t, [f"out:{own}", f"in:{n}"], nbytes, ("peer", run.job.name, chunk, own))
-            return
-        holder = next((m for m in members if m != own and self.caches[m].has(chunk)), None)
-        if holder is not None:
-            self._transfer(t, [f"out:{holder}", f"in:{n}"], nbytes, ("handoff", run.job.name, chunk, own))
-            return
-        if chunk in self.inflight:
-            self.inflight[chunk].append(run.job.name)
-            return
-        self.inflight[chunk] = []
-        path = ["source"] + ([f"out:{own}", f"in:{n}"] if own != n else [])
-        self._transfer(t, path, nbytes, ("source", run.job.name, chunk, own))
-
-    def _transfer(self, t: float, resources: list[str], nbytes: float, payload: Any) -> None:
-        self.flows.start(t, resources, nbytes, payload)
-        self._rearm()
-
-    def _flow_done(self, flow: Flow, t: float) -> None:
-        payload: tuple[str, str, Chunk, str] = flow.payload  # type: ignore[assignment]
-        kind, name, chunk, own = payload
+    def _arrived(self, name: str, t: float) -> None:
         run = self.running[name]
-        nbytes = run.chunk_bytes
-        if kind == "peer":
-            run.result.bytes_peer += nbytes
-        elif kind == "handoff":
-            self.caches[own].insert(chunk, int(nbytes))
-            run.result.bytes_peer += nbytes * (1 if own == run.node else 2)
-        else:
-            self.caches[own].insert(chunk, int(nbytes))
-            run.result.bytes_source += nbytes
-            if own != run.node:
-                run.result.bytes_peer += nbytes
-            for waiter in self.inflight.pop(chunk, []):
-                self._fetch(self.running[waiter], chunk, t)
-        self._fetched(run, t)
-
-    def _fetched(self, run: _Run, t: float) -> None:
         run.fetching = False
         run.fetched += 1
         self._maybe_compute(run, t)
@@ -371,11 +346,13 @@ class Simulator:
     def _maybe_compute(self, run: _Run, t: float) -> None:
         if not run.computing and run.fetched > run.computed:
             run.computing = True
-            self._push(t + run.compute_each, "compute", run.job.name)
+            # the chunks read ahead beyond the prefetch window compute back to back
+            run.batch = max(1, run.fetched - run.computed - self.cluster.prefetch + 1)
+            self._push(t + run.batch * run.compute_each, "compute", run.job.name)
 
     def _computed(self, run: _Run, t: float) -> None:
         run.computing = False
-        run.computed += 1
+        run.computed += run.batch
         if run.computed >= run.total:
             self._finish(run, t)
             return
@@ -383,18 +360,14 @@ class Simulator:
         self._try_fetch(run, t)
 
     def _finish(self, run: _Run, t: float) -> None:
-        job, node = run.job, run.node
+        job = run.job
         del self.running[job.name]
-        self.free[node] += job.gpus
-        run.result.end = t
-        self.results.append(run.result)
-        readers = self.readers[job.dataset]
-        readers[node] -= 1
-        if readers[node] == 0:
-            del readers[node]
-            until = t + self.cluster.grace
-            self.grace.setdefault(job.dataset, {})[node] = until
-            self._push(until, "expire", (job.dataset, node, until))
+        self.free[run.reader.node] += job.gpus
+        traffic = self.data.leave(job.name, t).traffic
+        result = run.result
+        result.end = t
+        result.bytes_source, result.bytes_peer, result.bytes_local = traffic.source, traffic.peer, traffic.local
+        self.results.append(result)
         self._schedule(t)
 
 

@@ -16,26 +16,64 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from fluidfs.control.sched.ordering import BasePolicy
+from fluidfs.control.sched.ordering import BasePolicy, SourceModel
 from tools.sim.engine import ClusterConfig, Policy, simulate
-from tools.sim.report import Metrics, bar_plot, line_plot, metrics, table
+from tools.sim.report import TIB, Metrics, bar_plot, heatmap, line_plot, metrics, table
 from tools.sim.trace import GIB, Trace, TraceConfig, generate, no_sharing
 
 log = logging.getLogger(__name__)
 
-#: the high-sharing trace: 20 datasets, Zipf 1.2 (about 90 % of jobs repeat a dataset), load 1.2
-TRACE = TraceConfig(seed=7, jobs=200, datasets=20, zipf_s=1.2, load=1.2, median_size=200 * GIB, epochs=(2, 8))
-CLUSTER = ClusterConfig(nodes=16, gpus_per_node=8, cache_bytes=400 * GIB, source_bandwidth=1.0e9)
+#: the high-sharing trace: every parameter from the middle of the ranges public GPU-cluster traces
+#: and the paper give (see docs/scheduling.md), not tuned: 60 datasets of 10 GiB-1 TiB (median
+#: 400 GiB), Zipf 1.2 popularity, jobs of median 15 min (log-normal, sigma 1) reading 250 MB/s per
+#: GPU when their data is local, a busy period (offered load 1.3)
+TRACE = TraceConfig(
+    seed=7,
+    jobs=200,
+    datasets=60,
+    zipf_s=1.2,
+    load=1.3,
+    median_seconds=900.0,
+    median_size=400 * GIB,
+    min_size=10 * GIB,
+    max_size=1024 * GIB,
+    gpu_rate=250e6,
+)
+#: 16 nodes x 8 GPUs, 1 TiB of NVMe cache each (16 TiB: less than the ~26 TiB of datasets), an
+#: object store giving 4 GB/s in all, 3 GB/s NICs
+CLUSTER = ClusterConfig(
+    nodes=16, gpus_per_node=8, cache_bytes=1024 * GIB, source_bandwidth=4.0e9, nic_bandwidth=3.0e9, chunks=16
+)
 WINDOW = 32
 BOUND = 32
 
 
-def policies(placement: str = "affinity", bound: int | None = BOUND) -> list[Policy]:
-    return [
-        Policy(base, aware, placement, window=WINDOW, max_pass_over=bound)
-        for base in (BasePolicy.FIFO, BasePolicy.SJF)
-        for aware in (False, True)
-    ]
+def source_model(trace_cfg: TraceConfig, cluster: ClusterConfig) -> SourceModel:
+    """What a source-aware policy is told: the sources' bandwidth and one read rate per GPU for
+    every job (as the controller's configuration would give it)."""
+    return SourceModel(cluster.source_bandwidth, trace_cfg.gpu_rate or 250e6)
+
+
+def policies(
+    placement: str = "affinity",
+    bound: int | None = BOUND,
+    source: SourceModel | None = None,
+    warm_first: bool = True,
+) -> list[Policy]:
+    """FIFO and SJF, cache-oblivious; with ``warm_first`` their warm-first cache-aware variants;
+    with ``source`` their source-aware variants (``+cache+src``)."""
+    out = []
+    for base in (BasePolicy.FIFO, BasePolicy.SJF):
+        out.append(Policy(base, False, placement, window=WINDOW, max_pass_over=bound))
+        if warm_first:
+            out.append(Policy(base, True, placement, window=WINDOW, max_pass_over=bound))
+        if source is not None:
+            out.append(
+                Policy(
+                    base, True, placement, window=WINDOW, max_pass_over=bound, source=source, stagger=True, label="+src"
+                )
+            )
+    return out
 
 
 def run_policies(trace: Trace, cluster: ClusterConfig, pols: Sequence[Policy]) -> list[Metrics]:
@@ -62,39 +100,85 @@ def speedups(rows: Sequence[Metrics]) -> dict[str, float]:
     return out
 
 
+SERIES = ("FIFO+cache+src vs FIFO", "SJF+cache+src vs SJF", "SJF+cache+src vs FIFO")
+
+
+def _ratios(rows: Sequence[Metrics]) -> tuple[float, float, float]:
+    by = {m.policy.split("/")[0]: m for m in rows}
+    return (
+        by["fifo"].avg_jct / by["fifo+cache+src"].avg_jct,
+        by["sjf"].avg_jct / by["sjf+cache+src"].avg_jct,
+        by["fifo"].avg_jct / by["sjf+cache+src"].avg_jct,
+    )
+
+
+def _point(trace_cfg: TraceConfig, cluster: ClusterConfig) -> tuple[Trace, list[Metrics]]:
+    trace = generate(trace_cfg)
+    pols = policies(source=source_model(trace_cfg, cluster), warm_first=False)
+    return trace, run_policies(trace, cluster, pols)
+
+
 def _sweep(
     name: str,
     values: Sequence[Any],
-    make: Callable[[Any], tuple[Trace, ClusterConfig]],
+    make: Callable[[Any], tuple[TraceConfig, ClusterConfig]],
     out: Path,
     xlabel: str,
     results: dict[str, Any],
 ) -> str:
     rows_md = [
-        f"| {xlabel} | repeat share | FIFO avg JCT (s) | SJF avg JCT (s) "
-        "| FIFO+cache vs FIFO | SJF+cache vs SJF | SJF+cache vs FIFO |"
+        f"| {xlabel} | repeat share | FIFO avg JCT (s) | SJF avg JCT (s) | source TiB (FIFO / SJF+cache+src) | "
+        + " | ".join(SERIES)
+        + " |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
-    rows_md.append("| ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
-    series: dict[str, list[float]] = {"FIFO+cache vs FIFO": [], "SJF+cache vs SJF": [], "SJF+cache vs FIFO": []}
+    series: dict[str, list[float]] = {k: [] for k in SERIES}
     points = []
     for v in values:
-        trace, cluster = make(v)
-        rows = run_policies(trace, cluster, policies())
-        by = {m.policy.split("/")[0]: m for m in rows}
-        r1 = by["fifo"].avg_jct / by["fifo+cache"].avg_jct
-        r2 = by["sjf"].avg_jct / by["sjf+cache"].avg_jct
-        r3 = by["fifo"].avg_jct / by["sjf+cache"].avg_jct
-        for k, r in zip(series, (r1, r2, r3), strict=True):
+        trace, rows = _point(*make(v))
+        ratios = _ratios(rows)
+        for k, r in zip(SERIES, ratios, strict=True):
             series[k].append(r)
+        by = {m.policy.split("/")[0]: m for m in rows}
         rows_md.append(
             f"| {v} | {trace.repeat_share():.2f} | {by['fifo'].avg_jct:.0f} | {by['sjf'].avg_jct:.0f} | "
-            f"{r1:.2f}x | {r2:.2f}x | {r3:.2f}x |"
+            f"{by['fifo'].source_bytes / TIB:.1f} / {by['sjf+cache+src'].source_bytes / TIB:.1f} | "
+            + " | ".join(f"{r:.2f}x" for r in ratios)
+            + " |"
         )
         points.append({"value": v, "repeat_share": trace.repeat_share(), "runs": [m.as_dict() for m in rows]})
     results[name] = points
     xs = [float(v) for v in values]
     line_plot(xs, series, out / f"sweep-{name}.png", f"cache-aware speed-up vs {xlabel}", xlabel, "avg JCT speed-up")
     return "\n".join(rows_md)
+
+
+def _heatmap(
+    name: str,
+    xs: Sequence[float],
+    ys: Sequence[float],
+    make: Callable[[float, float], tuple[TraceConfig, ClusterConfig]],
+    out: Path,
+    labels: tuple[str, str],
+    results: dict[str, Any],
+) -> str:
+    grid: dict[str, list[list[float]]] = {k: [[0.0] * len(xs) for _ in ys] for k in SERIES}
+    points = []
+    for i, y in enumerate(ys):
+        for k, x in enumerate(xs):
+            trace, rows = _point(*make(x, y))
+            for key, r in zip(SERIES, _ratios(rows), strict=True):
+                grid[key][i][k] = r
+            points.append({"x": x, "y": y, "repeat_share": trace.repeat_share(), "runs": [m.as_dict() for m in rows]})
+    results[name] = points
+    heatmap(xs, ys, grid, out / f"heatmap-{name}.png", labels[0], labels[1])
+    md = []
+    for key in SERIES:
+        md += [f"{key}:", "", f"| {labels[1]} \\ {labels[0]} | " + " | ".join(f"{x:g}" for x in xs) + " |"]
+        md.append("| ---: |" + " ---: |" * len(xs))
+        md += [f"| {y:g} | " + " | ".join(f"{v:.2f}x" for v in grid[key][i]) + " |" for i, y in enumerate(ys)]
+        md.append("")
+    return "\n".join(md)
 
 
 def run_all(out: Path, quick: bool = False) -> dict[str, Any]:
@@ -104,83 +188,84 @@ def run_all(out: Path, quick: bool = False) -> dict[str, Any]:
     results: dict[str, Any] = {"trace": dataclasses.asdict(trace_cfg), "cluster": dataclasses.asdict(CLUSTER)}
     md: list[str] = []
     trace = generate(trace_cfg)
+    src = source_model(trace_cfg, CLUSTER)
 
     # 1. the high-sharing trace, every policy
-    rows = run_policies(trace, CLUSTER, policies("random") + policies("affinity"))
+    rows = run_policies(trace, CLUSTER, policies("random", source=src) + policies("affinity", source=src))
     results["high_sharing"] = {"repeat_share": trace.repeat_share(), "runs": [m.as_dict() for m in rows]}
     results["high_sharing"]["speedups"] = speedups(rows)
-    base = {m.policy: m.policy.replace("+cache", "") for m in rows}
+    base = {m.policy: m.policy.replace("+cache", "").replace("+src", "") for m in rows}
     md += [f"## High-sharing trace (repeat share {trace.repeat_share():.2f})", "", table(rows, base), ""]
     bar_plot(rows, out / "high-sharing.png", "high-sharing trace")
 
     # 2. no sharing: every job its own dataset
     lone = no_sharing(trace_cfg)
-    rows = run_policies(lone, CLUSTER, policies("affinity"))
+    rows = run_policies(lone, CLUSTER, policies("affinity", source=src))
     results["no_sharing"] = {"runs": [m.as_dict() for m in rows]}
-    md += ["## No-sharing trace", "", table(rows, {m.policy: m.policy.replace("+cache", "") for m in rows}), ""]
+    base = {m.policy: m.policy.replace("+cache", "").replace("+src", "") for m in rows}
+    md += ["## No-sharing trace", "", table(rows, base), ""]
 
-    # 3. pass-over bound
+    # 3. pass-over bound: SJF and SJF+cache+src under the same bound
     bound_rows = []
     for bound in (4, 8, 16, 32, None):
-        p = Policy(BasePolicy.SJF, True, "affinity", window=WINDOW, max_pass_over=bound)
-        m = metrics(simulate(trace, CLUSTER, p))
-        bound_rows.append((bound, m))
-    results["bound"] = [{"bound": b, **m.as_dict()} for b, m in bound_rows]
-    md += ["## Pass-over bound (SJF+cache, affinity)", "", "| bound | avg JCT (s) | p95 JCT (s) | max passed over |"]
-    md += ["| ---: | ---: | ---: | ---: |"]
+        plain = Policy(BasePolicy.SJF, False, "affinity", WINDOW, bound)
+        aware = Policy(BasePolicy.SJF, True, "affinity", WINDOW, bound, source=src, stagger=True, label="+src")
+        bound_rows.append((bound, metrics(simulate(trace, CLUSTER, plain)), metrics(simulate(trace, CLUSTER, aware))))
+    results["bound"] = [{"bound": b, "sjf": p.as_dict(), **m.as_dict()} for b, p, m in bound_rows]
+    md += ["## Pass-over bound (affinity placement)", ""]
+    md += ["| bound | SJF avg JCT (s) | SJF+cache+src avg JCT (s) | p95 JCT (s) | max passed over | vs SJF |"]
+    md += ["| ---: | ---: | ---: | ---: | ---: | ---: |"]
     md += [
-        f"| {b if b is not None else 'none'} | {m.avg_jct:.0f} | {m.p95_jct:.0f} | {m.max_passed_over} |"
-        for b, m in bound_rows
+        f"| {b if b is not None else 'none'} | {p.avg_jct:.0f} | {m.avg_jct:.0f} | {m.p95_jct:.0f} | "
+        f"{m.max_passed_over} | {p.avg_jct / m.avg_jct:.2f}x |"
+        for b, p, m in bound_rows
     ]
     md.append("")
 
-    # 4. sweeps
+    # 4. placement on a multi-epoch trace: compute-bound jobs reading their dataset 2-8 times
+    multi = dataclasses.replace(trace_cfg, gpu_rate=None, epochs=(2, 8), load=1.2)
+    rows = run_policies(generate(multi), CLUSTER, policies("random", warm_first=False))
+    rows += run_policies(generate(multi), CLUSTER, policies("affinity", warm_first=False))
+    results["placement_multi_epoch"] = {"trace": dataclasses.asdict(multi), "runs": [m.as_dict() for m in rows]}
+    md += ["## Placement on a multi-epoch trace (compute-bound, 2-8 passes per job)", "", table(rows), ""]
+
+    # 5. where it pays: load x I/O-boundness, then one axis at a time (affinity placement)
     if not quick:
-        md += ["## Sweeps (affinity placement)", ""]
-        md += ["### Sharing (Zipf exponent)", ""]
+        md += ["## Load x read rate per GPU (affinity placement)", ""]
         md.append(
-            _sweep(
-                "sharing",
-                [0.0, 0.6, 1.2, 1.8],
-                lambda s: (generate(dataclasses.replace(trace_cfg, zipf_s=s)), CLUSTER),
+            _heatmap(
+                "load-io",
+                [0.8, 1.3, 2.0, 3.0],
+                [100, 250, 500],
+                lambda x, y: (dataclasses.replace(trace_cfg, load=x, gpu_rate=y * 1e6), CLUSTER),
                 out,
-                "zipf_s",
+                ("offered load", "MB/s per GPU"),
                 results,
             )
         )
-        md += ["", "### Load", ""]
-        md.append(
-            _sweep(
-                "load",
-                [0.6, 0.9, 1.2, 1.5],
-                lambda v: (generate(dataclasses.replace(trace_cfg, load=v)), CLUSTER),
-                out,
-                "load",
-                results,
-            )
-        )
-        md += ["", "### Cache per node (GiB)", ""]
-        md.append(
-            _sweep(
+        sweeps: list[tuple[str, str, Sequence[Any], Callable[[Any], tuple[TraceConfig, ClusterConfig]]]] = [
+            (
+                "datasets",
+                "datasets",
+                [10, 30, 60, 120],
+                lambda v: (dataclasses.replace(trace_cfg, datasets=v), CLUSTER),
+            ),
+            (
                 "cache",
-                [100, 200, 400, 800, 1600],
-                lambda v: (trace, dataclasses.replace(CLUSTER, cache_bytes=v * GIB)),
-                out,
-                "cache_gib",
-                results,
-            )
-        )
-        md += ["", "### Source bandwidth (GB/s)", ""]
-        md.append(
-            _sweep(
+                "cache per node (GiB)",
+                [256, 512, 1024, 2048],
+                lambda v: (trace_cfg, dataclasses.replace(CLUSTER, cache_bytes=v * GIB)),
+            ),
+            (
                 "source",
-                [0.5, 1.0, 2.0, 4.0],
-                lambda v: (trace, dataclasses.replace(CLUSTER, source_bandwidth=v * 1e9)),
-                out,
-                "source_gbps",
-                results,
-            )
-        )
+                "source (GB/s)",
+                [1, 2, 4, 10],
+                lambda v: (trace_cfg, dataclasses.replace(CLUSTER, source_bandwidth=v * 1e9)),
+            ),
+        ]
+        for name, xlabel, values, make in sweeps:
+            md += ["", f"## Sweep: {xlabel} (affinity placement)", ""]
+            md.append(_sweep(name, values, make, out, xlabel, results))
         md.append("")
     (out / "report.md").write_text("\n".join(md) + "\n")
     (out / "report.json").write_text(json.dumps(results, indent=1) + "\n")

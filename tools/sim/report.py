@@ -63,8 +63,8 @@ def metrics(run: RunResult) -> Metrics:
         p95_jct=percentile(jcts, 95),
         avg_wait=sum(j.start - j.submit for j in jobs) / len(jobs),
         makespan=makespan,
-        source_bytes=sum(j.bytes_source for j in jobs),
-        peer_bytes=sum(j.bytes_peer for j in jobs),
+        source_bytes=sum(j.bytes_source for j in jobs) + run.warm.source,
+        peer_bytes=sum(j.bytes_peer for j in jobs) + run.warm.peer,
         local_bytes=sum(j.bytes_local for j in jobs),
         gpu_utilisation=busy / (run.total_gpus * makespan) if makespan > 0 else 0.0,
         max_passed_over=max(j.passed_over for j in jobs),
@@ -142,4 +142,38 @@ def line_plot(
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def heatmap(
+    xs: Sequence[float],
+    ys: Sequence[float],
+    grids: Mapping[str, Sequence[Sequence[float]]],
+    path: Path,
+    xlabel: str,
+    ylabel: str,
+) -> None:
+    """One heatmap per entry of ``grids`` (rows over ``ys``, columns over ``xs``), side by side,
+    each cell labelled with its value; colour centred on 1.0 (red: worse, blue: better)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import TwoSlopeNorm
+
+    fig, axes = plt.subplots(1, len(grids), figsize=(5.0 * len(grids), 3.8), squeeze=False)
+    fig.subplots_adjust(wspace=0.35)
+    norm = TwoSlopeNorm(vcenter=1.0, vmin=0.7, vmax=2.2)
+    for ax, (title, grid) in zip(axes[0], grids.items(), strict=True):
+        image = ax.imshow(grid, cmap="RdBu", norm=norm, origin="lower", aspect="auto")
+        ax.set_xticks(range(len(xs)), [f"{x:g}" for x in xs])
+        ax.set_yticks(range(len(ys)), [f"{y:g}" for y in ys])
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.set_title(title, fontsize=10)
+        for i, row in enumerate(grid):
+            for k, v in enumerate(row):
+                ax.text(k, i, f"{v:.2f}", ha="center", va="center", fontsize=9)
+    fig.colorbar(image, ax=axes[0].tolist(), shrink=0.8, label="avg JCT speed-up")
+    fig.savefig(path, dpi=90, bbox_inches="tight")
     plt.close(fig)

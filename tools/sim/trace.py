@@ -8,7 +8,12 @@ GPU-cluster traces where many jobs are repeats over the same data). ``no_sharing
 job a dataset of its own (same sizes, durations and arrivals otherwise).
 
 A job reads its dataset ``epochs`` times; when its data is local it runs for ``compute_seconds``
-(the compute-bound duration, which is also its expected duration for SJF).
+(the compute-bound duration, which is also its expected duration for SJF). With ``gpu_rate``
+(bytes/s per GPU when the data is local) a job's passes follow from its compute instead:
+``compute_seconds x gpus x gpu_rate / dataset size`` (often less than one pass for a short job
+over a large dataset). With ``burst`` > 1, submissions come in groups (geometric sizes of mean
+``burst``) of jobs over one dataset with the same GPUs, as hyperparameter sweeps do; the offered
+load is unchanged.
 
 Caveats: sizes and durations are independent draws (no correlation between a job's length and
 its dataset's size), and every job is one pod (GPUs per job at most a node's).
@@ -40,7 +45,7 @@ class Job:
     gpus: int
     dataset: str
     compute_seconds: float
-    epochs: int = 1
+    epochs: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -82,6 +87,8 @@ class TraceConfig:
     min_size: float = 5 * GIB
     max_size: float = 1024 * GIB
     epochs: tuple[int, int] = (1, 4)
+    gpu_rate: float | None = None
+    burst: float = 1.0
 
 
 def _zipf_weights(n: int, s: float) -> list[float]:
@@ -103,13 +110,27 @@ def generate(cfg: TraceConfig, *, sharing: bool = True) -> Trace:
     weights = _zipf_weights(n_ds, cfg.zipf_s)
     jobs: list[Job] = []
     t = 0.0
+    group: tuple[int, Dataset] | None = None
+    left = 0
     for i in range(cfg.jobs):
-        t += rng.expovariate(rate)
-        gpus = rng.choices(cfg.gpu_choices, cfg.gpu_weights)[0]
+        if left == 0:
+            # a new submission: a group of jobs over one dataset (a sweep), geometric size
+            t += rng.expovariate(rate / cfg.burst)
+            left = 1
+            while cfg.burst > 1 and rng.random() > 1.0 / cfg.burst:
+                left += 1
+            gpus = rng.choices(cfg.gpu_choices, cfg.gpu_weights)[0]
+            group = (gpus, datasets[rng.choices(range(n_ds), weights)[0]] if sharing else datasets[i])
+        assert group is not None
+        left -= 1
+        gpus, d = group
+        if not sharing:
+            d = datasets[i]
         seconds = cfg.median_seconds * math.exp(rng.gauss(0.0, cfg.sigma))
-        epochs = rng.randint(cfg.epochs[0], cfg.epochs[1])
-        ds = datasets[rng.choices(range(n_ds), weights)[0]].name if sharing else datasets[i].name
-        jobs.append(Job(f"j{i:04d}", round(t, 3), gpus, ds, round(seconds, 3), epochs))
+        epochs: float = rng.randint(cfg.epochs[0], cfg.epochs[1])
+        if cfg.gpu_rate is not None:
+            epochs = round(seconds * gpus * cfg.gpu_rate / d.size, 4)
+        jobs.append(Job(f"j{i:04d}", round(t, 3), gpus, d.name, round(seconds, 3), epochs))
     meta = {"generator": asdict(cfg), "sharing": sharing}
     return Trace(datasets, tuple(jobs), meta)
 
@@ -135,7 +156,7 @@ def from_json(data: Mapping[str, Any]) -> Trace:
             int(j["gpus"]),
             str(j["dataset"]),
             float(j["compute_seconds"]),
-            int(j.get("epochs", 1)),
+            float(j.get("epochs", 1)),
         )
         for j in data["jobs"]
     )

@@ -276,7 +276,7 @@ def plan_queue(
         if size > 0:
             fractions[key] = min(1.0, state.locations.total(key) / size)
     reading = frozenset(d for j in running + elsewhere for d in j.datasets)
-    dstate = DatasetState(fractions, reading, state.warming)
+    dstate = DatasetState(fractions, reading, state.warming, state.dataset_bytes, _gpu_readers(running + elsewhere))
     decision = plan(pending, dstate, capacity, config.ordering)
     for name in decision.unschedulable:
         problems.append(f"job {name}: its pods need more {config.gpu_resource} than any node has; never admitted")
@@ -290,6 +290,15 @@ def plan_queue(
         for name, n in sorted(decision.passed_over.items())
     )
     return QueuePlan(admit, passed, decision.warm, tuple(problems), decision)
+
+
+def _gpu_readers(running: Sequence[JobInfo]) -> dict[str, int]:
+    """GPUs of running jobs per dataset they read (what a source-aware ordering weighs)."""
+    out: dict[str, int] = {}
+    for info in running:
+        for d in info.datasets:
+            out[d] = out.get(d, 0) + max(1, info.gpus_per_pod) * max(1, info.pods)
+    return out
 
 
 def _split(name: str) -> tuple[str, str]:
