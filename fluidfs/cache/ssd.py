@@ -13,7 +13,9 @@ Guarantees:
   bytes free on the filesystem (``statvfs``; bytes reserved by puts in flight are counted as
   used).  With ``eviction="lru"`` the tier evicts its own blocks to get back above the floor.
 * **Never serves bad bytes**: ``get`` validates magic, format, header checksum, key, length
-  and payload CRC; any failure deletes the file and counts a ``corrupt`` event.
+  and payload CRC; any failure deletes the file and counts a ``corrupt`` event.  What it
+  returns is a read-only view of a buffer that holds only the payload (read with ``preadv``,
+  see blockfile.py), so the memory tier keeps it without a copy.
 * **Survives unmount, kill -9 and reboot**: the index is rebuilt at start-up by scanning the
   directory (``stat`` only, headers are validated lazily by ``get``); leftover tmp files and
   foreign files in ``blocks/`` are deleted; if the quota shrank, blocks are evicted to fit.
@@ -230,7 +232,7 @@ class SSDTier:
             self._index.move_to_end(dg)
         path = self._path(dg)
         try:
-            payload = blockfile.decode_block(blockfile.read_file(path), key)
+            payload = blockfile.read_block(path, key)
         except FileNotFoundError:
             # deleted behind our back (or evicted between the lookup and the open)
             with self._cond:
