@@ -3,9 +3,10 @@
 ``get(key, fetch)`` returns the block's bytes: from RAM, else from the SSD tier (promoted to
 RAM), else from the cluster's peer tier when one is attached (``attach_peer``; kept where its
 ``placement`` says), else by awaiting ``fetch()`` exactly once however many tasks ask for
-the same block at the same time.  Fetched blocks go into RAM at once and into the SSD tier in the background
-(bounded: at most ``ssd_write_slots`` writes in flight; beyond that the reader waits, which
-is the back-pressure that keeps memory bounded).
+the same block at the same time.  Blocks are never copied between tiers: the memory tier adopts
+the buffer the SSD tier, the peer tier or ``fetch`` produced.  Fetched blocks go into RAM at once
+and into the SSD tier in the background (bounded: at most ``ssd_write_slots`` writes in flight;
+beyond that the reader waits, which is the back-pressure that keeps memory bounded).
 
 Caveats: a failing SSD tier never fails a read: its errors are logged once and the block is
 served from the source; the tier itself decides to go degraded.  Likewise a failing peer tier
@@ -105,7 +106,7 @@ class TieredCache:
             data = await self._ssd_get(key)
             if data is not None:
                 self._hit("ssd", data)
-                self.mem.put(key, bytes(data))
+                self.mem.put(key, data)  # adopted: the SSD tier returned a buffer of its own
                 self._update_gauges()
                 return data
             self._m_miss["ssd"].inc()
@@ -142,14 +143,13 @@ class TieredCache:
         self._hit("peer", got)
         copy = self.peer.placement(key)
         if copy != "none":
-            raw = got if isinstance(got, bytes) else bytes(got)
-            self.mem.put(key, raw)
+            self.mem.put(key, got)
             if copy == "ssd" and self.ssd is not None:
                 await self._ssd_slots.acquire()
                 if self._nursery is not None:
-                    self._nursery.start_soon(self._ssd_put, key, raw)
+                    self._nursery.start_soon(self._ssd_put, key, got)
                 else:
-                    await self._ssd_put(key, raw)
+                    await self._ssd_put(key, got)
             self._update_gauges()
         return got
 
@@ -164,13 +164,12 @@ class TieredCache:
 
     async def admit(self, key: BlockKey, data: Buffer) -> bool:
         """Store a block handed over by a peer: in the SSD tier (memory when there is none)."""
-        raw = data if isinstance(data, bytes) else bytes(data)
         if self.ssd is None:
-            ok = self.mem.put(key, raw)
+            ok = self.mem.put(key, data)
         else:
             await self._ssd_slots.acquire()
             try:
-                ok = await trio.to_thread.run_sync(self.ssd.put, key, raw, limiter=self._ssd_limiter)
+                ok = await trio.to_thread.run_sync(self.ssd.put, key, data, limiter=self._ssd_limiter)
             except Exception as exc:
                 self._warn(exc)
                 ok = False
@@ -187,7 +186,7 @@ class TieredCache:
             self._warn(exc)
             return None
 
-    async def _ssd_put(self, key: BlockKey, raw: bytes) -> None:
+    async def _ssd_put(self, key: BlockKey, raw: Buffer) -> None:
         assert self.ssd is not None
         try:
             ok = await trio.to_thread.run_sync(self.ssd.put, key, raw, limiter=self._ssd_limiter)

@@ -205,16 +205,16 @@ class FileReader:
         end = min(offset + length, self.size)
         self._track(offset, end)
         first, last = offset // self.bs, (end - 1) // self.bs
-        if first == last:
+        if first == last:  # the common case: a view of the cached block goes to the FUSE reply, no copy
             data = await self.block(first)
             base = first * self.bs
-            return data[offset - base : end - base]
+            return memoryview(data)[offset - base : end - base]
         parts: list[Buffer] = []
         for index in range(first, last + 1):
             data = await self.block(index)
             base = index * self.bs
-            parts.append(data[max(offset, base) - base : min(end, base + len(data)) - base])
-        return b"".join(parts)
+            parts.append(memoryview(data)[max(offset, base) - base : min(end, base + len(data)) - base])
+        return b"".join(parts)  # a read across blocks: the one copy the FUSE reply needs
 
     def _track(self, offset: int, end: int) -> None:
         """Update the sequential-access state and issue readahead."""
