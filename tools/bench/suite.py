@@ -17,7 +17,9 @@ Order: for each run, for each workload, for each system — a *fresh* instance (
   mount (waiting for fluidfs's background SSD writes to finish), then ``ssd_reps`` times: page
   cache dropped (after ``sync``), every file read front to back (phase ``page cache dropped``).
   For fluidfs also the blocks its SSD tier served and its source requests per pass, which show
-  that the pass was served from the SSD tier (its memory tier is smaller than the set and LRU).
+  that the pass was served from the SSD tier (its memory tier is smaller than the set and LRU),
+  and for every FUSE system the CPU time of its daemon per GB read (steadier than MB/s on a
+  shared machine).
   Systems without a disk cache (boto3) are skipped; ``local`` is the disk itself.
 
 A system that fails to set up or whose measurement crashes is recorded in ``errors`` and the
@@ -304,12 +306,17 @@ class Suite:
         for _rep in range(self.opts.ssd_reps):
             self.drop()
             before = system.metrics()
+            cpu0 = system.cpu_seconds()
             res, deltas = self.measure(system, "ssd", args, timeout)
+            cpu1 = system.cpu_seconds()
             if res.get("timeout"):
                 self.rec(system.name, "ssd", SSD_PHASE, "MB/s", None, "MB/s", "higher", run, timeout=True)
                 continue
             part = bool(res.get("partial"))
             self.rec(system.name, "ssd", SSD_PHASE, "MB/s", res["MB/s"], "MB/s", "higher", run, partial=part)
+            if cpu0 is not None and cpu1 is not None and res.get("bytes"):
+                per_gb = (cpu1 - cpu0) / (res["bytes"] / 1e9)
+                self.rec(system.name, "ssd", SSD_PHASE, "daemon CPU", per_gb, "s/GB", "lower", run)
             hits = tier_delta(before, system.metrics(), "fluidfs_cache_hits_total", "ssd")
             if hits is not None:
                 self.rec(system.name, "ssd", SSD_PHASE, "SSD-tier blocks", hits, "blocks", "higher", run)

@@ -123,6 +123,15 @@ def pids_with_arg(exe_names: tuple[str, ...], needle: str) -> list[int]:
     return out
 
 
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time of ``pid`` so far (``/proc/PID/stat``), None if it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def vm_hwm_mib(pid: int) -> float | None:
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -185,6 +194,10 @@ class System:
     def peak_rss_mib(self) -> float | None:
         return None
 
+    def cpu_seconds(self) -> float | None:
+        """CPU time the system's daemon has used so far (None: no daemon of its own)."""
+        return None
+
     def metrics(self) -> dict[str, dict[str, float]] | None:
         return None
 
@@ -240,6 +253,10 @@ class _FuseSystem(System):
     def peak_rss_mib(self) -> float | None:
         vals = [v for v in (vm_hwm_mib(p) for p in self.daemon_pids()) if v is not None]
         return max(vals) if vals else None
+
+    def cpu_seconds(self) -> float | None:
+        vals = [v for v in (cpu_seconds(p) for p in self.daemon_pids()) if v is not None]
+        return sum(vals) if vals else None
 
     def _after_mount(self) -> None:
         for pid in self.daemon_pids():
