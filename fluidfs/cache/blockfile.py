@@ -69,7 +69,6 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import mmap
 import os
 import struct
 from dataclasses import dataclass
@@ -77,7 +76,7 @@ from dataclasses import dataclass
 from zlib_ng import zlib_ng
 
 from fluidfs.cache.base import BlockKey, Buffer
-from fluidfs.util.buffers import block_buffer
+from fluidfs.util.buffers import aligned_buffer, block_buffer
 
 MAGIC = b"FLFSBLK1"
 FORMAT_VERSION = 2  # what this writer writes
@@ -299,7 +298,7 @@ def _read_aligned(fd: int, size: int, header_len: int, direct: bool) -> tuple[me
     when asked and possible (one ``preadv`` of whole 4 KiB units into aligned buffers), else
     through the page cache."""
     payload_len = size - header_len
-    head = memoryview(mmap.mmap(-1, header_len))  # page-aligned
+    head = aligned_buffer(header_len)
     whole = block_buffer(_round_up(payload_len, ALIGN))  # mmap-backed: page- (or 2 MiB-) aligned
     payload = whole[:payload_len]
     if direct and _set_direct(fd, True):
@@ -334,7 +333,7 @@ def direct_io_supported(path: str) -> bool:
     try:
         if not _set_direct(fd, True):
             return False
-        os.preadv(fd, [memoryview(mmap.mmap(-1, ALIGN))], 0)
+        os.preadv(fd, [aligned_buffer(ALIGN)], 0)
         return True
     except OSError:
         return False

@@ -49,9 +49,17 @@ def _address(m: mmap.mmap) -> int:
         del anchor  # releases the buffer export, so ``m`` can be unmapped later
 
 
+def _map(size: int) -> mmap.mmap:
+    """A new private anonymous mapping; MemoryError (not OSError: no I/O failed) if refused."""
+    try:
+        return mmap.mmap(-1, size, flags=_ANON)
+    except OSError as e:
+        raise MemoryError(f"cannot map a {size}-byte buffer: {e.strerror}") from e
+
+
 def _huge_mapping(size: int) -> tuple[mmap.mmap, int]:
     """A new anonymous mapping advised for huge pages and the offset of its 2 MiB-aligned start."""
-    m = mmap.mmap(-1, size + HUGE_PAGE, flags=_ANON)
+    m = _map(size + HUGE_PAGE)
     offset = -_address(m) % HUGE_PAGE
     if _MADV_HUGEPAGE is not None:
         try:
@@ -117,8 +125,14 @@ def block_buffer(size: int) -> memoryview:
     if size >= MMAP_MIN and size % HUGE_PAGE == 0:
         return _POOL.get(size)
     if size >= MMAP_MIN:
-        return memoryview(mmap.mmap(-1, size, flags=_ANON))
+        return aligned_buffer(size)
     return memoryview(bytearray(size))
+
+
+def aligned_buffer(size: int) -> memoryview:
+    """A fresh, zero-filled, writable buffer of ``size`` bytes starting on a page boundary (for
+    ``O_DIRECT``, whose buffers must be aligned)."""
+    return memoryview(_map(max(size, 1)))[:size]
 
 
 def pool_stats() -> dict[str, int]:

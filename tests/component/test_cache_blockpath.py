@@ -233,6 +233,23 @@ def test_ssd_tier_serves_large_blocks_in_every_read_mode(tmp_path: Path, direct_
         assert tier.stats()["corrupt"] == 0
 
 
+def test_no_memory_for_a_buffer_never_costs_the_block(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    key = BlockKey("s3://b/k", "v", 4 * MiB, 0)
+    with SSDTier(str(tmp_path / "ssd"), 64 * MiB, free_space_floor=0) as tier:
+        assert tier.put(key, blob(4 * MiB, 9))
+
+        def no_memory(size: int) -> memoryview:
+            raise MemoryError("cannot map a buffer")
+
+        monkeypatch.setattr(blockfile, "block_buffer", no_memory)
+        with pytest.raises(MemoryError):  # TieredCache turns it into a miss (one warning)
+            tier.get(key)
+        monkeypatch.undo()
+        got = tier.get(key)  # the block file was not taken for a bad one
+        assert got is not None and bytes(got) == blob(4 * MiB, 9)
+        assert tier.stats()["corrupt"] == tier.stats()["errors"] == 0
+
+
 def test_memory_tier_adopts_buffers_instead_of_copying() -> None:
     mem = MemoryTier(8 * MiB)
     key = BlockKey("s3://b/k", "v", MiB, 0)

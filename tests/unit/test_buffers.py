@@ -127,3 +127,21 @@ def test_module_pool_serves_block_sizes_and_reports_stats() -> None:
     buf = block_buffer(4 * MiB)
     assert buffers.pool_stats()["buffers"] >= min(before, 1)
     assert address(buf) % HUGE_PAGE == 0
+
+
+@pytest.mark.parametrize("size", [0, 1, 4096, 5000, 3 * MiB])
+def test_aligned_buffers_start_on_a_page(size: int) -> None:
+    buf = buffers.aligned_buffer(size)
+    assert buf.nbytes == size and not buf.readonly and not any(buf)
+    if size:
+        assert address(buf) % mmap.PAGESIZE == 0
+
+
+def test_a_refused_mapping_is_a_memory_error_not_an_io_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(*args: object, **kwargs: object) -> mmap.mmap:
+        raise OSError(12, "Cannot allocate memory")
+
+    monkeypatch.setattr(mmap, "mmap", refuse)
+    for size in (4 * MiB, 3 * MiB):
+        with pytest.raises(MemoryError, match="cannot map"):
+            BufferPool().get(size) if size % HUGE_PAGE == 0 else block_buffer(size)
