@@ -6,9 +6,14 @@ Layout:
 - ``csi/identity.py``   Identity service (plugin info, capabilities, probe)
 - ``csi/controller.py`` Controller service (CreateVolume/DeleteVolume/ValidateVolumeCapabilities)
 - ``csi/node.py``       Node service (stage/publish/unpublish/unstage/stats)
+- ``csi/forward.py``    Node service of a plugin that forwards volume calls to the mount supervisor
+- ``csi/rpc.py``        call budgets, admission slots, error mapping shared by the services
 - ``csi/volumes.py``    pure request logic: volume ids, dataset keys, capability and context checks
 - ``csi/mounts.py``     node-level mount manager: one shared fluidfs mount per dataset + bind mounts
-- ``csi/recovery.py``   monitor thread: repairs dead FUSE daemons and stale bind mounts
+- ``csi/mountops.py``   mount system calls: probes, read-only binds, stacked repairs, layered unmount
+- ``csi/daemons.py``    start/stop a dataset daemon (``fluidfs mount``), know it by pid + start time
+- ``csi/recovery.py``   one checker thread per dataset: repairs dead daemons and binds
+- ``csi/reaper.py``     PID 1 of the supervisor's container: restarts it, reaps orphaned daemons
 - ``csi/state.py``      the persisted JSON state file (atomic tmp -> rename)
 - ``csi/metrics.py``    the plugin's Prometheus registry
 - ``csi/_gen/``        stubs generated from ``csi/proto/csi.proto`` by ``tools/gen_csi_stubs.py``

@@ -16,8 +16,9 @@ Service = pb.PluginCapability.Service
 
 
 class IdentityServicer(pb_grpc.IdentityServicer):
-    """``ready`` answers Probe: the node plugin is ready once /dev/fuse and the fluidfs CLI are
-    usable and the state was recovered; a controller-only plugin is always ready."""
+    """``ready`` answers Probe (never waiting behind a mount): a plugin that mounts is ready
+    once /dev/fuse and the fluidfs CLI are usable, a forwarding node plugin while the mount
+    supervisor answers its own Probe, a controller-only plugin always."""
 
     def __init__(self, with_controller: bool, ready: Callable[[], bool]) -> None:
         self.with_controller = with_controller

@@ -2,7 +2,7 @@
 
 Layout under ``--state-dir``::
 
-    mounts/<key>/                 the shared fluidfs mount of one dataset (+ credentials)
+    mounts/<key>/                 the shared fluidfs mount of one dataset (a private mount)
     datasets/<key>/dataset.yaml   the generated Dataset document (credentials as {file: ...})
     datasets/<key>/secrets/<k>    one 0600 file per CSI secret value (dir 0700)
     datasets/<key>/daemon.pid, daemon.log
@@ -11,159 +11,58 @@ and ``--cache-root/<key>/`` holds the dataset's block cache (kept after unmount:
 
 Every volume staged with the dataset gets a read-only bind of the shared mount at its
 ``staging_target_path``; every publish binds the shared mount (or its ``subPath``) read-only at
-the ``target_path`` (``mount --bind`` then ``mount -o remount,bind,ro``).  The shared mount is
-reference-counted by the volumes that use it; the last unstage unmounts it, after
-``unstage_grace`` seconds if set.
+the ``target_path``.  The shared mount is reference-counted by the volumes that use it; the last
+unstage unmounts it, after ``unstage_grace`` seconds if set.
 
-``check_all()`` (called every ~1 s by ``csi/recovery.py``) repairs what broke: a dead daemon
-(pid gone, mount missing or ``ENOTCONN``) is lazily unmounted and mounted again at the same
-path, then every stale staging/publish bind is lazily unmounted and bound again, so reads
-through the pods' target paths work again without restarting any pod.
+Repairs (:meth:`MountManager.check_dataset`, called about once a second per dataset by
+``csi/recovery.py``): a dead daemon (gone, mount missing or ``ENOTCONN``) is killed if need be,
+its mount detached and the dataset mounted again at the same path; then every staging and
+target bind that does not answer gets a fresh bind *stacked on top of* the dead one, so the
+repair reaches the containers' copies of the target (``csi/mountops.py`` explains why); unstage
+and unpublish remove every layer.
 
-Caveats: all mount-table changes are serialised by one lock (mounting can take seconds, during
-which other RPCs wait).  Containers see a re-bound target only if their volumeMount uses
-``mountPropagation: HostToContainer`` (see docs/kubernetes.md).  Probes run ``statvfs`` in a helper
-thread with a timeout so a hung (not dead) daemon cannot stall the monitor; a hung daemon is
-reported, not killed.
+Locks: one per dataset key, held while that dataset is mounted, repaired, bound or released (a
+mount may take up to ``mount_timeout``), and one short ``state_lock`` for the ``State`` and its
+file, never held across a mount, a probe or a subprocess.  Calls on different datasets never
+wait for each other; a call on a busy dataset waits at most its own budget (then UNAVAILABLE).
+Lock order: volume (``csi/node.py``) -> dataset -> state.
+
+Caveats: a hung (not dead) daemon is reported and left alone: killing it would turn slow reads
+into errors.  Two volumes of one dataset with different cache settings share one mount; the
+first stage's settings win until the mount is released.
 """
 
 from __future__ import annotations
 
-import errno
-import importlib.util
+import contextlib
 import logging
 import os
 import re
 import shutil
-import signal
-import subprocess
-import sys
 import tempfile
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 
 import grpc
 import yaml
 
-from fluidfs.util.mounts import is_mounted
-from fluidfs.util.proc import pid_alive
+from fluidfs.util.mounts import is_mounted, mounts_under
 
-from . import metrics
+from . import daemons, metrics
+from .daemons import MountFailed
+from .mountops import bind_ro, healthy_mount, make_private, path_kind, top_device, unmount_all
+from .rpc import Budget
 from .state import SharedMount, State, StateStore, Volume
 from .volumes import DatasetRequest, RequestError, build_document
 
 log = logging.getLogger(__name__)
 
-MOUNT_TIMEOUT = 90.0
-PROBE_TIMEOUT = 5.0
+MOUNT_TIMEOUT = 60.0  # default for one `fluidfs mount` (--mount-timeout)
+PROBE_TIMEOUT = 5.0  # one statvfs health check
+STOP_TIMEOUT = 30.0  # one `fluidfs umount`
+MIN_MOUNT_TIME = 2.0  # a mount attempt is not started with less time than this left
 _SECRET_KEY_RE = re.compile(r"^[A-Za-z0-9._-]{1,253}$")
-
-
-class MountFailed(RequestError):
-    """A mount or bind operation failed (INTERNAL unless the mount rejected its input)."""
-
-    def __init__(self, message: str, code: grpc.StatusCode = grpc.StatusCode.INTERNAL) -> None:
-        super().__init__(code, message)
-
-
-_probes: dict[str, threading.Thread] = {}
-_probes_lock = threading.Lock()
-
-
-def probe(path: str, timeout: float = PROBE_TIMEOUT) -> str:
-    """``ok`` | ``enotconn`` | ``missing`` | ``hung`` | ``error:<errno>`` for ``statvfs(path)``,
-    without ever blocking the caller longer than ``timeout``."""
-    with _probes_lock:
-        pending = _probes.get(path)
-        if pending is not None and pending.is_alive():
-            return "hung"
-    result: list[str] = []
-
-    def run() -> None:
-        try:
-            # statvfs always reaches the FUSE daemon; stat() may be answered from the kernel's
-            # attribute cache for a dead connection until attr_timeout expires.
-            os.statvfs(path)
-            result.append("ok")
-        except FileNotFoundError:
-            result.append("missing")
-        except OSError as e:
-            result.append("enotconn" if e.errno == errno.ENOTCONN else f"error:{e.errno}")
-
-    t = threading.Thread(target=run, name=f"csi-probe:{path}", daemon=True)
-    with _probes_lock:
-        _probes[path] = t
-    t.start()
-    t.join(timeout)
-    if t.is_alive():
-        return "hung"
-    with _probes_lock:
-        _probes.pop(path, None)
-    return result[0] if result else "error:unknown"
-
-
-def _run(cmd: list[str], timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout, check=False)
-
-
-def unmount(path: str, lazy: bool = False) -> None:
-    """Unmount every mount stacked on ``path``; lazily (detach) if asked or if a plain unmount
-    fails.  A path that is not mounted is fine."""
-    for _ in range(8):
-        if not is_mounted(path):
-            return
-        if not lazy:
-            r = _run(["umount", path])
-            if r.returncode == 0:
-                continue
-        r = _run(["umount", "-l", path])
-        if r.returncode != 0:
-            r2 = _run(["fusermount3", "-uz", path]) if shutil.which("fusermount3") else r
-            if r2.returncode != 0 and is_mounted(path):
-                raise MountFailed(f"cannot unmount {path}: {(r.stderr or r2.stderr).strip()}")
-    if is_mounted(path):
-        raise MountFailed(f"cannot unmount {path}: still mounted")
-
-
-def bind_ro(src: str, dst: str) -> None:
-    """Read-only bind of ``src`` at ``dst`` (``dst`` must exist)."""
-    r = _run(["mount", "--bind", src, dst])
-    if r.returncode != 0:
-        raise MountFailed(f"bind {src} -> {dst} failed: {r.stderr.strip()}")
-    r = _run(["mount", "-o", "remount,bind,ro", dst])
-    if r.returncode != 0:
-        err = r.stderr.strip()
-        unmount(dst, lazy=True)
-        raise MountFailed(f"read-only remount of {dst} failed: {err}")
-
-
-def fluidfs_command() -> list[str] | None:
-    """How to run the fluidfs CLI: ``$FLUIDFS_CSI_FLUIDFS_CMD`` (split on spaces, for tests),
-    the ``fluidfs`` script next to ``sys.executable``, ``python -m fluidfs`` if importable, or
-    ``fluidfs`` on PATH; None when none is available."""
-    override = os.environ.get("FLUIDFS_CSI_FLUIDFS_CMD")
-    if override:
-        return override.split()
-    sibling = os.path.join(os.path.dirname(sys.executable), "fluidfs")
-    if os.access(sibling, os.X_OK):
-        return [sibling]
-    try:
-        if importlib.util.find_spec("fluidfs.cli.main") is not None:
-            return [sys.executable, "-m", "fluidfs"]
-    except (ImportError, ValueError):
-        pass
-    found = shutil.which("fluidfs")
-    return [found] if found else None
-
-
-def fuse_usable() -> bool:
-    try:
-        fd = os.open("/dev/fuse", os.O_RDWR)
-    except OSError:
-        return False
-    os.close(fd)
-    return True
 
 
 def _write_private(path: str, data: str) -> None:
@@ -189,44 +88,81 @@ class MountManager:
         cache_root: str,
         unstage_grace: float = 0.0,
         fluidfs_cmd: list[str] | None = None,
+        mount_timeout: float = MOUNT_TIMEOUT,
     ) -> None:
         self.store = store
         self.state = state
         self.cache_root = cache_root
         self.unstage_grace = unstage_grace
         self.fluidfs_cmd = fluidfs_cmd
-        self.lock = threading.RLock()
+        self.mount_timeout = mount_timeout
+        self.state_lock = threading.RLock()
         self.state_dir = store.state_dir
+        self._locks: dict[str, threading.Lock] = {}
+        self._locks_guard = threading.Lock()
         self._retry_at: dict[str, float] = {}  # key -> monotonic time of the next remount try
         self._backoff: dict[str, float] = {}
 
+    # -- state ----------------------------------------------------------------------------------
     def save(self) -> None:
-        self.store.save(self.state)
-
-    # -- shared mounts ------------------------------------------------------------------------
-    def ensure_shared(self, key: str, req: DatasetRequest, secrets: Mapping[str, str]) -> SharedMount:
-        """The healthy shared mount for ``key``, mounting it if needed; cancels a pending release."""
-        with self.lock:
-            m = self.state.mounts.get(key)
-            if m is not None:
-                if m.release_at is not None:
-                    log.info("dataset %s: re-staged within the grace period, reusing mount", key)
-                    m.release_at = None
-                    self.save()
-                if not self.shared_healthy(m):
-                    self.remount(m)
-                return m
-            m = self._prepare(key, req, secrets)
-            self.state.mounts[key] = m
-            try:
-                self._mount(m)
-            except BaseException:
-                del self.state.mounts[key]
-                shutil.rmtree(os.path.dirname(m.source), ignore_errors=True)
-                raise
-            self.save()
+        with self.state_lock:
+            self.store.save(self.state)
             metrics.SHARED_MOUNTS.set(len(self.state.mounts))
+
+    def keys(self) -> list[str]:
+        with self.state_lock:
+            return list(self.state.mounts)
+
+    def users_of(self, key: str) -> list[Volume]:
+        with self.state_lock:
+            return self.state.users_of(key)
+
+    def volume(self, volume_id: str) -> Volume | None:
+        with self.state_lock:
+            return self.state.volumes.get(volume_id)
+
+    # -- locks ----------------------------------------------------------------------------------
+    def _lock_of(self, key: str) -> threading.Lock:
+        with self._locks_guard:
+            return self._locks.setdefault(key, threading.Lock())
+
+    @contextlib.contextmanager
+    def dataset(self, key: str, budget: Budget) -> Iterator[None]:
+        """Hold ``key``'s lock; waits at most the budget, then UNAVAILABLE."""
+        lock = self._lock_of(key)
+        if not lock.acquire(timeout=budget.left()):
+            raise RequestError(
+                grpc.StatusCode.UNAVAILABLE,
+                f"dataset {key} is busy (being mounted or repaired); retry",
+            )
+        try:
+            yield
+        finally:
+            lock.release()
+
+    # -- shared mounts (the caller holds the dataset's lock) ---------------------------------------
+    def ensure_shared(self, key: str, req: DatasetRequest, secrets: Mapping[str, str], budget: Budget) -> SharedMount:
+        """The healthy shared mount for ``key``, mounting it if needed; cancels a pending release."""
+        with self.state_lock:
+            m = self.state.mounts.get(key)
+        if m is not None:
+            if m.release_at is not None:
+                log.info("dataset %s: re-staged within the grace period, reusing mount", key)
+                m.release_at = None
+                self.save()
+            if not self.shared_healthy(m):
+                self.remount(m, budget)
             return m
+        m = self._prepare(key, req, secrets)
+        try:
+            self._mount(m, budget)
+        except BaseException:
+            shutil.rmtree(os.path.dirname(m.source), ignore_errors=True)
+            raise
+        with self.state_lock:
+            self.state.mounts[key] = m
+            self.save()
+        return m
 
     def _prepare(self, key: str, req: DatasetRequest, secrets: Mapping[str, str]) -> SharedMount:
         bad = [k for k in secrets if not _SECRET_KEY_RE.match(k)]
@@ -245,212 +181,228 @@ class MountManager:
         doc = build_document(req, files)
         source = os.path.join(ddir, "dataset.yaml")
         _write_private(source, yaml.safe_dump(doc, sort_keys=False))
-        cache_dir = os.path.join(self.cache_root, key)
         return SharedMount(
             key=key,
             mountpoint=os.path.join(self.state_dir, "mounts", key),
             source=source,
             args=list(req.cache_args),
-            cache_dir=cache_dir,
+            cache_dir=os.path.join(self.cache_root, key),
             secret_dir=sdir,
             pid_file=os.path.join(ddir, "daemon.pid"),
         )
 
-    def _mount(self, m: SharedMount) -> None:
+    def _mount(self, m: SharedMount, budget: Budget) -> None:
         if self.fluidfs_cmd is None:
             raise MountFailed("the fluidfs command is not available", grpc.StatusCode.UNAVAILABLE)
-        if is_mounted(m.mountpoint):
-            unmount(m.mountpoint, lazy=True)
-        os.makedirs(m.mountpoint, exist_ok=True)
-        os.makedirs(m.cache_dir, mode=0o700, exist_ok=True)
-        log_file = os.path.join(os.path.dirname(m.source), "daemon.log")
-        cmd = [
-            *self.fluidfs_cmd,
-            "mount",
-            m.source,
-            m.mountpoint,
-            "--cache-dir",
-            m.cache_dir,
-            "--allow-other",
-            "--pid-file",
-            m.pid_file,
-            "--log-file",
-            log_file,
-            *m.args,
-        ]
-        log.info("dataset %s: mounting at %s", m.key, m.mountpoint)
-        with tempfile.TemporaryFile("w+", encoding="utf-8", errors="replace") as err:
-            # stderr to a file, not a pipe: the daemon may keep inherited fds open.
-            try:
-                proc = subprocess.run(
-                    cmd,
-                    stdin=subprocess.DEVNULL,
-                    stdout=subprocess.DEVNULL,
-                    stderr=err,
-                    timeout=MOUNT_TIMEOUT,
-                    start_new_session=True,
-                    check=False,
-                )
-            except subprocess.TimeoutExpired:
-                unmount(m.mountpoint, lazy=True)
-                raise MountFailed(f"fluidfs mount of dataset {m.key} timed out") from None
-            err.seek(0)
-            lines = [ln for ln in err.read().splitlines() if ln.strip()]
-        if proc.returncode != 0:
-            msg = lines[-1] if lines else f"exit code {proc.returncode}"
-            code = grpc.StatusCode.INVALID_ARGUMENT if proc.returncode == 2 else grpc.StatusCode.INTERNAL
-            if is_mounted(m.mountpoint):
-                unmount(m.mountpoint, lazy=True)
-            raise MountFailed(f"fluidfs mount failed: {msg}", code)
-
-    def daemon_pid(self, m: SharedMount) -> int | None:
+        timeout = min(self.mount_timeout, budget.require(MIN_MOUNT_TIME, f"mount dataset {m.key}") - 1.0)
+        unmount_all(m.mountpoint, lazy=True)
         try:
-            with open(m.pid_file, encoding="utf-8") as f:
-                return int(f.read().strip())
-        except (OSError, ValueError):
-            return None
+            daemons.start(self.fluidfs_cmd, m, max(1.0, timeout))
+            # Private, so that binds of it are not its peers (see csi/mountops.py).
+            make_private(m.mountpoint)
+        except BaseException:
+            daemons.kill_daemon(m)
+            unmount_all(m.mountpoint, lazy=True)
+            raise
 
     def shared_healthy(self, m: SharedMount) -> bool:
-        pid = self.daemon_pid(m)
-        if pid is not None and not pid_alive(pid, reap=True):
+        if daemons.daemon_pid(m) is None:
             return False
-        if not is_mounted(m.mountpoint):
-            return False
-        return probe(m.mountpoint) in ("ok", "hung")
+        return healthy_mount(m.mountpoint, PROBE_TIMEOUT)
 
-    def remount(self, m: SharedMount) -> None:
+    def remount(self, m: SharedMount, budget: Budget) -> None:
         """Replace a dead shared mount by a fresh one at the same path."""
-        with self.lock:
-            log.warning("dataset %s: mount at %s is dead; remounting", m.key, m.mountpoint)
-            for v in self.state.users_of(m.key):
-                metrics.set_volume(v.volume_id, False)
-            pid = self.daemon_pid(m)
-            if pid is not None and pid_alive(pid, reap=True):
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except OSError:
-                    pass
-            unmount(m.mountpoint, lazy=True)
-            self._mount(m)
-            metrics.RECOVERIES.labels(kind="mount").inc()
-            for v in self.state.users_of(m.key):
-                metrics.set_volume(v.volume_id, True)
+        log.warning("dataset %s: mount at %s is dead; remounting", m.key, m.mountpoint)
+        users = self.users_of(m.key)
+        for v in users:
+            metrics.set_volume(v.volume_id, False)
+        daemons.kill_daemon(m)
+        self._mount(m, budget)
+        self.save()
+        metrics.RECOVERIES.labels(kind="mount").inc()
+        for v in users:
+            metrics.set_volume(v.volume_id, True)
 
-    def release(self, key: str) -> None:
+    def release(self, key: str, budget: Budget) -> None:
         """Called when a volume stops using ``key``: unmount now, or after the grace period."""
-        with self.lock:
+        with self.state_lock:
             m = self.state.mounts.get(key)
             if m is None or self.state.users_of(key):
                 return
-            if self.unstage_grace > 0:
-                m.release_at = time.time() + self.unstage_grace
-                log.info("dataset %s: unused; unmounting in %.0f s", key, self.unstage_grace)
-                self.save()
-            else:
-                self._unmount_shared(m)
+        if self.unstage_grace > 0:
+            m.release_at = time.time() + self.unstage_grace
+            log.info("dataset %s: unused; unmounting in %.0f s", key, self.unstage_grace)
+            self.save()
+        else:
+            self._unmount_shared(m, budget)
 
-    def _unmount_shared(self, m: SharedMount) -> None:
+    def _unmount_shared(self, m: SharedMount, budget: Budget) -> None:
         log.info("dataset %s: unmounting %s", m.key, m.mountpoint)
-        pid = self.daemon_pid(m)
-        if is_mounted(m.mountpoint) and self.fluidfs_cmd is not None:
-            try:
-                _run([*self.fluidfs_cmd, "umount", m.mountpoint], timeout=30)
-            except subprocess.TimeoutExpired:
-                pass
-        if is_mounted(m.mountpoint):
-            r = _run(["fusermount3", "-u", m.mountpoint]) if shutil.which("fusermount3") else None
-            if r is None or r.returncode != 0:
-                unmount(m.mountpoint, lazy=True)
-        if pid is not None and pid_alive(pid, reap=True):
-            try:
-                os.kill(pid, signal.SIGTERM)
-            except OSError:
-                pass
+        daemons.stop(self.fluidfs_cmd, m, min(STOP_TIMEOUT, budget.left()))
+        unmount_all(m.mountpoint, lazy=True)
         try:
             os.rmdir(m.mountpoint)
         except OSError:
             pass
         shutil.rmtree(os.path.dirname(m.source), ignore_errors=True)  # credentials included
-        del self.state.mounts[m.key]
-        self.save()
-        metrics.SHARED_MOUNTS.set(len(self.state.mounts))
-
-    def reap_released(self, now: float | None = None) -> None:
-        """Unmount shared mounts whose grace period has passed and that are still unused."""
-        now = time.time() if now is None else now
-        with self.lock:
-            for m in list(self.state.mounts.values()):
-                if self.state.users_of(m.key):
-                    if m.release_at is not None:
-                        m.release_at = None
-                        self.save()
-                elif m.release_at is None or m.release_at <= now:
-                    self._unmount_shared(m)
+        with self.state_lock:
+            self.state.mounts.pop(m.key, None)
+            self.save()
 
     # -- binds ----------------------------------------------------------------------------------
     def source_of(self, vol: Volume) -> str:
-        m = self.state.mounts[vol.key]
+        with self.state_lock:
+            m = self.state.mounts[vol.key]
         return os.path.join(m.mountpoint, vol.sub_path) if vol.sub_path else m.mountpoint
 
-    def bind(self, src: str, dst: str, *, create: bool = False) -> None:
-        if is_mounted(dst):
-            unmount(dst, lazy=True)
-        if create and not os.path.lexists(dst):
-            if os.path.isdir(src):
-                os.makedirs(dst, exist_ok=True)
-            else:
-                open(dst, "a").close()
-        bind_ro(src, dst)
-
     def bind_healthy(self, path: str) -> bool:
-        return is_mounted(path) and probe(path) in ("ok", "hung")
+        return healthy_mount(path, PROBE_TIMEOUT)
+
+    @staticmethod
+    def _create(dst: str, is_dir: bool) -> None:
+        """Create a missing bind target (a directory, or a file for a file of the dataset)."""
+        if os.path.lexists(dst):
+            return
+        if is_dir:
+            os.makedirs(dst, exist_ok=True)
+        else:
+            open(dst, "a").close()
+
+    def fresh_bind(self, src: str, dst: str, *, create_dir: bool | None = None) -> None:
+        """A new bind at ``dst`` (stage, publish): whatever was left there is removed first (no
+        container uses a path before the call that creates it has succeeded).  ``create_dir``:
+        create a missing ``dst`` as a directory (True) or a file (False)."""
+        unmount_all(dst, lazy=True)
+        if create_dir is not None:
+            self._create(dst, create_dir)
+        try:
+            bind_ro(src, dst, probe_timeout=PROBE_TIMEOUT)
+        except OSError as e:
+            raise MountFailed(f"bind {src} -> {dst} failed: {e.strerror or e}") from None
+
+    def repair_bind(self, src: str, dst: str, *, create: bool = False) -> None:
+        """Stack a fresh bind on top of the dead one at ``dst`` (never unmount first)."""
+        if create and not is_mounted(dst):
+            kind = path_kind(src, PROBE_TIMEOUT)
+            if kind not in ("dir", "file"):
+                raise MountFailed(f"re-bind {src} -> {dst}: the dataset path is {kind}")
+            self._create(dst, kind == "dir")
+        try:
+            bind_ro(src, dst, probe_timeout=PROBE_TIMEOUT)
+        except OSError as e:
+            raise MountFailed(f"re-bind {src} -> {dst} failed: {e.strerror or e}") from None
 
     def stage_bind(self, vol: Volume) -> None:
-        self.bind(self.state.mounts[vol.key].mountpoint, vol.staging_target_path)
+        with self.state_lock:
+            mp = self.state.mounts[vol.key].mountpoint
+        self.fresh_bind(mp, vol.staging_target_path)
 
-    def publish_bind(self, vol: Volume, target: str) -> None:
-        self.bind(self.source_of(vol), target, create=True)
+    def publish_bind(self, vol: Volume, target: str, is_dir: bool) -> None:
+        self.fresh_bind(self.source_of(vol), target, create_dir=is_dir)
 
     # -- recovery -------------------------------------------------------------------------------
+    def sweep_orphans(self) -> list[str]:
+        """At start, before serving: unmount dataset mounts and remove dataset directories that
+        the state file does not know (a crash between mounting and saving).  Their daemons end
+        with their mounts.  Returns the keys removed."""
+        with self.state_lock:
+            known = set(self.state.mounts)
+        root = os.path.join(self.state_dir, "mounts")
+        orphans = {os.path.basename(p) for p in mounts_under(root) if os.path.dirname(p) == root}
+        ddir = os.path.join(self.state_dir, "datasets")
+        orphans |= set(os.listdir(ddir)) if os.path.isdir(ddir) else set()
+        orphans -= known
+        for key in sorted(orphans):
+            log.warning("dataset %s: not in the state file; removing its mount and files", key)
+            try:
+                unmount_all(os.path.join(root, key), lazy=True)
+            except OSError as e:
+                log.error("dataset %s: %s", key, e)
+            shutil.rmtree(os.path.join(ddir, key), ignore_errors=True)
+        return sorted(orphans)
+
+    def adopt(self, key: str) -> bool:
+        """At start: whether ``key``'s daemon from before is still running (it is then kept)."""
+        with self.state_lock:
+            m = self.state.mounts.get(key)
+        if m is None:
+            return False
+        pid = daemons.daemon_pid(m)
+        if pid is not None and is_mounted(m.mountpoint):
+            log.info("dataset %s: adopting its running daemon (pid %d)", key, pid)
+            return True
+        log.warning("dataset %s: its daemon is gone; it will be mounted again", key)
+        return False
+
+    def check_dataset(self, key: str) -> int:
+        """Repair ``key``'s mount and binds (skipped while a call holds the dataset); returns the
+        number of repairs made."""
+        lock = self._lock_of(key)
+        if not lock.acquire(blocking=False):
+            return 0
+        try:
+            return self.check_locked(key)
+        finally:
+            lock.release()
+
     def check_all(self) -> int:
-        """Repair every broken shared mount and bind; returns the number of repairs made."""
+        return sum(self.check_dataset(key) for key in self.keys())
+
+    def check_locked(self, key: str) -> int:
+        """:meth:`check_dataset` for a caller that holds the dataset's lock already."""
+        with self.state_lock:
+            m = self.state.mounts.get(key)
+            users = self.state.users_of(key)
+        if m is None:
+            return 0
+        if not users:
+            if m.release_at is None or m.release_at <= time.time():
+                self._unmount_shared(m, Budget(STOP_TIMEOUT))
+            return 0
+        if m.release_at is not None:
+            m.release_at = None
+            self.save()
         repairs = 0
-        with self.lock:
-            self.reap_released()
-            for m in list(self.state.mounts.values()):
-                users = self.state.users_of(m.key)
-                if not users:
-                    continue
-                if not self.shared_healthy(m):
-                    if time.monotonic() < self._retry_at.get(m.key, 0.0):
-                        continue
-                    try:
-                        self.remount(m)
-                        repairs += 1
-                        self._backoff.pop(m.key, None)
-                        self._retry_at.pop(m.key, None)
-                    except RequestError as e:
-                        # Back off (1 s doubling to 60 s): a remount holds the lock for up to
-                        # MOUNT_TIMEOUT, and a source that is down will not come back faster.
-                        delay = min(60.0, self._backoff.get(m.key, 0.5) * 2)
-                        self._backoff[m.key] = delay
-                        self._retry_at[m.key] = time.monotonic() + delay
-                        log.error("dataset %s: remount failed (next try in %.0f s): %s", m.key, delay, e.message)
-                        continue
-                for v in users:
-                    paths = [v.staging_target_path] if v.staging_target_path else []
-                    for p in paths + list(v.publications):
-                        if self.bind_healthy(p):
-                            continue
-                        if p == v.staging_target_path and not os.path.isdir(p) and not is_mounted(p):
-                            continue  # kubelet removed its staging dir; it will unstage the volume
-                        src = m.mountpoint if p == v.staging_target_path else self.source_of(v)
-                        try:
-                            log.warning("volume %s: bind at %s is stale; re-binding", v.volume_id, p)
-                            self.bind(src, p, create=p != v.staging_target_path)
-                            metrics.RECOVERIES.labels(kind="bind").inc()
-                            repairs += 1
-                        except (RequestError, OSError) as e:
-                            log.error("volume %s: re-bind of %s failed: %s", v.volume_id, p, e)
-                    metrics.set_volume(v.volume_id, True)
+        if not self.shared_healthy(m):
+            if time.monotonic() < self._retry_at.get(key, 0.0):
+                return 0
+            try:
+                self.remount(m, Budget(self.mount_timeout + 1.0))
+            except RequestError as e:
+                # Back off (1 s doubling to 60 s): a source that is down will not come back faster.
+                delay = min(60.0, self._backoff.get(key, 0.5) * 2)
+                self._backoff[key] = delay
+                self._retry_at[key] = time.monotonic() + delay
+                log.error("dataset %s: remount failed (next try in %.0f s): %s", key, delay, e.message)
+                return 0
+            repairs += 1
+            self._backoff.pop(key, None)
+            self._retry_at.pop(key, None)
+        for v in users:
+            repairs += self._repair_binds(m, v)
+            metrics.set_volume(v.volume_id, True)
+        return repairs
+
+    def _repair_binds(self, m: SharedMount, v: Volume) -> int:
+        repairs = 0
+        paths = [v.staging_target_path] if v.staging_target_path else []
+        live = top_device(m.mountpoint)
+        for p in paths + list(v.publications):
+            if self.bind_healthy(p):
+                continue
+            if live is not None and top_device(p) == live:
+                # Already a bind of the current dataset mount: that mount itself is what failed
+                # (it died after it was checked); the next check mounts it again.
+                continue
+            staging = p == v.staging_target_path
+            if staging and not is_mounted(p) and not os.path.isdir(p):
+                continue  # kubelet removed its staging dir; it will unstage the volume
+            src = m.mountpoint if staging else self.source_of(v)
+            try:
+                log.warning("volume %s: bind at %s does not answer; binding the dataset over it", v.volume_id, p)
+                self.repair_bind(src, p, create=not staging)
+                metrics.RECOVERIES.labels(kind="bind").inc()
+                repairs += 1
+            except (RequestError, OSError) as e:
+                log.error("volume %s: re-bind of %s failed: %s", v.volume_id, p, e)
         return repairs

@@ -10,7 +10,12 @@ Rules beyond the happy path (CSI spec v1 error tables):
 - repeating a call that succeeded succeeds again (a bounded list of recently removed
   (volume, path) pairs lets a repeated unpublish/unstage answer OK instead of NOT_FOUND);
   the same volume/path with different parameters -> ALREADY_EXISTS;
-- two calls on one volume at once: the second is answered ABORTED.
+- two calls on one volume at once: the second is answered ABORTED;
+- a call that needs a dataset another call is mounting waits at most its budget (the caller's
+  deadline, capped at ``--mount-timeout`` + 10 s), then UNAVAILABLE; a mount that does not answer
+  within its time is DEADLINE_EXCEEDED; calls on other datasets never wait for it;
+- more calls at once than the admission slots of ``csi/rpc.py`` -> UNAVAILABLE (kubelet retries);
+  NodeGetVolumeStats has slots of its own and answers from one bounded ``statvfs``.
 
 Ephemeral inline volumes (``csi.storage.k8s.io/ephemeral: "true"``) are staged internally at
 the first publish and unstaged at their last unpublish; their secrets come with the publish.
@@ -30,7 +35,9 @@ import grpc
 from . import TOPOLOGY_KEY, metrics
 from ._gen import csi_pb2 as pb
 from ._gen import csi_pb2_grpc as pb_grpc
-from .mounts import MountManager, probe, unmount
+from .mountops import path_kind, probe, unmount_all
+from .mounts import PROBE_TIMEOUT, MountManager
+from .rpc import OP_SLOTS, STATS_SLOTS, Admission, Budget, call
 from .state import Publication, Volume
 from .volumes import (
     RequestError,
@@ -50,6 +57,8 @@ RPC = pb.NodeServiceCapability.RPC
 R = TypeVar("R")
 T = TypeVar("T")
 Unit = pb.VolumeUsage.Unit
+STATS_TIMEOUT = 2.0  # NodeGetVolumeStats: longest statvfs wait (a hung mount is reported as such)
+BUDGET_SLACK = 10.0  # a call may take --mount-timeout plus this (binds, locks, clean-up)
 
 
 def _err(code: grpc.StatusCode, message: str) -> RequestError:
@@ -63,6 +72,8 @@ class NodeServicer(pb_grpc.NodeServicer):
         self.state = manager.state
         self._busy: set[str] = set()
         self._busy_lock = threading.Lock()
+        self.ops = Admission("volume", OP_SLOTS)
+        self.stats = Admission("volume stats", STATS_SLOTS)
 
     # -- plumbing -------------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -72,22 +83,19 @@ class NodeServicer(pb_grpc.NodeServicer):
                 raise _err(grpc.StatusCode.ABORTED, f"an operation on volume {volume_id} is in progress")
             self._busy.add(volume_id)
         try:
-            with self.mm.lock:
-                yield
+            yield
         finally:
             with self._busy_lock:
                 self._busy.discard(volume_id)
 
-    def _call(self, context: grpc.ServicerContext, fn: Callable[[R], T], request: R) -> T:
-        try:
-            return fn(request)
-        except RequestError as e:
-            log.info("%s: %s", grpc.StatusCode(e.code).name, e.message)
-            context.abort(e.code, e.message)
-        except OSError as e:
-            log.exception("node operation failed")
-            context.abort(grpc.StatusCode.INTERNAL, f"{e.strerror or e}: {e.filename or ''}")
-        raise AssertionError("unreachable: context.abort raises")
+    def _call(self, context: grpc.ServicerContext, fn: Callable[[R, Budget], T], request: R) -> T:
+        budget = Budget.of(context, self.mm.mount_timeout + BUDGET_SLACK)
+
+        def run() -> T:
+            with self.ops.slot():
+                return fn(request, budget)
+
+        return call(context, run)
 
     @staticmethod
     def _require(value: str, name: str) -> None:
@@ -117,7 +125,7 @@ class NodeServicer(pb_grpc.NodeServicer):
     ) -> pb.NodeStageVolumeResponse:
         return self._call(context, self._stage, request)
 
-    def _stage(self, r: pb.NodeStageVolumeRequest) -> pb.NodeStageVolumeResponse:
+    def _stage(self, r: pb.NodeStageVolumeRequest, budget: Budget) -> pb.NodeStageVolumeResponse:
         self._require(r.volume_id, "volume_id")
         self._require(r.staging_target_path, "staging_target_path")
         require_capability(r.volume_capability, r.HasField("volume_capability"))
@@ -125,7 +133,7 @@ class NodeServicer(pb_grpc.NodeServicer):
         cdigest = digest(ctx)
         capd = capability_digest(r.volume_capability)
         with self._volume(r.volume_id):
-            vol = self.state.volumes.get(r.volume_id)
+            vol = self.mm.volume(r.volume_id)
             if vol is not None:
                 if (
                     vol.ephemeral
@@ -138,7 +146,8 @@ class NodeServicer(pb_grpc.NodeServicer):
                         f"volume {r.volume_id} is already staged with different parameters",
                     )
                 if not self.mm.bind_healthy(vol.staging_target_path):
-                    self.mm.check_all()
+                    with self.mm.dataset(vol.key, budget):
+                        self.mm.check_locked(vol.key)
                 return pb.NodeStageVolumeResponse()
             if not has_dataset(ctx):
                 raise _err(
@@ -151,7 +160,6 @@ class NodeServicer(pb_grpc.NodeServicer):
                     f"staging_target_path {r.staging_target_path} is not a directory",
                 )
             key = mount_key(req.dataset_digest(), r.secrets)
-            self.mm.ensure_shared(key, req, r.secrets)
             vol = Volume(
                 volume_id=r.volume_id,
                 key=key,
@@ -160,15 +168,20 @@ class NodeServicer(pb_grpc.NodeServicer):
                 sub_path=req.sub_path,
                 capability=capd,
             )
-            self.state.volumes[r.volume_id] = vol
-            try:
-                self.mm.stage_bind(vol)
-            except BaseException:
-                del self.state.volumes[r.volume_id]
-                self.mm.release(key)
-                raise
-            self.state.forget_tombstone(r.volume_id, r.staging_target_path)
-            self.mm.save()
+            with self.mm.dataset(key, budget):
+                self.mm.ensure_shared(key, req, r.secrets, budget)
+                with self.mm.state_lock:
+                    self.state.volumes[r.volume_id] = vol
+                try:
+                    self.mm.stage_bind(vol)
+                except BaseException:
+                    with self.mm.state_lock:
+                        del self.state.volumes[r.volume_id]
+                    self.mm.release(key, budget)
+                    raise
+                with self.mm.state_lock:
+                    self.state.forget_tombstone(r.volume_id, r.staging_target_path)
+                    self.mm.save()
             metrics.set_volume(r.volume_id, True)
             log.info("volume %s: staged at %s (dataset %s)", r.volume_id, r.staging_target_path, key)
         return pb.NodeStageVolumeResponse()
@@ -179,26 +192,29 @@ class NodeServicer(pb_grpc.NodeServicer):
     ) -> pb.NodeUnstageVolumeResponse:
         return self._call(context, self._unstage, request)
 
-    def _unstage(self, r: pb.NodeUnstageVolumeRequest) -> pb.NodeUnstageVolumeResponse:
+    def _unstage(self, r: pb.NodeUnstageVolumeRequest, budget: Budget) -> pb.NodeUnstageVolumeResponse:
         self._require(r.volume_id, "volume_id")
         self._require(r.staging_target_path, "staging_target_path")
         with self._volume(r.volume_id):
-            vol = self.state.volumes.get(r.volume_id)
+            vol = self.mm.volume(r.volume_id)
             if vol is None or vol.ephemeral or vol.staging_target_path != r.staging_target_path:
-                if self.state.has_tombstone(r.volume_id, r.staging_target_path):
-                    return pb.NodeUnstageVolumeResponse()
+                with self.mm.state_lock:
+                    if self.state.has_tombstone(r.volume_id, r.staging_target_path):
+                        return pb.NodeUnstageVolumeResponse()
                 raise _err(grpc.StatusCode.NOT_FOUND, f"volume {r.volume_id} is not staged at {r.staging_target_path}")
             if vol.publications:
                 raise _err(
                     grpc.StatusCode.FAILED_PRECONDITION,
                     f"volume {r.volume_id} is still published at {len(vol.publications)} path(s)",
                 )
-            unmount(vol.staging_target_path)
-            del self.state.volumes[r.volume_id]
-            self.state.add_tombstone(r.volume_id, r.staging_target_path)
-            self.mm.save()
-            metrics.drop_volume(r.volume_id)
-            self.mm.release(vol.key)
+            with self.mm.dataset(vol.key, budget):
+                unmount_all(vol.staging_target_path)
+                with self.mm.state_lock:
+                    del self.state.volumes[r.volume_id]
+                    self.state.add_tombstone(r.volume_id, r.staging_target_path)
+                    self.mm.save()
+                metrics.drop_volume(r.volume_id)
+                self.mm.release(vol.key, budget)
             log.info("volume %s: unstaged from %s", r.volume_id, r.staging_target_path)
         return pb.NodeUnstageVolumeResponse()
 
@@ -208,7 +224,7 @@ class NodeServicer(pb_grpc.NodeServicer):
     ) -> pb.NodePublishVolumeResponse:
         return self._call(context, self._publish, request)
 
-    def _publish(self, r: pb.NodePublishVolumeRequest) -> pb.NodePublishVolumeResponse:
+    def _publish(self, r: pb.NodePublishVolumeRequest, budget: Budget) -> pb.NodePublishVolumeResponse:
         self._require(r.volume_id, "volume_id")
         self._require(r.target_path, "target_path")
         ephemeral = is_ephemeral(r.volume_context)
@@ -221,14 +237,13 @@ class NodeServicer(pb_grpc.NodeServicer):
         capd = capability_digest(r.volume_capability)
         target = os.path.normpath(r.target_path)
         with self._volume(r.volume_id):
-            vol = self.state.volumes.get(r.volume_id)
-            created = False
+            vol = self.mm.volume(r.volume_id)
             if vol is None and ephemeral:
-                vol = self._stage_ephemeral(r)
-                created = True
-            elif vol is None:
+                self._publish_ephemeral(r, target, capd, budget)
+                return pb.NodePublishVolumeResponse()
+            if vol is None:
                 raise _err(grpc.StatusCode.NOT_FOUND, f"volume {r.volume_id} is not staged on this node")
-            elif not vol.ephemeral and vol.staging_target_path != r.staging_target_path:
+            if not vol.ephemeral and vol.staging_target_path != r.staging_target_path:
                 raise _err(
                     grpc.StatusCode.FAILED_PRECONDITION,
                     f"volume {r.volume_id} is staged at {vol.staging_target_path}, not {r.staging_target_path}",
@@ -241,36 +256,56 @@ class NodeServicer(pb_grpc.NodeServicer):
                         f"volume {r.volume_id} is already published at {target} differently",
                     )
                 if not self.mm.bind_healthy(target):
-                    self.mm.check_all()
+                    with self.mm.dataset(vol.key, budget):
+                        self.mm.check_locked(vol.key)
                 return pb.NodePublishVolumeResponse()
-            try:
-                src = self.mm.source_of(vol)
-                if not os.path.exists(src):
-                    raise invalid(f"subPath {vol.sub_path!r} does not exist in the dataset")
-                self.mm.publish_bind(vol, target)
-            except BaseException:
-                if created:
-                    del self.state.volumes[vol.volume_id]
-                    self.mm.release(vol.key)
-                raise
-            vol.publications[target] = Publication(target_path=target, readonly=r.readonly, capability=capd)
-            self.state.forget_tombstone(r.volume_id, target)
-            self.mm.save()
-            metrics.set_volume(r.volume_id, True)
-            log.info("volume %s: published at %s", r.volume_id, target)
+            with self.mm.dataset(vol.key, budget):
+                self._bind_target(vol, target, budget)
+                self._record_publication(vol, target, r.readonly, capd)
         return pb.NodePublishVolumeResponse()
 
-    def _stage_ephemeral(self, r: pb.NodePublishVolumeRequest) -> Volume:
+    def _bind_target(self, vol: Volume, target: str, budget: Budget) -> None:
+        """Bind ``vol`` at ``target`` (the caller holds the dataset); a dead mount is remounted first."""
+        with self.mm.state_lock:
+            m = self.state.mounts[vol.key]
+        if not self.mm.shared_healthy(m):
+            self.mm.remount(m, budget)
+        kind = path_kind(self.mm.source_of(vol), PROBE_TIMEOUT)
+        if kind == "missing":
+            raise invalid(f"subPath {vol.sub_path!r} does not exist in the dataset")
+        if kind not in ("dir", "file"):
+            raise _err(grpc.StatusCode.UNAVAILABLE, f"dataset {vol.key} does not answer ({kind}); retry")
+        self.mm.publish_bind(vol, target, is_dir=kind == "dir")
+
+    def _record_publication(self, vol: Volume, target: str, readonly: bool, capd: str) -> None:
+        with self.mm.state_lock:
+            vol.publications[target] = Publication(target_path=target, readonly=readonly, capability=capd)
+            self.state.forget_tombstone(vol.volume_id, target)
+            self.mm.save()
+        metrics.set_volume(vol.volume_id, True)
+        log.info("volume %s: published at %s", vol.volume_id, target)
+
+    def _publish_ephemeral(self, r: pb.NodePublishVolumeRequest, target: str, capd: str, budget: Budget) -> None:
+        """First publish of an inline volume: stage it internally, then bind it."""
         ctx = identity_context(r.volume_context)
         if not has_dataset(ctx):
             raise invalid("ephemeral volume: volumeAttributes must set 'url' or 'dataset'")
         req = parse_context(ctx)
         key = mount_key(req.dataset_digest(), r.secrets)
-        self.mm.ensure_shared(key, req, r.secrets)
         vol = Volume(volume_id=r.volume_id, key=key, ephemeral=True, context_digest=digest(ctx), sub_path=req.sub_path)
-        self.state.volumes[r.volume_id] = vol
-        log.info("volume %s: ephemeral, staged internally (dataset %s)", r.volume_id, key)
-        return vol
+        with self.mm.dataset(key, budget):
+            self.mm.ensure_shared(key, req, r.secrets, budget)
+            with self.mm.state_lock:
+                self.state.volumes[r.volume_id] = vol
+            log.info("volume %s: ephemeral, staged internally (dataset %s)", r.volume_id, key)
+            try:
+                self._bind_target(vol, target, budget)
+            except BaseException:
+                with self.mm.state_lock:
+                    del self.state.volumes[vol.volume_id]
+                self.mm.release(key, budget)
+                raise
+            self._record_publication(vol, target, r.readonly, capd)
 
     # -- unpublish ------------------------------------------------------------------------------
     def NodeUnpublishVolume(
@@ -278,14 +313,16 @@ class NodeServicer(pb_grpc.NodeServicer):
     ) -> pb.NodeUnpublishVolumeResponse:
         return self._call(context, self._unpublish, request)
 
-    def _unpublish(self, r: pb.NodeUnpublishVolumeRequest) -> pb.NodeUnpublishVolumeResponse:
+    def _unpublish(self, r: pb.NodeUnpublishVolumeRequest, budget: Budget) -> pb.NodeUnpublishVolumeResponse:
         self._require(r.volume_id, "volume_id")
         self._require(r.target_path, "target_path")
         target = os.path.normpath(r.target_path)
         with self._volume(r.volume_id):
-            vol = self.state.volumes.get(r.volume_id)
+            vol = self.mm.volume(r.volume_id)
             if vol is None or target not in vol.publications:
-                if self.state.has_tombstone(r.volume_id, target):
+                with self.mm.state_lock:
+                    repeat = self.state.has_tombstone(r.volume_id, target)
+                if repeat:
                     # Already unpublished (a repeat): make sure nothing of ours is left behind.
                     self._remove_target(target)
                 elif os.path.lexists(target):
@@ -293,22 +330,26 @@ class NodeServicer(pb_grpc.NodeServicer):
                         grpc.StatusCode.NOT_FOUND, f"volume {r.volume_id} is not published at {target} on this node"
                     )
                 return pb.NodeUnpublishVolumeResponse()
-            self._remove_target(target)
-            del vol.publications[target]
-            self.state.add_tombstone(r.volume_id, target)
-            if vol.ephemeral and not vol.publications:
-                del self.state.volumes[vol.volume_id]
-                metrics.drop_volume(vol.volume_id)
-                self.mm.save()
-                self.mm.release(vol.key)
-            else:
-                self.mm.save()
+            with self.mm.dataset(vol.key, budget):
+                self._remove_target(target)
+                last = False
+                with self.mm.state_lock:
+                    del vol.publications[target]
+                    self.state.add_tombstone(r.volume_id, target)
+                    if vol.ephemeral and not vol.publications:
+                        del self.state.volumes[vol.volume_id]
+                        last = True
+                    self.mm.save()
+                if last:
+                    metrics.drop_volume(vol.volume_id)
+                    self.mm.release(vol.key, budget)
             log.info("volume %s: unpublished from %s", r.volume_id, target)
         return pb.NodeUnpublishVolumeResponse()
 
     @staticmethod
     def _remove_target(target: str) -> None:
-        unmount(target)
+        """Unmount every layer at ``target`` (repairs stack binds), then remove the path."""
+        unmount_all(target)
         try:
             if os.path.isdir(target) and not os.path.islink(target):
                 os.rmdir(target)
@@ -321,25 +362,33 @@ class NodeServicer(pb_grpc.NodeServicer):
     def NodeGetVolumeStats(
         self, request: pb.NodeGetVolumeStatsRequest, context: grpc.ServicerContext
     ) -> pb.NodeGetVolumeStatsResponse:
-        return self._call(context, self._stats, request)
+        def run() -> pb.NodeGetVolumeStatsResponse:
+            with self.stats.slot():
+                return self._stats(request)
+
+        return call(context, run)
 
     def _stats(self, r: pb.NodeGetVolumeStatsRequest) -> pb.NodeGetVolumeStatsResponse:
+        """Never waits for a dataset's lock, and for ``statvfs`` at most STATS_TIMEOUT."""
         self._require(r.volume_id, "volume_id")
         self._require(r.volume_path, "volume_path")
         path = os.path.normpath(r.volume_path)
-        with self.mm.lock:
+        with self.mm.state_lock:
             vol = self.state.volumes.get(r.volume_id)
             if vol is None:
                 raise _err(grpc.StatusCode.NOT_FOUND, f"volume {r.volume_id} is not staged on this node")
             known = set(vol.publications) | ({vol.staging_target_path} if vol.staging_target_path else set())
-        if path not in known or not os.path.lexists(path):
+        if path not in known:
             raise _err(grpc.StatusCode.NOT_FOUND, f"volume {r.volume_id} is not available at {path}")
-        status = probe(path)
-        if status != "ok":
+        result = probe(path, STATS_TIMEOUT)
+        if result.status == "missing":
+            raise _err(grpc.StatusCode.NOT_FOUND, f"volume {r.volume_id} is not available at {path}")
+        st = result.stat
+        if st is None:
+            why = "being repaired" if result.status == "enotconn" else "reported, not repaired"
             return pb.NodeGetVolumeStatsResponse(
-                volume_condition=pb.VolumeCondition(abnormal=True, message=f"mount is {status}; repairing")
+                volume_condition=pb.VolumeCondition(abnormal=True, message=f"mount is {result.status} ({why})")
             )
-        st = os.statvfs(path)
         total, free = st.f_blocks * st.f_frsize, st.f_bavail * st.f_frsize
         return pb.NodeGetVolumeStatsResponse(
             usage=[

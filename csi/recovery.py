@@ -1,14 +1,19 @@
-"""Crash recovery: a monitor thread that keeps every shared mount and bind of the node healthy.
+"""Crash recovery: one checker thread per dataset keeps its shared mount and binds healthy.
 
-Every ``interval`` seconds (default 1 s) it calls ``MountManager.check_all()``: dead FUSE
-daemons are remounted at the same path and every stale staging/publish bind is re-bound, so
-pods' target paths serve data again within seconds of a ``kill -9``; shared mounts whose
-unstage grace period has passed are unmounted.  At plugin start the first pass runs before the
-plugin reports ready, which is how a restarted plugin recovers every staged volume and
-publication recorded in its state file.
+Every ``interval`` seconds each dataset's checker calls ``MountManager.check_dataset(key)``: a
+dead FUSE daemon is remounted at the same path and every bind that does not answer gets a fresh
+bind stacked on top, so pods' target paths serve data again within seconds of a ``kill -9``;
+a dataset whose unstage grace period has passed is unmounted.  Datasets are checked
+independently: a remount that waits for an unreachable endpoint (up to ``--mount-timeout``)
+delays the repairs of that dataset only.  A dataset busy with a call (stage, publish...) is
+skipped until the next tick.
 
-Caveats: this is a plain thread (gRPC's server is thread based, not trio); it stops at the next
-tick after ``stop()``.  A failing repair is logged and retried at the next tick.
+At start the monitor adopts what is there: a dataset whose daemon still runs and answers (the
+supervisor restarted, the daemons did not) is left alone; only dead ones are remounted.  The
+plugin serves calls meanwhile: a call on a dataset being repaired waits for its lock.
+
+Caveats: plain threads (gRPC's server is thread based, not trio); a checker stops at its next
+tick after ``stop()`` or once its dataset is gone from the state.
 """
 
 from __future__ import annotations
@@ -25,8 +30,8 @@ class Monitor:
     def __init__(self, manager: MountManager, interval: float = 1.0) -> None:
         self.manager = manager
         self.interval = interval
-        self.recovered = threading.Event()  # set after the first full pass
         self._stop = threading.Event()
+        self._checkers: dict[str, threading.Thread] = {}
         self._thread = threading.Thread(target=self._run, name="csi-monitor", daemon=True)
 
     def start(self) -> None:
@@ -35,19 +40,39 @@ class Monitor:
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(timeout=10)
+        for t in list(self._checkers.values()):
+            t.join(timeout=1)
 
-    def run_once(self) -> int:
+    def check(self, key: str) -> int:
         try:
-            repairs = self.manager.check_all()
+            repairs = self.manager.check_dataset(key)
         except Exception:
-            log.exception("recovery pass failed")
+            log.exception("dataset %s: recovery check failed", key)
             return 0
         if repairs:
-            log.warning("recovery pass repaired %d mount(s)/bind(s)", repairs)
+            log.warning("dataset %s: %d mount(s)/bind(s) repaired", key, repairs)
         return repairs
 
-    def _run(self) -> None:
-        self.run_once()
-        self.recovered.set()
+    def _checker(self, key: str) -> None:
+        self.check(key)
         while not self._stop.wait(self.interval):
-            self.run_once()
+            if key not in self.manager.keys():
+                return
+            self.check(key)
+
+    def _spawn(self) -> None:
+        """Start a checker for every dataset without one; forget the checkers that ended."""
+        for key in [k for k, t in self._checkers.items() if not t.is_alive()]:
+            del self._checkers[key]
+        for key in self.manager.keys():
+            if key not in self._checkers:
+                t = threading.Thread(target=self._checker, args=(key,), name=f"csi-check:{key}", daemon=True)
+                self._checkers[key] = t
+                t.start()
+
+    def _run(self) -> None:
+        for key in self.manager.keys():
+            self.manager.adopt(key)
+        self._spawn()
+        while not self._stop.wait(min(self.interval, 1.0)):
+            self._spawn()

@@ -10,7 +10,7 @@ Format (``version`` 1)::
       "version": 1,
       "mounts": {                       # one per dataset key (shared node-level fluidfs mount)
         "<key>": {"key", "mountpoint", "source", "args": [...], "cache_dir", "secret_dir",
-                  "pid_file", "release_at": float|null}
+                  "pid_file", "release_at": float|null, "daemon_pid": int|null, "daemon_start"}
       },
       "volumes": {                      # one per staged (or ephemeral) volume
         "<volume_id>": {"volume_id", "key", "staging_target_path", "ephemeral", "context_digest",
@@ -23,7 +23,8 @@ Format (``version`` 1)::
 
 Secrets never enter this file: they live only in 0600 files under ``secret_dir``.
 
-Caveats: one plugin process per state directory (``StateStore.lock`` takes an flock).
+Caveats: one plugin process per state directory (``StateStore.lock`` takes an flock).  The
+objects are not thread-safe: their owner (``csi/mounts.py``) serialises access.
 """
 
 from __future__ import annotations
@@ -77,6 +78,8 @@ class SharedMount:
     secret_dir: str = ""
     pid_file: str = ""
     release_at: float | None = None  # unmount when time.time() passes this (grace period)
+    daemon_pid: int | None = None  # the daemon started for this mount ...
+    daemon_start: str = ""  # ... and its "<boot id>:<start ticks>" (a pid alone may be reused)
 
 
 @dataclass

@@ -7,8 +7,9 @@ Volume context (= StorageClass ``parameters`` or a PV's / inline volume's ``volu
 - the dataset, either ``url`` (``s3://bucket/prefix``, ``http(s)://...``, ``file:///abs``) plus
   source options (``endpoint``, ``region`` or any ``options.<key>``), or ``dataset`` (a whole
   Dataset YAML document);
-- cache keys ``cacheSize``, ``memorySize``, ``blockSize``, ``eviction`` (lru|none),
-  ``metadataTTL``;
+- settings: every row of the settings table with a CSI attribute (``cacheSize``, ``memorySize``,
+  ``blockSize``, ``eviction``, ``metadataTTL``, ``uid``, ``gid``, ``fileMode``, ``dirMode``; the
+  list is in docs/configuration.md), checked by the row and passed to ``fluidfs mount`` as its flag;
 - ``subPath`` (publish a subdirectory of the dataset), ``name`` (dataset name), and
   ``pinToNode`` ("true": CreateVolume ties the volume to the node the CO prefers).
 
@@ -32,7 +33,7 @@ from typing import Any
 import grpc
 import yaml
 
-from fluidfs.util.sizes import parse_duration, parse_size
+from fluidfs.config import SETTINGS, Setting
 
 from . import EPHEMERAL_KEY
 from ._gen import csi_pb2 as pb
@@ -47,13 +48,8 @@ EPHEMERAL_MODES = READ_ONLY_MODES | {
     Mode.SINGLE_NODE_MULTI_WRITER,
 }
 
-CACHE_FLAGS = {
-    "cacheSize": "--cache-size",
-    "memorySize": "--memory-size",
-    "blockSize": "--block-size",
-    "eviction": "--eviction",
-    "metadataTTL": "--metadata-ttl",
-}
+#: volume attribute -> the setting it sets (the settings table's ``csi`` column)
+SETTING_ATTRIBUTES: dict[str, Setting] = {row.csi: row for row in SETTINGS if row.csi}
 SOURCE_KEYS = {"endpoint", "region"}
 OTHER_KEYS = {"url", "dataset", "subPath", "name", "pinToNode"}
 
@@ -137,7 +133,7 @@ def parse_context(ctx: Mapping[str, str]) -> DatasetRequest:
     unknown = sorted(
         k
         for k in ctx
-        if k not in OTHER_KEYS and k not in CACHE_FLAGS and k not in SOURCE_KEYS and not k.startswith("options.")
+        if k not in OTHER_KEYS and k not in SETTING_ATTRIBUTES and k not in SOURCE_KEYS and not k.startswith("options.")
     )
     if unknown:
         raise invalid(f"unknown volume attribute(s): {', '.join(unknown)}")
@@ -161,22 +157,7 @@ def parse_context(ctx: Mapping[str, str]) -> DatasetRequest:
     else:
         if not re.match(r"^(s3|https?|file)://", url):
             raise invalid(f"url {url!r}: must start with s3://, http://, https:// or file://")
-    cache_args: list[str] = []
-    for key, flag in CACHE_FLAGS.items():
-        if key not in ctx:
-            continue
-        value = ctx[key].strip()
-        try:
-            if key == "eviction":
-                if value not in ("lru", "none"):
-                    raise ValueError(f"{key}: must be 'lru' or 'none', not {value!r}")
-            elif key == "metadataTTL":
-                parse_duration(value, key)
-            else:
-                parse_size(value, key)
-        except ValueError as e:
-            raise invalid(str(e)) from None
-        cache_args += [flag, value]
+    cache_args = setting_args(ctx)
     name = ctx.get("name") or (document or {}).get("metadata", {}).get("name") or _name_from_url(url)
     pin = ctx.get("pinToNode", "false").lower()
     if pin not in ("true", "false"):
@@ -190,6 +171,21 @@ def parse_context(ctx: Mapping[str, str]) -> DatasetRequest:
         sub_path=normalize_sub_path(ctx.get("subPath", "")),
         pin_to_node=pin == "true",
     )
+
+
+def setting_args(ctx: Mapping[str, str]) -> list[str]:
+    """The ``fluidfs mount`` flags of the settings in a volume context, each value checked by its row."""
+    args: list[str] = []
+    for key, row in SETTING_ATTRIBUTES.items():
+        if key not in ctx:
+            continue
+        value = ctx[key].strip()
+        try:
+            row.parse_arg(value)
+        except ValueError as e:
+            raise invalid(f"{key}: {e}") from None
+        args += [str(row.cli), value]
+    return args
 
 
 def _parse_document(text: str) -> dict[str, Any]:

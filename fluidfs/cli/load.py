@@ -23,7 +23,14 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from fluidfs.cache.dirlock import lock_holder
-from fluidfs.cli.options import SOURCE_ONLY, add_cache_dir_options, add_source_options, intermixed, prepare
+from fluidfs.cli.options import (
+    SOURCE_FLAGS,
+    add_setting_options,
+    add_source_options,
+    given_settings,
+    intermixed,
+    prepare,
+)
 from fluidfs.daemon.record import find_mount, records, require_mount
 from fluidfs.errors import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, CacheError, ConfigError, MountError
 from fluidfs.util.sizes import format_size
@@ -46,7 +53,8 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     if found is not None:
         root, sub = found
         rec = require_mount(root)
-        given = [f"--{k.replace('_', '-')}" for k in SOURCE_ONLY if getattr(args, k, None) is not None]
+        given = [str(row.cli) for row in given_settings(args) if "load" in row.commands]
+        given += [f"--{k}" for k in SOURCE_FLAGS if getattr(args, k, None) is not None]
         if args.option:
             given.append("-o")
         if given:
@@ -125,6 +133,6 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--parallel", "-p", type=int, default=16, help="parallel readers (default 16)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar, only the final line")
     g = p.add_argument_group("loading a SOURCE (override the Dataset's spec.cache)")
-    add_cache_dir_options(g)
+    add_setting_options(p, "load", group=g)
     add_source_options(g)
     p.set_defaults(handler=run, log_level="warning", metrics_addr="none")

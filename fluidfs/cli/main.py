@@ -4,7 +4,8 @@ User mistakes end with one line on stderr and a non-zero exit code, never a trac
 (the codes come from :func:`fluidfs.errors.exit_code`):
 
     0  success
-    1  mount/unmount failure (mountpoint missing or busy, FUSE error, daemon died)
+    1  mount/unmount failure (mountpoint missing, busy or not empty, not a fluidfs mount, unsafe
+       runtime directory, FUSE error, daemon died or does not answer)
     2  bad command line, bad Dataset document or configuration
     3  source failure (unreachable endpoint, wrong credentials, missing bucket/path)
   130  interrupted
@@ -24,6 +25,7 @@ from fluidfs import __version__
 from fluidfs.cli import demo, load, mount, refresh, status, umount
 from fluidfs.cli.options import Parser
 from fluidfs.errors import EXIT_INTERRUPTED, FluidfsError, exit_code
+from fluidfs.util.redact import RedactingFilter, redact_text
 
 COMMANDS = (mount, umount, refresh, load, status, demo)
 
@@ -42,6 +44,8 @@ def _setup_logging(level: str) -> None:
         level=getattr(logging, level.upper(), logging.INFO),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    for handler in logging.getLogger().handlers:  # no presigned signature or password in any log line
+        handler.addFilter(RedactingFilter())
     # library debug logs can carry signed headers and request details: keep them out
     for noisy in ("botocore", "boto3", "s3transfer", "urllib3"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
@@ -57,7 +61,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("fluidfs: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     except FluidfsError as exc:
-        print(f"fluidfs: error: {exc}", file=sys.stderr)
+        print(f"fluidfs: error: {redact_text(str(exc))}", file=sys.stderr)
         return exit_code(exc)
 
 

@@ -1,29 +1,29 @@
 """Command-line flags shared by several commands, and turning them into a Dataset and a MountConfig.
 
-``fluidfs mount`` takes every mount option (:func:`add_mount_options`); ``fluidfs load SOURCE``
-takes the SSD-tier and source options only (:func:`add_cache_dir_options`,
-:func:`add_source_options`), defined once here.  :func:`prepare` parses the SOURCE argument and
-builds the configuration (defaults ← Dataset ← flags) for both.
+The flags of the settings (``--cache-size``, ``--uid`` ...) come from the settings table
+(``fluidfs.config.SETTINGS``): :func:`add_setting_options` adds those of one command,
+:func:`cli_overrides` reads them back (each value parsed and range-checked by its row).
+``fluidfs mount`` takes every mount setting (:func:`add_mount_options`); ``fluidfs load SOURCE``
+the SSD tier's and the source options.  :func:`prepare` parses the SOURCE argument and builds
+the configuration (defaults <- Dataset <- flags) for both.
 
-Caveats: flags a command does not define count as unset in :func:`prepare`.
+Caveats: flags a command does not define count as unset in :func:`prepare`.  The Dataset parser
+(pydantic, a few hundred milliseconds to load) is imported by :func:`prepare`, so commands that
+read no Dataset (``umount``, ``status``, ``refresh``) start without it.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
-from fluidfs.config import MountConfig, build_config
+from fluidfs.config import GROUPS, SETTINGS, MountConfig, Setting, build_config
 from fluidfs.errors import EXIT_USAGE, ConfigError
 from fluidfs.spec.model import Dataset
-from fluidfs.spec.parse import dataset_from_source_arg
-from fluidfs.util.sizes import parse_duration, parse_size
 
-#: flags of ``fluidfs load`` that only make sense when loading a SOURCE (not through a mount)
-SOURCE_ONLY = ("cache_dir", "cache_size", "block_size", "eviction", "free_space_floor", "endpoint", "region")
+#: source flags of ``fluidfs load`` besides the settings: only for loading a SOURCE
+SOURCE_FLAGS = ("endpoint", "region")
 
 
 class Parser(argparse.ArgumentParser):
@@ -54,19 +54,6 @@ def intermixed(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return p
 
 
-def add_cache_dir_options(g: Any) -> None:
-    """The SSD tier: directory, quota, block size, eviction, free-space floor."""
-    g.add_argument(
-        "--cache-dir", metavar="DIR", help="SSD tier directory (default: spec.cache.directory, else memory only)"
-    )
-    g.add_argument("--cache-size", metavar="SIZE", help="SSD tier quota, e.g. 100Gi (default 10Gi)")
-    g.add_argument(
-        "--block-size", metavar="SIZE", help="cache block size, 1Mi-64Mi (default 4Mi); load and mount must agree"
-    )
-    g.add_argument("--eviction", choices=("lru", "none"), help="SSD eviction policy (default none)")
-    g.add_argument("--free-space-floor", metavar="SIZE", help="never fill the cache disk below this (default 1Gi)")
-
-
 def add_source_options(g: Any) -> None:
     """Defaults for the Dataset's sources: S3 endpoint and region, ``-o KEY=VALUE``."""
     g.add_argument("--endpoint", metavar="URL", help="S3 endpoint for s3:// mounts without one (else AWS_ENDPOINT_URL)")
@@ -76,84 +63,60 @@ def add_source_options(g: Any) -> None:
     )
 
 
+def setting_help(row: Setting) -> str:
+    """The ``--help`` line of a setting's flag: what it does, its default and range."""
+    allowed = f", {row.kind.allowed}" if row.kind.allowed else ""
+    default = "" if row.kind.switch else f" (default {row.show_default()}{allowed})"
+    return f"{row.help}{default}".replace("%", "%%")
+
+
+def add_setting_options(
+    p: argparse.ArgumentParser, command: str, *, groups: dict[str, Any] | None = None, group: Any = None
+) -> None:
+    """Add the flags of the settings ``command`` takes: all into ``group`` if given, else each into
+    its group of ``groups`` (made as needed, titled from ``GROUPS``)."""
+    groups = {} if groups is None else groups
+    for row in SETTINGS:
+        if row.cli is None or command not in row.commands:
+            continue
+        g = group or groups.get(row.group) or groups.setdefault(row.group, p.add_argument_group(GROUPS[row.group]))
+        if row.kind.switch:
+            g.add_argument(row.cli, dest=row.name, action="store_const", const="true", help=setting_help(row))
+        else:
+            g.add_argument(row.cli, dest=row.name, metavar=row.kind.metavar, help=setting_help(row))
+
+
+def given_settings(args: argparse.Namespace) -> list[Setting]:
+    """The settings whose flags are on the command line."""
+    return [row for row in SETTINGS if row.cli is not None and getattr(args, row.name, None) is not None]
+
+
+def cli_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """{setting: typed value} of the setting flags given (flags ``args`` lacks are unset).
+
+    A bad value is a ConfigError naming the flag (exit 2).
+    """
+    out: dict[str, Any] = {}
+    for row in given_settings(args):
+        try:
+            out[row.name] = row.parse_arg(str(getattr(args, row.name)))
+        except ValueError as exc:
+            raise ConfigError(f"{row.cli}: {exc}") from None
+    return out
+
+
 def add_mount_options(p: argparse.ArgumentParser) -> None:
     """Every option of ``fluidfs mount``."""
-    g = p.add_argument_group("cache (override the Dataset's spec.cache)")
-    add_cache_dir_options(g)
-    g.add_argument("--memory-size", metavar="SIZE", help="memory tier quota (default 512Mi)")
-    g.add_argument("--readahead", metavar="SIZE", help="largest per-file readahead window (default 32Mi)")
-    g.add_argument(
-        "--prefetch-siblings",
-        type=int,
-        metavar="N",
-        help="small files of a directory prefetched per small-file open (default 16; 0 disables)",
-    )
-    g = p.add_argument_group("metadata")
-    g.add_argument("--metadata-ttl", metavar="SECONDS", help="attribute/listing TTL or 'indefinite' (default 60)")
-    g.add_argument("--negative-ttl", metavar="SECONDS", help="TTL of 'no such file' answers (default 10)")
-    g = p.add_argument_group("presentation")
-    g.add_argument("--uid", type=int, help="owner of every file (default: 0)")
-    g.add_argument("--gid", type=int, help="group of every file (default: 0)")
-    g.add_argument("--file-mode", type=_octal, help="file permission bits, octal (default 0444)")
-    g.add_argument("--dir-mode", type=_octal, help="directory permission bits, octal (default 0555)")
-    g.add_argument("--allow-other", action="store_true", default=None, help="let other users see the mount")
-    add_source_options(p.add_argument_group("sources"))
-    g = p.add_argument_group("process")
-    g.add_argument(
-        "--metrics-addr", metavar="HOST:PORT", help="Prometheus endpoint (default 127.0.0.1:0; 'none' disables)"
-    )
+    groups = {name: p.add_argument_group(title) for name, title in GROUPS.items()}  # in this order
+    add_setting_options(p, "mount", groups=groups)
+    add_source_options(groups["sources"])
+    g = groups["process"]
     g.add_argument("--foreground", "-f", action="store_true", help="do not daemonize (for containers)")
     g.add_argument("--log-file", metavar="FILE", help="daemon log file (default: next to the runtime record)")
     g.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     g.add_argument("--pid-file", metavar="FILE", help="write the daemon's pid here")
     g.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the mount to answer")
     p.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
-
-
-def _octal(text: str) -> int:
-    return int(text, 8)
-
-
-def _parsed(parse: Callable[[str, str], Any], flag: str, value: str | None) -> Any:
-    if value is None:
-        return None
-    try:
-        return parse(value, flag)  # the message already names the flag
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
-
-
-def mount_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    """MountConfig fields set on the command line (None = unset; flags ``args`` lacks are unset)."""
-
-    def arg(name: str) -> Any:
-        return getattr(args, name, None)
-
-    def size(name: str) -> int | None:
-        return _parsed(parse_size, "--" + name.replace("_", "-"), arg(name))  # type: ignore[no-any-return]
-
-    def duration(name: str) -> float | None:
-        return _parsed(parse_duration, "--" + name.replace("_", "-"), arg(name))  # type: ignore[no-any-return]
-
-    cache_dir = arg("cache_dir")
-    return {
-        "cache_dir": os.path.abspath(cache_dir) if cache_dir else None,
-        "cache_size": size("cache_size"),
-        "memory_size": size("memory_size"),
-        "block_size": size("block_size"),
-        "eviction": arg("eviction"),
-        "readahead": size("readahead"),
-        "free_space_floor": size("free_space_floor"),
-        "sibling_prefetch": arg("prefetch_siblings"),
-        "metadata_ttl": duration("metadata_ttl"),
-        "negative_ttl": duration("negative_ttl"),
-        "uid": arg("uid"),
-        "gid": arg("gid"),
-        "file_mode": arg("file_mode"),
-        "dir_mode": arg("dir_mode"),
-        "allow_other": arg("allow_other"),
-        "metrics_addr": arg("metrics_addr"),  # "none" disables (build_config)
-    }
 
 
 def source_options(items: list[str]) -> dict[str, str]:
@@ -169,11 +132,14 @@ def source_options(items: list[str]) -> dict[str, str]:
 
 def prepare(args: argparse.Namespace) -> tuple[Dataset, MountConfig]:
     """Parse and validate the dataset and the configuration (no I/O beyond reading the spec)."""
+    # start-up cost: the parser (pydantic) is loaded by the commands that read a Dataset only
+    from fluidfs.spec.parse import dataset_from_source_arg
+
     dataset = dataset_from_source_arg(args.source, source_options(args.option))
     defaults = {k: v for k, v in (("endpoint", args.endpoint), ("region", args.region)) if v}
     if defaults:
         dataset = with_default_options(dataset, defaults)
-    return dataset, build_config(dataset, mount_overrides(args))
+    return dataset, build_config(dataset.settings, cli_overrides(args))
 
 
 def with_default_options(dataset: Dataset, defaults: dict[str, str]) -> Dataset:

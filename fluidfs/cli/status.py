@@ -10,6 +10,10 @@ for "% cached" every regular file under the given PATHs is visited and its
 Hit ratios are since the mount started: per tier ``hits / (hits + misses)``; overall
 ``(mem hits + ssd hits) / (mem hits + mem misses)`` (every block lookup starts at the MEM tier).
 
+The mount is found through the mount table (never touching it); before the walk, one
+``statvfs`` checks that it answers within :data:`PROBE_TIMEOUT` seconds, so a mount whose daemon
+is stopped or hangs gives one line (exit 1) instead of a hang.
+
 Caveats: the "% cached" walk costs one ``getxattr`` (a FUSE round trip) per file, done by 16
 threads; on millions of files give a PATH.  Files that are partly cached count with their
 fraction.  Without a metrics endpoint (``--metrics-addr none``) tier usage of the SSD tier is
@@ -21,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 import time
 from collections.abc import Sequence
@@ -31,12 +34,17 @@ from typing import Any
 from fluidfs.cache.ssd import SSDTier
 from fluidfs.cli.options import intermixed
 from fluidfs.daemon.record import require_mount
-from fluidfs.util.proc import process_uptime
+from fluidfs.errors import MountError
+from fluidfs.util.mounts import answers
+from fluidfs.util.proc import process_uptime, state
 from fluidfs.util.prom import Sample, fetch_samples, total
 from fluidfs.util.sizes import format_duration, format_size
 from fluidfs.warmup.mounted import cached_summary, resolve_paths
 
 log = logging.getLogger(__name__)
+
+#: seconds a mount may take to answer one statvfs before status gives up on it
+PROBE_TIMEOUT = 5.0
 
 
 def _ratio(hits: float, misses: float) -> float | None:
@@ -81,11 +89,18 @@ def metrics_summary(samples: list[Sample]) -> dict[str, Any]:
 def collect(mountpoint: str, paths: Sequence[str]) -> dict[str, Any]:
     """Everything ``fluidfs status`` shows, as a JSON-able dict."""
     rec = require_mount(mountpoint)
-    rels = resolve_paths(mountpoint, paths)
-    cfg = dict(rec.get("config") or {})
+    mnt = str(rec["mountpoint"])
     pid = rec.get("pid")
+    if not answers(mnt, PROBE_TIMEOUT):
+        how = "stopped" if isinstance(pid, int) and state(pid) in ("T", "t") else "busy or hung"
+        raise MountError(
+            f"{mountpoint} does not answer within {PROBE_TIMEOUT:g}s (its daemon, pid {pid}, is {how}); "
+            f"fluidfs umount --lazy {mountpoint} detaches it"
+        )
+    rels = resolve_paths(mnt, paths)
+    cfg = dict(rec.get("config") or {})
     out: dict[str, Any] = {
-        "mountpoint": os.path.abspath(mountpoint),
+        "mountpoint": mnt,
         "dataset": rec.get("dataset"),
         "pid": pid,
         "uptime_seconds": process_uptime(pid) if isinstance(pid, int) else None,
@@ -105,7 +120,7 @@ def collect(mountpoint: str, paths: Sequence[str]) -> dict[str, Any]:
         stats = _stats_without_metrics(cfg)
     out.update(stats)
     t0 = time.monotonic()
-    summary = cached_summary(mountpoint, rels)
+    summary = cached_summary(mnt, rels)
     out["cached"] = {**asdict(summary), "fraction": summary.fraction, "scan_seconds": time.monotonic() - t0}
     return out
 

@@ -23,16 +23,17 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn
 
 import yaml
 
+from fluidfs.config.kinds import kind_of
 from fluidfs.control import autoscaler
 from fluidfs.control.crd import API_VERSION as CR_API_VERSION
 from fluidfs.errors import SpecError
-from fluidfs.spec.fields import API_VERSION, CREDENTIAL_NAMES, FLUID_API_VERSION, Ctx, check_keys, kind_of, mapping
+from fluidfs.spec.fields import API_VERSION, CREDENTIAL_NAMES, FLUID_API_VERSION, sub, unknown_field
 from fluidfs.spec.model import Dataset
 from fluidfs.spec.parse import parse_dataset
 from fluidfs.util import sizes
@@ -135,6 +136,29 @@ def meta_of(obj: Mapping[str, Any]) -> Meta:
         finalizers=tuple(m.get("finalizers") or ()),
         resource_version=str(m.get("resourceVersion") or ""),
     )
+
+
+class Ctx:
+    """Where a resource's mistakes are reported: ``fail`` raises ``SpecError(document, field, problem)``."""
+
+    def __init__(self, document: str) -> None:
+        self.document = document
+
+    def fail(self, field: str, problem: str) -> NoReturn:
+        raise SpecError(self.document, field, problem)
+
+
+def mapping(ctx: Ctx, value: object, field: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        ctx.fail(field, f"must be a mapping, got {kind_of(value)}")
+    return value
+
+
+def check_keys(ctx: Ctx, m: Mapping[Any, Any], field: str, allowed: Iterable[str]) -> None:
+    allowed = tuple(allowed)
+    for key in m:
+        if key not in allowed:
+            ctx.fail(sub(field, key), unknown_field(key, allowed))
 
 
 def _int(ctx: Ctx, value: object, field: str, default: int) -> int:

@@ -1,9 +1,11 @@
-"""Field-level validation shared by the Dataset parsers (``fluidfs.spec.parse``, ``fluidfs.spec.fluid``).
+"""Value checks of the Dataset documents: one function per kind of field, shared by both formats and the command line.
 
-Each helper checks one value and raises ``SpecError`` through ``Ctx.fail`` with the field path
-it was given; type errors never echo the offending value (it might be a secret).  ``assemble``
-does the cross-mount checks (unique names, one ``/`` mount, non-overlapping paths).  Not a
-public API: use ``fluidfs.spec.parse``.
+Each function takes a raw value (a YAML scalar or mapping, or a command-line string) and returns
+the normalised value, or raises :class:`Problem` with the problem alone; the caller knows the
+field path (``fluidfs.spec.schema`` turns a Problem into ``SpecError(document, field, problem)``).
+A Problem may point below the field it was raised for (``at=("region",)`` for one option).  Type
+mistakes never echo the value: it might be a secret.  :func:`assemble` does the checks across
+mounts (unique names, one ``/`` mount, non-overlapping paths).
 
 Caveats: local paths and URLs are taken literally (no percent-decoding); a normalised local
 mount's ``url`` is ``"file://" + absolute_path``.  http(s) URLs are kept as given (only the
@@ -13,17 +15,15 @@ scheme is lower-cased); s3 URLs lose empty prefix components and any trailing sl
 from __future__ import annotations
 
 import difflib
-import logging
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, NoReturn
+from typing import TypeVar
 from urllib.parse import urlsplit
 
+from fluidfs.config.kinds import kind_of, text
 from fluidfs.errors import SpecError
 from fluidfs.spec.model import MountSpec, SecretRef
-
-log = logging.getLogger("fluidfs.spec")  # the package: one logger for all parse warnings
 
 API_VERSION = "fluidfs.io/v1alpha1"
 FLUID_API_VERSION = "data.fluid.io/v1alpha1"
@@ -40,34 +40,34 @@ CREDENTIAL_NAMES: dict[str, str] = {
 }
 KNOWN_OPTIONS = ("endpoint", "region", "addressing_style", "anonymous", "verify_ssl", "manifest")
 _SECRET_OPTION_NAMES = frozenset(CREDENTIAL_NAMES) | frozenset(CREDENTIAL_NAMES.values())
-MIN_BLOCK_SIZE, MAX_BLOCK_SIZE = 1 << 20, 64 << 20
-_OBJECT_META = ("name", "namespace", "labels", "annotations")
 _DNS_LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
 _BUCKET = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _SCHEME_PREFIX = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*):")
 _TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
+T = TypeVar("T")
 
 
-class Ctx:
-    """Parsing context: the document name and the warnings collected so far."""
+class Problem(ValueError):
+    """What is wrong with a value; ``at`` is a path below the field it was raised for."""
 
-    def __init__(self, document: str) -> None:
-        self.document = document
-        self.warnings: list[str] = []
+    def __init__(self, problem: str, at: tuple[str, ...] = ()) -> None:
+        super().__init__(problem)
+        self.at = at
 
-    def fail(self, field: str, problem: str) -> NoReturn:
-        raise SpecError(self.document, field, problem)
 
-    def warn(self, field: str, why: str = "ignored (not used by fluidfs)") -> None:
-        line = f"{self.document}: {field}: {why}"
-        self.warnings.append(line)
-        log.warning("%s", line)
+@dataclass(frozen=True)
+class Location:
+    """A validated ``mountPoint``."""
+
+    url: str  # normalised (local:// and file:// -> file:///abs)
+    scheme: str  # "s3" | "http" | "https" | "file"
+    default_name: str  # the mount name when the document gives none
 
 
 @dataclass
 class PendingMount:
-    """A mount whose fields are validated one by one, before the cross-mount checks."""
+    """A mount whose fields are valid one by one, before the checks across mounts."""
 
     field: str  # e.g. "spec.mounts[1]"
     url: str
@@ -86,55 +86,28 @@ def sub(parent: str, key: object) -> str:
     return f"{parent}.{k}" if parent else k
 
 
-def kind_of(value: object) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, (int, float)):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "a list"
-    if isinstance(value, dict):
-        return "a mapping"
-    return type(value).__name__
-
-
-def mapping(ctx: Ctx, value: object, field: str) -> dict[Any, Any]:
-    if value is None:
-        ctx.fail(field, "required field is missing")
-    if not isinstance(value, dict):
-        ctx.fail(field, f"must be a mapping, got {kind_of(value)}")
-    return value
-
-
-def string(ctx: Ctx, value: object, field: str) -> str:
-    """A required non-empty string (the value is never echoed: it might be a secret)."""
-    if value is None:
-        ctx.fail(field, "required field is missing")
-    if not isinstance(value, str):
-        ctx.fail(field, f"must be a string, got {kind_of(value)}")
-    if not value.strip():
-        ctx.fail(field, "must not be empty")
-    return value
-
-
-def check_keys(ctx: Ctx, m: Mapping[Any, Any], field: str, allowed: Iterable[str]) -> None:
+def unknown_field(key: object, allowed: Iterable[str]) -> str:
+    """The message for an unknown key: the closest allowed name, or the list of them."""
     allowed = tuple(allowed)
-    for key in m:
-        if key not in allowed:
-            lower = {a.lower(): a for a in allowed}
-            close = difflib.get_close_matches(str(key).lower(), lower, n=1)
-            hint = f"did you mean {lower[close[0]]!r}?" if close else "expected one of: " + ", ".join(allowed)
-            ctx.fail(sub(field, key), f"unknown field; {hint}")
+    lower = {a.lower(): a for a in allowed}
+    close = difflib.get_close_matches(str(key).lower(), lower, n=1)
+    return "unknown field; " + (
+        f"did you mean {lower[close[0]]!r}?" if close else "expected one of: " + ", ".join(allowed)
+    )
 
 
-def check_components(ctx: Ctx, field: str, parts: Iterable[str], where: str) -> None:
-    for part in parts:
-        if part in (".", ".."):
-            ctx.fail(field, f"{part!r} components are not allowed in {where}")
+def string(value: object) -> str:
+    """A required non-empty string (the value is never echoed: it might be a secret)."""
+    try:
+        return text(value)
+    except ValueError as exc:
+        raise Problem(str(exc)) from None
+
+
+def mapping(value: object) -> dict[object, object]:
+    if not isinstance(value, dict):
+        raise Problem(f"must be a mapping, got {kind_of(value)}")
+    return value
 
 
 def safe_component(raw: str, fallback: str = "mount") -> str:
@@ -147,96 +120,76 @@ def dns_label(raw: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", raw.lower()).strip("-")[:63].strip("-") or "dataset"
 
 
-def dataset_name(ctx: Ctx, value: object, field: str) -> str:
-    name = string(ctx, value, field)
+def dataset_name(value: object) -> str:
+    name = string(value)
     if _DNS_LABEL.fullmatch(name) is None:
-        ctx.fail(
-            field,
+        raise Problem(
             f"invalid name {name!r}: use lowercase letters, digits and '-' "
-            "(at most 63, starting and ending with a letter or digit)",
+            "(at most 63, starting and ending with a letter or digit)"
         )
     return name
 
 
-def metadata_name(ctx: Ctx, doc: Mapping[str, Any], fluid: bool) -> str:
-    meta = doc.get("metadata")
-    if meta is None:
-        ctx.fail("metadata.name", "required field is missing")
-    meta = mapping(ctx, meta, "metadata")
-    for key in meta:
-        if key not in _OBJECT_META and not fluid:
-            check_keys(ctx, {key: None}, "metadata", _OBJECT_META)
-        elif key != "name" and fluid:
-            ctx.warn(sub("metadata", key))
-    return dataset_name(ctx, meta.get("name"), "metadata.name")
+def _components(parts: Iterable[str], where: str) -> None:
+    for part in parts:
+        if part in (".", ".."):
+            raise Problem(f"{part!r} components are not allowed in {where}")
 
 
-def mount_list(ctx: Ctx, value: object, field: str) -> list[Any]:
-    if value is None:
-        ctx.fail(field, "required field is missing")
-    if not isinstance(value, list):
-        ctx.fail(field, f"must be a list, got {kind_of(value)}")
-    if not value:
-        ctx.fail(field, "must list at least one mount")
-    return value
-
-
-def parse_mount_point(ctx: Ctx, value: object, field: str) -> tuple[str, str, str]:
-    """Validate a mountPoint; return (normalised url, scheme, default mount name)."""
-    text = string(ctx, value, field).strip()
-    if "\0" in text:
-        ctx.fail(field, "contains a NUL character")
-    if text.startswith("/"):
-        return _local(ctx, text, field)
-    scheme, sep, rest = text.partition("://")
+def location(value: object) -> Location:
+    """Validate a mountPoint: a URL or an absolute local path."""
+    txt = string(value).strip()
+    if "\0" in txt:
+        raise Problem("contains a NUL character")
+    if txt.startswith("/"):
+        return _local(txt)
+    scheme, sep, rest = txt.partition("://")
     if not sep:
-        m = _SCHEME_PREFIX.match(text)
+        m = _SCHEME_PREFIX.match(txt)
         if m is None:
-            ctx.fail(field, f"relative local path {text!r}: must be absolute")
+            raise Problem(f"relative local path {txt!r}: must be absolute")
         scheme = m.group(1)
     scheme = scheme.lower()
     if scheme not in SUPPORTED_SCHEMES.split(", "):
-        ctx.fail(field, f"unknown scheme {scheme!r} (supported: {SUPPORTED_SCHEMES})")
+        raise Problem(f"unknown scheme {scheme!r} (supported: {SUPPORTED_SCHEMES})")
     if not sep:
-        ctx.fail(field, f"malformed URL {text!r}: expected {scheme}://...")
-    authority = rest.split("/", 1)[0]
-    if "@" in authority:  # never echo: it may hold a password
-        ctx.fail(field, "credentials in the URL are not allowed; use the credentials field")
+        raise Problem(f"malformed URL {txt!r}: expected {scheme}://...")
+    if "@" in rest.split("/", 1)[0]:  # never echo: it may hold a password
+        raise Problem("credentials in the URL are not allowed; use the credentials field")
     if scheme in ("local", "file"):
         if rest.startswith("localhost/"):
             rest = rest[len("localhost") :]
         if not rest.startswith("/"):
-            ctx.fail(field, f"relative local path {text!r}: must be absolute ({scheme}:///abs/path)")
-        return _local(ctx, rest, field)
+            raise Problem(f"relative local path {txt!r}: must be absolute ({scheme}:///abs/path)")
+        return _local(rest)
     if scheme == "s3":
         bucket, _, prefix = rest.partition("/")
         if not bucket:
-            ctx.fail(field, f"s3 URL {text!r} has no bucket")
+            raise Problem(f"s3 URL {txt!r} has no bucket")
         if _BUCKET.fullmatch(bucket) is None:
-            ctx.fail(field, f"invalid bucket name {bucket!r}")
+            raise Problem(f"invalid bucket name {bucket!r}")
         parts = [p for p in prefix.split("/") if p]
-        check_components(ctx, field, parts, "the URL prefix")
-        return f"s3://{bucket}" + "".join("/" + p for p in parts), "s3", safe_component(bucket)
+        _components(parts, "the URL prefix")
+        return Location(f"s3://{bucket}" + "".join("/" + p for p in parts), "s3", safe_component(bucket))
     split = urlsplit(f"{scheme}://{rest}")
     if not split.hostname:
-        ctx.fail(field, f"{scheme} URL {text!r} has no host")
+        raise Problem(f"{scheme} URL {txt!r} has no host")
     try:
         _ = split.port  # parsing the port raises for a bad one
     except ValueError:
-        ctx.fail(field, f"{scheme} URL {text!r} has an invalid port")
-    check_components(ctx, field, split.path.split("/"), "the URL path")
-    return f"{scheme}://{rest}", scheme, safe_component(split.netloc)
+        raise Problem(f"{scheme} URL {txt!r} has an invalid port") from None
+    _components(split.path.split("/"), "the URL path")
+    return Location(f"{scheme}://{rest}", scheme, safe_component(split.netloc))
 
 
-def _local(ctx: Ctx, path: str, field: str) -> tuple[str, str, str]:
+def _local(path: str) -> Location:
     parts = [p for p in path.split("/") if p]
-    check_components(ctx, field, parts, "a local path")
-    norm = "/" + "/".join(parts)
-    return "file://" + norm, "file", safe_component(parts[-1] if parts else "root")
+    _components(parts, "a local path")
+    return Location("file:///" + "/".join(parts), "file", safe_component(parts[-1] if parts else "root"))
 
 
-def mount_name(ctx: Ctx, value: object, field: str) -> str:
-    name = string(ctx, value, field)
+def mount_name(value: object) -> str:
+    name = string(value)
     if (
         name in (".", "..")
         or "/" in name
@@ -244,100 +197,94 @@ def mount_name(ctx: Ctx, value: object, field: str) -> str:
         or len(name.encode()) > 255
         or name != name.strip()
     ):
-        ctx.fail(field, f"invalid mount name {name!r}: must be a single path component (no '/', not '.' or '..')")
+        raise Problem(f"invalid mount name {name!r}: must be a single path component (no '/', not '.' or '..')")
     return name
 
 
-def mount_path(ctx: Ctx, value: object, field: str) -> str:
-    if value == "":
-        ctx.fail(field, "must not be empty")
-    path = string(ctx, value, field)
+def mount_path(value: object) -> str:
+    path = string(value)
     if "\0" in path:
-        ctx.fail(field, "contains a NUL character")
+        raise Problem("contains a NUL character")
     if not path.startswith("/"):
-        ctx.fail(field, f"must be absolute (start with '/'), got {path!r}")
+        raise Problem(f"must be absolute (start with '/'), got {path!r}")
     if path == "/":
         return path
     parts = path.rstrip("/")[1:].split("/")
     if "" in parts:
-        ctx.fail(field, f"empty path component in {path!r}")
-    check_components(ctx, field, parts, "a mount path")
+        raise Problem(f"empty path component in {path!r}")
+    _components(parts, "a mount path")
     return "/" + "/".join(parts)
 
 
-def option_value(ctx: Ctx, key: str, value: object, field: str) -> str:
+def read_only(value: object) -> bool:
+    if not isinstance(value, bool):
+        raise Problem(f"must be true or false, got {kind_of(value)}")
+    return value
+
+
+def option_value(key: str, value: object) -> str:
     """Coerce one option value to a string and validate the known keys."""
     if key in _SECRET_OPTION_NAMES:  # never echo the value
-        ctx.fail(field, "credentials belong under 'credentials' (env, file or secretKeyRef), not in options")
+        raise Problem("credentials belong under 'credentials' (env, file or secretKeyRef), not in options")
     if isinstance(value, bool):
-        text = "true" if value else "false"
+        txt = "true" if value else "false"
     elif isinstance(value, (int, float, str)):
-        text = str(value)
+        txt = str(value)
     else:
-        ctx.fail(field, f"must be a string, number or boolean, got {kind_of(value)}")
+        raise Problem(f"must be a string, number or boolean, got {kind_of(value)}")
     if key == "addressing_style":
-        if text.lower() not in ("path", "virtual", "auto"):
-            ctx.fail(field, f"must be one of path, virtual, auto, got {text!r}")
-        return text.lower()
+        if txt.lower() not in ("path", "virtual", "auto"):
+            raise Problem(f"must be one of path, virtual, auto, got {txt!r}")
+        return txt.lower()
     if key in ("anonymous", "verify_ssl"):
-        if text.lower() in _TRUE + _FALSE:
-            return "true" if text.lower() in _TRUE else "false"
-        ctx.fail(field, f"must be true or false, got {text!r}")
-    if key == "endpoint" and not re.match(r"(?i)https?://[^/]", text):
-        ctx.fail(field, f"must be an http:// or https:// URL, got {text!r}")
-    return text
+        if txt.lower() in _TRUE + _FALSE:
+            return "true" if txt.lower() in _TRUE else "false"
+        raise Problem(f"must be true or false, got {txt!r}")
+    if key == "endpoint" and not re.match(r"(?i)https?://[^/]", txt):
+        raise Problem(f"must be an http:// or https:// URL, got {txt!r}")
+    return txt
 
 
-def parse_options(ctx: Ctx, value: object, field: str) -> dict[str, str]:
+def options(value: object) -> dict[str, str]:
+    """A mount's ``options`` mapping: string keys, scalar values (coerced to strings)."""
     out: dict[str, str] = {}
-    for key, raw in mapping(ctx, value, field).items():
+    for key, raw in mapping(value).items():
         if not isinstance(key, str) or not key:
-            ctx.fail(sub(field, key), "option names must be non-empty strings")
-        out[key] = option_value(ctx, key, raw, sub(field, key))
+            raise Problem("option names must be non-empty strings", at=(str(key),))
+        try:
+            out[key] = option_value(key, raw)
+        except Problem as exc:
+            raise Problem(str(exc), at=(key, *exc.at)) from None
     return out
 
 
-def secret_ref(ctx: Ctx, value: object, field: str) -> SecretRef:
-    m = mapping(ctx, value, field)
-    forms = ("env", "file", "secretKeyRef")
-    check_keys(ctx, m, field, forms)
-    given = [f for f in forms if f in m]
-    if len(given) != 1:
-        got = f" (got {', '.join(given)})" if given else ""
-        ctx.fail(field, f"must set exactly one of env, file, secretKeyRef{got}")
-    if "env" in m:
-        var = string(ctx, m["env"], f"{field}.env")
-        if _ENV_NAME.fullmatch(var) is None:
-            ctx.fail(f"{field}.env", f"invalid environment variable name {var!r}")
-        return SecretRef(env=var)
-    if "file" in m:
-        path = string(ctx, m["file"], f"{field}.file")
-        if not path.startswith("/"):
-            ctx.fail(f"{field}.file", f"must be an absolute path, got {path!r}")
-        return SecretRef(file=path)
-    ref = mapping(ctx, m["secretKeyRef"], f"{field}.secretKeyRef")
-    check_keys(ctx, ref, f"{field}.secretKeyRef", ("name", "key"))
-    return SecretRef(
-        secret_name=string(ctx, ref.get("name"), f"{field}.secretKeyRef.name"),
-        secret_key=string(ctx, ref.get("key"), f"{field}.secretKeyRef.key"),
-    )
+def env_name(value: object) -> str:
+    var = string(value)
+    if _ENV_NAME.fullmatch(var) is None:
+        raise Problem(f"invalid environment variable name {var!r}")
+    return var
 
 
-def credentials(ctx: Ctx, value: object, field: str) -> dict[str, SecretRef]:
-    out: dict[str, SecretRef] = {}
-    for key, raw in mapping(ctx, value, field).items():
-        if key not in CREDENTIAL_NAMES:
-            check_keys(ctx, {key: None}, field, CREDENTIAL_NAMES)
-        out[CREDENTIAL_NAMES[key]] = secret_ref(ctx, raw, sub(field, key))
-    return out
+def absolute_file(value: object) -> str:
+    path = string(value)
+    if not path.startswith("/"):
+        raise Problem(f"must be an absolute path, got {path!r}")
+    return path
 
 
-def assemble(ctx: Ctx, pending: list[PendingMount]) -> tuple[MountSpec, ...]:
-    """Cross-mount checks (unique names, non-overlapping paths); build the MountSpecs."""
+def mount_list(value: list[T]) -> list[T]:
+    if not value:
+        raise Problem("must list at least one mount")
+    return value
+
+
+def assemble(document: str, pending: list[PendingMount]) -> tuple[MountSpec, ...]:
+    """Checks across mounts (unique names, non-overlapping paths); build the MountSpecs."""
     names: dict[str, str] = {}
     for p in pending:
         if p.name in names:
-            ctx.fail(
+            raise SpecError(
+                document,
                 f"{p.field}.name",
                 f"duplicate mount name {p.name!r} (also used by {names[p.name]}); give each mount a distinct name",
             )
@@ -347,10 +294,10 @@ def assemble(ctx: Ctx, pending: list[PendingMount]) -> tuple[MountSpec, ...]:
     for p in pending:
         path = p.path if p.path is not None else "/" + p.name
         if path == "/" and len(pending) > 1:
-            ctx.fail(f"{p.field}.path", "'/' is only allowed when the dataset has a single mount")
+            raise SpecError(document, f"{p.field}.path", "'/' is only allowed when the dataset has a single mount")
         for other, other_field in placed:
             if path == other or path.startswith(other + "/") or other.startswith(path + "/"):
-                ctx.fail(f"{p.field}.path", f"{path!r} overlaps {other!r} of {other_field}")
+                raise SpecError(document, f"{p.field}.path", f"{path!r} overlaps {other!r} of {other_field}")
         placed.append((path, p.field))
         out.append(
             MountSpec(name=p.name, url=p.url, scheme=p.scheme, path=path, options=p.options, credentials=p.credentials)

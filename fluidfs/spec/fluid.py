@@ -1,15 +1,17 @@
-"""Translate a Fluid ``data.fluid.io/v1alpha1`` Dataset into fluidfs mounts.
+"""Translate a Fluid ``data.fluid.io/v1alpha1`` Dataset into fluidfs mounts, on the schema of ``fluidfs.spec.schema``.
 
 Fluid Datasets are written for Alluxio/JindoFS/JuiceFS runtimes.  We use ``metadata.name``,
 ``spec.mounts[]`` (``mountPoint``, ``name``, ``path``, ``options``, ``encryptOptions``,
 ``readOnly``) and ``spec.sharedOptions`` / ``spec.sharedEncryptOptions`` (merged into every
 mount; the mount's own entries win; shared S3 settings skip http mounts).  Runtime option
 names are mapped to ours (``fs.s3a.endpoint`` -> ``endpoint`` ...); ``encryptOptions`` become
-``secretKeyRef`` credentials for the CSI plugin.
+``secretKeyRef`` credentials for the CSI plugin.  A Fluid mount shares its ``mountPoint``,
+``name`` and ``path`` fields and their checks with a fluidfs mount (``schema.MountBase``).
 
 Everything else -- ``spec.runtimes``, ``spec.nodeAffinity``, ``spec.placement``, unknown mount
 fields, runtime options we have no use for, ``status`` -- is not an error: each produces exactly
-one warning line ``<doc>: <field>: ignored (...)`` in ``Dataset.warnings`` and the log.
+one warning line ``<doc>: <field>: ignored (...)`` in ``Dataset.warnings`` (not logged: the command
+that parsed the document prints each line once).
 Malformed values of the fields we *do* use are errors, as in a fluidfs document.
 
 Caveats: an endpoint without a scheme gets ``https://`` for ``fs.s3a.*`` (Hadoop's default)
@@ -21,26 +23,24 @@ with a warning (fluidfs is always read-only).  Schemes we cannot serve (``oss://
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Iterator, Mapping
+from typing import Annotated, Any
 
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PlainValidator
+
+from fluidfs.errors import SpecError
 from fluidfs.spec.fields import (
     CREDENTIAL_NAMES,
     KNOWN_OPTIONS,
-    Ctx,
     PendingMount,
-    kind_of,
+    Problem,
     mapping,
-    metadata_name,
     mount_list,
-    mount_name,
-    mount_path,
     option_value,
-    parse_mount_point,
-    string,
     sub,
 )
 from fluidfs.spec.model import SecretRef
+from fluidfs.spec.schema import DatasetName, Lenient, MountBase, ReadOnly, Text, validate
 
 __all__ = ["translate", "FLUID_OPTIONS", "FLUID_CREDENTIALS"]
 
@@ -73,103 +73,141 @@ FLUID_CREDENTIALS: dict[str, str] = {
 _S3_ONLY = frozenset({"endpoint", "region", "addressing_style", "anonymous"})
 _IGNORED = "ignored (not used by fluidfs)"
 
-
-def translate(ctx: Ctx, doc: Mapping[str, Any]) -> tuple[str, list[PendingMount]]:
-    """Return (dataset name, mounts) for a Fluid Dataset; warnings are added to ``ctx``."""
-    for key in doc:
-        if key not in ("apiVersion", "kind", "metadata", "spec"):
-            ctx.warn(sub("", key), _IGNORED)
-    name = metadata_name(ctx, doc, fluid=True)
-    spec = mapping(ctx, doc.get("spec"), "spec")
-    for key in spec:
-        if key not in ("mounts", "sharedOptions", "sharedEncryptOptions"):
-            ctx.warn(sub("spec", key), _IGNORED)
-    shared_opts = _options(ctx, spec.get("sharedOptions"), "spec.sharedOptions")
-    shared_creds = _encrypt_options(ctx, spec.get("sharedEncryptOptions"), "spec.sharedEncryptOptions")
-    mounts = mount_list(ctx, spec.get("mounts"), "spec.mounts")
-    return name, [_mount(ctx, raw, f"spec.mounts[{i}]", shared_opts, shared_creds) for i, raw in enumerate(mounts)]
+RawOptions = Annotated[dict[Any, Any], PlainValidator(mapping)]
 
 
-def _mount(
-    ctx: Ctx, value: object, field: str, shared_opts: dict[str, str], shared_creds: dict[str, SecretRef]
-) -> PendingMount:
-    m = mapping(ctx, value, field)
-    for key in m:
-        if key not in ("mountPoint", "name", "path", "options", "encryptOptions", "readOnly"):
-            ctx.warn(sub(field, key), _IGNORED)
-    url, scheme, default_name = parse_mount_point(ctx, m.get("mountPoint"), f"{field}.mountPoint")
-    read_only = m.get("readOnly")
-    if read_only is not None and not isinstance(read_only, bool):
-        ctx.fail(f"{field}.readOnly", f"must be true or false, got {kind_of(read_only)}")
-    if read_only is False:
-        ctx.warn(f"{field}.readOnly", "ignored (fluidfs mounts are read-only)")
-    name = default_name if m.get("name") is None else mount_name(ctx, m["name"], f"{field}.name")
-    path = None if m.get("path") is None else mount_path(ctx, m["path"], f"{field}.path")
-    if scheme != "s3":  # shared S3 settings are for the S3 mounts among several
-        shared_opts = {k: v for k, v in shared_opts.items() if k not in _S3_ONLY}
-    opts = {**shared_opts, **_options(ctx, m.get("options"), f"{field}.options")}
-    creds = {**shared_creds, **_encrypt_options(ctx, m.get("encryptOptions"), f"{field}.encryptOptions")}
-    return PendingMount(field, url, scheme, name, path, opts, creds)
+class FluidSecretKeyRef(Lenient):
+    name: Text
+    key: Text
 
 
-def _options(ctx: Ctx, value: object, field: str) -> dict[str, str]:
-    if value is None:
-        return {}
-    raw = mapping(ctx, value, field)
+class FluidValueFrom(Lenient):
+    secret_key_ref: FluidSecretKeyRef = Field(alias="secretKeyRef")
+
+
+class FluidEncryptOption(Lenient):
+    name: Text
+    value_from: FluidValueFrom = Field(alias="valueFrom")
+
+
+class FluidMount(MountBase):
+    model_config = ConfigDict(extra="allow")
+
+    options: RawOptions | None = None
+    encrypt_options: list[FluidEncryptOption] | None = Field(None, alias="encryptOptions")
+    read_only: ReadOnly | None = Field(None, alias="readOnly")
+
+
+class FluidSpec(Lenient):
+    mounts: Annotated[list[FluidMount], AfterValidator(mount_list)]
+    shared_options: RawOptions | None = Field(None, alias="sharedOptions")
+    shared_encrypt_options: list[FluidEncryptOption] | None = Field(None, alias="sharedEncryptOptions")
+
+
+class FluidObjectMeta(Lenient):
+    name: DatasetName
+
+
+class FluidDataset(Lenient):
+    api_version: str = Field(alias="apiVersion")
+    kind: str
+    metadata: FluidObjectMeta = Field(default_factory=dict, validate_default=True)
+    spec: FluidSpec
+
+
+def translate(doc: Mapping[str, Any], document: str) -> tuple[str, list[PendingMount], list[tuple[str, str]]]:
+    """(dataset name, mounts, warnings as (field, why)) of a Fluid Dataset; SpecError for a mistake."""
+    model: FluidDataset = validate(FluidDataset, doc, document)
+    warnings = [(field, _IGNORED) for field in _ignored(model, "")]
+    spec = model.spec
+    try:
+        shared_opts = _options(spec.shared_options, "spec.sharedOptions", warnings)
+    except Problem as exc:
+        raise SpecError(document, _at("spec.sharedOptions", exc), str(exc)) from None
+    shared_creds = _credentials(spec.shared_encrypt_options, "spec.sharedEncryptOptions", warnings)
+    mounts = []
+    for i, m in enumerate(spec.mounts):
+        field = f"spec.mounts[{i}]"
+        if m.read_only is False:
+            warnings.append((f"{field}.readOnly", "ignored (fluidfs mounts are read-only)"))
+        opts = (
+            shared_opts if m.mount_point.scheme == "s3" else {k: v for k, v in shared_opts.items() if k not in _S3_ONLY}
+        )
+        try:
+            opts = {**opts, **_options(m.options, f"{field}.options", warnings)}
+        except Problem as exc:
+            raise SpecError(document, _at(f"{field}.options", exc), str(exc)) from None
+        creds = {**shared_creds, **_credentials(m.encrypt_options, f"{field}.encryptOptions", warnings)}
+        mounts.append(m.pending(field, opts, creds))
+    return model.metadata.name, mounts, warnings
+
+
+def _at(field: str, exc: Problem) -> str:
+    for part in exc.at:
+        field = sub(field, part)
+    return field
+
+
+def _ignored(model: BaseModel, path: str) -> Iterator[str]:
+    """Field paths of every unknown key in ``model`` and the models inside it."""
+    for key in model.model_extra or {}:
+        yield sub(path, key)
+    for name, info in type(model).model_fields.items():
+        value = getattr(model, name)
+        here = sub(path, info.alias or name)
+        if isinstance(value, BaseModel):
+            yield from _ignored(value, here)
+        elif isinstance(value, list):
+            for i, item in enumerate(value):
+                if isinstance(item, BaseModel):
+                    yield from _ignored(item, f"{here}[{i}]")
+
+
+def _options(raw: Mapping[Any, Any] | None, field: str, warnings: list[tuple[str, str]]) -> dict[str, str]:
+    """Fluid options -> fluidfs options; Problem(at=(key,)) for a bad value of an option we use."""
     out: dict[str, str] = {}
-    for key, val in raw.items():
+    for key, val in (raw or {}).items():
         f = sub(field, key)
         if key in _SSL_FLAGS:
             continue
         if key in FLUID_CREDENTIALS:  # never echo the value
-            ctx.warn(f, "ignored (credentials must come from encryptOptions)")
+            warnings.append((f, "ignored (credentials must come from encryptOptions)"))
             continue
         target = FLUID_OPTIONS.get(key, key if key in KNOWN_OPTIONS else None)
         if target is None:
-            ctx.warn(f, _IGNORED)
+            warnings.append((f, _IGNORED))
             continue
-        text = option_value(ctx, "", val, f)  # coerce to str first
-        if key == "fs.s3a.aws.credentials.provider":
-            if not text.endswith("AnonymousAWSCredentialsProvider"):
-                ctx.warn(f, _IGNORED)
-                continue
-            text = "true"
-        elif target == "addressing_style" and key != target:
-            text = "path" if option_value(ctx, "anonymous", val, f) == "true" else "virtual"
-        elif target == "endpoint" and "://" not in text:
-            flag = next(k for k in _SSL_FLAGS if k.split(".")[0] == key.split(".")[0])
-            secure = option_value(ctx, "anonymous", raw.get(flag, _SSL_FLAGS[flag]), sub(field, flag))
-            text = ("https://" if secure == "true" else "http://") + text
-        out[target] = option_value(ctx, target, text, f)
+        try:
+            text = option_value("", val)  # coerce to str first
+            if key == "fs.s3a.aws.credentials.provider":
+                if not text.endswith("AnonymousAWSCredentialsProvider"):
+                    warnings.append((f, _IGNORED))
+                    continue
+                text = "true"
+            elif target == "addressing_style" and key != target:
+                text = "path" if option_value("anonymous", val) == "true" else "virtual"
+            elif target == "endpoint" and "://" not in text:
+                flag = next(k for k in _SSL_FLAGS if k.split(".")[0] == key.split(".")[0])
+                try:
+                    secure = option_value("anonymous", raw.get(flag, _SSL_FLAGS[flag]))  # type: ignore[union-attr]
+                except Problem as exc:
+                    raise Problem(str(exc), at=(flag,)) from None
+                text = ("https://" if secure == "true" else "http://") + text
+            out[target] = option_value(target, text)
+        except Problem as exc:
+            raise Problem(str(exc), at=exc.at or (key,)) from None
     return out
 
 
-def _encrypt_options(ctx: Ctx, value: object, field: str) -> dict[str, SecretRef]:
-    if value is None:
-        return {}
-    if not isinstance(value, list):
-        ctx.fail(field, f"must be a list, got {kind_of(value)}")
+def _credentials(
+    items: list[FluidEncryptOption] | None, field: str, warnings: list[tuple[str, str]]
+) -> dict[str, SecretRef]:
     out: dict[str, SecretRef] = {}
-    for i, item in enumerate(value):
-        f = f"{field}[{i}]"
-        m = mapping(ctx, item, f)
-        for key in m:
-            if key not in ("name", "valueFrom"):
-                ctx.warn(sub(f, key), _IGNORED)
-        name = string(ctx, m.get("name"), f"{f}.name")
-        value_from = mapping(ctx, m.get("valueFrom"), f"{f}.valueFrom")
-        for key in value_from:
-            if key != "secretKeyRef":
-                ctx.warn(sub(f"{f}.valueFrom", key), _IGNORED)
-        ref = mapping(ctx, value_from.get("secretKeyRef"), f"{f}.valueFrom.secretKeyRef")
-        for key in ref:
-            if key not in ("name", "key"):
-                ctx.warn(sub(f"{f}.valueFrom.secretKeyRef", key), _IGNORED)
-        secret = string(ctx, ref.get("name"), f"{f}.valueFrom.secretKeyRef.name")
-        secret_key = string(ctx, ref.get("key"), f"{f}.valueFrom.secretKeyRef.key")
-        target = FLUID_CREDENTIALS.get(name)
+    for i, item in enumerate(items or ()):
+        target = FLUID_CREDENTIALS.get(item.name)
         if target is None:
-            ctx.warn(f, f"ignored (credential {name!r} is not used by fluidfs)")
+            warnings.append((f"{field}[{i}]", f"ignored (credential {item.name!r} is not used by fluidfs)"))
             continue
-        out[target] = SecretRef(secret_name=secret, secret_key=secret_key)
+        ref = item.value_from.secret_key_ref
+        out[target] = SecretRef(secret_name=ref.name, secret_key=ref.key)
     return out

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,35 +41,13 @@ class MountSpec:
 
 
 @dataclass(frozen=True, slots=True)
-class CacheSpec:
-    """``spec.cache``: every field None means "not set here" (CLI flag or default applies)."""
-
-    directory: str | None = None
-    size: int | None = None  # SSD tier quota, bytes
-    memory_size: int | None = None  # MEM tier quota, bytes
-    block_size: int | None = None  # bytes
-    eviction: str | None = None  # "lru" | "none"
-    readahead: int | None = None  # max readahead window, bytes
-    free_space_floor: int | None = None  # never fill the cache disk below this, bytes
-    sibling_prefetch: int | None = None  # small siblings prefetched per small-file open
-    metrics_addr: str | None = None  # "HOST:PORT" or "none"
-
-
-@dataclass(frozen=True, slots=True)
-class MetadataSpec:
-    """``spec.metadata``: TTLs in seconds; ``math.inf`` means indefinite; None = default."""
-
-    ttl: float | None = None
-    negative_ttl: float | None = None
-
-
-@dataclass(frozen=True, slots=True)
 class Dataset:
     """A validated Dataset: one or more mounts unioned into one tree."""
 
     name: str
     mounts: tuple[MountSpec, ...]
-    cache: CacheSpec = CacheSpec()
-    metadata: MetadataSpec = MetadataSpec()
+    # settings the document gives (spec.cache, spec.metadata, ...): {MountConfig field: typed value};
+    # a setting the document does not give is absent (the command line or the default applies)
+    settings: Mapping[str, Any] = field(default_factory=dict)
     document: str = "<command line>"  # file name the dataset came from, for messages
     warnings: tuple[str, ...] = ()  # one line per ignored (Fluid) field

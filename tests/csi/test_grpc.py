@@ -16,7 +16,8 @@ import pytest
 import fluidfs
 from csi import DRIVER_NAME, TOPOLOGY_KEY
 from csi._gen import csi_pb2 as pb
-from csi.mounts import fluidfs_command, fuse_usable
+from csi.daemons import fluidfs_command
+from csi.mountops import fuse_usable
 from tests.support.csi import Mode, Plugin, cap, cleanup, expect_code
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT

@@ -17,144 +17,37 @@ import signal
 import stat
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import grpc
 import pytest
 
 from csi._gen import csi_pb2 as pb
-from tests.support.csi import Mode, Plugin, cap, cleanup, expect_code, mounts_under
+from tests.support.csi import (
+    BUCKET,
+    DATASET,
+    DEADLINE,
+    SUB,
+    TREE,
+    Mode,
+    Plugin,
+    alive,
+    cap,
+    daemon_pids,
+    expect_code,
+    fluidfs_fuse_mounts,
+    mounts_under,
+    params,
+    publish_req,
+    read_tree,
+    secrets,
+    stage_req,
+    wait_for_tree,
+)
 from tests.support.fuse import needs_fuse
 
 pytestmark = needs_fuse
-
-BUCKET = "csi-data"
-TREE: dict[str, bytes] = {
-    "train/a.bin": os.urandom(300_000),
-    "train/b.txt": b"bee\n",
-    "train/sub/c.txt": b"sea\n" * 100,
-    "train/sub/deep/d.bin": os.urandom(5000),
-    "other/x": b"not in the dataset",
-}
-DATASET = {k[len("train/") :]: v for k, v in TREE.items() if k.startswith("train/")}
-SUB = {k[len("sub/") :]: v for k, v in DATASET.items() if k.startswith("sub/")}
-DEADLINE = 30.0  # bounded wait for a repair; never asserted as a duration
-
-
-@pytest.fixture(scope="module")
-def s3() -> Iterator[object]:
-    from tests.support.s3server import S3Server
-
-    with S3Server(kind="moto", auth=True) as srv:
-        client = srv.client()
-        client.create_bucket(Bucket=BUCKET)
-        for k, v in TREE.items():
-            client.put_object(Bucket=BUCKET, Key=k, Body=v)
-        yield srv
-
-
-def params(srv: object, **extra: str) -> dict[str, str]:
-    return {
-        "url": f"s3://{BUCKET}/train",
-        "endpoint": srv.endpoint,
-        "region": "us-east-1",  # type: ignore[attr-defined]
-        "metadataTTL": "60",
-        **extra,
-    }
-
-
-def secrets(srv: object) -> dict[str, str]:
-    return {"accessKeyId": srv.access_key, "secretAccessKey": srv.secret_key}  # type: ignore[attr-defined]
-
-
-@pytest.fixture
-def workdir(tmp_path: Path) -> Iterator[Path]:
-    yield tmp_path
-    cleanup(str(tmp_path))
-
-
-@pytest.fixture
-def start_plugin(workdir: Path) -> Iterator[Callable[..., Plugin]]:
-    """Start (or restart) the plugin on ``workdir``; without AWS credentials in its environment,
-    so only the CSI secrets can make the mounts work."""
-    started: list[Plugin] = []
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_") or k == "AWS_CA_BUNDLE"}
-
-    def start(*extra: str) -> Plugin:
-        p = Plugin(workdir, extra=list(extra), env=env).start()
-        p.wait_ready()
-        started.append(p)
-        return p
-
-    yield start
-    for p in started:
-        p.stop(signal.SIGKILL)
-
-
-def read_tree(root: str) -> dict[str, bytes]:
-    out = {}
-    for dirpath, _dirs, files in os.walk(root):
-        for name in files:
-            path = os.path.join(dirpath, name)
-            with open(path, "rb") as f:
-                out[os.path.relpath(path, root)] = f.read()
-    return out
-
-
-def wait_for_tree(root: str, want: dict[str, bytes]) -> None:
-    """Poll (bounded) until ``root`` serves exactly ``want``."""
-    deadline = time.monotonic() + DEADLINE
-    last: object = None
-    while time.monotonic() < deadline:
-        try:
-            got = read_tree(root)
-            if got == want:
-                return
-            last = sorted(got)
-        except OSError as e:
-            last = e
-        time.sleep(0.2)
-    raise AssertionError(f"{root} did not serve the dataset again: {last!r}")
-
-
-def fluidfs_fuse_mounts(workdir: Path) -> list[str]:
-    return [mp for mp, t in mounts_under(str(workdir / "state" / "mounts")) if t.startswith("fuse")]
-
-
-def daemon_pids(workdir: Path) -> list[int]:
-    pids = []
-    for f in (workdir / "state" / "datasets").glob("*/daemon.pid"):
-        try:
-            pids.append(int(f.read_text().strip()))
-        except (OSError, ValueError):
-            pass
-    return pids
-
-
-def alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-    except OSError:
-        return False
-
-
-def stage_req(vid: str, stp: str, ctx: dict[str, str], srv: object) -> pb.NodeStageVolumeRequest:
-    return pb.NodeStageVolumeRequest(
-        volume_id=vid, staging_target_path=stp, volume_capability=cap(), volume_context=ctx, secrets=secrets(srv)
-    )
-
-
-def publish_req(vid: str, stp: str, tp: str, ctx: dict[str, str]) -> pb.NodePublishVolumeRequest:
-    return pb.NodePublishVolumeRequest(
-        volume_id=vid,
-        staging_target_path=stp,
-        target_path=tp,
-        volume_capability=cap(),
-        readonly=True,
-        volume_context={**ctx, "csi.storage.k8s.io/pod.name": "p"},
-    )
 
 
 def test_full_lifecycle_every_call_repeated(s3: object, workdir: Path, start_plugin: Callable[..., Plugin]) -> None:
@@ -178,7 +71,7 @@ def test_full_lifecycle_every_call_repeated(s3: object, workdir: Path, start_plu
         assert os.statvfs(tp).f_flag & os.ST_RDONLY
         with pytest.raises(OSError):
             open(os.path.join(tp, "new-file"), "wb")
-    assert len(fluidfs_fuse_mounts(workdir)) == 1
+    assert len(fluidfs_fuse_mounts(workdir / "state")) == 1
 
     stats = p.node.NodeGetVolumeStats(pb.NodeGetVolumeStatsRequest(volume_id=vol.volume_id, volume_path=targets[0]))
     assert {u.unit for u in stats.usage} == {pb.VolumeUsage.BYTES, pb.VolumeUsage.INODES}
@@ -208,7 +101,7 @@ def test_full_lifecycle_every_call_repeated(s3: object, workdir: Path, start_plu
         for _ in range(2):
             p.node.NodeUnpublishVolume(pb.NodeUnpublishVolumeRequest(volume_id=vol.volume_id, target_path=tp))
         assert not os.path.exists(tp)
-    pids = daemon_pids(workdir)
+    pids = daemon_pids(workdir / "state")
     for _ in range(2):
         p.node.NodeUnstageVolume(pb.NodeUnstageVolumeRequest(volume_id=vol.volume_id, staging_target_path=stp))
     for _ in range(2):
@@ -241,17 +134,17 @@ def test_two_pvs_share_one_daemon_and_survive_daemon_and_plugin_kill(
         layout.append((v, stp, tp, want))
     for _v, _stp, tp, want in layout:
         assert read_tree(tp) == want
-    assert len(fluidfs_fuse_mounts(workdir)) == 1, "two PVs of one dataset must share one mount"
-    [pid] = daemon_pids(workdir)
+    assert len(fluidfs_fuse_mounts(workdir / "state")) == 1, "two PVs of one dataset must share one mount"
+    [pid] = daemon_pids(workdir / "state")
     assert alive(pid)
 
     # 1. the FUSE daemon dies: the plugin remounts and re-binds, targets work again
     os.kill(pid, signal.SIGKILL)
     for _v, _stp, tp, want in layout:
         wait_for_tree(tp, want)
-    [pid2] = daemon_pids(workdir)
+    [pid2] = daemon_pids(workdir / "state")
     assert pid2 != pid and alive(pid2)
-    assert len(fluidfs_fuse_mounts(workdir)) == 1
+    assert len(fluidfs_fuse_mounts(workdir / "state")) == 1
     port = re.search(r"metrics on http://[\d.]+:(\d+)/", p.log_tail(200))
     assert port, p.log_tail()
     text = urllib.request.urlopen(f"http://127.0.0.1:{port.group(1)}/metrics", timeout=10).read().decode()
@@ -264,7 +157,7 @@ def test_two_pvs_share_one_daemon_and_survive_daemon_and_plugin_kill(
     p = start_plugin()
     for _v, _stp, tp, want in layout:
         wait_for_tree(tp, want)
-    [pid3] = daemon_pids(workdir)
+    [pid3] = daemon_pids(workdir / "state")
     assert alive(pid3) and pid3 not in (pid, pid2)
 
     # the restarted plugin knows every volume: unpublish/unstage clean everything up
@@ -272,7 +165,7 @@ def test_two_pvs_share_one_daemon_and_survive_daemon_and_plugin_kill(
         p.node.NodeUnpublishVolume(pb.NodeUnpublishVolumeRequest(volume_id=v.volume_id, target_path=tp))
         p.node.NodeUnstageVolume(pb.NodeUnstageVolumeRequest(volume_id=v.volume_id, staging_target_path=stp))
         if v is va:  # one PV gone: the other still holds the shared mount
-            assert len(fluidfs_fuse_mounts(workdir)) == 1
+            assert len(fluidfs_fuse_mounts(workdir / "state")) == 1
             assert read_tree(layout[1][2]) == SUB
     assert mounts_under(str(workdir)) == []
     assert not alive(pid3)
@@ -298,7 +191,7 @@ def test_ephemeral_inline_volume(s3: object, workdir: Path, start_plugin: Callab
     for _ in range(2):
         p.node.NodePublishVolume(req)
     assert read_tree(tp) == SUB
-    assert len(fluidfs_fuse_mounts(workdir)) == 1
+    assert len(fluidfs_fuse_mounts(workdir / "state")) == 1
     for _ in range(2):
         p.node.NodeUnpublishVolume(pb.NodeUnpublishVolumeRequest(volume_id="csi-eph-1", target_path=tp))
     assert mounts_under(str(workdir)) == []
@@ -311,7 +204,7 @@ def test_credentials_stay_private(s3: object, workdir: Path, start_plugin: Calla
     stp = str(workdir / "staging")
     os.makedirs(stp)
     p.node.NodeStageVolume(stage_req("pv-cred", stp, params(s3), s3))
-    [pid] = daemon_pids(workdir)
+    [pid] = daemon_pids(workdir / "state")
     with open(f"/proc/{pid}/cmdline", "rb") as f:
         assert secret.encode() not in f.read()
     with open(f"/proc/{pid}/environ", "rb") as f:
@@ -355,17 +248,17 @@ def test_unstage_grace_keeps_the_mount_for_a_restaging_job(
     os.makedirs(stp)
     unstage = pb.NodeUnstageVolumeRequest(volume_id="pv-g", staging_target_path=stp)
     p.node.NodeStageVolume(stage_req("pv-g", stp, params(s3), s3))
-    [pid] = daemon_pids(workdir)
+    [pid] = daemon_pids(workdir / "state")
     p.node.NodeUnstageVolume(unstage)
-    assert len(fluidfs_fuse_mounts(workdir)) == 1  # kept warm during the grace period
+    assert len(fluidfs_fuse_mounts(workdir / "state")) == 1  # kept warm during the grace period
     p.node.NodeStageVolume(stage_req("pv-g", stp, params(s3), s3))
-    assert daemon_pids(workdir) == [pid], "a re-stage within the grace period reuses the daemon"
+    assert daemon_pids(workdir / "state") == [pid], "a re-stage within the grace period reuses the daemon"
     assert read_tree(stp) == DATASET
     p.node.NodeUnstageVolume(unstage)
     deadline = time.monotonic() + DEADLINE
-    while fluidfs_fuse_mounts(workdir) and time.monotonic() < deadline:
+    while fluidfs_fuse_mounts(workdir / "state") and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert fluidfs_fuse_mounts(workdir) == []
+    assert fluidfs_fuse_mounts(workdir / "state") == []
 
 
 def test_dataset_document_with_secret_refs_and_two_sources(

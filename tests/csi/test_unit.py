@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 import os
 import stat
+import subprocess
+import sys
 
 import grpc
 import pytest
@@ -336,3 +338,153 @@ def test_second_operation_on_one_volume_is_aborted(tmp_path) -> None:
             pass
     with node._volume("v1"):  # released afterwards
         pass
+
+
+# -- budgets, admission, daemon identity, mount syscalls, flags ----------------------------------
+class _Ctx:
+    def __init__(self, remaining: float | None) -> None:
+        self.remaining = remaining
+
+    def time_remaining(self) -> float | None:
+        return self.remaining
+
+
+def test_budget_is_the_callers_deadline_capped() -> None:
+    from csi.rpc import REPLY_MARGIN, Budget
+
+    assert 9 < Budget.of(_Ctx(None), 10).left() <= 10  # type: ignore[arg-type]
+    assert Budget.of(_Ctx(5.0), 10).left() <= 5 - REPLY_MARGIN  # type: ignore[arg-type]
+    assert 9 < Budget.of(_Ctx(100.0), 10).left() <= 10  # type: ignore[arg-type]
+    with pytest.raises(RequestError) as ei:
+        Budget(0.1).require(1.0, "mount")
+    assert ei.value.code == grpc.StatusCode.DEADLINE_EXCEEDED and "mount" in ei.value.message
+
+
+def test_admission_refuses_instead_of_queueing() -> None:
+    from csi.rpc import Admission
+
+    adm = Admission("volume", 2)
+    with adm.slot(), adm.slot():
+        with pytest.raises(RequestError) as ei:
+            with adm.slot():
+                pass
+        assert ei.value.code == grpc.StatusCode.UNAVAILABLE
+    with adm.slot(), adm.slot():  # released again
+        pass
+
+
+def test_a_daemon_is_known_by_pid_and_start_time(tmp_path) -> None:
+    from csi.daemons import daemon_pid, start_marker
+
+    me = os.getpid()
+    m = SharedMount(key="k", mountpoint=str(tmp_path), source="", pid_file=str(tmp_path / "pid"))
+    assert daemon_pid(m) is None  # no pid file, no recorded pid
+    (tmp_path / "pid").write_text(f"{me}\n")
+    assert daemon_pid(m) == me  # a pid file alone (state written by an older plugin)
+    m.daemon_pid, m.daemon_start = me, start_marker(me)
+    assert daemon_pid(m) == me
+    m.daemon_start = start_marker(me) + "0"  # same pid, another process (a new PID namespace)
+    assert daemon_pid(m) is None
+    m.daemon_pid, m.daemon_start = 2**22 + 7, ""  # no such process
+    assert daemon_pid(m) is None
+
+
+@pytest.mark.parametrize(
+    ("script", "code"),
+    [
+        ("echo 'fluidfs: error: dataset: bad' >&2; exit 2", grpc.StatusCode.INVALID_ARGUMENT),
+        ("echo 'fluidfs: error: access denied' >&2; exit 3", grpc.StatusCode.UNAVAILABLE),
+        (
+            "echo 'fluidfs: error: mount did not answer within 1s' >&2; sleep 1; exit 1",
+            grpc.StatusCode.DEADLINE_EXCEEDED,
+        ),
+        ("echo 'fluidfs: error: boom' >&2; exit 1", grpc.StatusCode.INTERNAL),
+    ],
+    ids=["usage", "source", "timeout", "other"],
+)
+def test_mount_failures_map_to_grpc_codes(tmp_path, script: str, code: grpc.StatusCode) -> None:
+    from csi.daemons import MountFailed, start
+
+    m = SharedMount(
+        key="k1",
+        mountpoint=str(tmp_path / "mnt"),
+        source=str(tmp_path / "ds" / "dataset.yaml"),
+        cache_dir=str(tmp_path / "cache"),
+        pid_file=str(tmp_path / "ds" / "daemon.pid"),
+    )
+    os.makedirs(tmp_path / "ds")
+    with pytest.raises(MountFailed) as ei:
+        start(["sh", "-c", script, "fluidfs"], m, timeout=1.0)
+    assert ei.value.code == code, ei.value.message
+    assert "fluidfs: error:" not in ei.value.message and "dataset k1" in ei.value.message
+
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="mount(2) needs root")
+
+
+@needs_root
+def test_stacked_binds_are_read_only_and_all_removed(tmp_path) -> None:
+    from csi.mountops import bind_ro, layers, make_private, top_device, unmount_all
+
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    src.mkdir()
+    dst.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "t", str(src)], check=True)
+    try:
+        make_private(str(src))
+        (src / "f").write_text("x")
+        assert top_device(str(dst)) is None
+        bind_ro(str(src), str(dst))
+        assert top_device(str(dst)) == top_device(str(src)) is not None
+        bind_ro(str(src), str(dst))  # a repair: on top, no unmount
+        assert layers(str(dst)) == 2
+        assert os.statvfs(dst).f_flag & os.ST_RDONLY, "a bind of a writable mount is made read-only"
+        assert (dst / "f").read_text() == "x"
+        assert unmount_all(str(dst)) == 2 and layers(str(dst)) == 0
+        assert unmount_all(str(dst)) == 0  # nothing mounted: fine
+    finally:
+        unmount_all(str(dst), lazy=True)
+        unmount_all(str(src), lazy=True)
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--mode", "node"], "--node-id is required"),
+        (["--mode", "mounter", "--mounter", "unix:///x.sock"], "only the node service forwards"),
+        (["--mode", "node", "--node-id", "n", "--mounter", "x.sock"], "--mounter 'x.sock'"),
+        (["--mode", "node", "--node-id", "n", "--mounter", "/x.sock", "--metrics-addr", ":0"], "supervisor"),
+        (["--mode", "mounter", "--mount-timeout", "0"], "--mount-timeout"),
+        (["--mode", "mounter", "--mount-timeout", "indefinite"], "--mount-timeout"),
+    ],
+)
+def test_flag_mistakes_are_usage_errors(tmp_path, args: list[str], needle: str) -> None:
+    r = subprocess.run(
+        [sys.executable, "-m", "csi", "--endpoint", f"unix://{tmp_path}/s.sock", "--state-dir", str(tmp_path), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 2 and needle in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
+@needs_root
+def test_sweep_removes_what_the_state_does_not_know(tmp_path) -> None:
+    from csi.mountops import layers
+
+    store = StateStore(str(tmp_path / "state"))
+    state = State()
+    mm = MountManager(store, state, cache_root=str(tmp_path / "cache"))
+    for key in ("known", "orphan"):
+        os.makedirs(tmp_path / "state" / "datasets" / key / "secrets")
+        os.makedirs(tmp_path / "state" / "mounts" / key)
+    state.mounts["known"] = SharedMount(key="known", mountpoint=str(tmp_path / "state" / "mounts" / "known"), source="")
+    orphan_mp = str(tmp_path / "state" / "mounts" / "orphan")
+    subprocess.run(["mount", "-t", "tmpfs", "t", orphan_mp], check=True)
+    try:
+        assert mm.sweep_orphans() == ["orphan"]
+        assert layers(orphan_mp) == 0
+        assert sorted(os.listdir(tmp_path / "state" / "datasets")) == ["known"]
+    finally:
+        subprocess.run(["umount", "-l", orphan_mp], capture_output=True)

@@ -85,6 +85,15 @@ def one(objs: list[dict[str, Any]], kind: str) -> dict[str, Any]:
     return found[0]
 
 
+def daemonset(objs: list[dict[str, Any]], component: str) -> dict[str, Any]:
+    """The DaemonSet of ``component``: ``node`` (the CSI node plugin) or ``mounter`` (the mount supervisor)."""
+    found = [
+        o for o in by_kind(objs, "DaemonSet") if o["metadata"]["labels"]["app.kubernetes.io/component"] == component
+    ]
+    assert len(found) == 1, f"expected one {component} DaemonSet, got {len(found)}"
+    return found[0]
+
+
 def container(pod_spec: dict[str, Any], name: str) -> dict[str, Any]:
     for c in pod_spec["containers"]:
         if c["name"] == name:
@@ -204,6 +213,7 @@ def test_default_render_has_exactly_the_core_objects(default_objs: list[dict[str
         [
             "CSIDriver",
             "DaemonSet",
+            "DaemonSet",
             "Deployment",
             "ServiceAccount",
             "ServiceAccount",
@@ -232,7 +242,7 @@ def test_rendered_objects_validate_strictly(
 
 def test_strict_validation_catches_mistakes(default_objs: list[dict[str, Any]]) -> None:
     """Negative control: the validator used above does reject what it should."""
-    ds = copy.deepcopy(one(default_objs, "DaemonSet"))
+    ds = copy.deepcopy(daemonset(default_objs, "mounter"))
     ds["spec"]["template"]["spec"]["containers"][0]["mountPropogation"] = "Bidirectional"
     with pytest.raises(AssertionError, match="mountPropogation"):
         validate_strict(ds, "typo")
@@ -279,35 +289,32 @@ def test_csidriver_can_be_left_out() -> None:
 
 
 def check_node_daemonset(ds: dict[str, Any], kubelet_dir: str, values: dict[str, Any]) -> None:
+    """The node plugin: a CSI endpoint that forwards to the supervisor; no privilege, no mount."""
     pod = ds["spec"]["template"]["spec"]
     assert ds["spec"]["selector"]["matchLabels"].items() <= ds["spec"]["template"]["metadata"]["labels"].items()
+    assert ds["spec"]["updateStrategy"] == values["node"]["updateStrategy"]
     assert pod["priorityClassName"] == "system-node-critical"
     assert pod["automountServiceAccountToken"] is False
+    assert "hostNetwork" not in pod, "the node plugin never needs the network"
 
     plugin = container(pod, "fluidfs")
     args = plugin["args"]
     assert flag(args, "endpoint") == "unix:///csi/csi.sock"
     assert flag(args, "node-id") == "$(NODE_NAME)"
     assert flag(args, "mode") == "node"
-    assert flag(args, "state-dir") == "/var/lib/fluidfs/csi"
-    assert flag(args, "cache-root") == "/var/lib/fluidfs/cache"
-    assert flag(args, "unstage-grace") == str(values["unstageGrace"])
+    assert flag(args, "mounter") == "unix:///run/fluidfs/mounter.sock"
+    assert flag(args, "mount-timeout") == str(values["mounter"]["mountTimeout"])
+    assert flag(args, "metrics-addr") is None, "mount metrics are the supervisor's"
     env = {e["name"]: e for e in plugin["env"]}
     assert env["NODE_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "spec.nodeName"
     assert flag(args, "log-level") == values["logLevel"]
-    assert plugin["securityContext"]["privileged"] is True
-
-    # kubelet dir at the same path, Bidirectional; /dev/fuse; state and cache host paths
-    km = mount(plugin, "kubelet-dir")
-    assert km["mountPath"] == kubelet_dir and km["mountPropagation"] == "Bidirectional"
-    assert volume(pod, "kubelet-dir")["hostPath"] == {"path": kubelet_dir, "type": "Directory"}
-    assert mount(plugin, "fuse-device")["mountPath"] == "/dev/fuse"
-    assert volume(pod, "fuse-device")["hostPath"] == {"path": "/dev/fuse", "type": "CharDevice"}
-    sm = mount(plugin, "state-dir")  # holds the shared dataset mounts (mounts/<key>)
-    assert sm["mountPath"] == flag(args, "state-dir") and sm["mountPropagation"] == "Bidirectional"
-    assert volume(pod, "state-dir")["hostPath"] == {"path": values["stateDir"], "type": "DirectoryOrCreate"}
-    assert mount(plugin, "cache-dir")["mountPath"] == flag(args, "cache-root")
-    assert volume(pod, "cache-dir")["hostPath"] == {"path": values["cache"]["hostPath"], "type": "DirectoryOrCreate"}
+    sc = plugin["securityContext"]
+    assert not sc.get("privileged") and sc["allowPrivilegeEscalation"] is False
+    assert sc["capabilities"] == {"drop": ["ALL"]} and sc["readOnlyRootFilesystem"] is True
+    assert {m["name"] for m in plugin["volumeMounts"]} == {"plugin-dir", "mounter-socket"}
+    assert mount(plugin, "mounter-socket")["mountPath"] == "/run/fluidfs"
+    socket_dir = values["mounter"]["socketDir"]
+    assert volume(pod, "mounter-socket")["hostPath"] == {"path": socket_dir, "type": "DirectoryOrCreate"}
     plugin_dir = f"{kubelet_dir}/plugins/{DRIVER}"
     assert volume(pod, "plugin-dir")["hostPath"] == {"path": plugin_dir, "type": "DirectoryOrCreate"}
     assert mount(plugin, "plugin-dir")["mountPath"] == "/csi"
@@ -333,35 +340,86 @@ def check_node_daemonset(ds: dict[str, Any], kubelet_dir: str, values: dict[str,
     assert pod["nodeSelector"] == values["node"]["nodeSelector"]
 
 
-def test_node_daemonset_defaults(chart: helm.Chart, default_objs: list[dict[str, Any]]) -> None:
-    ds = one(default_objs, "DaemonSet")
-    values = chart.values
-    check_node_daemonset(ds, "/var/lib/kubelet", values)
+def check_mounter_daemonset(
+    ds: dict[str, Any], node_ds: dict[str, Any], kubelet_dir: str, values: dict[str, Any]
+) -> None:
+    """The mount supervisor: never restarted by an upgrade, PID 1 a reaper, owns every mount."""
     pod = ds["spec"]["template"]["spec"]
-    plugin = container(pod, "fluidfs")
-    assert plugin["image"] == f"fluidfs/fluidfs:{chart.metadata['appVersion']}"
-    assert flag(plugin["args"], "metrics-addr") is None  # metrics are off by default
-    assert "hostNetwork" not in pod
-    assert pod["tolerations"] == [{"operator": "Exists"}]
+    node_pod = node_ds["spec"]["template"]["spec"]
+    assert ds["spec"]["selector"]["matchLabels"].items() <= ds["spec"]["template"]["metadata"]["labels"].items()
+    assert ds["spec"]["updateStrategy"] == {"type": "OnDelete"}
+    assert pod["priorityClassName"] == "system-node-critical"
+    assert pod["automountServiceAccountToken"] is False
+    for key in ("nodeSelector", "tolerations", "affinity", "serviceAccountName"):
+        assert pod.get(key) == node_pod.get(key), f"both node DaemonSets share {key}: they run on the same nodes"
+    assert pod["terminationGracePeriodSeconds"] == values["mounter"]["terminationGracePeriodSeconds"]
+
+    sup = container(pod, "mounter")
+    assert sup["command"][:3] == ["python", "-m", "csi.reaper"] and sup["command"][-1] == "--"
+    grace = float(sup["command"][sup["command"].index("--grace") + 1])
+    assert 0 < grace < pod["terminationGracePeriodSeconds"], "the supervisor stops before the kubelet kills it"
+    args = sup["args"]
+    assert args[0] == "fluidfs-csi"
+    assert flag(args, "mode") == "mounter"
+    assert flag(args, "endpoint") == "unix:///run/fluidfs/mounter.sock"
+    assert flag(args, "state-dir") == "/var/lib/fluidfs/csi"
+    assert flag(args, "cache-root") == "/var/lib/fluidfs/cache"
+    assert flag(args, "unstage-grace") == str(values["unstageGrace"])
+    assert flag(args, "mount-timeout") == str(values["mounter"]["mountTimeout"])
+    assert flag(args, "log-level") == values["logLevel"]
+    assert sup["securityContext"]["privileged"] is True
+    assert "livenessProbe" not in sup, "a liveness restart would end every mount on the node"
+    assert sup["resources"] == values["mounter"]["resources"]
+
+    # kubelet dir at the same path, Bidirectional; /dev/fuse; the state dir private; cache; socket
+    km = mount(sup, "kubelet-dir")
+    assert km["mountPath"] == kubelet_dir and km["mountPropagation"] == "Bidirectional"
+    assert volume(pod, "kubelet-dir")["hostPath"] == {"path": kubelet_dir, "type": "Directory"}
+    assert mount(sup, "fuse-device")["mountPath"] == "/dev/fuse"
+    assert volume(pod, "fuse-device")["hostPath"] == {"path": "/dev/fuse", "type": "CharDevice"}
+    sm = mount(sup, "state-dir")  # holds the dataset mounts (mounts/<key>): private to the container
+    assert sm["mountPath"] == flag(args, "state-dir") and "mountPropagation" not in sm
+    assert volume(pod, "state-dir")["hostPath"] == {"path": values["stateDir"], "type": "DirectoryOrCreate"}
+    assert mount(sup, "cache-dir")["mountPath"] == flag(args, "cache-root")
+    assert volume(pod, "cache-dir")["hostPath"] == {"path": values["cache"]["hostPath"], "type": "DirectoryOrCreate"}
+    assert mount(sup, "mounter-socket")["mountPath"] == "/run/fluidfs"
+    assert volume(pod, "mounter-socket") == volume(node_pod, "mounter-socket")
 
 
-def test_node_daemonset_all_features(
+def test_node_daemonsets_defaults(chart: helm.Chart, default_objs: list[dict[str, Any]]) -> None:
+    values = chart.values
+    node, mounter = daemonset(default_objs, "node"), daemonset(default_objs, "mounter")
+    check_node_daemonset(node, "/var/lib/kubelet", values)
+    check_mounter_daemonset(mounter, node, "/var/lib/kubelet", values)
+    for ds, name in ((node, "fluidfs"), (mounter, "mounter")):
+        pod = ds["spec"]["template"]["spec"]
+        assert container(pod, name)["image"] == f"fluidfs/fluidfs:{chart.metadata['appVersion']}"
+        assert "hostNetwork" not in pod
+        assert pod["tolerations"] == [{"operator": "Exists"}]
+    assert flag(container(mounter["spec"]["template"]["spec"], "mounter")["args"], "metrics-addr") is None
+
+
+def test_node_daemonsets_all_features(
     chart: helm.Chart, full_objs: list[dict[str, Any]], all_values: dict[str, Any]
 ) -> None:
     values = chart.merge_values(all_values)
-    ds = one(full_objs, "DaemonSet")
+    node, mounter = daemonset(full_objs, "node"), daemonset(full_objs, "mounter")
     # the trailing slash of kubeletDir is dropped everywhere
-    check_node_daemonset(ds, "/var/lib/k0s/kubelet", values)
-    pod = ds["spec"]["template"]["spec"]
-    plugin = container(pod, "fluidfs")
-    assert plugin["image"] == "registry.example.com/ml/fluidfs:0.1.0-rc1"
-    assert plugin["imagePullPolicy"] == "Always"
-    assert flag(plugin["args"], "metrics-addr") == "0.0.0.0:9900"
-    assert {"name": "metrics", "containerPort": 9900, "protocol": "TCP"} in plugin["ports"]
+    check_node_daemonset(node, "/var/lib/k0s/kubelet", values)
+    check_mounter_daemonset(mounter, node, "/var/lib/k0s/kubelet", values)
+    for ds, name in ((node, "fluidfs"), (mounter, "mounter")):
+        pod = ds["spec"]["template"]["spec"]
+        c = container(pod, name)
+        assert c["image"] == "registry.example.com/ml/fluidfs:0.1.0-rc1"
+        assert c["imagePullPolicy"] == "Always"
+        assert pod["imagePullSecrets"] == [{"name": "regcred"}]
+        assert pod["serviceAccountName"] == "fluidfs-node-sa"
+        assert ds["spec"]["template"]["metadata"]["labels"]["team"] == "ml-platform"
+    pod = mounter["spec"]["template"]["spec"]
+    sup = container(pod, "mounter")
+    assert flag(sup["args"], "metrics-addr") == "0.0.0.0:9900"
+    assert {"name": "metrics", "containerPort": 9900, "protocol": "TCP"} in sup["ports"]
     assert pod["hostNetwork"] is True and pod["dnsPolicy"] == "ClusterFirstWithHostNet"
-    assert pod["imagePullSecrets"] == [{"name": "regcred"}]
-    assert pod["serviceAccountName"] == "fluidfs-node-sa"
-    assert ds["spec"]["template"]["metadata"]["labels"]["team"] == "ml-platform"
 
 
 def test_controller_deployment(chart: helm.Chart, default_objs: list[dict[str, Any]]) -> None:
@@ -422,12 +480,10 @@ def test_rbac_is_least_privilege(default_objs: list[dict[str, Any]]) -> None:
     assert set(granted) == set(needed), "nothing beyond what the provisioner needs"
 
     accounts = {sa["metadata"]["name"]: sa for sa in by_kind(default_objs, "ServiceAccount")}
-    node_sa = controller_sa = None
-    for o in default_objs:
-        if o["kind"] == "DaemonSet":
-            node_sa = o["spec"]["template"]["spec"]["serviceAccountName"]
-        if o["kind"] == "Deployment":
-            controller_sa = o["spec"]["template"]["spec"]["serviceAccountName"]
+    node_sas = {o["spec"]["template"]["spec"]["serviceAccountName"] for o in by_kind(default_objs, "DaemonSet")}
+    assert len(node_sas) == 1, "both node DaemonSets use the node ServiceAccount"
+    (node_sa,) = node_sas
+    controller_sa = one(default_objs, "Deployment")["spec"]["template"]["spec"]["serviceAccountName"]
     assert node_sa in accounts and controller_sa in accounts
     assert accounts[node_sa]["automountServiceAccountToken"] is False
     bound = set()
@@ -505,7 +561,7 @@ def test_storageclass_misconfiguration_fails_with_a_clear_message(sc: dict[str, 
 
 def test_metrics_service_and_servicemonitor(full_objs: list[dict[str, Any]]) -> None:
     svc = one(full_objs, "Service")
-    ds = one(full_objs, "DaemonSet")
+    ds = daemonset(full_objs, "mounter")
     pod_labels = ds["spec"]["template"]["metadata"]["labels"]
     assert svc["spec"]["clusterIP"] == "None"
     assert svc["spec"]["selector"].items() <= pod_labels.items()
@@ -529,8 +585,8 @@ def test_metrics_service_and_servicemonitor(full_objs: list[dict[str, Any]]) -> 
 
 def test_servicemonitor_implies_metrics() -> None:
     objs = objects(render({"metrics": {"serviceMonitor": {"enabled": True}}}))
-    plugin = container(one(objs, "DaemonSet")["spec"]["template"]["spec"], "fluidfs")
-    assert flag(plugin["args"], "metrics-addr") == "0.0.0.0:9809"
+    sup = container(daemonset(objs, "mounter")["spec"]["template"]["spec"], "mounter")
+    assert flag(sup["args"], "metrics-addr") == "0.0.0.0:9809"
     assert one(objs, "Service")["spec"]["ports"][0]["port"] == 9809
     one(objs, "ServiceMonitor")
 

@@ -1,5 +1,6 @@
 """Test harness for the CSI plugin: run ``fluidfs-csi`` as a subprocess, talk to it over its
-unix socket with the generated stubs, and clean up every mount and daemon it left behind."""
+unix socket with the generated stubs, build the requests kubelet would send, and clean up every
+mount and daemon it left behind.  The S3 test dataset (``TREE``) lives here too."""
 
 from __future__ import annotations
 
@@ -38,17 +39,20 @@ class Plugin:
         node_id: str = "node-1",
         extra: list[str] | None = None,
         env: dict[str, str] | None = None,
+        name: str = "",
     ) -> None:
+        """``name`` tells two plugins in one ``workdir`` apart (socket, state dir and log)."""
         self.workdir = workdir
-        self.sock = str(workdir / "csi.sock")
-        self.state_dir = str(workdir / "state")
+        suffix = f"-{name}" if name else ""
+        self.sock = str(workdir / f"csi{suffix}.sock")
+        self.state_dir = str(workdir / f"state{suffix}")
         self.mode = mode
         self.node_id = node_id
         self.extra = extra or []
         self.env = env
         self.proc: subprocess.Popen[bytes] | None = None
         self.channel: grpc.Channel | None = None
-        self.log_path = workdir / "plugin.log"
+        self.log_path = workdir / f"plugin{suffix}.log"
 
     def start(self) -> Plugin:
         if os.path.exists(self.sock):
@@ -135,12 +139,123 @@ def mounts_under(path: str) -> list[tuple[str, str]]:
     ]
 
 
+def layers(path: str) -> int:
+    """How many mounts are stacked on ``path`` in this mount namespace."""
+    return sum(1 for m in mount_table() if m.mountpoint == os.path.normpath(path))
+
+
 def cleanup(workdir: str) -> None:
-    """Kill fluidfs daemons whose pid files live under ``workdir`` and lazily unmount all mounts."""
-    for pid_file in Path(workdir).rglob("daemon.pid"):
+    """Kill fluidfs daemons whose pid files live under ``workdir`` and lazily unmount all mounts.
+
+    The search for pid files never enters a mount point (it may be dead or hung).  A pid is only
+    killed if its command line names ``workdir``: a pid file written inside a PID namespace (a
+    simulated container) holds a pid that means another process on the host."""
+    mounted = {mp for mp, _t in mounts_under(workdir)}
+    for dirpath, dirs, files in os.walk(workdir):
+        dirs[:] = [d for d in dirs if os.path.join(dirpath, d) not in mounted]
+        if "daemon.pid" not in files:
+            continue
         try:
-            os.kill(int(pid_file.read_text().strip()), signal.SIGKILL)
+            pid = int(Path(dirpath, "daemon.pid").read_text().strip())
+            if workdir in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace"):
+                os.kill(pid, signal.SIGKILL)
         except (OSError, ValueError):
             pass
-    for mp, _ in sorted(mounts_under(workdir), key=lambda m: -len(m[0])):
-        subprocess.run(["umount", "-l", mp], capture_output=True)
+    for _ in range(3):  # stacked layers: one pass per layer
+        for mp, _t in sorted(mounts_under(workdir), key=lambda m: -len(m[0])):
+            subprocess.run(["umount", "-l", mp], capture_output=True)
+
+
+# -- the S3 dataset and the requests kubelet sends ---------------------------------------------------
+BUCKET = "csi-data"
+TREE: dict[str, bytes] = {
+    "train/a.bin": os.urandom(300_000),
+    "train/b.txt": b"bee\n",
+    "train/sub/c.txt": b"sea\n" * 100,
+    "train/sub/deep/d.bin": os.urandom(5000),
+    "other/x": b"not in the dataset",
+}
+DATASET = {k[len("train/") :]: v for k, v in TREE.items() if k.startswith("train/")}
+SUB = {k[len("sub/") :]: v for k, v in DATASET.items() if k.startswith("sub/")}
+DEADLINE = 30.0  # bounded wait for a repair; never asserted as a duration
+
+
+def params(srv: Any, **extra: str) -> dict[str, str]:
+    return {
+        "url": f"s3://{BUCKET}/train",
+        "endpoint": srv.endpoint,
+        "region": "us-east-1",
+        "metadataTTL": "60",
+        **extra,
+    }
+
+
+def secrets(srv: Any) -> dict[str, str]:
+    return {"accessKeyId": srv.access_key, "secretAccessKey": srv.secret_key}
+
+
+def stage_req(vid: str, stp: str, ctx: dict[str, str], srv: Any) -> pb.NodeStageVolumeRequest:
+    return pb.NodeStageVolumeRequest(
+        volume_id=vid, staging_target_path=stp, volume_capability=cap(), volume_context=ctx, secrets=secrets(srv)
+    )
+
+
+def publish_req(vid: str, stp: str, tp: str, ctx: dict[str, str]) -> pb.NodePublishVolumeRequest:
+    return pb.NodePublishVolumeRequest(
+        volume_id=vid,
+        staging_target_path=stp,
+        target_path=tp,
+        volume_capability=cap(),
+        readonly=True,
+        volume_context={**ctx, "csi.storage.k8s.io/pod.name": "p"},
+    )
+
+
+def read_tree(root: str) -> dict[str, bytes]:
+    out = {}
+    for dirpath, _dirs, files in os.walk(root):
+        for name in files:
+            path = os.path.join(dirpath, name)
+            with open(path, "rb") as f:
+                out[os.path.relpath(path, root)] = f.read()
+    return out
+
+
+def wait_for_tree(root: str, want: dict[str, bytes]) -> None:
+    """Poll (bounded) until ``root`` serves exactly ``want``."""
+    deadline = time.monotonic() + DEADLINE
+    last: object = None
+    while time.monotonic() < deadline:
+        try:
+            got = read_tree(root)
+            if got == want:
+                return
+            last = sorted(got)
+        except OSError as e:
+            last = e
+        time.sleep(0.2)
+    raise AssertionError(f"{root} did not serve the dataset again: {last!r}")
+
+
+def fluidfs_fuse_mounts(state_dir: Path) -> list[str]:
+    """FUSE mounts under ``state_dir/mounts`` in this mount namespace."""
+    return [mp for mp, t in mounts_under(str(state_dir / "mounts")) if t.startswith("fuse")]
+
+
+def daemon_pids(state_dir: Path) -> list[int]:
+    """The pids in the dataset daemons' pid files (in the PID namespace of whoever mounted them)."""
+    pids = []
+    for f in (state_dir / "datasets").glob("*/daemon.pid"):
+        try:
+            pids.append(int(f.read_text().strip()))
+        except (OSError, ValueError):
+            pass
+    return pids
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except OSError:
+        return False

@@ -29,6 +29,7 @@ LAZY_IMPORTS = {
     ("fluidfs.cli.mount", "fluidfs.daemon.run"): "pyfuse3/trio/cache only on the foreground (daemon) path",
     ("fluidfs.cli.load", "fluidfs.warmup.mount"): "trio only when loading",
     ("fluidfs.cli.load", "fluidfs.warmup.source"): "trio only when loading",
+    ("fluidfs.cli.options", "fluidfs.spec.parse"): "the Dataset parser (pydantic) only for commands that read one",
     ("fluidfs.sources.registry", "fluidfs.sources.local"): "a backend is loaded when a dataset uses it",
     ("fluidfs.sources.registry", "fluidfs.sources.http"): "a backend is loaded when a dataset uses it",
     ("fluidfs.sources.registry", "fluidfs.sources.s3"): "a backend is loaded when a dataset uses it (boto3)",

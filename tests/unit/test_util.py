@@ -8,9 +8,11 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from fluidfs.util.etag import normalize_etag
-from fluidfs.util.mounts import is_mounted, mount_table, mounts_under, unescape
-from fluidfs.util.proc import pid_alive, process_uptime
+from fluidfs.util.mounts import answers, is_mounted, mount_at, mount_table, mounts_under, resolve, unescape
+from fluidfs.util.proc import cmdline, pid_alive, process_uptime, start_time, state
 from fluidfs.util.prom import parse_samples, total
 
 MOUNTINFO = (
@@ -72,3 +74,59 @@ def test_prometheus_samples_and_totals() -> None:
     assert total(samples, "fluidfs_cache_hits_total") == 7.0
     assert total(samples, "fluidfs_cache_hits_total", tier="ssd") == 4.0
     assert total(samples, "missing") == 0.0
+
+
+def test_mount_table_device_and_top_mount(tmp_path: Path) -> None:
+    f = tmp_path / "mountinfo"
+    f.write_text(MOUNTINFO + "42 40 0:46 / /mnt/my\\040data rw - tmpfs tmpfs rw\n")
+    table = mount_table(str(f))
+    assert [m.dev for m in table] == ["8:1", "0:44", "0:45", "0:46"]
+    top = mount_at("/mnt/my data", table)
+    assert top is not None and top.fstype == "tmpfs" and top.dev == "0:46"  # the later one stacks on top
+    assert mount_at("/mnt", table) is None
+
+
+def test_resolve_follows_symlinks_like_realpath(tmp_path: Path) -> None:
+    (tmp_path / "real" / "sub").mkdir(parents=True)
+    (tmp_path / "abs").symlink_to(tmp_path / "real")
+    (tmp_path / "rel").symlink_to("real/sub")
+    (tmp_path / "chain").symlink_to("abs")
+    (tmp_path / "loop").symlink_to("loop")
+    for p in ("abs", "rel", "chain", "abs/sub/..", "rel/../sub", "real/./sub", "missing/x", "abs/missing"):
+        assert resolve(str(tmp_path / p)) == os.path.realpath(tmp_path / p), p
+    old = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        assert resolve("chain/sub") == str(tmp_path / "real" / "sub")
+    finally:
+        os.chdir(old)
+    with pytest.raises(OSError):
+        resolve(str(tmp_path / "loop"))
+
+
+def test_resolve_never_stats_a_mount_point(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    mountpoint = str(tmp_path / "real")
+    seen: list[str] = []
+    lstat = os.lstat
+
+    def spy(path: str) -> os.stat_result:
+        seen.append(path)
+        return lstat(path)
+
+    monkeypatch.setattr(os, "lstat", spy)
+    assert resolve(str(tmp_path / "link" / "x"), {"/", mountpoint}) == mountpoint + "/x"
+    assert str(tmp_path / "link") in seen  # a symlink is looked at ...
+    assert mountpoint not in seen  # ... a mount point never (it may hang)
+
+
+def test_process_identity_and_probe() -> None:
+    me = os.getpid()
+    assert state(me) in ("R", "S")
+    started = start_time(me)
+    assert isinstance(started, int) and started > 0 and start_time(me) == started
+    assert cmdline(me)[0] == sys.executable or os.path.basename(cmdline(me)[0]).startswith("python")
+    assert start_time(2**22 + 12345) is None and cmdline(2**22 + 12345) == [] and state(2**22 + 12345) is None
+    assert answers("/", 5.0)
+    assert answers("/no/such/path", 5.0)  # an error is an answer
