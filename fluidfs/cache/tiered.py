@@ -89,7 +89,7 @@ class TieredCache:
         """Ask ``peer`` on a memory and SSD miss, before the source (None detaches)."""
         self.peer = peer
 
-    async def get(self, key: BlockKey, fetch: Callable[[], Awaitable[bytes]], *, reserved: bool = False) -> Buffer:
+    async def get(self, key: BlockKey, fetch: Callable[[], Awaitable[Buffer]], *, reserved: bool = False) -> Buffer:
         """The block ``key``; ``reserved``: the caller holds memory for it (no fetch slot taken)."""
         while True:
             data = self.mem.get(key)
@@ -122,7 +122,7 @@ class TieredCache:
             del self._flights[key]
             flight.done.set()
 
-    async def _load(self, key: BlockKey, fetch: Callable[[], Awaitable[bytes]], reserved: bool) -> Buffer:
+    async def _load(self, key: BlockKey, fetch: Callable[[], Awaitable[Buffer]], reserved: bool) -> Buffer:
         slot = None if reserved else self._fetch_slots
         token = object()
         if slot is not None:
@@ -151,7 +151,7 @@ class TieredCache:
                 else:
                     await self._ssd_put(key, raw)
             self._update_gauges()
-            return memoryview(raw)
+            return memoryview(raw).toreadonly()
         finally:
             if slot is not None:
                 slot.release_on_behalf_of(token)

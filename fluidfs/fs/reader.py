@@ -95,7 +95,7 @@ class Prefetcher:
         return sum(len(h.data) for h in (*self._unread.values(), *self._read.values()))
 
     def submit(
-        self, key: BlockKey, fetch: Callable[[], Awaitable[bytes]], nbytes: int, owner: Owner | None = None
+        self, key: BlockKey, fetch: Callable[[], Awaitable[Buffer]], nbytes: int, owner: Owner | None = None
     ) -> bool:
         """Start fetching ``key`` in the background; False if there is no room now."""
         if not self.enabled or self.nursery is None:
@@ -157,7 +157,7 @@ class Prefetcher:
                 return True
         return False
 
-    async def _run(self, key: BlockKey, fetch: Callable[[], Awaitable[bytes]], nbytes: int) -> None:
+    async def _run(self, key: BlockKey, fetch: Callable[[], Awaitable[Buffer]], nbytes: int) -> None:
         owner = self._inflight.get(key)
         try:
             data = await self.cache.get(key, fetch, reserved=True)
@@ -224,12 +224,12 @@ class FileReader:
     def _block_len(self, index: int) -> int:
         return max(0, min(self.bs, self.size - index * self.bs))
 
-    def fetcher(self, index: int) -> Callable[[], Awaitable[bytes]]:
+    def fetcher(self, index: int) -> Callable[[], Awaitable[Buffer]]:
         start = index * self.bs
         end = min(start + self.bs, self.size)
 
-        async def fetch() -> bytes:
-            return await self.source.read(self.rel, start, end, self.version)
+        async def fetch() -> Buffer:
+            return await self.source.read_block(self.rel, start, end, self.version)
 
         return fetch
 

@@ -47,9 +47,12 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterator, Mapping
+from http.client import HTTPException
+from http.client import HTTPResponse as SocketResponse
 from typing import Any
 
 import botocore.session
+import urllib3
 from botocore import UNSIGNED
 from botocore.config import Config
 from botocore.exceptions import (
@@ -65,6 +68,7 @@ from botocore.exceptions import (
 from botocore.exceptions import (
     ConnectionError as BotoConnectionError,
 )
+from botocore.response import StreamingBody
 
 from fluidfs.errors import (
     AccessDeniedError,
@@ -116,6 +120,26 @@ _CHANGED_CODES = {"PreconditionFailed", "412"}
 _RANGE_CODES = {"InvalidRange", "416"}
 
 
+def _socket_body(body: Any) -> tuple[urllib3.BaseHTTPResponse, SocketResponse] | None:
+    """The urllib3 response under a botocore body and the ``http.client`` response under that,
+    when reading the latter directly is equivalent to ``body.read()``: a plain ``StreamingBody``
+    (no checksum-validating wrapper), nothing read or decoded yet.  None otherwise (then the
+    caller reads through botocore and copies).
+
+    ``http.client.HTTPResponse.readinto`` receives into the caller's buffer (the socket's
+    ``recv_into`` for everything its small read buffer does not hold), whereas urllib3's and
+    botocore's ``readinto`` read into a new ``bytes`` and copy it."""
+    if type(body) is not StreamingBody:
+        return None
+    raw = getattr(body, "_raw_stream", None)
+    if not isinstance(raw, urllib3.HTTPResponse) or raw.decode_content:
+        return None
+    fp = getattr(raw, "_fp", None)
+    if not isinstance(fp, SocketResponse) or getattr(raw, "_fp_bytes_read", 1) != 0:
+        return None
+    return raw, fp
+
+
 def _code_status(e: ClientError) -> tuple[str, int]:
     err = e.response.get("Error", {}) or {}
     meta = e.response.get("ResponseMetadata", {}) or {}
@@ -127,6 +151,7 @@ class S3Source(Source):
 
     kind = "s3"
     counts_requests = True  # every try, through the before-send hook
+    reads_into = True  # bodies are received straight into block buffers
 
     def __init__(
         self,
@@ -227,7 +252,7 @@ class S3Source(Source):
         url = self.url(path)
         if isinstance(exc, SourceError):
             return exc  # raised by our own hook (deadline passed)
-        if isinstance(exc, (ReadTimeoutError, ConnectTimeoutError)):
+        if isinstance(exc, (ReadTimeoutError, ConnectTimeoutError, TimeoutError)):
             return SourceTimeoutError(f"S3 {op}: endpoint {self._endpoint_name()} did not answer ({exc})", url)
         if isinstance(exc, ClientError):
             code, status = _code_status(exc)
@@ -246,7 +271,7 @@ class S3Source(Source):
             return AccessDeniedError(
                 "no usable AWS credentials (set access_key_id/secret_access_key or AWS_* env)", url
             )
-        if isinstance(exc, (BotoConnectionError, HTTPClientError, IncompleteReadError, OSError)):
+        if isinstance(exc, (BotoConnectionError, HTTPClientError, IncompleteReadError, OSError, HTTPException)):
             return UnavailableError(f"cannot reach endpoint {self._endpoint_name()} ({redact_text(str(exc))})", url)
         if isinstance(exc, BotoCoreError):
             return SourceError(f"S3 {op} failed: {redact_text(str(exc))}", url)
@@ -360,9 +385,8 @@ class S3Source(Source):
                 return
             token = page.get("NextContinuationToken")
 
-    def read(self, path: str, start: int, end: int, version: str = "") -> bytes:
-        if end <= start:
-            return b""
+    def _get(self, path: str, start: int, end: int, version: str) -> dict[str, Any] | None:
+        """GetObject of bytes ``[start, end)``; None when ``start`` is at or past the end (416)."""
         kwargs: dict[str, Any] = {
             "Bucket": self.bucket,
             "Key": self._key(path),
@@ -371,33 +395,91 @@ class S3Source(Source):
         if version:
             kwargs["IfMatch"] = f'"{version}"'
         try:
-            resp = self._client.get_object(**kwargs)
+            return dict(self._client.get_object(**kwargs))
         except ClientError as e:
             code, status = _code_status(e)
             if code in _RANGE_CODES or status == 416:
-                return b""  # start is at or past the end of the object
+                return None
             raise self._error(e, path, "read") from e
         except Exception as e:
             raise self._error(e, path, "read") from e
-        body = resp["Body"]
-        try:
-            data = body.read()
-        except Exception as e:
-            raise self._error(e, path, "read") from e
-        finally:
-            body.close()
+
+    def _check_version(self, resp: Mapping[str, Any], path: str, version: str) -> None:
         got = normalize_etag(resp.get("ETag"))
         if version and got and got != version:
             # a server that ignores If-Match must not hand us bytes of another version
             raise VersionChangedError("object changed since it was opened", self.url(path))
+
+    @staticmethod
+    def _trim(resp: Mapping[str, Any], data: bytes, start: int, end: int) -> bytes:
+        """The requested range of a body that may be longer (a server that ignores ``Range``)."""
         if len(data) > end - start:
-            # a server that ignores Range (answers 200 with the whole object)
             call.count_bytes(len(data) - (end - start))
             if resp.get("ResponseMetadata", {}).get("HTTPStatusCode") == 200 and not resp.get("ContentRange"):
-                data = data[start:end]
-            else:
-                data = data[: end - start]
-        return bytes(data)
+                return data[start:end]
+            return data[: end - start]
+        return data
+
+    def read(self, path: str, start: int, end: int, version: str = "") -> bytes:
+        if end <= start:
+            return b""
+        resp = self._get(path, start, end, version)
+        if resp is None:
+            return b""  # start is at or past the end of the object
+        body = resp["Body"]
+        try:
+            self._check_version(resp, path, version)
+            data = body.read()
+        except SourceError:
+            raise
+        except Exception as e:
+            raise self._error(e, path, "read") from e
+        finally:
+            body.close()
+        return bytes(self._trim(resp, data, start, end))
+
+    def read_into(self, path: str, start: int, buf: memoryview, version: str = "") -> int:
+        """Receive the body straight into ``buf``: ``recv_into`` on the connection's socket, no
+        intermediate ``bytes`` (see :func:`_socket_body`); the connection goes back to the pool
+        once the whole body is read.  A response that is not a plain ranged body of at most
+        ``len(buf)`` bytes (a server ignoring ``Range``) is read as :meth:`read` does and copied."""
+        end = start + len(buf)
+        if end <= start:
+            return 0
+        resp = self._get(path, start, end, version)
+        if resp is None:
+            return 0  # start is at or past the end of the object
+        body = resp["Body"]
+        try:
+            self._check_version(resp, path, version)
+            length = resp.get("ContentLength")
+            status = resp.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            ranged = status == 206 or bool(resp.get("ContentRange")) or start == 0
+            direct = _socket_body(body)
+            if direct is None or not isinstance(length, int) or length > len(buf) or not ranged:
+                data = self._trim(resp, body.read(), start, end)
+                buf[: len(data)] = data
+                return len(data)
+            raw, fp = direct
+            view = buf[:length]
+            got = 0
+            while got < length:
+                n = fp.readinto(view[got:])
+                if not n:
+                    break
+                got += n
+            if got < length:
+                raise UnavailableError(
+                    f"S3 read: the connection closed after {got} of {length} body bytes", self.url(path)
+                )
+            raw.release_conn()  # body complete: the connection can serve the next request
+            return got
+        except SourceError:
+            raise
+        except Exception as e:
+            raise self._error(e, path, "read") from e
+        finally:
+            body.close()  # after release_conn a no-op; otherwise drops a half-read connection
 
     def check(self) -> None:
         try:
