@@ -16,7 +16,8 @@ cache tiers, which may evict it or not admit it: the held reference keeps it), s
 never thrown away and fetched again when the memory tier is smaller than the readahead window.
 Held blocks leave in this order when room is needed: blocks already read (least recently read
 first, none read in the last ``READ_GRACE_SECONDS``, so the kernel's several requests for one
-block all hit), then unread sibling prefetches (no open file
+block all hit; a block two blocks behind the latest read of its object leaves at once), then
+unread sibling prefetches (no open file
 waits for them; they stay in the cache tiers if admitted), then unread blocks older than
 ``STALE_SECONDS``; the unread blocks of a file are dropped when it is closed.  A block dropped
 unread counts as *wasted*, so ``issued = used + wasted + held unread`` at every moment.
@@ -131,6 +132,23 @@ class Prefetcher:
             self._read.move_to_end(key)
         elif key in self._inflight:
             self._used_early.add(key)
+        self._release_behind(key)
+
+    def _release_behind(self, key: BlockKey) -> None:
+        """Blocks of the same object two or more blocks behind a read of ``key`` are done with:
+        they leave the budget at once instead of after ``READ_GRACE_SECONDS`` (they stay in the
+        cache tiers if admitted).  Otherwise a stream faster than ``slots`` blocks per grace
+        period would find every slot taken by blocks it has already read and stop prefetching."""
+        behind = [
+            k
+            for k in self._read
+            if k.index < key.index - 1
+            and k.url == key.url
+            and k.version == key.version
+            and k.block_size == key.block_size
+        ]
+        for k in behind:
+            del self._read[k]
 
     def forget(self, owner: Owner) -> None:
         """``owner``'s file was closed: drop its blocks (those not read yet count as wasted)."""
