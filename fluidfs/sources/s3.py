@@ -36,10 +36,20 @@ instance metadata); ``anonymous=True`` sends unsigned requests.  Credentials are
 no key starts with ``prefix/`` (an empty "directory" made by a marker object ``prefix/`` exists;
 a bucket without any objects is fine when no prefix was given).
 
+Block reads (``read_into`` / ``read_block``): the body of a ranged GET is received straight into
+the caller's buffer (a pooled huge-page block buffer) with ``http.client``'s ``readinto`` on the
+connection, so a 4 MiB block costs no intermediate ``bytes`` (botocore's and urllib3's own
+``readinto`` read into a new ``bytes`` and copy it).  The length is checked against
+``Content-Length`` (a short body is UnavailableError, a stalled one SourceTimeoutError through the
+socket's read timeout) and the connection returns to the pool once the body is complete.
+
 Caveats: listings and stats are not atomic with respect to writers (S3 offers no snapshot);
 version tokens catch changed content at read time.  An object hidden by a same-named prefix
 is unreachable through fluidfs.  A stat of a file costs two requests (LIST, then HEAD); both are
-counted in the source metrics.
+counted in the source metrics.  The direct body path reaches under botocore's ``StreamingBody``
+(``_raw_stream``) and urllib3's response (``_fp``): :mod:`fluidfs.sources.s3_body` checks the
+types and state it relies on and otherwise falls back to ``body.read()`` and a copy (correct, slower);
+``tests/sources/test_s3_readinto.py`` fails if a library upgrade makes the fast path go away.
 """
 
 from __future__ import annotations
@@ -48,11 +58,9 @@ import logging
 import os
 from collections.abc import Iterator, Mapping
 from http.client import HTTPException
-from http.client import HTTPResponse as SocketResponse
 from typing import Any
 
 import botocore.session
-import urllib3
 from botocore import UNSIGNED
 from botocore.config import Config
 from botocore.exceptions import (
@@ -68,7 +76,6 @@ from botocore.exceptions import (
 from botocore.exceptions import (
     ConnectionError as BotoConnectionError,
 )
-from botocore.response import StreamingBody
 
 from fluidfs.errors import (
     AccessDeniedError,
@@ -80,6 +87,7 @@ from fluidfs.errors import (
 )
 from fluidfs.sources import call
 from fluidfs.sources.base import Entry, Source
+from fluidfs.sources.s3_body import direct_body, receive_into
 from fluidfs.util.etag import normalize_etag
 from fluidfs.util.redact import redact_text, redact_url
 
@@ -118,26 +126,6 @@ _UNAVAILABLE_CODES = {
 }
 _CHANGED_CODES = {"PreconditionFailed", "412"}
 _RANGE_CODES = {"InvalidRange", "416"}
-
-
-def _socket_body(body: Any) -> tuple[urllib3.BaseHTTPResponse, SocketResponse] | None:
-    """The urllib3 response under a botocore body and the ``http.client`` response under that,
-    when reading the latter directly is equivalent to ``body.read()``: a plain ``StreamingBody``
-    (no checksum-validating wrapper), nothing read or decoded yet.  None otherwise (then the
-    caller reads through botocore and copies).
-
-    ``http.client.HTTPResponse.readinto`` receives into the caller's buffer (the socket's
-    ``recv_into`` for everything its small read buffer does not hold), whereas urllib3's and
-    botocore's ``readinto`` read into a new ``bytes`` and copy it."""
-    if type(body) is not StreamingBody:
-        return None
-    raw = getattr(body, "_raw_stream", None)
-    if not isinstance(raw, urllib3.HTTPResponse) or raw.decode_content:
-        return None
-    fp = getattr(raw, "_fp", None)
-    if not isinstance(fp, SocketResponse) or getattr(raw, "_fp_bytes_read", 1) != 0:
-        return None
-    return raw, fp
 
 
 def _code_status(e: ClientError) -> tuple[str, int]:
@@ -439,9 +427,9 @@ class S3Source(Source):
         return bytes(self._trim(resp, data, start, end))
 
     def read_into(self, path: str, start: int, buf: memoryview, version: str = "") -> int:
-        """Receive the body straight into ``buf``: ``recv_into`` on the connection's socket, no
-        intermediate ``bytes`` (see :func:`_socket_body`); the connection goes back to the pool
-        once the whole body is read.  A response that is not a plain ranged body of at most
+        """Receive the body straight into ``buf`` (:mod:`fluidfs.sources.s3_body`: ``recv_into`` on
+        the connection's socket, no intermediate ``bytes``; the connection goes back to the pool
+        once the whole body is read).  A response that is not a plain ranged body of at most
         ``len(buf)`` bytes (a server ignoring ``Range``) is read as :meth:`read` does and copied."""
         end = start + len(buf)
         if end <= start:
@@ -455,24 +443,16 @@ class S3Source(Source):
             length = resp.get("ContentLength")
             status = resp.get("ResponseMetadata", {}).get("HTTPStatusCode")
             ranged = status == 206 or bool(resp.get("ContentRange")) or start == 0
-            direct = _socket_body(body)
-            if direct is None or not isinstance(length, int) or length > len(buf) or not ranged:
+            direct = direct_body(body)
+            if direct is None or not isinstance(length, int) or not 0 < length <= len(buf) or not ranged:
                 data = self._trim(resp, body.read(), start, end)
                 buf[: len(data)] = data
                 return len(data)
-            raw, fp = direct
-            view = buf[:length]
-            got = 0
-            while got < length:
-                n = fp.readinto(view[got:])
-                if not n:
-                    break
-                got += n
+            got = receive_into(direct, buf[:length])
             if got < length:
                 raise UnavailableError(
                     f"S3 read: the connection closed after {got} of {length} body bytes", self.url(path)
                 )
-            raw.release_conn()  # body complete: the connection can serve the next request
             return got
         except SourceError:
             raise

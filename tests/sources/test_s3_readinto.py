@@ -105,7 +105,7 @@ def test_connection_is_reused(src: S3Source) -> None:
 
 
 def test_copy_path_when_the_body_cannot_be_read_directly(src: S3Source, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(s3mod, "_socket_body", lambda body: None)
+    monkeypatch.setattr(s3mod, "direct_body", lambda body: None)
     assert fill(src, 5, BLOCK) == BODY[5 : 5 + BLOCK]
     assert fill(src, len(BODY) - 3, 10) == BODY[-3:]
 
