@@ -4,11 +4,11 @@
 RAM), else from the cluster's peer tier when one is attached (``attach_peer``; kept where its
 ``placement`` says), else by awaiting ``fetch()`` exactly once however many tasks ask for
 the same block at the same time; if that one fetch fails, every task waiting for it gets the
-same error (a source that does not answer costs them one timeout together, not one each).  Blocks are never
-copied between tiers: the memory tier adopts the buffer the SSD tier, the peer tier or ``fetch``
-produced.  Fetched blocks go into RAM at once and into the SSD tier in the background (bounded: at
-most ``ssd_write_slots`` writes in flight; beyond that the reader waits, which is the back-pressure
-that keeps memory bounded).
+same error (a source that does not answer costs them one timeout together, not one each).
+Blocks are never copied between tiers: the memory tier adopts the buffer the SSD tier, the peer
+tier or ``fetch`` produced.  Fetched blocks go into RAM at once and into the SSD tier in the
+background (bounded: at most ``ssd_write_slots`` writes in flight; beyond that the reader waits,
+which is the back-pressure that keeps memory bounded).
 
 Memory: with ``fetch_slots`` at most that many blocks are being loaded (from the SSD tier or the
 source) or waiting for their SSD write at once; readers wait for a slot.  Readahead reserves its
