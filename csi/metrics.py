@@ -6,9 +6,15 @@
 - ``fluidfs_csi_recoveries_total{kind}``: repairs performed; ``kind`` is ``mount`` (a dead FUSE
   daemon remounted) or ``bind`` (a stale staging/publish bind re-bound).
 - ``fluidfs_csi_shared_mounts``: node-level fluidfs mounts currently held.
+- ``fluidfs_csi_dataset_info{dataset, dataset_key}``: 1 per dataset mounted on the node: the
+  name its daemon labels its own metrics with, and its dataset key (``fluidfs.spec.identity``),
+  so that fluidfs-controller can publish the ``cache.fluidfs.io/<dataset_key>`` node labels from
+  the daemons' cache metrics.  Bounded by the datasets mounted on the node.
 """
 
 from __future__ import annotations
+
+import threading
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
@@ -30,8 +36,34 @@ RECOVERIES = Counter(
 SHARED_MOUNTS = Gauge(
     "fluidfs_csi_shared_mounts", "Node-level fluidfs mounts held by the CSI plugin", registry=REGISTRY
 )
+DATASET_INFO = Gauge(
+    "fluidfs_csi_dataset_info",
+    "1 per dataset mounted on the node: its metrics name and dataset key (cache.fluidfs.io/<key> labels)",
+    ["dataset", "dataset_key"],
+    registry=REGISTRY,
+)
 for _kind in ("mount", "bind"):
     RECOVERIES.labels(kind=_kind)
+_DATASETS: dict[str, tuple[str, str]] = {}  # shared mount key -> (dataset name, dataset key)
+_DATASETS_LOCK = threading.Lock()
+
+
+def set_dataset(mount_key: str, name: str, dataset_key: str) -> None:
+    """Publish that shared mount ``mount_key`` serves dataset ``name`` of key ``dataset_key``."""
+    with _DATASETS_LOCK:
+        _DATASETS[mount_key] = (name, dataset_key)
+        DATASET_INFO.labels(dataset=name, dataset_key=dataset_key).set(1)
+
+
+def drop_dataset(mount_key: str) -> None:
+    """The shared mount ``mount_key`` is gone (the series goes with the last mount of its pair)."""
+    with _DATASETS_LOCK:
+        pair = _DATASETS.pop(mount_key, None)
+        if pair is not None and pair not in _DATASETS.values():
+            try:
+                DATASET_INFO.remove(*pair)
+            except KeyError:
+                pass
 
 
 def set_volume(volume_id: str, healthy: bool) -> None:

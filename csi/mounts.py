@@ -6,6 +6,7 @@ Layout under ``--state-dir``::
     datasets/<key>/dataset.yaml   the generated Dataset document (credentials as {file: ...})
     datasets/<key>/secrets/<k>    one 0600 file per CSI secret value (dir 0700)
     datasets/<key>/daemon.pid, daemon.log
+    datasets/<key>/identity.json  the dataset's name and dataset key (``fluidfs_csi_dataset_info``)
 
 and ``--cache-root/<key>/`` holds the dataset's block cache (kept after unmount: warm restarts).
 
@@ -35,6 +36,7 @@ first stage's settings win until the mount is released.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import re
@@ -47,6 +49,7 @@ from collections.abc import Iterator, Mapping
 import grpc
 import yaml
 
+from fluidfs.spec import identity
 from fluidfs.util.mounts import is_mounted, mounts_under
 
 from . import daemons, metrics
@@ -63,6 +66,8 @@ PROBE_TIMEOUT = 5.0  # one statvfs health check
 STOP_TIMEOUT = 30.0  # one `fluidfs umount`
 MIN_MOUNT_TIME = 2.0  # a mount attempt is not started with less time than this left
 _SECRET_KEY_RE = re.compile(r"^[A-Za-z0-9._-]{1,253}$")
+#: datasets/<key>/identity.json: the dataset's name and key, for fluidfs_csi_dataset_info
+IDENTITY_FILE = "identity.json"
 
 
 def _write_private(path: str, data: str) -> None:
@@ -108,6 +113,16 @@ class MountManager:
         with self.state_lock:
             self.store.save(self.state)
             metrics.SHARED_MOUNTS.set(len(self.state.mounts))
+
+    def publish_datasets(self) -> None:
+        """Export ``fluidfs_csi_dataset_info`` for the mounts of the state (after a restart)."""
+        for key in self.keys():
+            try:
+                with open(os.path.join(self.state_dir, "datasets", key, IDENTITY_FILE), encoding="utf-8") as f:
+                    ident = json.load(f)
+                metrics.set_dataset(key, str(ident["dataset"]), str(ident["dataset_key"]))
+            except (OSError, ValueError, KeyError, TypeError):
+                log.debug("dataset %s: no identity file (mounted by an older plugin)", key)
 
     def keys(self) -> list[str]:
         with self.state_lock:
@@ -162,6 +177,7 @@ class MountManager:
         with self.state_lock:
             self.state.mounts[key] = m
             self.save()
+        metrics.set_dataset(key, req.name, identity.key_of(req.dataset_digest()))
         return m
 
     def _prepare(self, key: str, req: DatasetRequest, secrets: Mapping[str, str]) -> SharedMount:
@@ -181,6 +197,8 @@ class MountManager:
         doc = build_document(req, files)
         source = os.path.join(ddir, "dataset.yaml")
         _write_private(source, yaml.safe_dump(doc, sort_keys=False))
+        ident = {"dataset": req.name, "dataset_key": identity.key_of(req.dataset_digest())}
+        _write_private(os.path.join(ddir, IDENTITY_FILE), json.dumps(ident))
         return SharedMount(
             key=key,
             mountpoint=os.path.join(self.state_dir, "mounts", key),
@@ -248,6 +266,7 @@ class MountManager:
         with self.state_lock:
             self.state.mounts.pop(m.key, None)
             self.save()
+        metrics.drop_dataset(m.key)
 
     # -- binds ----------------------------------------------------------------------------------
     def source_of(self, vol: Volume) -> str:

@@ -148,6 +148,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         metrics.SHARED_MOUNTS.set(len(state.mounts))
         for vid in state.volumes:
             metrics.set_volume(vid, True)
+        manager.publish_datasets()
     if manager is not None:
         manager.sweep_orphans()  # before serving: a mount in progress is not in the state yet
     if monitor is not None:

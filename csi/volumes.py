@@ -34,6 +34,7 @@ import grpc
 import yaml
 
 from fluidfs.config import SETTINGS, Setting
+from fluidfs.spec import identity
 
 from . import EPHEMERAL_KEY
 from ._gen import csi_pb2 as pb
@@ -87,8 +88,7 @@ def invalid(message: str) -> RequestError:
 
 def digest(obj: Any) -> str:
     """Stable sha256 hex digest of a JSON-able object."""
-    text = json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+    return identity.digest(obj)
 
 
 def identity_context(ctx: Mapping[str, str]) -> dict[str, str]:
@@ -113,14 +113,11 @@ class DatasetRequest:
     pin_to_node: bool = False
 
     def dataset_digest(self) -> str:
-        """Identifies the data (not cache settings, not subPath): equal digests share a mount."""
+        """Identifies the data (not cache settings, not subPath): equal digests share a mount.
+        Its first 20 hex digits are the dataset key (``fluidfs.spec.identity``)."""
         if self.document is not None:
-            doc = dict(self.document)
-            spec = dict(doc.get("spec") or {})
-            spec.pop("cache", None)
-            doc["spec"] = spec
-            return digest({"dataset": doc})
-        return digest({"url": self.url, "options": dict(self.options)})
+            return identity.document_digest(self.document)
+        return identity.url_digest(self.url, self.options)
 
 
 def has_dataset(ctx: Mapping[str, str]) -> bool:
@@ -232,7 +229,7 @@ def mount_key(dataset_digest: str, secrets: Mapping[str, str]) -> str:
 
 def volume_id_for(name: str, req: DatasetRequest) -> str:
     """CreateVolume's volume id: deterministic from the dataset and the request name."""
-    return f"fluidfs-{req.dataset_digest()[:20]}-{digest(name)[:8]}"
+    return f"fluidfs-{identity.key_of(req.dataset_digest())}-{digest(name)[:8]}"
 
 
 # -- capabilities -------------------------------------------------------------------------------

@@ -80,6 +80,17 @@ META_HITS = Counter(
     "fluidfs_metadata_hits_total", "Lookups/listings answered from the metadata cache", ["dataset", "op"]
 )
 META_MISSES = Counter("fluidfs_metadata_misses_total", "Lookups/listings that went to the source", ["dataset", "op"])
+# dataset size (the control plane's "cached %"): read from the namespace at scrape time
+DATASET_SIZE = Gauge(
+    "fluidfs_dataset_size_bytes",
+    "Bytes of the regular files the mount has seen (the dataset's size once complete is 1)",
+    ["dataset"],
+)
+DATASET_SIZE_COMPLETE = Gauge(
+    "fluidfs_dataset_size_complete",
+    "1 once every directory the mount has seen was listed: fluidfs_dataset_size_bytes is the dataset's size",
+    ["dataset"],
+)
 
 
 # --- cluster peer tier (fluidfs/cluster) -------------------------------------------------

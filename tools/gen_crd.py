@@ -1,9 +1,11 @@
 """Write the Dataset CRD into the Helm chart: ``python -m tools.gen_crd``.
 
-The CRD is built by ``fluidfs.control.crd`` (one declaration for the schema, the defaults it
-documents and the controller's parser); the chart's template wraps it in the chart's toggle
-(``datasetController.installCRD``) and labels, and keeps it on ``helm uninstall`` (deleting a
-CRD deletes every Dataset).  A test fails when the template is out of date.
+The CRD is built by ``fluidfs.control.crd``: its ``spec`` schema is derived from the pydantic
+models the controller parses a resource with (``fluidfs.control.schema``), whose settings
+sections come from the settings table (``fluidfs.config``), so a new setting reaches the CRD by
+running this command, with no other change.  The chart's template wraps it in the chart's
+toggle (``datasetController.installCRD``) and labels, and keeps it on ``helm uninstall``
+(deleting a CRD deletes every Dataset).  A test fails when the template is out of date.
 """
 
 from __future__ import annotations

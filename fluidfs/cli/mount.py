@@ -25,11 +25,8 @@ from fluidfs.errors import ConfigError
 
 def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     dataset, cfg = prepare(args)
-    if args.timeout < cfg.request_timeout + 10:  # a source that does not answer must be reported (exit 3)
-        raise ConfigError(
-            f"--timeout {args.timeout:g}s must exceed the source request timeout "
-            f"({cfg.request_timeout:g}s, --request-timeout) by at least 10s"
-        )
+    if args.timeout <= 0:
+        raise ConfigError(f"--timeout {args.timeout:g}s must be positive")
     for w in dataset.warnings:
         print(f"fluidfs: warning: {w}", file=sys.stderr)
     problem = (
@@ -44,7 +41,25 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
         return spawn_and_wait(daemon_command(argv), mnt, args.log_file, args.timeout)
     from fluidfs.daemon.run import run_foreground  # start-up cost: only the daemon needs it
 
-    return run_foreground(dataset, cfg, args.mountpoint, args.ready_fd, args.pid_file, nonempty=args.nonempty)
+    return run_foreground(
+        dataset,
+        cfg,
+        args.mountpoint,
+        args.ready_fd,
+        args.pid_file,
+        nonempty=args.nonempty,
+        check_timeout=check_timeout(args.timeout),
+    )
+
+
+def check_timeout(timeout: float) -> float:
+    """The deadline of the start-up source check within a mount's ``--timeout``.
+
+    The check must end (a source that does not answer is exit 3) before the parent stops waiting:
+    it leaves 10 s for the daemon's start and the mount, or half of a shorter timeout.  The request
+    timeout of every later operation is not changed by it.
+    """
+    return max(timeout / 2, timeout - 10)
 
 
 def add_parser(sub: Any) -> None:

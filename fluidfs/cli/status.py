@@ -14,6 +14,13 @@ The mount is found through the mount table (never touching it); before the walk,
 ``statvfs`` checks that it answers within :data:`PROBE_TIMEOUT` seconds, so a mount whose daemon
 is stopped or hangs gives one line (exit 1) instead of a hang.
 
+When the mount is a member of a cluster cache (it exports the peer tier's metrics), a
+``cluster`` line gives the members it sees and its share of the blocks; with ``--controller
+URL`` (fluidfs-controller's metrics endpoint) a ``workers`` line gives the dataset's cache
+workers and what the autoscaler recommends (``kubectl describe dataset`` says why).  The
+dataset's size is the one the mount has seen (``fluidfs_dataset_size_bytes``): complete once
+every directory was listed, else a lower bound.
+
 Caveats: the "% cached" walk costs one ``getxattr`` (a FUSE round trip) per file, done by 16
 threads; on millions of files give a PATH.  Files that are partly cached count with their
 fraction.  Without a metrics endpoint (``--metrics-addr none``) tier usage of the SSD tier is
@@ -25,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -80,13 +88,51 @@ def metrics_summary(samples: list[Sample]) -> dict[str, Any]:
         "readahead": {
             k: int(total(samples, f"fluidfs_readahead_{k}_bytes_total")) for k in ("issued", "used", "wasted")
         },
+        "dataset_size": _dataset_size(samples),
+        "cluster": _cluster(samples),
     }
+
+
+def _dataset_size(samples: list[Sample]) -> dict[str, Any] | None:
+    if not any(s.name == "fluidfs_dataset_size_bytes" for s in samples):
+        return None
+    return {
+        "bytes": int(total(samples, "fluidfs_dataset_size_bytes")),
+        "complete": total(samples, "fluidfs_dataset_size_complete") > 0,
+    }
+
+
+def _cluster(samples: list[Sample]) -> dict[str, Any] | None:
+    """The peer tier as this member sees it; None when the mount is not a cluster member."""
+    if not any(s.name == "fluidfs_peer_members" for s in samples):
+        return None
+    lookups = sorted({s.labels.get("result", "") for s in samples if s.name == "fluidfs_peer_lookups_total"})
+    return {
+        "members": int(total(samples, "fluidfs_peer_members")),
+        "ownership_share": total(samples, "fluidfs_peer_ownership_share_ratio"),
+        "peer_bytes_received": int(total(samples, "fluidfs_peer_bytes_total", side="client")),
+        "peer_bytes_served": int(total(samples, "fluidfs_peer_bytes_total", side="server")),
+        "lookups": {r: int(total(samples, "fluidfs_peer_lookups_total", result=r)) for r in lookups},
+    }
+
+
+def autoscaler_summary(samples: list[Sample], dataset: str) -> list[dict[str, Any]]:
+    """What fluidfs-controller's metrics say of ``dataset``'s cache workers (one entry per namespace)."""
+    out: dict[str, dict[str, Any]] = {}
+    for s in samples:
+        if s.labels.get("dataset") != dataset:
+            continue
+        key = {"fluidfs_autoscaler_replicas": "replicas", "fluidfs_autoscaler_recommended_replicas": "recommended"}
+        if s.name in key:
+            ns = s.labels.get("namespace", "")
+            out.setdefault(ns, {"namespace": ns})[key[s.name]] = int(s.value)
+    return [out[ns] for ns in sorted(out)]
 
 
 # ----------------------------------------------------------------------------- the command
 
 
-def collect(mountpoint: str, paths: Sequence[str]) -> dict[str, Any]:
+def collect(mountpoint: str, paths: Sequence[str], controller: str | None = None) -> dict[str, Any]:
     """Everything ``fluidfs status`` shows, as a JSON-able dict."""
     rec = require_mount(mountpoint)
     mnt = str(rec["mountpoint"])
@@ -119,6 +165,11 @@ def collect(mountpoint: str, paths: Sequence[str]) -> dict[str, Any]:
     if stats is None:
         stats = _stats_without_metrics(cfg)
     out.update(stats)
+    if controller:
+        try:
+            out["autoscaler"] = autoscaler_summary(fetch_samples(controller), str(rec.get("dataset") or ""))
+        except (OSError, ValueError) as exc:
+            out["autoscaler_error"] = f"{controller}: {exc}"
     t0 = time.monotonic()
     summary = cached_summary(mnt, rels)
     out["cached"] = {**asdict(summary), "fraction": summary.fraction, "scan_seconds": time.monotonic() - t0}
@@ -139,7 +190,7 @@ def _stats_without_metrics(cfg: dict[str, Any]) -> dict[str, Any]:
             tiers["ssd"]["used_bytes"] = SSDTier.inspect(str(cfg["cache_dir"])).used_bytes
         except OSError:
             pass
-    return {"tiers": tiers, "hit_ratio": None, "source": None, "readahead": None}
+    return {"tiers": tiers, "hit_ratio": None, "source": None, "readahead": None, "dataset_size": None, "cluster": None}
 
 
 def _size(v: Any) -> str:
@@ -201,6 +252,25 @@ def render(st: dict[str, Any]) -> str:
         )
     else:
         lines.append(f"  source     unknown (metrics {'unreachable' if st.get('metrics_error') else 'off'})")
+    size = st.get("dataset_size")
+    if size:
+        how = "every directory listed" if size["complete"] else "at least: not every directory listed yet"
+        lines.append(f"  size       {_size(size['bytes'])} of files ({how})")
+    cl = st.get("cluster")
+    if cl:
+        lines.append(
+            f"  cluster    {cl['members']} members, this one owns {100 * cl['ownership_share']:.0f}% of the blocks; "
+            f"from peers {_size(cl['peer_bytes_received'])}, to peers {_size(cl['peer_bytes_served'])}"
+        )
+    for a in st.get("autoscaler") or []:
+        lines.append(
+            f"  workers    {a['namespace']}/{st['dataset']}: {a.get('replicas', '?')} cache workers, "
+            f"the autoscaler recommends {a.get('recommended', '?')} (kubectl describe dataset for why)"
+        )
+    if st.get("autoscaler") == []:
+        lines.append(f"  workers    the controller has no Dataset named {st['dataset']}")
+    if st.get("autoscaler_error"):
+        lines.append(f"  workers    unknown: {st['autoscaler_error']}")
     c = st["cached"]
     where = ", ".join(c["paths"])
     lines.append(
@@ -212,7 +282,7 @@ def render(st: dict[str, Any]) -> str:
 
 
 def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
-    st = collect(args.mountpoint, args.paths)
+    st = collect(args.mountpoint, args.paths, args.controller)
     if args.json:
         json.dump(st, sys.stdout, indent=1, default=str)
         sys.stdout.write("\n")
@@ -226,4 +296,11 @@ def add_parser(sub: Any) -> None:
     p.add_argument("mountpoint")
     p.add_argument("paths", nargs="*", metavar="PATH", help="paths in the mount for '%% cached' (default: all)")
     p.add_argument("--json", action="store_true", help="print the same as JSON")
+    p.add_argument(
+        "--controller",
+        metavar="URL",
+        default=os.environ.get("FLUIDFS_CONTROLLER_METRICS") or None,
+        help="fluidfs-controller's metrics URL: show the dataset's cache workers and the autoscaler's "
+        "recommendation (default: $FLUIDFS_CONTROLLER_METRICS)",
+    )
     p.set_defaults(handler=run)

@@ -7,8 +7,13 @@ JSON-like dicts as the API serves them; a missing object is ``None`` from ``get`
 failure a ``KubeApiError`` (``status`` 409 for a conflict, 404 for not found on update).
 
 Kinds handled by ``get``/``create``/``replace``/``delete``: ``ConfigMap``, ``Service``,
-``ServiceAccount``, ``Role``, ``RoleBinding``, ``StatefulSet``, ``Lease``.  The StatefulSet's
-replica count is changed only through ``scale`` (its scale subresource).
+``ServiceAccount``, ``Role``, ``RoleBinding``, ``StatefulSet``, ``Lease``, ``Job``.  The
+StatefulSet's replica count is changed only through ``scale`` (its scale subresource).
+
+For cache-aware scheduling the adapter also reads (``list_objects``, ``get``) PersistentVolumeClaims,
+PersistentVolumes, StorageClasses, Nodes, Pods and Jobs, and merge-patches (``patch``) Jobs (to
+admit them) and Nodes (their ``cache.fluidfs.io/`` labels).  Cluster-scoped kinds
+(:data:`CLUSTER_SCOPED`) take ``namespace=""``.
 """
 
 from __future__ import annotations
@@ -28,7 +33,48 @@ API_VERSIONS = {
     "RoleBinding": "rbac.authorization.k8s.io/v1",
     "StatefulSet": "apps/v1",
     "Lease": "coordination.k8s.io/v1",
+    "Job": "batch/v1",
+    "Pod": "v1",
+    "PersistentVolumeClaim": "v1",
+    "PersistentVolume": "v1",
+    "StorageClass": "storage.k8s.io/v1",
+    "Node": "v1",
 }
+#: kinds without a namespace
+CLUSTER_SCOPED = frozenset({"PersistentVolume", "StorageClass", "Node"})
+
+
+def merge_patch(target: Any, patch: Any) -> Any:
+    """``target`` with a JSON merge patch (RFC 7386) applied: mappings merge, ``None`` deletes,
+    anything else replaces.  Neither argument is modified."""
+    if not isinstance(patch, Mapping):
+        return patch
+    out = dict(target) if isinstance(target, Mapping) else {}
+    for key, value in patch.items():
+        if value is None:
+            out.pop(key, None)
+        else:
+            out[key] = merge_patch(out.get(key), value)
+    return out
+
+
+def selector_matches(labels: Mapping[str, str], selector: str) -> bool:
+    """Whether ``labels`` match an equality/existence label selector (``a=b,c!=d,e,!f``)."""
+    for term in filter(None, (t.strip() for t in selector.split(","))):
+        if "!=" in term:
+            key, value = term.split("!=", 1)
+            if labels.get(key.strip()) == value.strip():
+                return False
+        elif "=" in term:
+            key, value = term.split("=", 1)
+            if labels.get(key.strip().rstrip("=")) != value.strip():
+                return False
+        elif term.startswith("!"):
+            if term[1:].strip() in labels:
+                return False
+        elif term not in labels:
+            return False
+    return True
 
 
 @dataclass(frozen=True)
@@ -77,6 +123,17 @@ class KubeApi(Protocol):
         ...
 
     def list_pods(self, namespace: str, selector: Mapping[str, str]) -> list[PodInfo]: ...
+
+    def list_objects(
+        self, kind: str, namespace: str | None = None, label_selector: str = "", field_selector: str = ""
+    ) -> list[Obj]:
+        """Objects of ``kind`` (of one namespace, or all with None), as the API serves them;
+        ``label_selector``/``field_selector`` in the API's syntax."""
+        ...
+
+    def patch(self, kind: str, namespace: str, name: str, patch: Obj) -> Obj:
+        """JSON merge patch of an object (``namespace=""`` for cluster-scoped kinds); 404 if absent."""
+        ...
 
     def scrape(self, url: str, timeout: float) -> str:
         """The text of a Prometheus endpoint; ``ScrapeError`` if it cannot be read."""

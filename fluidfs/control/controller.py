@@ -18,8 +18,13 @@ Everything goes through the ``KubeApi`` adapter; the per-Dataset memory (signal 
 autoscaler state) lives in this process only: after a restart, the autoscaler starts again
 from the StatefulSet's replica count.
 
+Cache-aware scheduling (``fluidfs.control.scheduling``, optional): every replica refreshes its
+caches in the loop (its admission webhook answers from them); the leader also writes the node
+labels and runs the Job queues, after the Datasets of a pass.
+
 Threads: scrapes run in a bounded ``ThreadPoolExecutor``; the loop itself is one thread
-(``run``), stopped by a ``threading.Event``.  Nothing here is async.
+(``run``), stopped by a ``threading.Event``; the webhook serves from threads of its own.
+Nothing here is async.
 
 Caveats: Datasets are processed one after another in a pass; a slow API server or many
 Datasets lengthen the pass (the scrape of one Dataset is bounded by ``scrape_timeout``).
@@ -41,6 +46,7 @@ from fluidfs.control import autoscaler, metrics, objects, reconcile, resource, s
 from fluidfs.control.adapter import KubeApi, Obj, PodInfo
 from fluidfs.control.leader import LeaderElector
 from fluidfs.control.resource import DatasetResource, Meta
+from fluidfs.control.scheduling import Scheduling
 from fluidfs.errors import KubeApiError, ScrapeError, SpecError
 
 log = logging.getLogger(__name__)
@@ -89,10 +95,17 @@ def _now_text() -> str:
 class Controller:
     """Reconciles every Dataset through ``api``; ``clock`` is monotonic seconds."""
 
-    def __init__(self, api: KubeApi, cfg: ControllerConfig, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        api: KubeApi,
+        cfg: ControllerConfig,
+        clock: Callable[[], float] = time.monotonic,
+        scheduling: Scheduling | None = None,
+    ) -> None:
         self.api = api
         self.cfg = cfg
         self.clock = clock
+        self.scheduling = scheduling
         self._mem: dict[str, _Memory] = {}  # namespace/name -> memory
         self._pool = ThreadPoolExecutor(max_workers=cfg.scrape_threads, thread_name_prefix="fluidfs-scrape")
 
@@ -106,6 +119,8 @@ class Controller:
         try:
             while not stop.is_set():
                 wait = self.cfg.resync
+                if self.scheduling is not None:  # every replica: its webhook answers from these caches
+                    wait = min(wait, self.scheduling.refresh())
                 leading = elector is None or elector.acquire_or_renew()
                 metrics.LEADER.set(1 if leading else 0)
                 if leading:
@@ -113,6 +128,8 @@ class Controller:
                         wait = min(wait, self.run_once())
                     except KubeApiError as exc:
                         log.warning("listing Datasets failed: %s", exc)
+                    if self.scheduling is not None:
+                        wait = min(wait, self.scheduling.run_leader())
                 else:
                     self._mem.clear()  # a new leader starts from the cluster's state
                 stop.wait(max(0.05, wait))

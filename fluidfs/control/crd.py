@@ -3,31 +3,33 @@
 :func:`crd` returns the CustomResourceDefinition object; ``tools/gen_crd.py`` writes it into
 the chart (``helm/fluidfs/templates/dataset-crd.yaml``), and a test keeps the two equal.
 
-``spec`` is the spec of a fluidfs Dataset document (``docs/dataset.md``: ``mounts``,
-``cache``, ``metadata``), so a Fluid ``data.fluid.io`` Dataset's ``mounts`` (with
-``encryptOptions``) carry over by changing ``apiVersion``; Fluid's other spec fields are
-accepted and ignored.  ``spec.cache`` adds the cache workers (``minWorkers``, ``maxWorkers``,
-``replicas``, ``worker``) and ``autoscaling``.  ``status`` is written by fluidfs-controller.
-The scale subresource maps ``spec.cache.replicas`` (what an HPA or KEDA sets, used by the
-``manual`` policy) and ``status.replicas``.
+``spec`` is derived from the pydantic models the controller parses a resource with
+(``fluidfs.control.schema``: the fluidfs Dataset document's spec, its settings sections built
+from the settings table, plus the cache workers and ``autoscaling``): :func:`structural` turns
+their JSON Schema into the structural OpenAPI schema the API server wants (references inlined,
+"or null" dropped, string-or-number values as ``x-kubernetes-int-or-string``, pydantic's titles
+and defaults left out).  So a setting added to the table is in the CRD after
+``python -m tools.gen_crd``, with no line here.  ``status`` is written by fluidfs-controller
+and declared here.  The scale subresource maps ``spec.cache.replicas`` (what an HPA or KEDA
+sets, used by the ``manual`` policy) and ``status.replicas``.
 
-The schema is structural (every field typed, no unknown fields except in the Fluid fields kept
-for compatibility), so the API server rejects malformed Datasets with the field path; checks the
-schema cannot express (mount names unique, paths not overlapping, ``minWorkers <= maxWorkers``)
-are made by the controller (``fluidfs.control.resource``), which reports them in the status.
+The API server checks types, enums, ranges of the workers' numbers, unknown fields (with the
+field path) and ``minWorkers <= maxWorkers``; what a schema cannot express (a size or a duration
+that does not parse, unique mount names, non-overlapping paths, option values) is checked by
+the controller (``fluidfs.control.resource``), which reports it in the status.
 
-Caveats: credentials in a Dataset resource must be ``secretKeyRef``s (the controller hands them
-to the workers as environment variables from the Secret, in the Dataset's namespace); ``env``
-and ``file`` references only make sense in a document given to ``fluidfs mount``.  Option
-values are strings (as in Fluid): quote ``"true"``.
+Caveats: a fractional number where a size or duration is expected must be quoted (``"1.5"``):
+the schema's int-or-string takes whole numbers and strings only.  A value accepted by a union
+the API server cannot express otherwise (e.g. a boolean or a string) is not checked by it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
-from fluidfs.control import autoscaler
-from fluidfs.spec.fields import CREDENTIAL_NAMES, FLUID_API_VERSION
+from fluidfs.control import schema as resource_schema
+from fluidfs.spec.fields import FLUID_API_VERSION
 
 GROUP, VERSION, KIND, PLURAL, SINGULAR = "fluidfs.io", "v1alpha1", "Dataset", "datasets", "dataset"
 API_VERSION = f"{GROUP}/{VERSION}"
@@ -35,28 +37,11 @@ NAME = f"{PLURAL}.{GROUP}"
 
 Schema = dict[str, Any]
 
-#: a byte size as fluidfs parses it (docs/dataset.md)
-SIZE_PATTERN = r"^[0-9]+(\.[0-9]+)?([kKmMgGtTpP]i?)?[bB]?$"
-#: seconds, or a number with units ms/s/m/h/d, or indefinite
-DURATION_PATTERN = r"^(([0-9]+(\.[0-9]+)?)|(([0-9]+(\.[0-9]+)?(ms|s|m|h|d))+)|indefinite|inf|infinity|forever|never)$"
-FINITE_DURATION_PATTERN = r"^(([0-9]+(\.[0-9]+)?)|(([0-9]+(\.[0-9]+)?(ms|s|m|h|d))+))$"
-MOUNT_POINT_PATTERN = r"^((s3|https?|local|file)://.+|/.*)$"
-DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
-
-
-def _str(description: str, **extra: Any) -> Schema:
-    return {"type": "string", "description": description, **extra}
-
-
-def _size(description: str) -> Schema:
-    return _str(description + " A size: 512Mi, 10Gi, 1.5Ti, 10G.", pattern=SIZE_PATTERN)
-
-
-def _duration(description: str, finite: bool = True) -> Schema:
-    return _str(
-        description + " A duration: 30s, 5m, 1h30m" + ("." if finite else ", or indefinite."),
-        pattern=FINITE_DURATION_PATTERN if finite else DURATION_PATTERN,
-    )
+#: JSON Schema keywords a structural schema keeps as they are
+_KEEP = frozenset({"type", "description", "enum", "pattern", "minimum", "maximum", "minItems", "maxItems",
+                   "minLength", "maxLength", "required", "format", "x-kubernetes-int-or-string",
+                   "x-kubernetes-preserve-unknown-fields", "x-kubernetes-validations"})  # fmt: skip
+_SCALARS = frozenset({"string", "integer", "number"})
 
 
 def _obj(description: str, properties: dict[str, Schema], required: list[str] | None = None, **extra: Any) -> Schema:
@@ -66,220 +51,62 @@ def _obj(description: str, properties: dict[str, Schema], required: list[str] | 
     return out
 
 
-def _secret_key_ref() -> Schema:
-    return _obj(
-        "A key of a Secret in the Dataset's namespace.",
-        {"name": _str("Secret name.", minLength=1), "key": _str("Key in the Secret.", minLength=1)},
-        ["name", "key"],
+def structural(json_schema: Mapping[str, Any]) -> Schema:
+    """A pydantic JSON Schema made structural: ``$ref`` inlined, ``X or null`` -> X, a union of
+    scalars -> ``x-kubernetes-int-or-string``, any other union -> any value (checked by the
+    controller), ``additionalProperties: false`` left to the API server's pruning."""
+    defs: Mapping[str, Any] = json_schema.get("$defs") or {}
+
+    def convert(node: Mapping[str, Any]) -> Schema:
+        node = dict(node)
+        ref = node.pop("$ref", None)
+        if isinstance(ref, str):
+            node = {**defs[ref.rsplit("/", 1)[-1]], **node}
+        union = node.pop("anyOf", None)
+        if union is not None:
+            options = [o for o in union if o.get("type") != "null"]
+            if len(options) == 1:
+                node = {**options[0], **node}
+                return convert(node)
+            if all(set(o) == {"type"} and o["type"] in _SCALARS for o in options):
+                node["x-kubernetes-int-or-string"] = True
+            else:
+                node["x-kubernetes-preserve-unknown-fields"] = True
+        out: Schema = {}
+        for key, value in node.items():
+            if key == "properties":
+                out[key] = {name: convert(child) for name, child in value.items()}
+            elif key == "items":
+                out[key] = convert(value)
+            elif key == "additionalProperties":
+                if isinstance(value, Mapping):
+                    out[key] = convert(value)
+            elif key in _KEEP:
+                out[key] = value
+        if "properties" in out and "additionalProperties" in out:
+            del out["additionalProperties"]  # a structural schema has one or the other
+        if node.get("additionalProperties") is True and "properties" in out:
+            out["x-kubernetes-preserve-unknown-fields"] = True  # lenient (Fluid) objects keep the rest
+        first: Schema = {k: out.pop(k) for k in ("type", "description") if k in out}
+        return {**first, **out}
+
+    return convert(json_schema)
+
+
+def spec_schema() -> Schema:
+    """``spec``: the resource models' schema, made structural."""
+    out = structural(resource_schema.json_schema())
+    out["description"] = (
+        "The Dataset: its sources (as in a fluidfs Dataset document or a Fluid Dataset), its settings and its cache."
     )
-
-
-def _preserved(description: str, kind: str = "object") -> Schema:
-    """A Fluid field accepted for compatibility and ignored (kept as written)."""
-    base: Schema = {"description": description + " (Fluid compatibility; ignored by fluidfs.)"}
-    if kind == "array":
-        return {**base, "type": "array", "items": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}}
-    if kind == "string":
-        return {**base, "type": "string"}
-    if kind == "strings":
-        return {**base, "type": "array", "items": {"type": "string"}}
-    return {**base, "type": "object", "x-kubernetes-preserve-unknown-fields": True}
-
-
-def _encrypt_options(description: str) -> Schema:
-    item = _obj(
-        "One credential from a Secret (Fluid's form).",
-        {
-            "name": _str("Credential name: aws.accessKeyId, fs.s3a.secret.key, accessKeyId, ...", minLength=1),
-            "valueFrom": _obj("Where the value comes from.", {"secretKeyRef": _secret_key_ref()}, ["secretKeyRef"]),
-        },
-        ["name", "valueFrom"],
-    )
-    return {"type": "array", "description": description, "items": item}
-
-
-def _options(description: str) -> Schema:
-    return {"type": "object", "description": description, "additionalProperties": {"type": "string"}}
-
-
-def mount_schema() -> Schema:
-    creds = {
-        name: _obj(f"Where {name} comes from.", {"secretKeyRef": _secret_key_ref()}, ["secretKeyRef"])
-        for name in CREDENTIAL_NAMES
-    }
-    return _obj(
-        "One source, and where it appears in the tree (docs/dataset.md, spec.mounts[]).",
-        {
-            "mountPoint": _str(
-                "Where the data lives: s3://bucket[/prefix], http(s)://host/path, local:///abs/path or /abs/path.",
-                pattern=MOUNT_POINT_PATTERN,
-            ),
-            "name": _str("Unique name of the mount, a single path component.", pattern=r"^[^/]+$", maxLength=255),
-            "path": _str("Where the mount appears in the tree (absolute); default /<name>.", pattern=r"^/"),
-            "options": _options("Source options (endpoint, region, addressing_style, ...); values are strings."),
-            "credentials": _obj("Credentials from Secrets in the Dataset's namespace.", creds),
-            "encryptOptions": _encrypt_options("Credentials in Fluid's form (data.fluid.io Datasets)."),
-            "readOnly": {"type": "boolean", "description": "Must be true if set: fluidfs mounts are read-only."},
-        },
-        ["mountPoint"],
-    )
-
-
-def cache_schema() -> Schema:
-    p = autoscaler.Params()
-    b = autoscaler.Bounds()
-    autoscaling = _obj(
-        "How the number of cache workers follows the training jobs (docs/autoscaling.md).",
-        {
-            "policy": _str(
-                "training-speed (default): add workers while readers stall on misses and more workers raise "
-                "the input rate, back to minWorkers when idle; capacity: Fluid's rule, +1 worker at "
-                "fullThreshold, never fewer; manual: spec.cache.replicas (set it by hand, or by an HPA/KEDA "
-                "through the scale subresource).",
-                enum=list(autoscaler.POLICIES),
-            ),
-            "interval": _duration(f"Time between two samples of the signals (default {p.interval:g}s)."),
-            "window": _duration(f"Evaluation window of a step, and the baseline before it (default {p.window:g}s)."),
-            "cooldown": _duration(f"Minimum time between two scaling changes (default {p.cooldown:g}s)."),
-            "minGain": {
-                "type": "number",
-                "minimum": 0,
-                "maximum": 10,
-                "description": f"A step is kept if the input rate rose by this fraction (default {p.min_gain:g}).",
-            },
-            "stallThreshold": {
-                "type": "number",
-                "minimum": 0,
-                "description": f"Read stall (s/s) that counts as stalling (default {p.stall_threshold:g}).",
-            },
-            "fullThreshold": {
-                "type": "number",
-                "minimum": 0,
-                "maximum": 1,
-                "description": f"Cluster cache fill that counts as full (default {p.full_threshold:g}).",
-            },
-            "coldHitRatio": {
-                "type": "number",
-                "minimum": 0,
-                "maximum": 1,
-                "description": f"Block hit ratio below which the cache counts as cold (default {p.cold_hit_ratio:g}).",
-            },
-            "idleRate": _size("Input rate per second below which the dataset counts as idle (default 1Mi)."),
-            "idleAfter": _duration(f"Idle this long ends a job phase: scale in (default {p.idle_after:g}s)."),
-        },
-    )
-    worker = _obj(
-        "What each cache worker (a pod of the Dataset's StatefulSet running `fluidfs worker`) looks like.",
-        {
-            "quota": _size("SSD tier of each worker (default 10Gi)."),
-            "memorySize": _size("Memory tier of each worker (default 1Gi)."),
-            "storageClassName": _str(
-                "StorageClass of each worker's cache volume (a PVC per worker); empty: an emptyDir of the quota's size."
-            ),
-            "resources": _obj(
-                "Compute resources of the worker container; memory defaults to the memory tier plus 512Mi.",
-                {
-                    "requests": {
-                        "type": "object",
-                        "additionalProperties": {"x-kubernetes-int-or-string": True},
-                    },
-                    "limits": {"type": "object", "additionalProperties": {"x-kubernetes-int-or-string": True}},
-                },
-            ),
-            "nodeSelector": {
-                "type": "object",
-                "description": "Node labels the workers must run on.",
-                "additionalProperties": {"type": "string"},
-            },
-            "tolerations": {
-                "type": "array",
-                "description": "Tolerations of the worker pods.",
-                "items": _obj(
-                    "A toleration.",
-                    {
-                        "key": {"type": "string"},
-                        "operator": {"type": "string", "enum": ["Exists", "Equal"]},
-                        "value": {"type": "string"},
-                        "effect": {"type": "string", "enum": ["NoSchedule", "PreferNoSchedule", "NoExecute"]},
-                        "tolerationSeconds": {"type": "integer", "format": "int64"},
-                    },
-                ),
-            },
-            "drainTimeout": _duration(
-                "How long a leaving worker may take to hand its blocks over before it is killed (default 2m)."
-            ),
-        },
-    )
-    cache = _obj(
-        "Cache settings: the node mounts' tiers (as in a Dataset document) and the cache workers.",
-        {
-            "size": _size("SSD tier quota of each node mount."),
-            "memorySize": _size("Memory tier quota of each node mount."),
-            "blockSize": _size("Cache block size, 1Mi to 64Mi."),
-            "eviction": _str("lru or none (stop caching once full).", enum=["lru", "none"]),
-            "readahead": _size("Maximum readahead window."),
-            "freeSpaceFloor": _size("Never fill a cache disk below this much free space."),
-            "prefetchSiblings": {
-                "type": "integer",
-                "minimum": 0,
-                "description": "Small sibling files prefetched per small-file open (0 disables).",
-            },
-            "minWorkers": {
-                "type": "integer",
-                "minimum": 0,
-                "maximum": 1000,
-                "description": f"Fewest cache workers (default {b.min_workers}).",
-            },
-            "maxWorkers": {
-                "type": "integer",
-                "minimum": 0,
-                "maximum": 1000,
-                "description": f"Most cache workers (default {b.max_workers}).",
-            },
-            "replicas": {
-                "type": "integer",
-                "minimum": 0,
-                "maximum": 1000,
-                "description": "Desired cache workers under the manual policy (the scale subresource's replicas).",
-            },
-            "worker": worker,
-            "autoscaling": autoscaling,
-        },
-    )
+    cache = out["properties"]["cache"]
     cache["x-kubernetes-validations"] = [
         {
             "rule": "!has(self.minWorkers) || !has(self.maxWorkers) || self.minWorkers <= self.maxWorkers",
             "message": "minWorkers must not exceed maxWorkers",
         }
     ]
-    return cache
-
-
-def spec_schema() -> Schema:
-    return _obj(
-        "The Dataset: its sources (as in a fluidfs Dataset document or a Fluid Dataset) and its cache.",
-        {
-            "mounts": {"type": "array", "minItems": 1, "description": "The sources, unioned.", "items": mount_schema()},
-            "cache": cache_schema(),
-            "metadata": _obj(
-                "Metadata cache TTLs.",
-                {
-                    "ttl": _duration("How long listings and attributes are trusted.", finite=False),
-                    "negativeTtl": _duration('How long "does not exist" is trusted.', finite=False),
-                },
-            ),
-            "sharedOptions": _options("Options merged into every mount (Fluid's form)."),
-            "sharedEncryptOptions": _encrypt_options("Credentials merged into every mount (Fluid's form)."),
-            "accessModes": _preserved("Access modes", "strings"),
-            "nodeAffinity": _preserved("Node affinity"),
-            "placement": _preserved("Placement", "string"),
-            "tolerations": _preserved("Tolerations", "array"),
-            "runtimes": _preserved("Runtimes", "array"),
-            "owner": _preserved("Owner"),
-            "dataRestoreLocation": _preserved("Data restore location"),
-        },
-        ["mounts"],
-    )
+    return out
 
 
 def status_schema() -> Schema:
@@ -332,8 +159,16 @@ def status_schema() -> Schema:
             "workers": {"type": "string", "description": "ready/desired, e.g. 2/3."},
             "cachedBytes": integer,
             "capacityBytes": integer,
-            "datasetBytes": integer,
-            "cachedPercentage": {"type": "string", "description": "Bytes cached / dataset size, e.g. 42%."},
+            "datasetBytes": {**integer, "description": "The dataset's size, when a member has listed all of it."},
+            "datasetBytesSeen": {**integer, "description": "Bytes of the files the members have seen (a lower bound)."},
+            "cachedPercentage": {
+                "type": "string",
+                "description": "Bytes cached / dataset size, e.g. 42%; <=42% while the size is only a lower bound.",
+            },
+            "members": _obj(
+                "Members whose metrics were read in the last sample: node mounts and cache workers.",
+                {"mounts": integer, "workers": integer},
+            ),
             "inputRate": {"type": "string", "description": "Bytes delivered to training processes, e.g. 310MiB/s."},
             "input": _obj(
                 "The signals of the last interval.",
@@ -384,8 +219,9 @@ PRINTER_COLUMNS = [
     {"name": "Cached", "type": "string", "jsonPath": ".status.cachedPercentage"},
     {"name": "Workers", "type": "string", "jsonPath": ".status.workers"},
     {"name": "Input", "type": "string", "jsonPath": ".status.inputRate"},
+    {"name": "Decision", "type": "string", "jsonPath": ".status.lastDecision"},
     {"name": "Policy", "type": "string", "jsonPath": ".spec.cache.autoscaling.policy", "priority": 1},
-    {"name": "Decision", "type": "string", "jsonPath": ".status.lastDecision", "priority": 1},
+    {"name": "Recommended", "type": "integer", "jsonPath": ".status.recommendedReplicas", "priority": 1},
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
 ]
 

@@ -9,12 +9,15 @@ Metrics endpoints are read with urllib3 (a pool of its own, bounded timeouts).
 The ``kubernetes`` package is an optional dependency (``pip install fluidfs[kubernetes]``);
 importing this module without it raises ``ControlError`` with that hint.
 
-Caveats: list calls are not paginated (Dataset and pod counts per selector are small); no
-watch: the controller polls every few seconds, which bounds its reaction time.
+Caveats: Dataset and worker-pod lists are not paginated (their counts per selector are small);
+``list_objects`` (cluster-wide Pods, Jobs, Nodes...) is, 500 objects per request.  No watch:
+the controller polls every few seconds (``fluidfs.control.informer`` bounds how often each kind
+is listed), which bounds its reaction time.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 from collections.abc import Mapping
@@ -24,7 +27,7 @@ from urllib.parse import quote
 import urllib3
 
 from fluidfs.control import crd
-from fluidfs.control.adapter import API_VERSIONS, Obj, PodInfo
+from fluidfs.control.adapter import API_VERSIONS, CLUSTER_SCOPED, Obj, PodInfo
 from fluidfs.errors import ControlError, KubeApiError, ScrapeError
 
 try:
@@ -44,16 +47,27 @@ _PLURALS = {
     "RoleBinding": "rolebindings",
     "StatefulSet": "statefulsets",
     "Lease": "leases",
+    "Job": "jobs",
+    "Pod": "pods",
+    "PersistentVolumeClaim": "persistentvolumeclaims",
+    "PersistentVolume": "persistentvolumes",
+    "StorageClass": "storageclasses",
+    "Node": "nodes",
 }
 MERGE_PATCH = "application/merge-patch+json"
+PAGE = 500
 
 
 def _base(api_version: str) -> str:
     return f"/api/{api_version}" if "/" not in api_version else f"/apis/{api_version}"
 
 
-def _path(kind: str, namespace: str, name: str = "") -> str:
-    p = f"{_base(API_VERSIONS[kind])}/namespaces/{quote(namespace)}/{_PLURALS[kind]}"
+def _path(kind: str, namespace: str | None, name: str = "") -> str:
+    """The REST path of a kind (all namespaces with ``namespace`` None or a cluster-scoped kind)."""
+    if kind in CLUSTER_SCOPED or namespace is None:
+        p = f"{_base(API_VERSIONS[kind])}/{_PLURALS[kind]}"
+    else:
+        p = f"{_base(API_VERSIONS[kind])}/namespaces/{quote(namespace)}/{_PLURALS[kind]}"
     return f"{p}/{quote(name)}" if name else p
 
 
@@ -107,6 +121,13 @@ class KubeClient:
         self.client = kubernetes.client.ApiClient()
         self.timeout = request_timeout
         self._http = urllib3.PoolManager(num_pools=64, maxsize=4, retries=False)
+
+    def with_timeout(self, request_timeout: float) -> KubeClient:
+        """The same client (connection pool, credentials) with another request timeout: the
+        admission webhook's lookups of objects its caches do not hold yet must be quick."""
+        other = copy.copy(self)
+        other.timeout = request_timeout
+        return other
 
     def _call(
         self,
@@ -176,6 +197,30 @@ class KubeClient:
     def scale(self, namespace: str, name: str, replicas: int) -> None:
         path = _path("StatefulSet", namespace, name) + "/scale"
         self._call("PATCH", path, {"spec": {"replicas": replicas}}, content_type=MERGE_PATCH)
+
+    def list_objects(
+        self, kind: str, namespace: str | None = None, label_selector: str = "", field_selector: str = ""
+    ) -> list[Obj]:
+        items: list[Obj] = []
+        token = ""
+        while True:
+            query = [("limit", str(PAGE))]
+            for key, value in (
+                ("labelSelector", label_selector),
+                ("fieldSelector", field_selector),
+                ("continue", token),
+            ):
+                if value:
+                    query.append((key, value))
+            out = self._call("GET", _path(kind, namespace), query=query) or {}
+            for item in out.get("items") or []:  # list items come without apiVersion and kind
+                items.append({"apiVersion": API_VERSIONS[kind], "kind": kind, **item})
+            token = str((out.get("metadata") or {}).get("continue") or "")
+            if not token:
+                return items
+
+    def patch(self, kind: str, namespace: str, name: str, patch: Obj) -> Obj:
+        return self._call("PATCH", _path(kind, namespace, name), patch, content_type=MERGE_PATCH) or {}
 
     def list_pods(self, namespace: str, selector: Mapping[str, str]) -> list[PodInfo]:
         query = [("labelSelector", ",".join(f"{k}={v}" for k, v in sorted(selector.items())))]

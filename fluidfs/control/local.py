@@ -42,7 +42,7 @@ from pathlib import Path
 import yaml
 
 from fluidfs.control import crd
-from fluidfs.control.adapter import Obj, PodInfo
+from fluidfs.control.adapter import Obj, PodInfo, merge_patch, selector_matches
 from fluidfs.control.objects import micro_time
 from fluidfs.errors import KubeApiError, ScrapeError
 
@@ -222,6 +222,30 @@ class LocalCluster:
             if kind == "StatefulSet" and (kind, namespace, name) in self._objects:
                 self._resize(namespace, name, 0)  # with the set's grace period
             self._objects.pop((kind, namespace, name), None)
+
+    def list_objects(
+        self, kind: str, namespace: str | None = None, label_selector: str = "", field_selector: str = ""
+    ) -> list[Obj]:
+        """Objects of ``kind`` created through this backend (there are no Nodes, Jobs or volumes
+        on the local actuator: the scheduling features see an empty cluster)."""
+        with self._lock:
+            return [
+                copy.deepcopy(o)
+                for (k, ns, _), o in sorted(self._objects.items())
+                if k == kind
+                and namespace in (None, ns)
+                and selector_matches(o["metadata"].get("labels") or {}, label_selector)
+            ]
+
+    def patch(self, kind: str, namespace: str, name: str, patch: Obj) -> Obj:
+        with self._lock:
+            obj = self._objects.get((kind, namespace, name))
+            if obj is None:
+                raise KubeApiError(f"{kind} {namespace}/{name} not found", 404)
+            new = merge_patch(obj, patch)
+            new["metadata"]["resourceVersion"] = str(next(self._version))
+            self._objects[(kind, namespace, name)] = new
+            return copy.deepcopy(new)
 
     def scale(self, namespace: str, name: str, replicas: int) -> None:
         with self._lock:

@@ -2,12 +2,20 @@
 
     fluidfs-controller [--namespace NS] [--kubeconfig FILE] [--metrics-addr HOST:PORT]
                        [--worker-image IMAGE] [--peer-secret NAME[/KEY]] [--client-namespace NS
-                       --client-selector k=v,...] [--leader-election --lease-namespace NS] ...
+                       --client-selector k=v,...] [--leader-election --lease-namespace NS]
+                       [--webhook-port PORT --webhook-cert-dir DIR] [--node-labels]
+                       [--queue NAME ... --queue-policy fifo|sjf --warm-ahead N] ...
     fluidfs-controller --local DIR --worker-command 'CMD {listen} ...' DATASET.yaml ...
 
 The first form runs against the Kubernetes API (in a pod: its ServiceAccount); the second runs
 the same controller with the local actuator (``fluidfs.control.local``): cache workers are
-processes of ``--worker-command`` and the Dataset resources come from the files given.
+processes of ``--worker-command`` and the Dataset resources come from the files given (there is
+no cluster to schedule on: the webhook, node labels and queues are Kubernetes-only).
+
+Cache-aware scheduling (docs/scheduling.md; each part off unless asked for): ``--webhook-port``
+serves the admission webhook (``tls.crt``/``tls.key`` from ``--webhook-cert-dir``),
+``--node-labels`` writes the ``cache.fluidfs.io/`` node labels from the mounters' metrics (the
+``--client-*`` pods), ``--queue NAME`` (repeatable) runs the Job queue of that name.
 
 Exit codes: 0 after SIGTERM/SIGINT, 2 for bad arguments or Dataset files, 1 when the cluster
 cannot be reached at start.  The controller is a plain threaded program: no trio, no asyncio.
@@ -29,11 +37,23 @@ from types import FrameType
 from fluidfs.control import metrics
 from fluidfs.control.adapter import KubeApi
 from fluidfs.control.controller import Controller, ControllerConfig
+from fluidfs.control.jobqueue import QueueSettings
 from fluidfs.control.leader import LeaderElector
+from fluidfs.control.nodelabels import LabelConfig
 from fluidfs.control.objects import WorkerConfig
+from fluidfs.control.sched.locations import LabelPolicy
+from fluidfs.control.sched.ordering import BasePolicy, OrderingConfig
+from fluidfs.control.sched.queue import GPU
+from fluidfs.control.sched.resolve import DRIVER
+from fluidfs.control.scheduling import Scheduling, SchedulingConfig, WebhookSettings
+from fluidfs.control.warm import WarmConfig
 from fluidfs.errors import ControlError, KubeApiError
+from fluidfs.util.sizes import parse_duration, parse_size
 
 log = logging.getLogger("fluidfs.control")
+
+#: seconds the webhook waits for the API server when its caches lack a volume object
+LOOKUP_TIMEOUT = 1.5
 
 
 def _labels(text: str) -> dict[str, str]:
@@ -53,6 +73,72 @@ def _addr(text: str) -> str:
     if not sep or not port.isdigit() or int(port) > 65535:
         raise argparse.ArgumentTypeError(f"expected HOST:PORT or 'none', got {text!r}")
     return text
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or int(text) > 65535:
+        raise argparse.ArgumentTypeError(f"expected a port number, got {text!r}")
+    return int(text)
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive duration, got {text!r}")
+    return value
+
+
+def _size(text: str) -> int:
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def scheduling_config(args: argparse.Namespace, worker: WorkerConfig) -> SchedulingConfig:
+    """The scheduling features asked for on the command line; ControlError for bad combinations."""
+    webhook = None
+    if args.webhook_port:
+        webhook = WebhookSettings(
+            os.path.join(args.webhook_cert_dir, "tls.crt"),
+            os.path.join(args.webhook_cert_dir, "tls.key"),
+            args.webhook_host,
+            args.webhook_port,
+        )
+    labels = None
+    if args.node_labels:
+        if not args.client_namespace or not args.client_selector:
+            raise ControlError("--node-labels needs --client-namespace and --client-selector (the mounter pods)")
+        try:
+            policy = LabelPolicy(args.node_label_max, args.node_label_min)
+        except ValueError as exc:
+            raise ControlError(f"--node-label-*: {exc}") from None
+        labels = LabelConfig(args.client_namespace, args.client_selector, args.node_label_interval, policy,
+                             args.scrape_timeout)  # fmt: skip
+    queues = warm = None
+    if args.queue:
+        try:
+            ordering = OrderingConfig(
+                base=BasePolicy(args.queue_policy),
+                cache_aware=args.queue_cache_aware,
+                window=args.queue_window,
+                max_pass_over=None if args.queue_max_pass_over < 0 else args.queue_max_pass_over,
+                warm_ahead=max(0, args.warm_ahead),
+            )
+        except ValueError as exc:
+            raise ControlError(f"--queue-*: {exc}") from None
+        if args.queue_slots is not None and args.queue_slots < 1:
+            raise ControlError("--queue-slots must be at least 1")
+        queues = QueueSettings(tuple(dict.fromkeys(args.queue)), ordering, args.queue_slots, args.queue_gpu_resource,
+                               interval=args.queue_interval)  # fmt: skip
+        if args.warm_ahead > 0:
+            warm = WarmConfig(worker.image, worker.image_pull_policy, worker.image_pull_secrets, ttl=args.warm_ttl)
+    elif args.warm_ahead > 0:
+        raise ControlError("--warm-ahead needs --queue")
+    return SchedulingConfig(webhook, labels, queues, warm, driver=args.csi_driver)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -81,6 +167,28 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--lease-namespace", default=os.environ.get("POD_NAMESPACE", "default"))
     e.add_argument("--lease-name", default="fluidfs-controller")
     e.add_argument("--identity", default=os.environ.get("POD_NAME") or socket.gethostname())
+    h = p.add_argument_group("cache-aware scheduling (docs/scheduling.md)")
+    h.add_argument("--csi-driver", default=DRIVER, help="the fluidfs CSI driver's name (default %(default)s)")
+    h.add_argument("--webhook-port", type=_port, default=0, help="serve the admission webhook here (0: off)")
+    h.add_argument("--webhook-host", default="0.0.0.0")
+    h.add_argument("--webhook-cert-dir", default="/tls", help="directory with tls.crt and tls.key (reloaded on change)")
+    h.add_argument("--node-labels", action="store_true", help="write cache.fluidfs.io/<dataset> node labels")
+    h.add_argument("--node-label-interval", type=_seconds, default=60.0, metavar="SECONDS")
+    h.add_argument("--node-label-max", type=int, default=LabelPolicy.max_labels, help="labels per node at most")
+    h.add_argument("--node-label-min", type=_size, default=LabelPolicy.min_bytes, metavar="SIZE",
+                   help="no label below this much cached (default 64Mi)")  # fmt: skip
+    h.add_argument("--queue", action="append", default=[], metavar="NAME", help="run the Job queue NAME (repeatable)")
+    h.add_argument("--queue-policy", choices=[b.value for b in BasePolicy], default=BasePolicy.FIFO.value)
+    h.add_argument("--queue-cache-aware", action=argparse.BooleanOptionalAction, default=True)
+    h.add_argument("--queue-window", type=int, default=OrderingConfig.window)
+    h.add_argument("--queue-max-pass-over", type=int, default=OrderingConfig.max_pass_over,
+                   help="times a job may be passed over (-1: no bound)")  # fmt: skip
+    h.add_argument("--queue-slots", type=int, default=None, help="queued Jobs running at once at most")
+    h.add_argument("--queue-gpu-resource", default=GPU)
+    h.add_argument("--queue-interval", type=_seconds, default=5.0, metavar="SECONDS")
+    h.add_argument("--warm-ahead", type=int, default=0, help="datasets warmed at once for the next cold job (0: off)")
+    h.add_argument("--warm-ttl", type=int, default=WarmConfig.ttl, metavar="SECONDS",
+                   help="a finished warm-up is kept this long; its dataset is not warmed again meanwhile")  # fmt: skip
     loc = p.add_argument_group("local actuator")
     loc.add_argument("--local", metavar="DIR", help="run workers as local processes, state under DIR")
     loc.add_argument("--worker-command", help="command line of one worker, with {listen}, {metrics_addr}, ...")
@@ -133,6 +241,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         identity=args.identity,
     )
     try:
+        sched_cfg = scheduling_config(args, worker)
+        if args.local and sched_cfg.enabled:
+            raise ControlError("the webhook, --node-labels and --queue need Kubernetes, not --local")
+    except ControlError as exc:
+        print(f"fluidfs-controller: {exc}", file=sys.stderr)
+        return 2
+    try:
         api = _backend(args)
     except ControlError as exc:
         print(f"fluidfs-controller: {exc}", file=sys.stderr)
@@ -158,12 +273,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     elector = None
     if args.leader_election:
         elector = LeaderElector(api, args.lease_namespace, args.lease_name, args.identity)
-    controller = Controller(api, cfg)
+    scheduling = None
+    if sched_cfg.enabled:
+        with_timeout = getattr(api, "with_timeout", None)
+        lookup_api = with_timeout(LOOKUP_TIMEOUT) if callable(with_timeout) else None
+        scheduling = Scheduling(api, sched_cfg, identity=args.identity, lookup_api=lookup_api)
+        try:
+            scheduling.start()
+        except (OSError, ValueError) as exc:  # unreadable certificate, port in use
+            scheduling.close()
+            print(f"fluidfs-controller: webhook: {exc}", file=sys.stderr)
+            return 1
+    controller = Controller(api, cfg, scheduling=scheduling)
     log.info("fluidfs-controller %s: reconciling Datasets of %s", args.identity, args.namespace or "every namespace")
     try:
         controller.run(stop, elector)
     finally:
         controller.close()
+        if scheduling is not None:
+            scheduling.close()
         close = getattr(api, "close", None)
         if callable(close):
             close()

@@ -15,6 +15,12 @@ a deleted Dataset are removed):
 Controller-wide: ``fluidfs_controller_reconcile_errors_total``,
 ``fluidfs_controller_reconcile_duration_seconds``, ``fluidfs_controller_leader`` (1 while
 this replica holds the lease).
+
+Scheduling (labels bounded by the queue names the controller is started with, and fixed sets):
+``fluidfs_controller_queue_admitted_total{queue}``, ``fluidfs_controller_queue_waiting_jobs{queue}``,
+``fluidfs_controller_warmups_total`` (warm-up Jobs started), ``fluidfs_controller_node_label_patches_total``,
+``fluidfs_controller_webhook_reviews_total{kind, result}`` (kind: pod, job, other; result:
+patched, unchanged, error).
 """
 
 from __future__ import annotations
@@ -63,6 +69,22 @@ RECONCILE_SECONDS = Histogram(
     registry=REGISTRY,
 )
 LEADER = Gauge("fluidfs_controller_leader", "1 while this replica is the leader", registry=REGISTRY)
+QUEUE_ADMITTED = Counter(
+    "fluidfs_controller_queue_admitted_total", "Jobs the queue admitted (unsuspended)", ["queue"], registry=REGISTRY
+)
+QUEUE_WAITING = Gauge(
+    "fluidfs_controller_queue_waiting_jobs", "Suspended Jobs waiting in the queue", ["queue"], registry=REGISTRY
+)
+WARMUPS = Counter("fluidfs_controller_warmups_total", "Warm-up Jobs started for queued Jobs", registry=REGISTRY)
+NODE_LABEL_PATCHES = Counter(
+    "fluidfs_controller_node_label_patches_total", "Nodes whose cache.fluidfs.io labels were written", registry=REGISTRY
+)
+WEBHOOK_REVIEWS = Counter(
+    "fluidfs_controller_webhook_reviews_total",
+    "Admission reviews answered (always allowed)",
+    ["kind", "result"],
+    registry=REGISTRY,
+)
 
 _PER_DATASET = (RECOMMENDED, REPLICAS, INPUT_RATE, STALL, HIT_RATIO, FILL, SCRAPE_ERRORS)
 _SIGNALS = (INPUT_RATE, STALL, HIT_RATIO, FILL)

@@ -312,8 +312,18 @@ def rfc3339(when: datetime | None = None) -> str:
     return (when or datetime.now(timezone.utc)).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def event(res_ref: Mapping[str, str], reason: str, note: str, action: str, instance: str, warning: bool = False) -> Obj:
-    """An ``events.k8s.io/v1`` Event about a Dataset (``res_ref``: namespace, name, uid)."""
+def event(
+    res_ref: Mapping[str, str],
+    reason: str,
+    note: str,
+    action: str,
+    instance: str,
+    warning: bool = False,
+    kind: str = crd.KIND,
+    api_version: str = crd.API_VERSION,
+) -> Obj:
+    """An ``events.k8s.io/v1`` Event about a Dataset, or another ``kind`` (``res_ref``: namespace,
+    name, uid)."""
     name = res_ref["name"]
     return {
         "apiVersion": "events.k8s.io/v1",
@@ -327,8 +337,8 @@ def event(res_ref: Mapping[str, str], reason: str, note: str, action: str, insta
         "note": note[:1000],
         "type": "Warning" if warning else "Normal",
         "regarding": {
-            "apiVersion": crd.API_VERSION,
-            "kind": crd.KIND,
+            "apiVersion": api_version,
+            "kind": kind,
             "name": name,
             "namespace": res_ref["namespace"],
             "uid": res_ref.get("uid", ""),

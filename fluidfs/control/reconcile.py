@@ -149,10 +149,16 @@ def status(
         if sample.used_bytes is not None:
             out["cachedBytes"] = sample.used_bytes
             out["capacityBytes"] = sample.capacity_bytes or 0
+        out["members"] = {"mounts": sample.clients, "workers": sample.workers}
         if sample.dataset_bytes:
             out["datasetBytes"] = sample.dataset_bytes
+        elif sample.dataset_bytes_seen:
+            out["datasetBytesSeen"] = sample.dataset_bytes_seen
         if sample.cached_fraction is not None:
             out["cachedPercentage"] = f"{sample.cached_fraction * 100:.0f}%"
+        elif sample.used_bytes is not None and sample.dataset_bytes_seen:
+            # the size seen is a lower bound of the dataset's: this is an upper bound of the share
+            out["cachedPercentage"] = f"<={min(1.0, sample.used_bytes / sample.dataset_bytes_seen) * 100:.0f}%"
         nodes = [
             {
                 "node": m.node,

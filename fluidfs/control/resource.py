@@ -1,66 +1,59 @@
 """A ``Dataset`` custom resource (a dict from the API) parsed into what the controller needs.
 
-:func:`parse` validates the resource beyond its OpenAPI schema with the same parser as
-``fluidfs mount`` (``fluidfs.spec``: unique mount names, non-overlapping paths, option values),
-and returns a :class:`DatasetResource`: identity (namespace, name, uid, generation), the
-fluidfs Dataset, the Dataset *document* handed to the cache workers, the worker shape, the
-autoscaler's bounds and parameters.  Mistakes raise ``SpecError`` whose document is
-``Dataset <namespace>/<name>`` and whose field path is the resource's (``spec.cache.maxWorkers``).
+:func:`parse` validates the resource with the models of ``fluidfs.control.schema`` (the fluidfs
+Dataset document's pydantic models, extended with the cache workers and the autoscaler; the
+CRD's schema is derived from the same models), then with the parser of ``fluidfs mount``
+(``fluidfs.spec``: unique mount names, non-overlapping paths, option values), and returns a
+:class:`DatasetResource`: identity (namespace, name, uid, generation), the fluidfs Dataset, the
+Dataset *document* handed to the cache workers, the worker shape, the autoscaler's bounds and
+parameters.  Mistakes raise ``SpecError`` whose document is ``Dataset <namespace>/<name>`` and
+whose field path is the resource's (``spec.cache.maxWorkers``), with "did you mean" for an
+unknown key.
 
 Mounts in Fluid's form (``encryptOptions``, ``sharedOptions``, Alluxio/Hadoop option names)
-are translated by ``fluidfs.spec.fluid``; ignored Fluid fields become ``warnings``.
+are translated by ``fluidfs.spec.fluid``; ignored Fluid fields become ``warnings``.  Every
+settings section of the table (``spec.cache`` settings, ``spec.metadata``, ``spec.permissions``,
+...) is handed to the workers' document as written.
 
 Credentials: each ``secretKeyRef`` becomes an environment variable of the worker pods
 (``valueFrom.secretKeyRef``, so the controller never reads a Secret) and the workers' document
 names that variable (``{env: FLUIDFS_M0_SECRET_ACCESS_KEY}``).
 
-Caveats: the controller trusts the API server for the schema; when resources come from files
-(the local actuator), unknown fields in ``spec.cache`` are rejected here, but type errors deep
-in Fluid-only fields are only warned about.
+Caveats: the controller trusts the API server for what the schema checks; resources read from
+files (the local actuator) get the same checks here, except the Kubernetes metadata.  Settings
+the worker's command line sets (``spec.cache.directory``, ``spec.cache.metricsAddr``) are
+overridden by it in the workers.
 """
 
 from __future__ import annotations
 
 import logging
-import math
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
-from typing import Any, NoReturn
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 import yaml
 
-from fluidfs.config.kinds import kind_of
-from fluidfs.control import autoscaler
+from fluidfs.control import autoscaler, schema
 from fluidfs.control.crd import API_VERSION as CR_API_VERSION
+from fluidfs.control.schema import (
+    FLUID_SPEC_FIELDS,
+    IGNORED_FLUID_FIELDS,
+    TABLE_CACHE_KEYS,
+    AutoscalingDoc,
+    ResourceCacheDoc,
+    WorkerDoc,
+)
 from fluidfs.errors import SpecError
-from fluidfs.spec.fields import API_VERSION, CREDENTIAL_NAMES, FLUID_API_VERSION, sub, unknown_field
+from fluidfs.spec.fields import API_VERSION, CREDENTIAL_NAMES, FLUID_API_VERSION
 from fluidfs.spec.model import Dataset
 from fluidfs.spec.parse import parse_dataset
-from fluidfs.util import sizes
+from fluidfs.spec.schema import section_models
 
 log = logging.getLogger(__name__)
 
-#: fluidfs Dataset-document fields of spec.cache (node mounts and workers alike)
-DOCUMENT_CACHE_FIELDS = (
-    "size", "memorySize", "blockSize", "eviction", "readahead", "freeSpaceFloor", "prefetchSiblings"
-)  # fmt: skip
-CACHE_FIELDS = (*DOCUMENT_CACHE_FIELDS, "minWorkers", "maxWorkers", "replicas", "worker", "autoscaling")
-WORKER_FIELDS = ("quota", "memorySize", "storageClassName", "resources", "nodeSelector", "tolerations", "drainTimeout")
-AUTOSCALING_FIELDS = {
-    "policy": "policy",
-    "interval": "interval",
-    "window": "window",
-    "cooldown": "cooldown",
-    "minGain": "min_gain",
-    "stallThreshold": "stall_threshold",
-    "fullThreshold": "full_threshold",
-    "coldHitRatio": "cold_hit_ratio",
-    "idleRate": "idle_rate",
-    "idleAfter": "idle_after",
-}
-_FLUID_SPEC = ("sharedOptions", "sharedEncryptOptions")
-_IGNORED_FLUID_SPEC = ("accessModes", "nodeAffinity", "placement", "tolerations", "runtimes", "owner",
-                       "dataRestoreLocation")  # fmt: skip
+#: the fields of ``spec.cache.autoscaling`` (model field names, which are Params' too)
+PARAM_FIELDS = tuple(AutoscalingDoc.model_fields)
 _CAMEL = {v: k for k, v in CREDENTIAL_NAMES.items()}
 DEFAULT_QUOTA, DEFAULT_MEMORY, DEFAULT_DRAIN = 10 << 30, 1 << 30, 120.0
 
@@ -138,124 +131,50 @@ def meta_of(obj: Mapping[str, Any]) -> Meta:
     )
 
 
-class Ctx:
-    """Where a resource's mistakes are reported: ``fail`` raises ``SpecError(document, field, problem)``."""
-
-    def __init__(self, document: str) -> None:
-        self.document = document
-
-    def fail(self, field: str, problem: str) -> NoReturn:
-        raise SpecError(self.document, field, problem)
-
-
-def mapping(ctx: Ctx, value: object, field: str) -> dict[str, Any]:
-    if not isinstance(value, dict):
-        ctx.fail(field, f"must be a mapping, got {kind_of(value)}")
-    return value
-
-
-def check_keys(ctx: Ctx, m: Mapping[Any, Any], field: str, allowed: Iterable[str]) -> None:
-    allowed = tuple(allowed)
-    for key in m:
-        if key not in allowed:
-            ctx.fail(sub(field, key), unknown_field(key, allowed))
-
-
-def _int(ctx: Ctx, value: object, field: str, default: int) -> int:
-    if value is None:
-        return default
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        ctx.fail(field, f"must be a whole number >= 0, got {value!r}")
-    return value
-
-
-def _num(ctx: Ctx, value: object, field: str, default: float, maximum: float = math.inf) -> float:
-    if value is None:
-        return default
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= maximum:
-        bound = f" and <= {maximum:g}" if maximum != math.inf else ""
-        ctx.fail(field, f"must be a number >= 0{bound}, got {value!r}")
-    return float(value)
-
-
-def _size(ctx: Ctx, value: object, field: str, default: int) -> int:
-    if value is None:
-        return default
-    try:
-        return sizes.parse_size(value)  # type: ignore[arg-type]
-    except ValueError as e:
-        ctx.fail(field, str(e))
-
-
-def _duration(ctx: Ctx, value: object, field: str, default: float) -> float:
-    if value is None:
-        return default
-    try:
-        seconds = sizes.parse_duration(value)  # type: ignore[arg-type]
-    except ValueError as e:
-        ctx.fail(field, str(e))
-    if math.isinf(seconds):
-        ctx.fail(field, "must be finite")
-    return seconds
-
-
-def _params(ctx: Ctx, raw: object) -> autoscaler.Params:
-    if raw is None:
-        return autoscaler.Params()
-    m = mapping(ctx, raw, "spec.cache.autoscaling")
-    check_keys(ctx, m, "spec.cache.autoscaling", AUTOSCALING_FIELDS)
-    d = autoscaler.Params()
-    f = "spec.cache.autoscaling."
-    policy = m.get("policy", d.policy)
-    if policy not in autoscaler.POLICIES:
-        ctx.fail(f + "policy", f"must be one of {', '.join(autoscaler.POLICIES)}, got {policy!r}")
-    params = autoscaler.Params(
-        policy=policy,
-        interval=_duration(ctx, m.get("interval"), f + "interval", d.interval),
-        window=_duration(ctx, m.get("window"), f + "window", d.window),
-        cooldown=_duration(ctx, m.get("cooldown"), f + "cooldown", d.cooldown),
-        min_gain=_num(ctx, m.get("minGain"), f + "minGain", d.min_gain, 10),
-        stall_threshold=_num(ctx, m.get("stallThreshold"), f + "stallThreshold", d.stall_threshold),
-        full_threshold=_num(ctx, m.get("fullThreshold"), f + "fullThreshold", d.full_threshold, 1),
-        cold_hit_ratio=_num(ctx, m.get("coldHitRatio"), f + "coldHitRatio", d.cold_hit_ratio, 1),
-        idle_rate=float(_size(ctx, m.get("idleRate"), f + "idleRate", int(d.idle_rate))),
-        idle_after=_duration(ctx, m.get("idleAfter"), f + "idleAfter", d.idle_after),
-    )
-    if params.interval <= 0:
-        ctx.fail(f + "interval", "must be more than 0")
-    return params
-
-
-def _worker(ctx: Ctx, raw: object) -> WorkerSpec:
-    if raw is None:
+def _worker(doc: WorkerDoc | None) -> WorkerSpec:
+    if doc is None:
         return WorkerSpec()
-    f = "spec.cache.worker"
-    m = mapping(ctx, raw, f)
-    check_keys(ctx, m, f, WORKER_FIELDS)
-    storage_class = m.get("storageClassName") or ""
-    if not isinstance(storage_class, str):
-        ctx.fail(f + ".storageClassName", f"must be a string, got {kind_of(storage_class)}")
-    resources = m.get("resources") or {}
-    node_selector = m.get("nodeSelector") or {}
-    tolerations = m.get("tolerations") or []
-    for key, value, want in (("resources", resources, dict), ("nodeSelector", node_selector, dict),
-                             ("tolerations", tolerations, list)):  # fmt: skip
-        if not isinstance(value, want):
-            ctx.fail(f"{f}.{key}", f"must be a {'mapping' if want is dict else 'list'}, got {kind_of(value)}")
+    resources = {
+        part: dict(given)
+        for part, given in (("requests", doc.resources.requests if doc.resources else None),
+                            ("limits", doc.resources.limits if doc.resources else None))
+        if given
+    }  # fmt: skip
     return WorkerSpec(
-        quota=_size(ctx, m.get("quota"), f + ".quota", DEFAULT_QUOTA),
-        memory_size=_size(ctx, m.get("memorySize"), f + ".memorySize", DEFAULT_MEMORY),
-        storage_class=storage_class,
+        quota=DEFAULT_QUOTA if doc.quota is None else int(doc.quota),
+        memory_size=DEFAULT_MEMORY if doc.memory_size is None else int(doc.memory_size),
+        storage_class=doc.storage_class_name or "",
         resources=resources,
-        node_selector={str(k): str(v) for k, v in node_selector.items()},
-        tolerations=tuple(tolerations),
-        drain_timeout=_duration(ctx, m.get("drainTimeout"), f + ".drainTimeout", DEFAULT_DRAIN),
+        node_selector=dict(doc.node_selector or {}),
+        tolerations=tuple(t.model_dump(by_alias=True, exclude_none=True) for t in doc.tolerations or ()),
+        drain_timeout=DEFAULT_DRAIN if doc.drain_timeout is None else float(doc.drain_timeout),
     )
 
 
-def _fluid_mounts(ctx: Ctx, name: str, spec: Mapping[str, Any], document: str) -> tuple[list[Any], list[str]]:
+def _params(doc: AutoscalingDoc | None) -> autoscaler.Params:
+    d = autoscaler.Params()
+    if doc is None:
+        return d
+    given = {field: getattr(doc, field) for field in PARAM_FIELDS if getattr(doc, field) is not None}
+    if "idle_rate" in given:
+        given["idle_rate"] = float(given["idle_rate"])
+    return replace(d, **given)
+
+
+def _bounds(cache: ResourceCacheDoc | None) -> autoscaler.Bounds:
+    d = autoscaler.Bounds()
+    if cache is None:
+        return d
+    return autoscaler.Bounds(
+        min_workers=d.min_workers if cache.min_workers is None else int(cache.min_workers),
+        max_workers=d.max_workers if cache.max_workers is None else int(cache.max_workers),
+        replicas=None if cache.replicas is None else int(cache.replicas),
+    )
+
+
+def _fluid_mounts(name: str, spec: Mapping[str, Any], document: str) -> tuple[list[Any], list[str]]:
     """Translate Fluid-form mounts into fluidfs-form mounts; returns (mounts, warnings)."""
-    fluid_spec = {k: spec[k] for k in ("mounts", *_FLUID_SPEC) if k in spec}
+    fluid_spec = {k: spec[k] for k in ("mounts", *FLUID_SPEC_FIELDS) if spec.get(k) is not None}
     doc = {"apiVersion": FLUID_API_VERSION, "kind": "Dataset", "metadata": {"name": name}, "spec": fluid_spec}
     ds = parse_dataset(yaml.safe_dump(doc), document)
     mounts: list[Any] = []
@@ -299,46 +218,42 @@ def parse(obj: Mapping[str, Any]) -> DatasetResource:
     """Parse a Dataset resource; raises ``SpecError`` naming the resource and the field."""
     meta = meta_of(obj)
     document = f"Dataset {meta.key}"
-    ctx = Ctx(document)
     if obj.get("apiVersion") != CR_API_VERSION or obj.get("kind") != "Dataset":
-        ctx.fail("apiVersion", f"expected {CR_API_VERSION} Dataset, got {obj.get('apiVersion')} {obj.get('kind')}")
-    spec = mapping(ctx, obj.get("spec"), "spec")
-    check_keys(ctx, spec, "spec", ("mounts", "cache", "metadata", *_FLUID_SPEC, *_IGNORED_FLUID_SPEC))
-    warnings = [f"{document}: spec.{k}: ignored (not used by fluidfs)" for k in _IGNORED_FLUID_SPEC if k in spec]
-    raw_mounts = spec.get("mounts")
-    fluid = any(k in spec for k in _FLUID_SPEC) or (
-        isinstance(raw_mounts, list) and any(isinstance(m, Mapping) and "encryptOptions" in m for m in raw_mounts)
+        got = f"{obj.get('apiVersion')} {obj.get('kind')}"
+        raise SpecError(document, "apiVersion", f"expected {CR_API_VERSION} Dataset, got {got}")
+    model = schema.validate_resource(obj, document)
+    spec: Mapping[str, Any] = obj["spec"]
+    warnings = [f"{document}: spec.{k}: ignored (not used by fluidfs)" for k in IGNORED_FLUID_FIELDS
+                if spec.get(k) is not None]  # fmt: skip
+    raw_mounts: list[Any] = list(spec["mounts"])
+    fluid = any(spec.get(k) is not None for k in FLUID_SPEC_FIELDS) or any(
+        m.get("encryptOptions") is not None for m in raw_mounts
     )
+    mounts: list[Any]
     if fluid:
-        for i, m in enumerate(raw_mounts if isinstance(raw_mounts, list) else []):
-            if isinstance(m, Mapping) and "credentials" in m:
-                ctx.fail(f"spec.mounts[{i}].credentials", "use encryptOptions (Fluid's form) in every mount, or "
-                         "credentials in every mount, not both")  # fmt: skip
-        mounts, fluid_warnings = _fluid_mounts(ctx, meta.name, spec, document)
+        for i, m in enumerate(raw_mounts):
+            if m.get("credentials") is not None:
+                raise SpecError(document, f"spec.mounts[{i}].credentials", "use encryptOptions (Fluid's form) in "
+                                "every mount, or credentials in every mount, not both")  # fmt: skip
+        mounts, fluid_warnings = _fluid_mounts(meta.name, spec, document)
         warnings += fluid_warnings
     else:
-        mounts = raw_mounts  # type: ignore[assignment]
-    cache_raw = spec.get("cache")
-    cache = {} if cache_raw is None else mapping(ctx, cache_raw, "spec.cache")
-    check_keys(ctx, cache, "spec.cache", CACHE_FIELDS)
-    doc_cache = {k: cache[k] for k in DOCUMENT_CACHE_FIELDS if cache.get(k) is not None}
+        mounts = raw_mounts
+    cache_raw: Mapping[str, Any] = spec.get("cache") or {}
+    doc_cache = {k: cache_raw[k] for k in TABLE_CACHE_KEYS if cache_raw.get(k) is not None}
     doc_spec: dict[str, Any] = {"mounts": mounts}
     if doc_cache:
         doc_spec["cache"] = doc_cache
-    if spec.get("metadata") is not None:
-        doc_spec["metadata"] = spec["metadata"]
+    for section in section_models():  # every other settings section goes to the document as written
+        if section != "cache" and spec.get(section) is not None:
+            doc_spec[section] = spec[section]
     doc = {"apiVersion": API_VERSION, "kind": "Dataset", "metadata": {"name": meta.name}, "spec": doc_spec}
     dataset = parse_dataset(yaml.safe_dump(doc, sort_keys=False), document)
-    worker = _worker(ctx, cache.get("worker"))
-    bounds = autoscaler.Bounds(
-        min_workers=_int(ctx, cache.get("minWorkers"), "spec.cache.minWorkers", autoscaler.Bounds.min_workers),
-        max_workers=_int(ctx, cache.get("maxWorkers"), "spec.cache.maxWorkers", autoscaler.Bounds.max_workers),
-        replicas=None if cache.get("replicas") is None else _int(ctx, cache["replicas"], "spec.cache.replicas", 0),
-    )
-    if bounds.min_workers > bounds.max_workers:
-        ctx.fail("spec.cache.minWorkers", f"minWorkers ({bounds.min_workers}) must not exceed maxWorkers "
-                 f"({bounds.max_workers})")  # fmt: skip
-    params = _params(ctx, cache.get("autoscaling"))
+    cache_doc = getattr(model, "cache", None)
+    cache = cache_doc if isinstance(cache_doc, ResourceCacheDoc) else None
+    worker = _worker(cache.worker if cache is not None else None)
+    bounds = _bounds(cache)
+    params = _params(cache.autoscaling if cache is not None else None)
     worker_mounts, env = _secret_env(list(mounts))
     worker_cache = {**doc_cache, "size": str(worker.quota), "memorySize": str(worker.memory_size)}
     worker_doc = {

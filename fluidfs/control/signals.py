@@ -17,7 +17,9 @@ Signals (names of the data-plane metrics in ``fluidfs/metrics.py``):
 - source throughput: ``fluidfs_source_bytes_total``;
 - cache capacity used: ``fluidfs_cache_used_bytes`` / ``fluidfs_cache_quota_bytes`` of each
   member's largest tier (the SSD tier, or the memory tier of a member without one);
-- dataset size, when some member knows it: ``fluidfs_dataset_size_bytes``.
+- dataset size, when some member knows it: ``fluidfs_dataset_size_bytes`` of a member whose
+  ``fluidfs_dataset_size_complete`` is 1 (it has listed every directory it has seen); the largest
+  size any member has seen is kept too, as a lower bound.
 
 Only samples whose ``dataset`` label is the dataset being sampled count (a node plugin's
 endpoint serves every dataset mounted on that node); a mount-side endpoint with no sample of
@@ -81,7 +83,8 @@ class MemberSnapshot:
     counters: Mapping[str, float] = field(default_factory=dict)  # keys of _COUNTERS present
     used_bytes: int | None = None  # largest tier
     quota_bytes: int | None = None
-    dataset_bytes: int | None = None
+    dataset_bytes: int | None = None  # the dataset's size, if this member knows it completely
+    dataset_bytes_seen: int | None = None  # bytes of the files it has seen (a lower bound)
     error: str = ""
 
 
@@ -110,7 +113,8 @@ class Sample:
     source_bps: float | None = None
     used_bytes: int | None = None  # cluster cache (all members)
     capacity_bytes: int | None = None
-    dataset_bytes: int | None = None
+    dataset_bytes: int | None = None  # known completely by some member
+    dataset_bytes_seen: int | None = None  # the most any member has seen (a lower bound)
     clients: int = 0  # mount daemons that answered
     workers: int = 0  # cache workers that answered
     members: tuple[MemberUsage, ...] = ()
@@ -144,6 +148,7 @@ def snapshot(target: Target, text: str | None, dataset: str, now: float, error: 
     used: dict[str, float] = {}
     quota: dict[str, float] = {}
     size: float | None = None
+    complete = False
     try:
         for family in text_string_to_metric_families(text):
             for s in family.samples:
@@ -163,6 +168,8 @@ def snapshot(target: Target, text: str | None, dataset: str, now: float, error: 
                     quota[tier] = quota.get(tier, 0.0) + value
                 elif s.name == "fluidfs_dataset_size_bytes" and value > 0:
                     size = value if size is None else max(size, value)
+                elif s.name == "fluidfs_dataset_size_complete" and value > 0:
+                    complete = True
     except Exception as exc:  # the parser raises ValueError, IndexError, ... on garbage
         log.debug("metrics of %s (%s) are garbled: %s", target.name, target.url, exc)
         return MemberSnapshot(target, now, error=f"garbled metrics: {type(exc).__name__}")
@@ -173,7 +180,8 @@ def snapshot(target: Target, text: str | None, dataset: str, now: float, error: 
         counters=counters,
         used_bytes=int(used[tier]) if tier in used else None,
         quota_bytes=int(quota[tier]) if tier in quota else None,
-        dataset_bytes=int(size) if size is not None else None,
+        dataset_bytes=int(size) if size is not None and complete else None,
+        dataset_bytes_seen=int(size) if size is not None else None,
     )
 
 
@@ -202,6 +210,7 @@ def sample(previous: Mapping[str, MemberSnapshot], current: Sequence[MemberSnaps
     clients = workers = used = capacity = 0
     usage_known = bool(current)
     size: int | None = None
+    seen: int | None = None
     members: list[MemberUsage] = []
     if not current:
         problems.append("no member answered")
@@ -226,6 +235,8 @@ def sample(previous: Mapping[str, MemberSnapshot], current: Sequence[MemberSnaps
             members.append(MemberUsage(t.name, t.role, t.node, cur.used_bytes, cur.quota_bytes))
         if cur.dataset_bytes is not None:
             size = max(size or 0, cur.dataset_bytes)
+        if cur.dataset_bytes_seen is not None:
+            seen = max(seen or 0, cur.dataset_bytes_seen)
         required = _CLIENT_REQUIRED if client else _WORKER_REQUIRED
         missing = [k for k in required if k not in cur.counters]
         if missing:
@@ -269,6 +280,7 @@ def sample(previous: Mapping[str, MemberSnapshot], current: Sequence[MemberSnaps
         used_bytes=used if usage_known else None,
         capacity_bytes=capacity if usage_known else None,
         dataset_bytes=size,
+        dataset_bytes_seen=seen,
         clients=clients,
         workers=workers,
         members=tuple(members),

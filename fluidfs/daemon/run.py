@@ -371,8 +371,12 @@ def run_foreground(
     pid_file: str | None,
     *,
     nonempty: bool = False,
+    check_timeout: float | None = None,
 ) -> int:
-    """Open sources, mount and serve until unmounted.  Returns the exit code."""
+    """Open sources, mount and serve until unmounted.  Returns the exit code.
+
+    ``check_timeout`` bounds the start-up check of the sources (default: the request timeout).
+    """
     pid_path = os.path.abspath(pid_file) if pid_file else None
     wrote_pid = False
     try:
@@ -380,7 +384,7 @@ def run_foreground(
         checked_runtime_dir(create=True)
         record_file = record_path(mnt)
         os.chdir("/")  # every path we keep is absolute from here on
-        sources = open_sources(dataset, cfg.request_timeout)
+        sources = open_sources(dataset, cfg.request_timeout, check_timeout)
         if pid_path:
             with open(pid_path, "w", encoding="ascii") as f:
                 f.write(f"{os.getpid()}\n")

@@ -6,6 +6,19 @@ Every write operation answers EROFS.  Failures answered with EIO are logged as w
 one per (operation, kind of error) every ``WARN_INTERVAL`` seconds with a count of the ones
 suppressed (a reader retrying against a source that is down would otherwise flood the log);
 the ``fluidfs_fuse_errors_total`` metric counts every one.
+
+The kernel holds one size per file and never reads past it.  An open that finds a newer version
+of a file than the size and time the kernel holds (the file changed at the source and the daemon
+learned it first, e.g. from a failed read) makes the kernel forget those attributes before it
+answers; otherwise it would serve the new version cut to the old size.  A short read (its end of
+file) by a handle of an older, smaller version makes the kernel shrink its size of the file to
+that version's; the kernel is told to forget it again at the next open or when that handle is
+closed (flushed or released).
+
+Caveats: between such a short read and the next open or close, ``stat`` shows the old version's
+size (handles of the new version read all of it: they bypass the page cache while an older
+version is open).  A handle of an older, *larger* version reads only up to the newer size once
+the kernel has it.
 """
 
 from __future__ import annotations
@@ -19,6 +32,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import pyfuse3
+import trio
 
 from fluidfs import metrics
 from fluidfs.errors import AccessDeniedError, FsOpError, NotFoundError, SourceError, VersionChangedError
@@ -103,6 +117,8 @@ class FluidOperations(pyfuse3.Operations):
         self._ea: dict[int, tuple[Attr, pyfuse3.EntryAttributes]] = {}  # inode -> last reply
         self._read_bytes = metrics.FUSE_READ_BYTES.labels(vfs.dataset)
         self.warn = RateLimitedLog(log, WARN_INTERVAL)
+        self._notify = trio.CapacityLimiter(2)  # threads writing notifications to the kernel
+        self._shrunk: set[int] = set()  # inodes whose size the kernel cut to an older version's
 
     def _entry(self, a: Attr) -> pyfuse3.EntryAttributes:
         cached = self._ea.get(a.inode)
@@ -157,21 +173,49 @@ class FluidOperations(pyfuse3.Operations):
     @_op("open")
     async def open(self, inode: int, flags: int, ctx: Any) -> pyfuse3.FileInfo:
         fh, keep = await self.vfs.open(inode, flags)
+        told = self._ea.get(inode)
+        now = self.vfs.handle_attr(fh)
+        if inode in self._shrunk or (told is not None and (told[0].size, told[0].mtime_ns) != (now.size, now.mtime_ns)):
+            await self._forget_kernel_attrs(inode)
         return pyfuse3.FileInfo(fh=fh, keep_cache=keep, direct_io=self.vfs.direct_io(fh))
+
+    async def _forget_kernel_attrs(self, inode: int) -> None:
+        """Make the kernel ask for ``inode``'s attributes again (its next read or stat gets the new size)."""
+        self._shrunk.discard(inode)
+
+        def notify() -> None:
+            try:
+                pyfuse3.invalidate_inode(inode, attr_only=True)
+            except OSError as exc:  # the kernel no longer knows the inode: nothing to forget
+                log.debug("dataset %s: invalidating attributes of inode %d: %s", self.vfs.dataset, inode, exc)
+
+        await trio.to_thread.run_sync(notify, limiter=self._notify)
 
     @_op("read")
     async def read(self, fh: int, off: int, size: int) -> Any:
         data = await self.vfs.read(fh, off, size)
         self._read_bytes.inc(len(data))
+        if len(data) < size:
+            inode, end = self.vfs.handle_extent(fh)
+            told = self._ea.get(inode)
+            if told is not None and told[0].size > end:
+                # the kernel will cut its size of the file to this (older) version's end; telling it
+                # to forget now would make it zero-fill the rest of this reply instead
+                self._shrunk.add(inode)
         return data
 
     @_op("release")
     async def release(self, fh: int) -> None:
+        inode = self.vfs.handle_extent(fh)[0] if self._shrunk else 0
         self.vfs.release(fh)
+        if inode in self._shrunk:
+            await self._forget_kernel_attrs(inode)
 
     @_op("flush")
     async def flush(self, fh: int) -> None:
-        return None
+        # close() waits for flush (release comes later, asynchronously): a stat after close is right
+        if self._shrunk and (inode := self.vfs.handle_extent(fh)[0]) in self._shrunk:
+            await self._forget_kernel_attrs(inode)
 
     @_op("statfs")
     async def statfs(self, ctx: Any) -> pyfuse3.StatvfsData:

@@ -158,8 +158,9 @@ class Vfs:
 
     # --- files ----------------------------------------------------------------------------
     async def open(self, inode: int, flags: int) -> tuple[int, bool]:
-        """Open for reading; returns (fh, keep_cache)."""
-        if flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND):
+        """Open for reading; returns (fh, keep_cache).  ``O_APPEND`` without write access is a read-only
+        open (as on any read-only file system); write access or ``O_TRUNC`` is EROFS."""
+        if flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC):
             raise FsOpError(E.EROFS)
         node = await self.ns.getattr(inode)
         if node.is_dir:
@@ -245,6 +246,16 @@ class Vfs:
             # the inode's page cache, which a newer open kept: the next open must drop it
             self._kernel_version.pop(inode, None)
         return data
+
+    def handle_attr(self, fh: int) -> Attr:
+        """The current attributes of the file handle ``fh`` reads."""
+        return self.attr(self._file(fh).node)
+
+    def handle_extent(self, fh: int) -> tuple[int, int]:
+        """``(inode, size)`` of the version handle ``fh`` reads (older than the file's current one
+        when the file changed while it was open)."""
+        h = self._file(fh)
+        return h.node.inode, h.reader.size
 
     def direct_io(self, fh: int) -> bool:
         """Whether handle ``fh`` must bypass the kernel page cache: true while handles of another

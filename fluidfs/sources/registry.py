@@ -77,19 +77,23 @@ def open_source(mount: MountSpec, credentials: Mapping[str, str], timeout: float
     raise SpecError(_doc(mount), "mountPoint", f"unsupported scheme {mount.scheme!r} in {redact_url(mount.url)!r}")
 
 
-def open_sources(dataset: Dataset, timeout: float = DEFAULT_REQUEST_TIMEOUT) -> list[tuple[Source, MountSpec]]:
+def open_sources(
+    dataset: Dataset, timeout: float = DEFAULT_REQUEST_TIMEOUT, check_timeout: float | None = None
+) -> list[tuple[Source, MountSpec]]:
     """Open every mount's source and check that it answers (credentials, bucket, endpoint, path).
 
-    The checks run in parallel (in a trio run of their own: call this outside trio), each within
-    ``timeout`` seconds; the first failure (in mount order) is raised as the matching
-    SourceError naming the mount.  Sources are closed on failure.
+    The sources' operations get ``timeout`` seconds each; the checks run in parallel (in a trio run
+    of their own: call this outside trio), each within ``check_timeout`` seconds (default
+    ``timeout``: a caller with a shorter deadline of its own passes it); the first failure (in
+    mount order) is raised as the matching SourceError naming the mount.  Sources are closed on failure.
     """
+    deadline = timeout if check_timeout is None else min(timeout, check_timeout)
     out = [(open_source(m, resolve_credentials(m), timeout), m) for m in dataset.mounts]
     errors: dict[int, SourceError] = {}
 
     async def check(i: int, src: Source) -> None:
         try:
-            await AsyncSource(src, dataset.name, trio.CapacityLimiter(1), timeout).check()
+            await AsyncSource(src, dataset.name, trio.CapacityLimiter(1), deadline).check()
         except SourceError as exc:
             errors[i] = exc
 

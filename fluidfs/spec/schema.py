@@ -198,16 +198,23 @@ def _row_field(row: Setting) -> tuple[Any, Any]:
 
 
 @cache
-def dataset_model() -> type[DatasetBase]:
-    """The fluidfs Dataset document model, with ``spec.<section>`` built from the settings table."""
+def section_models() -> dict[str, type[SectionDoc]]:
+    """The ``spec.<section>`` models (``cache``, ``metadata``, ...), built from the settings table;
+    the Dataset custom resource (``fluidfs.control``) extends them."""
     by_section: dict[str, dict[str, Any]] = {}
     for row in SETTINGS:
         if row.dataset:
             by_section.setdefault(row.section, {})[row.name] = _row_field(row)
-    sections = {
-        section: (create_model(f"{section.title()}Doc", __base__=SectionDoc, **defs) | None, None)
+    return {
+        section: create_model(f"{section.title()}Doc", __base__=SectionDoc, **defs)
         for section, defs in by_section.items()
     }
+
+
+@cache
+def dataset_model() -> type[DatasetBase]:
+    """The fluidfs Dataset document model, with ``spec.<section>`` built from the settings table."""
+    sections = {section: (model | None, None) for section, model in section_models().items()}
     spec = create_model("SpecDoc", __base__=SpecBase, **sections)  # type: ignore[call-overload]
     return create_model("DatasetDoc", __base__=DatasetBase, spec=(spec, ...))
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import copy
-import datetime
 import http.client
 import json
 import ssl
@@ -20,14 +19,11 @@ from typing import Any
 import jsonpatch
 import kubernetes_validate
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from fluidfs.control.sched.locations import MIB, CacheLocations, dataset_key_for_url, label_name
-from fluidfs.control.sched.webhook import AdmissionHandler, WebhookServer, webhook_configuration
+from fluidfs.control.sched.webhook import AdmissionHandler, WebhookConfig, WebhookServer, webhook_configuration
 from tests.support.kube_lookups import FakeVolumeLookups
+from tests.support.tls import make_cert
 
 GIB = 1024 * MIB
 KUBE_VERSIONS = ["1.29.0", "1.35.0", kubernetes_validate.latest_version()]
@@ -226,6 +222,23 @@ def test_queued_jobs_are_suspended(lookups: FakeVolumeLookups) -> None:
     assert "patch" not in run(handler, job, kind=kind)[0]
 
 
+def test_only_jobs_of_the_queues_the_controller_runs_are_suspended(lookups: FakeVolumeLookups) -> None:
+    """A Job labelled for a queue no controller runs would stay suspended for ever: left alone, with a warning."""
+    handler = AdmissionHandler(lookups, lambda: LOCATIONS, WebhookConfig(queues=frozenset({"train", "eval"})))
+    kind = {"group": "batch", "version": "v1", "kind": "Job"}
+    template = {"spec": {"restartPolicy": "Never", "containers": [{"name": "c", "image": "i"}]}}
+    meta = {"name": "j", "namespace": "ml", "labels": {"fluidfs.io/queue": "eval"}}
+    job: dict[str, Any] = {"apiVersion": "batch/v1", "kind": "Job", "metadata": meta, "spec": {"template": template}}
+    _, patched = run(handler, job, kind=kind)
+    assert patched["spec"]["suspend"] is True
+    job["metadata"]["labels"]["fluidfs.io/queue"] = "trian"
+    resp, _ = run(handler, job, kind=kind)
+    assert "patch" not in resp
+    assert resp["warnings"] == ["fluidfs: no fluidfs queue 'trian' runs here (queues: eval, train); job not suspended"]
+    resp, _ = run(AdmissionHandler(lookups, lambda: LOCATIONS, WebhookConfig(queues=frozenset())), job, kind=kind)
+    assert "patch" not in resp and "(queues: none)" in resp["warnings"][0]
+
+
 @pytest.mark.parametrize(
     "body",
     [
@@ -267,32 +280,16 @@ def test_webhook_configuration_is_valid() -> None:
         assert hook["failurePolicy"] == "Ignore" and hook["timeoutSeconds"] <= 5 and hook["sideEffects"] == "None"
         excluded = hook["namespaceSelector"]["matchExpressions"][0]["values"]
         assert "kube-system" in excluded and "fluidfs-system" in excluded
+    # with the controller's queue names, only their Jobs are sent (one In expression, still valid)
+    named = webhook_configuration("w", "s", "ns", "UEVN", queue_names=["train", "eval"])
+    validate(named)
+    (jobs,) = [h for h in named["webhooks"] if h["rules"][0]["resources"] == ["jobs"]]
+    assert {"key": "fluidfs.io/queue", "operator": "In", "values": ["train", "eval"]} in jobs["objectSelector"][
+        "matchExpressions"
+    ]
 
 
 # ---------------------------------------------------------------------------- over TLS
-
-
-def make_cert(tmp: Path) -> tuple[str, str]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "fluidfs-controller.fluidfs-system.svc")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
-        .sign(key, hashes.SHA256())
-    )
-    certfile, keyfile = tmp / "tls.crt", tmp / "tls.key"
-    certfile.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    keyfile.write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
-    return str(certfile), str(keyfile)
 
 
 def test_served_over_tls(tmp_path: Path, lookups: FakeVolumeLookups) -> None:

@@ -404,3 +404,40 @@ def test_readahead_is_not_lost_when_the_memory_tier_is_full_under_none() -> None
         assert len(starts) == len(set(starts)) == 24  # every block fetched once: no prefetch thrown away
 
     trio.run(main)
+
+
+def test_dataset_size_is_known_once_every_directory_was_listed() -> None:
+    """fluidfs_dataset_size_bytes / _complete: the sizes of the files seen (each once, at its
+    latest size, gone when its directory's listing no longer has it), complete once every
+    directory seen was listed -- what the controller's "cached %" divides by."""
+    from prometheus_client import REGISTRY
+
+    a = MemorySource({"x.txt": b"hello", "d/y.bin": blob(3 * MiB + 7), "d/e/z": b"12", "d/e/k": b"k"})
+    b = MemorySource({"w": b"abc"})
+
+    def gauge(name: str) -> float | None:
+        return REGISTRY.get_sample_value(name, {"dataset": "t"})
+
+    async def main() -> None:
+        vfs = make_vfs({"/a": a, "/b/c": b}, metadata_ttl=0.0)
+        ns = vfs.ns
+        assert (ns.dataset_bytes, ns.size_complete) == (0, False)
+        await vfs.getattr(await resolve(vfs, "/a/x.txt"))  # a lookup: partial
+        assert ns.dataset_bytes == 5 and not ns.size_complete
+        for d in ("/a", "/a/d", "/a/d/e", "/b/c"):
+            await listdir(vfs, await resolve(vfs, d))
+        assert ns.size_complete and ns.dataset_bytes == 5 + 3 * MiB + 7 + 2 + 1 + 3
+        assert gauge("fluidfs_dataset_size_bytes") == ns.dataset_bytes
+        assert gauge("fluidfs_dataset_size_complete") == 1.0
+        # the source changes: a file grows, one is deleted; the next listings say so
+        a.put("x.txt", b"hello world")
+        a.delete("d/e/z")
+        await listdir(vfs, await resolve(vfs, "/a"))
+        await listdir(vfs, await resolve(vfs, "/a/d/e"))
+        assert ns.dataset_bytes == 11 + 3 * MiB + 7 + 1 + 3
+        # a new directory seen by a lookup is not listed yet: the size is a lower bound again
+        a.put("n/new", b"1234")
+        await resolve(vfs, "/a/n")
+        assert not ns.size_complete and gauge("fluidfs_dataset_size_complete") == 0.0
+
+    trio.run(main)

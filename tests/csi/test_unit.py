@@ -324,6 +324,34 @@ def test_credentials_written_private_and_never_in_state(tmp_path) -> None:
         mm._prepare("key2", req, {"../escape": "x"})
 
 
+def test_dataset_info_names_the_dataset_key_of_each_shared_mount(tmp_path) -> None:
+    """fluidfs_csi_dataset_info{dataset, dataset_key}: how fluidfs-controller maps a daemon's
+    metrics (labelled by dataset name) to the node label cache.fluidfs.io/<dataset key>; it
+    survives a restart of the supervisor (identity file) and goes with the last mount."""
+    from csi import metrics as csi_metrics
+    from fluidfs.spec.identity import dataset_key
+
+    store = StateStore(str(tmp_path / "state"))
+    mm = MountManager(store, State(), cache_root=str(tmp_path / "cache"), fluidfs_cmd=None)
+    ctx = {"url": "s3://bucket/train", "name": "imagenet"}
+    m = mm._prepare("mkey", parse_context(ctx), {})
+    mm.state.mounts["mkey"] = m
+    key = dataset_key(ctx)
+    assert key is not None
+
+    def info() -> float | None:
+        return csi_metrics.REGISTRY.get_sample_value(
+            "fluidfs_csi_dataset_info", {"dataset": "imagenet", "dataset_key": key}
+        )
+
+    csi_metrics.drop_dataset("mkey")
+    assert info() is None
+    mm.publish_datasets()  # what a restarted supervisor does for the mounts of its state
+    assert info() == 1.0
+    csi_metrics.drop_dataset("mkey")
+    assert info() is None
+
+
 def test_second_operation_on_one_volume_is_aborted(tmp_path) -> None:
     from csi.node import NodeServicer
 

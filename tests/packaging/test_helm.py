@@ -396,7 +396,11 @@ def test_node_daemonsets_defaults(chart: helm.Chart, default_objs: list[dict[str
         assert container(pod, name)["image"] == f"fluidfs/fluidfs:{chart.metadata['appVersion']}"
         assert "hostNetwork" not in pod
         assert pod["tolerations"] == [{"operator": "Exists"}]
-    assert flag(container(mounter["spec"]["template"]["spec"], "mounter")["args"], "metrics-addr") is None
+    # fluidfs-controller (on by default) reads the mount supervisors' metrics: served, no Service
+    assert flag(container(mounter["spec"]["template"]["spec"], "mounter")["args"], "metrics-addr") == "0.0.0.0:9809"
+    assert not by_kind(default_objs, "Service")
+    alone = daemonset(objects(render({"datasetController": {"enabled": False}})), "mounter")
+    assert flag(container(alone["spec"]["template"]["spec"], "mounter")["args"], "metrics-addr") is None
 
 
 def test_node_daemonsets_all_features(

@@ -6,6 +6,11 @@ the StatefulSet controller creating pods ``<set>-<ordinal>`` (ready by default; 
 change that) and a status with ``readyReplicas``.  Every call is recorded in ``calls``;
 ``fail`` makes the next calls of a verb/kind raise.  Metrics texts are served from ``texts``
 (URL -> text, or a callable giving it, or None for an endpoint that does not answer).
+
+The cluster objects of cache-aware scheduling (Nodes, Jobs, Pods, PVCs, PVs, StorageClasses)
+are added with ``add``; ``list_objects`` filters them by kind, namespace, label selector and the
+``status.phase`` field selector, and ``patch`` applies JSON merge patches (recorded in
+``patches``).
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import uuid
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from fluidfs.control.adapter import Obj, PodInfo
+from fluidfs.control.adapter import CLUSTER_SCOPED, Obj, PodInfo, merge_patch, selector_matches
 from fluidfs.errors import KubeApiError, ScrapeError
 
 
@@ -31,9 +36,23 @@ class FakeKube:
         self.clients: list[PodInfo] = []
         self.not_ready: set[str] = set()  # pod names reported not ready
         self.failures: dict[tuple[str, str], list[KubeApiError]] = {}
+        self.patches: list[tuple[str, str, str, Obj]] = []  # (kind, namespace, name, patch)
         self._rv = itertools.count(1)
 
     # --- test controls -------------------------------------------------------------------
+
+    def add(self, obj: Obj) -> Obj:
+        """Store a cluster object as if a user had created it (uid, resourceVersion added)."""
+        new = copy.deepcopy(obj)
+        m = new.setdefault("metadata", {})
+        ns = "" if new["kind"] in CLUSTER_SCOPED else m.setdefault("namespace", "default")
+        m.setdefault("uid", str(uuid.uuid4()))
+        m["resourceVersion"] = str(next(self._rv))
+        self.objects[(new["kind"], ns, m["name"])] = new
+        return copy.deepcopy(new)
+
+    def obj(self, kind: str, namespace: str, name: str) -> Obj:
+        return self.objects[(kind, "" if kind in CLUSTER_SCOPED else namespace, name)]
 
     def fail(self, verb: str, kind: str, error: KubeApiError, times: int = 1) -> None:
         self.failures.setdefault((verb, kind), []).extend([error] * times)
@@ -175,6 +194,33 @@ class FakeKube:
                 out.append(PodInfo(pod, ns, f"node-{i}", pod not in self.not_ready, False, url, labels))
         return out
 
+    def list_objects(
+        self, kind: str, namespace: str | None = None, label_selector: str = "", field_selector: str = ""
+    ) -> list[Obj]:
+        self._call("list", kind, namespace or "")
+        out = []
+        for (k, ns, _), obj in sorted(self.objects.items()):
+            if k != kind or namespace not in (None, ns):
+                continue
+            if not selector_matches(obj["metadata"].get("labels") or {}, label_selector):
+                continue
+            if not _fields_match(obj, field_selector):
+                continue
+            out.append(copy.deepcopy(obj))
+        return out
+
+    def patch(self, kind: str, namespace: str, name: str, patch: Obj) -> Obj:
+        self._call("patch", kind, name)
+        key = (kind, "" if kind in CLUSTER_SCOPED else namespace, name)
+        old = self.objects.get(key)
+        if old is None:
+            raise KubeApiError("not found", 404)
+        new = merge_patch(old, patch)
+        new["metadata"]["resourceVersion"] = str(next(self._rv))
+        self.objects[key] = new
+        self.patches.append((kind, namespace, name, copy.deepcopy(patch)))
+        return copy.deepcopy(new)
+
     def scrape(self, url: str, timeout: float) -> str:
         self._call("scrape", "Pod", url)
         source: Any = self.texts.get(url)
@@ -186,3 +232,16 @@ class FakeKube:
     def emit(self, event: Obj) -> None:
         self._call("create", "Event", event["reason"])
         self.events.append(copy.deepcopy(event))
+
+
+def _fields_match(obj: Obj, selector: str) -> bool:
+    """``a.b=v`` / ``a.b!=v`` terms of a field selector."""
+    for term in filter(None, (t.strip() for t in selector.split(","))):
+        neg = "!=" in term
+        path, value = term.split("!=" if neg else "=", 1)
+        node: Any = obj
+        for part in path.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        if (str(node) == value) == neg:
+            return False
+    return True

@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 import yaml
 
-from fluidfs.control import crd, resource
+from fluidfs.config import SETTINGS
+from fluidfs.control import autoscaler, crd, resource
 from fluidfs.errors import SpecError
 from tests.support.control_validate import schema_errors, validate_strict
 
@@ -68,19 +69,31 @@ def test_examples_are_accepted_by_the_schema_and_the_controller(path: Path) -> N
     assert res.dataset.mounts
 
 
+def test_the_readme_dataset_resource_is_accepted_by_the_schema_and_the_controller() -> None:
+    blocks = [b.split("```", 1)[0] for b in (ROOT / "README.md").read_text().split("```yaml\n")[1:]]
+    resources = [b for b in blocks if b.startswith("# a Dataset resource") and "\nkind: Dataset\n" in b]
+    assert resources, "README.md: no Dataset resource example"
+    for text in resources:
+        obj = yaml.safe_load(text)
+        assert schema_errors(obj) == []
+        obj["metadata"]["uid"] = "u"
+        assert resource.parse(obj).dataset.mounts
+
+
 BAD: list[tuple[str, Any, str]] = [
     ("spec.mounts", [], "should be non-empty"),
     ("spec.mounts.0.mountPoint", "ftp://host/x", "does not match"),
     ("spec.mounts.0.mountPoint", None, "None is not of type 'string'"),
-    ("spec.cache.size", "lots", "does not match"),
-    ("spec.cache.eviction", "fifo", "is not one of"),
+    ("spec.cache.size", [], "is not of type 'integer', 'string'"),
+    ("spec.cache.eviction", 3, "is not of type 'string'"),
     ("spec.cache.maxWorkers", -1, "less than the minimum"),
     ("spec.cache.maxWorkers", "4", "is not of type 'integer'"),
     ("spec.cache.autoscaling.policy", "cpu", "is not one of"),
-    ("spec.cache.autoscaling.window", "soon", "does not match"),
+    ("spec.cache.autoscaling.window", 1.5, "is not of type 'integer', 'string'"),
     ("spec.cache.autoscaling.minGain", -0.1, "less than the minimum"),
     ("spec.cache.autoscaling.fullThreshold", 1.5, "greater than the maximum"),
-    ("spec.cache.worker.quota", "10 gigs", "does not match"),
+    ("spec.cache.worker.tolerations.0.operator", "exists", "is not one of"),
+    ("spec.permissions.uid", True, "is not of type 'integer', 'string'"),
     ("spec.cache.sise", "1Gi", "Additional properties are not allowed ('sise' was unexpected)"),
     ("spec.mounts.0.credentials.accessKeyId", {"env": "AK"}, "'secretKeyRef' is a required property"),
 ]
@@ -90,8 +103,15 @@ def _set(obj: dict[str, Any], path: str, value: Any) -> None:
     *parents, last = path.split(".")
     node: Any = obj
     for p in parents:
-        node = node[int(p)] if p.isdigit() else node.setdefault(p, {})
+        if p.isdigit():
+            while len(node) <= int(p):
+                node.append({})
+            node = node[int(p)]
+        else:
+            node = node.setdefault(p, [] if p == "tolerations" else {})
     if last.isdigit():
+        while isinstance(node, list) and len(node) <= int(last):
+            node.append({})
         node[int(last)] = value
     else:
         node[last] = value
@@ -150,12 +170,18 @@ def test_fluid_mounts_carry_over_and_ignored_fields_are_warnings() -> None:
     "change, field, problem",
     [
         ({"minWorkers": 5, "maxWorkers": 2}, "spec.cache.minWorkers", "must not exceed maxWorkers"),
-        ({"autoscaling": {"policy": "gpu"}}, "spec.cache.autoscaling.policy", "must be one of"),
-        ({"autoscaling": {"window": "indefinite"}}, "spec.cache.autoscaling.window", "must be finite"),
+        ({"autoscaling": {"policy": "gpu"}}, "spec.cache.autoscaling.policy", "must be training-speed, capacity"),
+        ({"autoscaling": {"window": "indefinite"}}, "spec.cache.autoscaling.window", "must be a finite duration"),
+        ({"autoscaling": {"window": "soon"}}, "spec.cache.autoscaling.window", "invalid duration 'soon'"),
         ({"autoscaling": {"interval": "0s"}}, "spec.cache.autoscaling.interval", "more than 0"),
+        ({"autoscaling": {"minGain": "x"}}, "spec.cache.autoscaling.minGain", "must be a number from 0 to 10"),
         ({"worker": {"quota": "lots"}}, "spec.cache.worker.quota", "invalid size"),
         ({"worker": {"quotta": "1Gi"}}, "spec.cache.worker.quotta", "did you mean 'quota'"),
+        ({"worker": {"tolerations": [{"effect": "Never"}]}}, "spec.cache.worker.tolerations[0].effect", "one of"),
         ({"blockSize": "512Ki"}, "spec.cache.blockSize", "between 1Mi and 64Mi"),
+        ({"size": "lots"}, "spec.cache.size", "invalid size 'lots'"),
+        ({"eviction": "fifo"}, "spec.cache.eviction", "must be 'lru' or 'none'"),
+        ({"sise": "1Gi"}, "spec.cache.sise", "did you mean 'size'"),
     ],
 )
 def test_parse_rejects_what_the_schema_cannot_see(change: dict[str, Any], field: str, problem: str) -> None:
@@ -171,6 +197,41 @@ def test_parse_rejects_duplicate_mounts_and_mixed_credential_forms() -> None:
     with pytest.raises(SpecError, match="duplicate mount name"):
         resource.parse(obj)
     obj = example("dataset-from-fluid.yaml")
-    obj["spec"]["mounts"].append({"mountPoint": "s3://b", "credentials": {"accessKeyId": {"env": "X"}}})
+    ref = {"secretKeyRef": {"name": "s", "key": "k"}}
+    obj["spec"]["mounts"].append({"mountPoint": "s3://b", "credentials": {"accessKeyId": ref}})
     with pytest.raises(SpecError, match="not both"):
         resource.parse(obj)
+    obj["spec"]["mounts"][1]["credentials"] = {"accessKeyId": {"env": "X"}}  # env/file: only in a document
+    with pytest.raises(SpecError, match=r"credentials\.accessKeyId\.env: unknown field; expected one of: secretKeyRef"):
+        resource.parse(obj)
+
+
+def test_every_setting_of_the_table_is_in_the_crd_and_reaches_the_workers() -> None:
+    """A row with a Dataset field is in the CRD's spec schema with no line in crd.py, the controller
+    accepts it, and it goes to the workers' document as written."""
+    spec = crd.crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    rows = [row for row in SETTINGS if row.dataset]
+    assert rows
+    for row in rows:
+        node = spec["properties"][row.section]["properties"].get(row.key)
+        assert node is not None, f"{row.dataset} is not in the CRD"
+        assert row.help in node["description"]
+    obj = _resource()
+    obj["spec"]["permissions"] = {"uid": 1000, "fileMode": "0440"}
+    obj["spec"]["sources"] = {"requestTimeout": "30s"}
+    obj["spec"]["cache"]["inflightMemory"] = "64Mi"
+    assert schema_errors(obj) == []
+    res = resource.parse(obj)
+    assert res.dataset.settings["uid"] == 1000 and res.dataset.settings["file_mode"] == 0o440
+    assert res.document["spec"]["permissions"] == {"uid": 1000, "fileMode": "0440"}
+    assert res.document["spec"]["sources"] == {"requestTimeout": "30s"}
+    assert res.document["spec"]["cache"]["inflightMemory"] == "64Mi"
+
+
+def test_a_resource_without_cache_gets_the_defaults() -> None:
+    obj = {"apiVersion": crd.API_VERSION, "kind": "Dataset", "metadata": {"name": "d", "namespace": "n"},
+           "spec": {"mounts": [{"mountPoint": "s3://b/p"}]}}  # fmt: skip
+    assert schema_errors(obj) == []
+    res = resource.parse(obj)
+    assert res.bounds == autoscaler.Bounds() and res.params == autoscaler.Params()
+    assert res.worker == resource.WorkerSpec()

@@ -351,3 +351,33 @@ def PodInfoFor(url: str) -> Any:
         "spec": {"nodeName": "node-b", "containers": [{"ports": [{"name": "metrics", "containerPort": 9809}]}]},
         "status": {"podIP": ip, "conditions": [{"type": "Ready", "status": "True"}]},
     })  # fmt: skip
+
+
+def test_cached_percentage_is_exact_only_with_a_complete_dataset_size(kube: FakeKube) -> None:
+    from fluidfs.control import reconcile, signals
+
+    target = signals.Target("fluidfs-system/mounter-a", signals.CLIENT, "node-a", "http://a/metrics")
+    mount = render(mount_member(1 << 30, 1.0, 10, 10, 9 << 30))
+
+    def status(size: int, complete: int) -> dict[str, Any]:
+        ds = f'{{dataset="{NAME}"}}'
+        text = mount + (
+            f"# TYPE fluidfs_dataset_size_bytes gauge\nfluidfs_dataset_size_bytes{ds} {size}\n"
+            f"# TYPE fluidfs_dataset_size_complete gauge\nfluidfs_dataset_size_complete{ds} {complete}\n"
+        )
+        before = signals.by_name([signals.snapshot(target, text, NAME, 0.0)])
+        sample = signals.sample(before, [signals.snapshot(target, text, NAME, 15.0)])
+        out = reconcile.status(generation=1, policy="training-speed", selector="s", sts=None, decision=None,
+                               sample=sample, last_scaling=None, warnings=(), old_conditions=(),
+                               now="2026-01-01T00:00:00Z")  # fmt: skip
+        obj = dataset()
+        obj["status"] = out
+        assert schema_errors(obj) == []
+        return out
+
+    seen = status(20 << 30, 0)  # the mount has not listed every directory: 20 GiB is a lower bound
+    assert seen["datasetBytesSeen"] == 20 << 30 and "datasetBytes" not in seen
+    assert seen["cachedPercentage"] == "<=45%"
+    assert seen["members"] == {"mounts": 1, "workers": 0}
+    known = status(36 << 30, 1)
+    assert known["datasetBytes"] == 36 << 30 and known["cachedPercentage"] == "25%"

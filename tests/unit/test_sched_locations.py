@@ -9,14 +9,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from csi.volumes import parse_context
+from csi.volumes import parse_context, volume_id_for
 from fluidfs.control.sched.locations import (
-    KEY_LENGTH,
     MIB,
     CacheLocations,
     LabelPolicy,
     bucket_mib,
-    dataset_key,
     dataset_key_for_url,
     desired_labels,
     key_of_label,
@@ -24,6 +22,7 @@ from fluidfs.control.sched.locations import (
     label_patch,
     parse_label_value,
 )
+from fluidfs.spec.identity import KEY_LENGTH, dataset_key
 
 GIB = 1024 * MIB
 DOC = """
@@ -48,7 +47,9 @@ CONTEXTS = [
 
 @pytest.mark.parametrize("ctx", CONTEXTS)
 def test_key_is_the_csi_plugins_dataset_digest(ctx: dict[str, str]) -> None:
-    assert dataset_key(ctx) == parse_context(ctx).dataset_digest()[:KEY_LENGTH]
+    key = dataset_key(ctx)
+    assert key == parse_context(ctx).dataset_digest()[:KEY_LENGTH]
+    assert volume_id_for("pvc-1", parse_context(ctx)).startswith(f"fluidfs-{key}-")
 
 
 def test_key_ignores_cache_settings_and_credentials_but_not_the_data() -> None:

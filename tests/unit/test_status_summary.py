@@ -49,3 +49,39 @@ def test_walk_helpers(tmp_path: Path) -> None:
     assert sorted(f for b in iter_files(str(tmp_path), [""]) for f in b)[-1] == ("d/3", 3)
     with pytest.raises(Exception, match="not inside"):
         resolve_paths(str(tmp_path), ["../x"])
+
+
+def test_cluster_member_dataset_size_and_the_autoscaler_in_the_status() -> None:
+    from fluidfs.cli.status import autoscaler_summary, render
+
+    s = [
+        sample("fluidfs_peer_members", 3),
+        sample("fluidfs_peer_ownership_share_ratio", 1 / 3),
+        sample("fluidfs_peer_bytes_total", 4 << 20, side="client", op="get"),
+        sample("fluidfs_peer_bytes_total", 1 << 20, side="server", op="get"),
+        sample("fluidfs_peer_lookups_total", 9, result="owner"),
+        sample("fluidfs_dataset_size_bytes", 10 << 30),
+        sample("fluidfs_dataset_size_complete", 0),
+    ]
+    m = metrics_summary(s)
+    assert m["cluster"] == {"members": 3, "ownership_share": pytest.approx(1 / 3), "peer_bytes_received": 4 << 20,
+                            "peer_bytes_served": 1 << 20, "lookups": {"owner": 9}}  # fmt: skip
+    assert m["dataset_size"] == {"bytes": 10 << 30, "complete": False}
+    assert metrics_summary([])["cluster"] is None and metrics_summary([])["dataset_size"] is None
+    controller = [
+        Sample("fluidfs_autoscaler_replicas", {"namespace": "ml", "dataset": "d"}, 2),
+        Sample("fluidfs_autoscaler_recommended_replicas", {"namespace": "ml", "dataset": "d"}, 3),
+        Sample("fluidfs_autoscaler_replicas", {"namespace": "ml", "dataset": "other"}, 5),
+    ]
+    auto = autoscaler_summary(controller, "d")
+    assert auto == [{"namespace": "ml", "replicas": 2, "recommended": 3}]
+    st = {
+        "mountpoint": "/mnt", "dataset": "d", "pid": 1, "uptime_seconds": 5, "sources": ["s3://b"],
+        "metrics_url": "http://127.0.0.1:1/metrics", "config": {}, **m, "autoscaler": auto,
+        "cached": {"paths": ["/"], "fraction": 0.5, "bytes": 10, "cached_bytes": 5, "files": 2,
+                   "fully_cached_files": 1, "errors": 0},
+    }  # fmt: skip
+    text = render(st)
+    assert "cluster    3 members, this one owns 33% of the blocks" in text
+    assert "size       10 GiB of files (at least: not every directory listed yet)" in text
+    assert "workers    ml/d: 2 cache workers, the autoscaler recommends 3" in text

@@ -1,10 +1,11 @@
 """The cache location model: which nodes hold how many bytes of which dataset, as node labels.
 
-A dataset is named by its *dataset key*: the first 20 hex digits of the digest the CSI plugin
-computes for a volume's dataset (the same digits as in its volume ids ``fluidfs-<key>-...``):
-the ``url`` and source options, or the ``dataset`` document without ``spec.cache``, of a
-StorageClass's ``parameters`` or a PV's / inline volume's ``volumeAttributes``. Credentials and
-cache settings are not part of it, so every volume of the same data has the same key.
+A dataset is named by its *dataset key* (``fluidfs.spec.identity``, the one definition the CSI
+plugin uses too): the first 20 hex digits of the digest of the ``url`` and source options, or
+the ``dataset`` document without ``spec.cache``, of a StorageClass's ``parameters`` or a PV's /
+inline volume's ``volumeAttributes`` (the same digits as in the plugin's volume ids
+``fluidfs-<key>-...``). Credentials and cache settings are not part of it, so every volume of
+the same data has the same key.
 
 Where the cache is gets published as node labels, written by whoever measures it (the node
 plugin for its own node, or the controller from the Dataset status)::
@@ -31,75 +32,33 @@ same objects have different keys (the key is a digest of the description, not of
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 from collections.abc import Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import yaml
+from fluidfs.spec import identity
 
 log = logging.getLogger(__name__)
 
 LABEL_PREFIX = "cache.fluidfs.io/"
-KEY_LENGTH = 20
 MIB = 1024 * 1024
 #: significant bits kept in a label value (3: at most 25 % below the true value)
 VALUE_BITS = 3
-#: the volume attributes that are source options of a ``url`` dataset (as in the CSI plugin)
-_SOURCE_KEYS = frozenset({"endpoint", "region"})
 
 
 # ---------------------------------------------------------------------------- dataset keys
 
 
-def _digest(obj: Any) -> str:
-    text = json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
 def dataset_key_for_url(url: str, options: Mapping[str, str] | None = None) -> str:
     """Key of a ``url`` dataset with its source options (``endpoint``, ``region``, ``options.*``
     without the ``options.`` prefix)."""
-    return _digest({"url": url.strip(), "options": dict(options or {})})[:KEY_LENGTH]
+    return identity.key_of(identity.url_digest(url, options))
 
 
 def dataset_key_for_document(document: Mapping[str, Any]) -> str:
     """Key of a Dataset document (as parsed from YAML); its ``spec.cache`` does not count."""
-    doc = dict(document)
-    spec = dict(doc.get("spec") or {})
-    spec.pop("cache", None)
-    doc["spec"] = spec
-    return _digest({"dataset": doc})[:KEY_LENGTH]
-
-
-def dataset_key(attributes: Mapping[str, str]) -> str | None:
-    """Key of the dataset named by CSI volume attributes / StorageClass parameters, or None when
-    they name no dataset or cannot be read (the CSI plugin would refuse such a volume too)."""
-    attrs = {k: str(v) for k, v in attributes.items() if "/" not in k}
-    url = attrs.get("url", "").strip()
-    text = attrs.get("dataset", "")
-    if bool(url) == bool(text):
-        return None
-    if text:
-        try:
-            doc = yaml.safe_load(text)
-        except yaml.YAMLError:
-            return None
-        if not isinstance(doc, dict) or doc.get("kind") != "Dataset":
-            return None
-        try:
-            return dataset_key_for_document(doc)
-        except (TypeError, ValueError):  # a YAML value JSON cannot represent (a bare date, ...)
-            return None
-    options: dict[str, str] = {}
-    for k, v in attrs.items():
-        if k in _SOURCE_KEYS:
-            options[k] = v
-        elif k.startswith("options.") and len(k) > len("options."):
-            options[k[len("options.") :]] = v
-    return dataset_key_for_url(url, options)
+    return identity.key_of(identity.document_digest(document))
 
 
 def label_name(key: str) -> str:
@@ -112,9 +71,7 @@ def key_of_label(name: str) -> str | None:
     if not name.startswith(LABEL_PREFIX):
         return None
     key = name[len(LABEL_PREFIX) :]
-    if len(key) != KEY_LENGTH or any(c not in "0123456789abcdef" for c in key):
-        return None
-    return key
+    return key if identity.is_key(key) else None
 
 
 # ---------------------------------------------------------------------------- label values

@@ -14,8 +14,9 @@ location model, and returns what the controller must write:
 
 Annotations read: ``fluidfs.io/expected-duration`` (``90m``, ``2h``, seconds; for SJF),
 ``fluidfs.io/passed-over``. Capacity: free ``nvidia.com/gpu`` per node (allocatable minus the
-requests of the pods bound there that have not finished, minus the pods of admitted Jobs not yet
-bound), or ``slots`` concurrently running queue Jobs, or both.
+requests of the pods bound there that have not finished, minus the pods of admitted Jobs -- of
+any queue -- not yet bound), or ``slots`` concurrently running Jobs of this queue, or both.
+Datasets read by running Jobs of any queue count as warm.
 
 Jobs managed by Kueue (label ``kueue.x-k8s.io/queue-name``) are left to Kueue: see
 docs/scheduling.md for how the ordering plugs into Kueue instead.
@@ -226,11 +227,19 @@ def plan_queue(
     problems: list[str] = []
     pending: list[JobInfo] = []
     running: list[JobInfo] = []
+    elsewhere: list[JobInfo] = []  # running Jobs of the other queues: they hold GPUs and read datasets too
     for job in state.jobs:
         labels = _mapping(_mapping(job.get("metadata")).get("labels"))
-        if labels.get(QUEUE_LABEL) != config.name or _finished(job):
+        if QUEUE_LABEL not in labels or _finished(job):
             continue
         ns, name = _job_id(job)
+        if labels.get(QUEUE_LABEL) != config.name:
+            if _mapping(job.get("spec")).get("suspend") is not True and KUEUE_LABEL not in labels:
+                try:
+                    elsewhere.append(job_info(job, lookups, config.gpu_resource))
+                except ValueError:
+                    pass  # its own queue reports it
+            continue
         if KUEUE_LABEL in labels:
             problems.append(f"job {ns}/{name}: managed by Kueue ({KUEUE_LABEL}); left to Kueue")
             continue
@@ -253,7 +262,7 @@ def plan_queue(
     capacity = Capacity(free_gpus, None, alloc)
     # Admitted jobs whose pods are not bound yet still hold capacity.
     bound = _bound_pods(state.pods)
-    for info in running:
+    for info in running + elsewhere:
         ns, _, name = info.name.partition("/")
         unbound = max(0, info.pods - bound.get((ns, name), 0))
         if unbound and info.gpus_per_pod > 0 and capacity.free_gpus is not None:
@@ -266,7 +275,8 @@ def plan_queue(
     for key, size in state.dataset_bytes.items():
         if size > 0:
             fractions[key] = min(1.0, state.locations.total(key) / size)
-    dstate = DatasetState(fractions, frozenset(d for j in running for d in j.datasets), state.warming)
+    reading = frozenset(d for j in running + elsewhere for d in j.datasets)
+    dstate = DatasetState(fractions, reading, state.warming)
     decision = plan(pending, dstate, capacity, config.ordering)
     for name in decision.unschedulable:
         problems.append(f"job {name}: its pods need more {config.gpu_resource} than any node has; never admitted")

@@ -26,7 +26,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from .locations import dataset_key
+from fluidfs.spec.identity import dataset_key
 
 log = logging.getLogger(__name__)
 

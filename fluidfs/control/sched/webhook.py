@@ -36,7 +36,7 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Protocol
 
 from .locations import CacheLocations
 from .placement import cache_affinity, merge_patch, parse_mode
@@ -56,6 +56,7 @@ class WebhookConfig:
     driver: str = DRIVER
     levels: int = 4
     suspend_queued_jobs: bool = True
+    queues: frozenset[str] | None = None  # the queue names a controller runs (None: any name)
 
 
 def _response(uid: str, ops: Sequence[Mapping[str, Any]], warnings: Sequence[str]) -> dict[str, Any]:
@@ -66,6 +67,12 @@ def _response(uid: str, ops: Sequence[Mapping[str, Any]], warnings: Sequence[str
     if warnings:
         resp["warnings"] = [f"fluidfs: {w}" for w in warnings]
     return {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "response": resp}
+
+
+class Reviewer(Protocol):
+    """What ``WebhookServer`` serves: AdmissionReview bytes in, AdmissionReview out."""
+
+    def review(self, body: bytes) -> dict[str, Any]: ...
 
 
 class AdmissionHandler:
@@ -138,6 +145,10 @@ class AdmissionHandler:
             return [], []
         if KUEUE_LABEL in labels:
             return [], [f"job is managed by Kueue ({KUEUE_LABEL}); label {QUEUE_LABEL} ignored"]
+        queues = self.config.queues
+        if queues is not None and labels[QUEUE_LABEL] not in queues:
+            runs = ", ".join(sorted(queues)) or "none"
+            return [], [f"no fluidfs queue {str(labels[QUEUE_LABEL])!r} runs here (queues: {runs}); job not suspended"]
         if spec.get("suspend") is True:
             return [], []
         op = "replace" if "suspend" in spec else "add"
@@ -189,7 +200,7 @@ class _Certificates:
             return self._ctx
 
 
-def _request_handler(handler: AdmissionHandler, path: str) -> type[BaseHTTPRequestHandler]:
+def _request_handler(handler: Reviewer, path: str) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
 
@@ -234,7 +245,7 @@ class WebhookServer:
 
     def __init__(
         self,
-        handler: AdmissionHandler,
+        handler: Reviewer,
         certfile: str,
         keyfile: str,
         host: str = "0.0.0.0",
@@ -282,12 +293,14 @@ def webhook_configuration(
     timeout_seconds: int = 3,
     driver: str = DRIVER,
     queue_jobs: bool = True,
+    queue_names: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """The MutatingWebhookConfiguration registering this webhook (``ca_bundle``: base64 PEM).
 
     Kept off system namespaces and the controller's own (namespaceSelector), and off anything
     labelled ``fluidfs.io/webhook: disabled``; pods only when they have a volume that could be
-    fluidfs (matchConditions, so most pods never reach us); Jobs only with the queue label.
+    fluidfs (matchConditions, so most pods never reach us); Jobs only with the queue label (one of
+    ``queue_names`` when given: the queues the controller runs).
     """
     ns_selector = {
         "matchExpressions": [
@@ -345,7 +358,9 @@ def webhook_configuration(
                 ],
                 "objectSelector": {
                     "matchExpressions": [
-                        {"key": QUEUE_LABEL, "operator": "Exists"},
+                        {"key": QUEUE_LABEL, "operator": "In", "values": list(queue_names)}
+                        if queue_names
+                        else {"key": QUEUE_LABEL, "operator": "Exists"},
                         {"key": KUEUE_LABEL, "operator": "DoesNotExist"},
                     ]
                 },

@@ -45,3 +45,40 @@
   resources: ["events"]
   verbs: ["create"]
 {{- end -}}
+
+{{- define "fluidfs.datasetWebhookName" -}}
+{{- printf "%s-webhook" (include "fluidfs.datasetControllerName" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* Any cache-aware scheduling feature on (they share the caches, hence the read permissions). */}}
+{{- define "fluidfs.datasetScheduling" -}}
+{{- $dc := .Values.datasetController -}}
+{{- if and $dc.enabled (or $dc.webhook.enabled $dc.nodeLabels.enabled $dc.queue.enabled) -}}true{{- end -}}
+{{- end -}}
+
+{{/* Cluster-wide rules of cache-aware scheduling (see helm/fluidfs/README.md). */}}
+{{- define "fluidfs.datasetSchedulingRules" -}}
+{{- $dc := .Values.datasetController -}}
+- apiGroups: [""]
+  resources: ["persistentvolumeclaims", "persistentvolumes"]
+  verbs: ["get", "list"]
+- apiGroups: ["storage.k8s.io"]
+  resources: ["storageclasses"]
+  verbs: ["get", "list"]
+- apiGroups: [""]
+  resources: ["nodes"]
+  verbs: {{ if $dc.nodeLabels.enabled }}["list", "patch"]{{ else }}["list"]{{ end }}
+{{- if or $dc.nodeLabels.enabled $dc.queue.enabled }}
+- apiGroups: [""]
+  resources: ["pods"]
+  verbs: ["list"]
+{{- end }}
+{{- if $dc.queue.enabled }}
+- apiGroups: ["batch"]
+  resources: ["jobs"]
+  verbs: {{ if gt (int $dc.queue.warmAhead) 0 }}["list", "patch", "create"]{{ else }}["list", "patch"]{{ end }}
+- apiGroups: ["events.k8s.io"]
+  resources: ["events"]
+  verbs: ["create"]
+{{- end }}
+{{- end -}}

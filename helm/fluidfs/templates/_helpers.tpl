@@ -79,6 +79,12 @@ app.kubernetes.io/component: {{ .component }}
 {{- if or .Values.metrics.enabled .Values.metrics.serviceMonitor.enabled -}}true{{- end -}}
 {{- end -}}
 
+{{/* The mount supervisors serve metrics for Prometheus, or for fluidfs-controller (the autoscaler's
+  input signals and the node cache labels come from them). */}}
+{{- define "fluidfs.mounterMetrics" -}}
+{{- if or (include "fluidfs.metricsEnabled" .) .Values.datasetController.enabled -}}true{{- end -}}
+{{- end -}}
+
 {{/* Kubelet directory without a trailing slash. */}}
 {{- define "fluidfs.kubeletDir" -}}
 {{- trimSuffix "/" .Values.kubeletDir -}}
