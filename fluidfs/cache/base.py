@@ -39,13 +39,15 @@ class Tier(Protocol):
 
     A tier never raises on ``get`` for an absent/corrupt block: it returns None (and discards a
     corrupt one).  ``put`` returns False when the block was not admitted (quota/policy/error).
+    Blocks move between tiers without copies: ``put`` may keep the buffer it is given (the
+    caller never writes into it afterwards) and ``get`` may return a view of a kept buffer.
     """
 
     name: str
 
     def get(self, key: BlockKey) -> Buffer | None: ...
 
-    def put(self, key: BlockKey, data: bytes) -> bool: ...
+    def put(self, key: BlockKey, data: Buffer) -> bool: ...
 
     def contains(self, key: BlockKey) -> bool: ...
 

@@ -13,7 +13,10 @@ Guarantees:
   bytes free on the filesystem (``statvfs``; bytes reserved by puts in flight are counted as
   used).  With ``eviction="lru"`` the tier evicts its own blocks to get back above the floor.
 * **Never serves bad bytes**: ``get`` validates magic, format, header checksum, key, length
-  and payload CRC; any failure deletes the file and counts a ``corrupt`` event.
+  and payload CRC; any failure deletes the file and counts a ``corrupt`` event.  What it
+  returns is a read-only view of a buffer that holds only the payload (read with ``preadv``,
+  large payloads with ``O_DIRECT`` where the filesystem supports it: ``direct_io``, probed at
+  start-up; see blockfile.py), so the memory tier keeps it without a copy.
 * **Survives unmount, kill -9 and reboot**: the index is rebuilt at start-up by scanning the
   directory (``stat`` only, headers are validated lazily by ``get``); leftover tmp files and
   foreign files in ``blocks/`` are deleted; if the quota shrank, blocks are evicted to fit.
@@ -50,7 +53,7 @@ from typing import Literal
 
 from fluidfs.cache import blockfile
 from fluidfs.cache.base import BlockKey, Buffer
-from fluidfs.cache.dirlock import DirLock
+from fluidfs.cache.dirlock import LOCK_NAME, DirLock
 from fluidfs.cache.ssdlayout import (
     BLOCKS_DIR,
     TMP_PREFIX,
@@ -124,6 +127,7 @@ class SSDTier:
         name: str = "ssd",
         degraded_retry_s: float | None = 300.0,
         scan: Literal["stat", "headers"] = "stat",
+        direct_io: bool | None = None,
     ) -> None:
         if quota <= 0:
             raise ConfigError(f"SSD cache quota must be > 0 bytes, got {quota}")
@@ -153,6 +157,9 @@ class SSDTier:
             raise CacheError(f"cannot create SSD cache directory {self._blocks_dir}: {e.strerror}") from e
         self._dirlock = DirLock(self.directory)
         self._unit = alloc_unit(self.directory)
+        if direct_io is None:  # large blocks are read with O_DIRECT where the filesystem allows it
+            direct_io = blockfile.direct_io_supported(os.path.join(self.directory, LOCK_NAME))
+        self.direct_io = direct_io
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
         self._index: OrderedDict[str, _Entry] = OrderedDict()
@@ -202,7 +209,7 @@ class SSDTier:
             self._c["evictions"] += evicted
         log.info(
             "SSD cache %s: %d blocks, %d bytes of %d quota (%d evicted, %d tmp and %d foreign "
-            "files removed, %d bad headers) in %.3f s",
+            "files removed, %d bad headers) in %.3f s; large blocks read with O_DIRECT: %s",
             self.directory,
             self._ready,
             self._used,
@@ -212,6 +219,7 @@ class SSDTier:
             len(res.foreign_files),
             len(res.bad_headers),
             time.monotonic() - t0,
+            "yes" if self.direct_io else "no (not supported here)",
         )
 
     @staticmethod
@@ -256,7 +264,7 @@ class SSDTier:
             self._index.move_to_end(dg)
         path = self._path(dg)
         try:
-            payload = blockfile.decode_block(blockfile.read_file(path), key)
+            payload = blockfile.read_block(path, key, direct=self.direct_io)
         except FileNotFoundError:
             # deleted behind our back (or evicted between the lookup and the open)
             with self._cond:

@@ -2,12 +2,13 @@
 
 ``get(key, fetch)`` returns the block's bytes: from RAM, else from the SSD tier (promoted to
 RAM), else from the cluster's peer tier when one is attached (``attach_peer``; kept where its
-``placement`` says), else by awaiting ``fetch()`` exactly once however many tasks ask for the same block at
-the same time; if that one fetch fails, every task waiting for it gets the same error (a
-source that does not answer costs them one timeout together, not one each).  Fetched blocks go
-into RAM at once and into the SSD tier in the background (bounded: at most ``ssd_write_slots``
-writes in flight; beyond that the reader waits, which is the back-pressure that keeps memory
-bounded).
+``placement`` says), else by awaiting ``fetch()`` exactly once however many tasks ask for
+the same block at the same time; if that one fetch fails, every task waiting for it gets the
+same error (a source that does not answer costs them one timeout together, not one each).
+Blocks are never copied between tiers: the memory tier adopts the buffer the SSD tier, the peer
+tier or ``fetch`` produced.  Fetched blocks go into RAM at once and into the SSD tier in the
+background (bounded: at most ``ssd_write_slots`` writes in flight; beyond that the reader waits,
+which is the back-pressure that keeps memory bounded).
 
 Memory: with ``fetch_slots`` at most that many blocks are being loaded (from the SSD tier or the
 source) or waiting for their SSD write at once; readers wait for a slot.  Readahead reserves its
@@ -88,7 +89,7 @@ class TieredCache:
         """Ask ``peer`` on a memory and SSD miss, before the source (None detaches)."""
         self.peer = peer
 
-    async def get(self, key: BlockKey, fetch: Callable[[], Awaitable[bytes]], *, reserved: bool = False) -> Buffer:
+    async def get(self, key: BlockKey, fetch: Callable[[], Awaitable[Buffer]], *, reserved: bool = False) -> Buffer:
         """The block ``key``; ``reserved``: the caller holds memory for it (no fetch slot taken)."""
         while True:
             data = self.mem.get(key)
@@ -121,7 +122,7 @@ class TieredCache:
             del self._flights[key]
             flight.done.set()
 
-    async def _load(self, key: BlockKey, fetch: Callable[[], Awaitable[bytes]], reserved: bool) -> Buffer:
+    async def _load(self, key: BlockKey, fetch: Callable[[], Awaitable[Buffer]], reserved: bool) -> Buffer:
         slot = None if reserved else self._fetch_slots
         token = object()
         if slot is not None:
@@ -131,7 +132,7 @@ class TieredCache:
                 data = await self._ssd_get(key)
                 if data is not None:
                     self._hit("ssd", data)
-                    self.mem.put(key, bytes(data))
+                    self.mem.put(key, data)  # adopted: the SSD tier returned a buffer of its own
                     self._update_gauges()
                     return data
                 self._m_miss["ssd"].inc()
@@ -150,7 +151,7 @@ class TieredCache:
                 else:
                     await self._ssd_put(key, raw)
             self._update_gauges()
-            return memoryview(raw)
+            return memoryview(raw).toreadonly()
         finally:
             if slot is not None:
                 slot.release_on_behalf_of(token)
@@ -172,14 +173,13 @@ class TieredCache:
         self._hit("peer", got)
         where = self.peer.placement(key)
         if where != "none":
-            raw = got if isinstance(got, bytes) else bytes(got)
-            self.mem.put(key, raw)
+            self.mem.put(key, got)
             if where == "ssd" and self.ssd is not None:
                 await self._ssd_slots.acquire()
                 if self._nursery is not None:
-                    self._nursery.start_soon(self._ssd_put, key, raw)
+                    self._nursery.start_soon(self._ssd_put, key, got)
                 else:
-                    await self._ssd_put(key, raw)
+                    await self._ssd_put(key, got)
             self._update_gauges()
         return got
 
@@ -194,13 +194,12 @@ class TieredCache:
 
     async def admit(self, key: BlockKey, data: Buffer) -> bool:
         """Store a block handed over by a peer: in the SSD tier (memory when there is none)."""
-        raw = data if isinstance(data, bytes) else bytes(data)
         if self.ssd is None:
-            ok = self.mem.put(key, raw)
+            ok = self.mem.put(key, data)
         else:
             await self._ssd_slots.acquire()
             try:
-                ok = await trio.to_thread.run_sync(self.ssd.put, key, raw, limiter=self._ssd_limiter)
+                ok = await trio.to_thread.run_sync(self.ssd.put, key, data, limiter=self._ssd_limiter)
             except Exception as exc:
                 self._warn(exc)
                 ok = False
@@ -218,7 +217,7 @@ class TieredCache:
             return None
 
     async def _ssd_put(
-        self, key: BlockKey, raw: bytes, slot: trio.CapacityLimiter | None = None, token: object = None
+        self, key: BlockKey, raw: Buffer, slot: trio.CapacityLimiter | None = None, token: object = None
     ) -> None:
         assert self.ssd is not None
         try:

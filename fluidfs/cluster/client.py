@@ -3,10 +3,11 @@
 Requests run in worker threads (``trio.to_thread.run_sync`` through the ``peer-client``
 limiter, which also bounds the transfers in flight) on keep-alive ``http.client`` connections
 kept in a small per-peer pool.  The body of a block goes straight from the socket into one
-preallocated ``bytearray`` (``readinto``, in 1 MiB pieces), and its CRC-32 is computed piece by
-piece as it arrives, while the piece is still in the CPU cache: no copy and no second pass.  The
-caller gets a ``memoryview`` of that buffer — only after the length, checksum, key digest and
-version all matched the key asked for.
+preallocated buffer (``readinto``, in 1 MiB pieces; a huge-page buffer from
+``fluidfs.util.buffers``, recycled once the cache lets go of it), and its CRC-32 is computed
+piece by piece as it arrives, while the piece is still in the CPU cache: no copy and no second
+pass.  The caller gets a ``memoryview`` of that buffer — only after the length, checksum, key
+digest and version all matched the key asked for.
 
 Failures raise :class:`~fluidfs.errors.PeerError` with a bounded ``reason``: refused (cannot
 connect), timeout, bad_block (truncated, corrupt or foreign body), unauthorized (401), busy
@@ -51,6 +52,7 @@ from fluidfs.cluster.protocol import (
     checksum_header,
 )
 from fluidfs.errors import PeerError
+from fluidfs.util.buffers import block_buffer
 
 log = logging.getLogger(__name__)
 
@@ -248,8 +250,7 @@ class PeerClient:
         crc: int,
         deadline: float,
     ) -> memoryview:
-        buf = bytearray(length)
-        view = memoryview(buf)
+        view = block_buffer(length)  # pooled, huge-page backed: adopted by the memory tier as is
         got = 0
         running = 0
         try:

@@ -43,7 +43,7 @@ class ObjectReader(Protocol):
 
     def url(self, path: str) -> str: ...
 
-    async def read(self, path: str, start: int, end: int, version: str = "") -> bytes: ...
+    async def read_block(self, path: str, start: int, end: int, version: str = "") -> Buffer: ...
 
 
 def clean_relative_path(path: str) -> bool:
@@ -114,8 +114,8 @@ class CacheBlockProvider:
         src, rel = found
         start = key.start
 
-        async def fetch() -> bytes:
-            data = await src.read(rel, start, start + key.block_size, key.version)
+        async def fetch() -> Buffer:
+            data = await src.read_block(rel, start, start + key.block_size, key.version)
             if not data and key.index > 0:
                 raise NotFoundError(f"block {key.index} is beyond the end of the object", key.url)
             return data

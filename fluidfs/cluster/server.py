@@ -50,6 +50,7 @@ from fluidfs.cluster.protocol import (
     response_headers,
 )
 from fluidfs.errors import ConfigError, NotFoundError, PeerRequestError, SourceError, VersionChangedError
+from fluidfs.util.buffers import block_buffer
 
 log = logging.getLogger(__name__)
 
@@ -375,7 +376,7 @@ class PeerServer:
         if wait.cancelled_caught:
             raise PeerRequestError(503, f"busy: {self.max_transfers} transfers in progress", "busy")
         try:
-            buf = bytearray(length)
+            buf = block_buffer(length)
             got = 0
             running = 0
             with trio.move_on_after(self.body_timeout) as cs:
@@ -396,7 +397,7 @@ class PeerServer:
                 raise _Close()
             if got != length or running != expected:
                 raise PeerRequestError(400, "pushed block failed verification (length or checksum)", "bad_block")
-            ok = await provider.put_block(breq.key, memoryview(buf))
+            ok = await provider.put_block(breq.key, buf)
             if ok:
                 metrics.PEER_BYTES.labels(breq.dataset, "server", "put").inc(length)
             await self._send(conn, stream, 204 if ok else 507, [], None)

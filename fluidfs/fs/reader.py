@@ -16,7 +16,8 @@ cache tiers, which may evict it or not admit it: the held reference keeps it), s
 never thrown away and fetched again when the memory tier is smaller than the readahead window.
 Held blocks leave in this order when room is needed: blocks already read (least recently read
 first, none read in the last ``READ_GRACE_SECONDS``, so the kernel's several requests for one
-block all hit), then unread sibling prefetches (no open file
+block all hit; a block two blocks behind the latest read of its object leaves at once), then
+unread sibling prefetches (no open file
 waits for them; they stay in the cache tiers if admitted), then unread blocks older than
 ``STALE_SECONDS``; the unread blocks of a file are dropped when it is closed.  A block dropped
 unread counts as *wasted*, so ``issued = used + wasted + held unread`` at every moment.
@@ -95,7 +96,7 @@ class Prefetcher:
         return sum(len(h.data) for h in (*self._unread.values(), *self._read.values()))
 
     def submit(
-        self, key: BlockKey, fetch: Callable[[], Awaitable[bytes]], nbytes: int, owner: Owner | None = None
+        self, key: BlockKey, fetch: Callable[[], Awaitable[Buffer]], nbytes: int, owner: Owner | None = None
     ) -> bool:
         """Start fetching ``key`` in the background; False if there is no room now."""
         if not self.enabled or self.nursery is None:
@@ -131,6 +132,23 @@ class Prefetcher:
             self._read.move_to_end(key)
         elif key in self._inflight:
             self._used_early.add(key)
+        self._release_behind(key)
+
+    def _release_behind(self, key: BlockKey) -> None:
+        """Blocks of the same object two or more blocks behind a read of ``key`` are done with:
+        they leave the budget at once instead of after ``READ_GRACE_SECONDS`` (they stay in the
+        cache tiers if admitted).  Otherwise a stream faster than ``slots`` blocks per grace
+        period would find every slot taken by blocks it has already read and stop prefetching."""
+        behind = [
+            k
+            for k in self._read
+            if k.index < key.index - 1
+            and k.url == key.url
+            and k.version == key.version
+            and k.block_size == key.block_size
+        ]
+        for k in behind:
+            del self._read[k]
 
     def forget(self, owner: Owner) -> None:
         """``owner``'s file was closed: drop its blocks (those not read yet count as wasted)."""
@@ -157,7 +175,7 @@ class Prefetcher:
                 return True
         return False
 
-    async def _run(self, key: BlockKey, fetch: Callable[[], Awaitable[bytes]], nbytes: int) -> None:
+    async def _run(self, key: BlockKey, fetch: Callable[[], Awaitable[Buffer]], nbytes: int) -> None:
         owner = self._inflight.get(key)
         try:
             data = await self.cache.get(key, fetch, reserved=True)
@@ -224,12 +242,12 @@ class FileReader:
     def _block_len(self, index: int) -> int:
         return max(0, min(self.bs, self.size - index * self.bs))
 
-    def fetcher(self, index: int) -> Callable[[], Awaitable[bytes]]:
+    def fetcher(self, index: int) -> Callable[[], Awaitable[Buffer]]:
         start = index * self.bs
         end = min(start + self.bs, self.size)
 
-        async def fetch() -> bytes:
-            return await self.source.read(self.rel, start, end, self.version)
+        async def fetch() -> Buffer:
+            return await self.source.read_block(self.rel, start, end, self.version)
 
         return fetch
 
@@ -256,16 +274,16 @@ class FileReader:
         end = min(offset + length, self.size)
         self._track(offset, end)
         first, last = offset // self.bs, (end - 1) // self.bs
-        if first == last:
+        if first == last:  # the common case: a view of the cached block goes to the FUSE reply, no copy
             data = await self.block(first)
             base = first * self.bs
-            return data[offset - base : end - base]
+            return memoryview(data)[offset - base : end - base]
         parts: list[Buffer] = []
         for index in range(first, last + 1):
             data = await self.block(index)
             base = index * self.bs
-            parts.append(data[max(offset, base) - base : min(end, base + len(data)) - base])
-        return b"".join(parts)
+            parts.append(memoryview(data)[max(offset, base) - base : min(end, base + len(data)) - base])
+        return b"".join(parts)  # a read across blocks: the one copy the FUSE reply needs
 
     def _track(self, offset: int, end: int) -> None:
         """Update the sequential-access state and issue readahead."""

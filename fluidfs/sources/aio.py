@@ -163,6 +163,13 @@ class AsyncSource:
         self._bytes.inc(len(data))
         return data
 
+    async def read_block(self, path: str, start: int, end: int, version: str = "") -> bytes | memoryview:
+        """Like :meth:`read`, as a buffer the cache may keep (:meth:`Source.read_block`: received
+        straight into a pooled block buffer where the backend can)."""
+        data = await self._call("read", self.source.read_block, path, start, end, version)
+        self._bytes.inc(len(data))
+        return data
+
     async def check(self) -> None:
         await self._call("check", self.source.check)
 

@@ -11,6 +11,11 @@ components (the namespace layer guarantees that).
 Errors: implementations raise only ``fluidfs.errors.SourceError`` subclasses
 (``NotFoundError``, ``AccessDeniedError``, ``UnavailableError``, ``VersionChangedError``);
 library exceptions are converted at this edge.
+
+Block reads: :meth:`Source.read_block` returns a buffer the cache keeps as it is.  Backends that
+can receive a body straight into memory (``reads_into = True``: S3) implement
+:meth:`Source.read_into` and get a pooled huge-page buffer filled by the network stack, with no
+intermediate ``bytes``; the others return what ``read`` returns.
 """
 
 from __future__ import annotations
@@ -18,6 +23,8 @@ from __future__ import annotations
 import abc
 from collections.abc import Iterator
 from dataclasses import dataclass
+
+from fluidfs.util.buffers import block_buffer
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +47,8 @@ class Source(abc.ABC):
     #: True if the backend reports every request it sends (``fluidfs.sources.call.count_request``);
     #: otherwise each operation counts as one request in the metrics
     counts_requests: bool = False
+    #: True if :meth:`read_into` fills the caller's buffer without an intermediate copy
+    reads_into: bool = False
 
     @abc.abstractmethod
     def stat(self, path: str) -> Entry:
@@ -64,6 +73,28 @@ class Source(abc.ABC):
         If ``version`` is given and the object no longer has that version, raise
         VersionChangedError rather than return bytes of another version.
         """
+
+    def read_into(self, path: str, start: int, buf: memoryview, version: str = "") -> int:
+        """Fill ``buf`` with bytes ``[start, start + len(buf))``; return how many were written
+        (fewer only at end of object).  Same errors as :meth:`read`.
+
+        Default: ``read`` and a copy; backends that receive bodies straight into ``buf`` override
+        it and set ``reads_into``."""
+        data = self.read(path, start, start + len(buf), version)
+        n = min(len(data), len(buf))
+        buf[:n] = memoryview(data)[:n]
+        return n
+
+    def read_block(self, path: str, start: int, end: int, version: str = "") -> bytes | memoryview:
+        """Bytes ``[start, end)`` (fewer only at end of object) as a buffer of their own, which the
+        caller may keep and never writes to: for ``reads_into`` backends a block buffer
+        (:func:`fluidfs.util.buffers.block_buffer`, huge-page backed and pooled) filled by
+        :meth:`read_into`, else what :meth:`read` returns."""
+        if not self.reads_into or end <= start:
+            return self.read(path, start, end, version)
+        buf = block_buffer(end - start)  # allocated in this (worker) thread: nobody else sees it until filled
+        n = self.read_into(path, start, buf, version)
+        return buf[:n] if n < len(buf) else buf
 
     @abc.abstractmethod
     def url(self, path: str) -> str:

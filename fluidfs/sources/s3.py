@@ -36,10 +36,20 @@ instance metadata); ``anonymous=True`` sends unsigned requests.  Credentials are
 no key starts with ``prefix/`` (an empty "directory" made by a marker object ``prefix/`` exists;
 a bucket without any objects is fine when no prefix was given).
 
+Block reads (``read_into`` / ``read_block``): the body of a ranged GET is received straight into
+the caller's buffer (a pooled huge-page block buffer) with ``http.client``'s ``readinto`` on the
+connection, so a 4 MiB block costs no intermediate ``bytes`` (botocore's and urllib3's own
+``readinto`` read into a new ``bytes`` and copy it).  The length is checked against
+``Content-Length`` (a short body is UnavailableError, a stalled one SourceTimeoutError through the
+socket's read timeout) and the connection returns to the pool once the body is complete.
+
 Caveats: listings and stats are not atomic with respect to writers (S3 offers no snapshot);
 version tokens catch changed content at read time.  An object hidden by a same-named prefix
 is unreachable through fluidfs.  A stat of a file costs two requests (LIST, then HEAD); both are
-counted in the source metrics.
+counted in the source metrics.  The direct body path reaches under botocore's ``StreamingBody``
+(``_raw_stream``) and urllib3's response (``_fp``): :mod:`fluidfs.sources.s3_body` checks the
+types and state it relies on and otherwise falls back to ``body.read()`` and a copy (correct, slower);
+``tests/sources/test_s3_readinto.py`` fails if a library upgrade makes the fast path go away.
 """
 
 from __future__ import annotations
@@ -47,6 +57,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterator, Mapping
+from http.client import HTTPException
 from typing import Any
 
 import botocore.session
@@ -76,6 +87,7 @@ from fluidfs.errors import (
 )
 from fluidfs.sources import call
 from fluidfs.sources.base import Entry, Source
+from fluidfs.sources.s3_body import direct_body, receive_into
 from fluidfs.util.etag import normalize_etag
 from fluidfs.util.redact import redact_text, redact_url
 
@@ -127,6 +139,7 @@ class S3Source(Source):
 
     kind = "s3"
     counts_requests = True  # every try, through the before-send hook
+    reads_into = True  # bodies are received straight into block buffers
 
     def __init__(
         self,
@@ -227,7 +240,7 @@ class S3Source(Source):
         url = self.url(path)
         if isinstance(exc, SourceError):
             return exc  # raised by our own hook (deadline passed)
-        if isinstance(exc, (ReadTimeoutError, ConnectTimeoutError)):
+        if isinstance(exc, (ReadTimeoutError, ConnectTimeoutError, TimeoutError)):
             return SourceTimeoutError(f"S3 {op}: endpoint {self._endpoint_name()} did not answer ({exc})", url)
         if isinstance(exc, ClientError):
             code, status = _code_status(exc)
@@ -246,7 +259,7 @@ class S3Source(Source):
             return AccessDeniedError(
                 "no usable AWS credentials (set access_key_id/secret_access_key or AWS_* env)", url
             )
-        if isinstance(exc, (BotoConnectionError, HTTPClientError, IncompleteReadError, OSError)):
+        if isinstance(exc, (BotoConnectionError, HTTPClientError, IncompleteReadError, OSError, HTTPException)):
             return UnavailableError(f"cannot reach endpoint {self._endpoint_name()} ({redact_text(str(exc))})", url)
         if isinstance(exc, BotoCoreError):
             return SourceError(f"S3 {op} failed: {redact_text(str(exc))}", url)
@@ -360,9 +373,8 @@ class S3Source(Source):
                 return
             token = page.get("NextContinuationToken")
 
-    def read(self, path: str, start: int, end: int, version: str = "") -> bytes:
-        if end <= start:
-            return b""
+    def _get(self, path: str, start: int, end: int, version: str) -> dict[str, Any] | None:
+        """GetObject of bytes ``[start, end)``; None when ``start`` is at or past the end (416)."""
         kwargs: dict[str, Any] = {
             "Bucket": self.bucket,
             "Key": self._key(path),
@@ -371,33 +383,83 @@ class S3Source(Source):
         if version:
             kwargs["IfMatch"] = f'"{version}"'
         try:
-            resp = self._client.get_object(**kwargs)
+            return dict(self._client.get_object(**kwargs))
         except ClientError as e:
             code, status = _code_status(e)
             if code in _RANGE_CODES or status == 416:
-                return b""  # start is at or past the end of the object
+                return None
             raise self._error(e, path, "read") from e
         except Exception as e:
             raise self._error(e, path, "read") from e
-        body = resp["Body"]
-        try:
-            data = body.read()
-        except Exception as e:
-            raise self._error(e, path, "read") from e
-        finally:
-            body.close()
+
+    def _check_version(self, resp: Mapping[str, Any], path: str, version: str) -> None:
         got = normalize_etag(resp.get("ETag"))
         if version and got and got != version:
             # a server that ignores If-Match must not hand us bytes of another version
             raise VersionChangedError("object changed since it was opened", self.url(path))
+
+    @staticmethod
+    def _trim(resp: Mapping[str, Any], data: bytes, start: int, end: int) -> bytes:
+        """The requested range of a body that may be longer (a server that ignores ``Range``)."""
         if len(data) > end - start:
-            # a server that ignores Range (answers 200 with the whole object)
             call.count_bytes(len(data) - (end - start))
             if resp.get("ResponseMetadata", {}).get("HTTPStatusCode") == 200 and not resp.get("ContentRange"):
-                data = data[start:end]
-            else:
-                data = data[: end - start]
-        return bytes(data)
+                return data[start:end]
+            return data[: end - start]
+        return data
+
+    def read(self, path: str, start: int, end: int, version: str = "") -> bytes:
+        if end <= start:
+            return b""
+        resp = self._get(path, start, end, version)
+        if resp is None:
+            return b""  # start is at or past the end of the object
+        body = resp["Body"]
+        try:
+            self._check_version(resp, path, version)
+            data = body.read()
+        except SourceError:
+            raise
+        except Exception as e:
+            raise self._error(e, path, "read") from e
+        finally:
+            body.close()
+        return bytes(self._trim(resp, data, start, end))
+
+    def read_into(self, path: str, start: int, buf: memoryview, version: str = "") -> int:
+        """Receive the body straight into ``buf`` (:mod:`fluidfs.sources.s3_body`: ``recv_into`` on
+        the connection's socket, no intermediate ``bytes``; the connection goes back to the pool
+        once the whole body is read).  A response that is not a plain ranged body of at most
+        ``len(buf)`` bytes (a server ignoring ``Range``) is read as :meth:`read` does and copied."""
+        end = start + len(buf)
+        if end <= start:
+            return 0
+        resp = self._get(path, start, end, version)
+        if resp is None:
+            return 0  # start is at or past the end of the object
+        body = resp["Body"]
+        try:
+            self._check_version(resp, path, version)
+            length = resp.get("ContentLength")
+            status = resp.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            ranged = status == 206 or bool(resp.get("ContentRange")) or start == 0
+            direct = direct_body(body)
+            if direct is None or not isinstance(length, int) or not 0 < length <= len(buf) or not ranged:
+                data = self._trim(resp, body.read(), start, end)
+                buf[: len(data)] = data
+                return len(data)
+            got = receive_into(direct, buf[:length])
+            if got < length:
+                raise UnavailableError(
+                    f"S3 read: the connection closed after {got} of {length} body bytes", self.url(path)
+                )
+            return got
+        except SourceError:
+            raise
+        except Exception as e:
+            raise self._error(e, path, "read") from e
+        finally:
+            body.close()  # after release_conn a no-op; otherwise drops a half-read connection
 
     def check(self) -> None:
         try:

@@ -5,10 +5,12 @@ once (not 1.9 times), and the readahead metrics say what happened (issued = used
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import trio
 
+from fluidfs.fs.reader import READ_GRACE_SECONDS
 from tests.support.cache import cache_from_config, make_vfs_with_cache, metric, resolve, unique_dataset
 from tests.support.doubles import CountingSource, MemorySource
 
@@ -75,3 +77,35 @@ def test_prefetched_blocks_never_read_are_counted_as_wasted(tmp_path: Path) -> N
     assert wasted > 0, "blocks read ahead past where the reader stopped were dropped unread"
     assert issued == used + wasted
     assert vfs.prefetcher.held_bytes() == 0  # closing the file let go of its readahead
+
+
+def test_blocks_left_behind_free_their_readahead_slots(tmp_path: Path) -> None:
+    """A stream faster than the budget per read-grace period keeps prefetching: blocks two or
+    more blocks behind the reader leave the budget at once, not a second after their last read."""
+    data = os.urandom(24 * MiB)
+    ds, src, vfs, ino = setup(tmp_path, data, prefetch_memory=4 * MiB)  # 4 slots of 1 MiB
+    held: list[int] = []
+
+    async def main() -> bytes:
+        out = bytearray()
+        async with trio.open_nursery() as n:
+            vfs.prefetcher.start(n)
+            vfs.cache.start(n)
+            fh, _ = await vfs.open(ino, os.O_RDONLY)
+            off = 0
+            while data_ := await vfs.read(fh, off, 256 * 1024):
+                out += data_
+                off += len(data_)
+                held.append(len(vfs.prefetcher._read))
+                await trio.sleep(0.002)
+            vfs.release(fh)
+            n.cancel_scope.cancel()
+        return bytes(out)
+
+    t0 = time.monotonic()
+    assert trio.run(main) == data
+    took = time.monotonic() - t0
+    assert max(held) <= 2, "blocks already passed stay in the budget"
+    used = metric("fluidfs_readahead_used_bytes_total", dataset=ds)
+    if took < READ_GRACE_SECONDS * 4:  # held for the grace period, at most ~4 blocks/s could be prefetched
+        assert used >= 16 * MiB, used

@@ -70,6 +70,8 @@ def one(asrc: AsyncSource, op: str) -> Callable[[], Any]:
     async def run() -> Any:
         if op == "read":
             return await asrc.read("d/k", 0, 7)
+        if op == "read_block":
+            return await asrc.read_block("d/k", 0, 7)
         if op == "stat":
             return await asrc.stat("d/k")
         if op == "list":
@@ -81,7 +83,7 @@ def one(asrc: AsyncSource, op: str) -> Callable[[], Any]:
 
 def test_s3_paused_operations_end_within_timeout(paused_s3: tuple[S3Server, S3Source]) -> None:
     srv, src = paused_s3
-    ops = ("read", "stat", "list", "check")
+    ops = ("read", "read_block", "stat", "list", "check")
     sources = {
         op: AsyncSource(src, unique_dataset("paused"), trio.CapacityLimiter(4), TIMEOUT, cooldown=60) for op in ops
     }

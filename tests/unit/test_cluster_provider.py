@@ -21,7 +21,7 @@ class FakeReader:
     def url(self, path: str) -> str:
         return self.root + (urllib.parse.quote(path) if self.quote else path)
 
-    async def read(self, path: str, start: int, end: int, version: str = "") -> bytes:  # pragma: no cover
+    async def read_block(self, path: str, start: int, end: int, version: str = "") -> bytes:  # pragma: no cover
         raise AssertionError("not read in these tests")
 
 

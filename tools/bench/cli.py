@@ -32,6 +32,7 @@ QUICK: dict[str, Any] = dict(
     runs=1,
     budget=6.0,
     rand_ops=60,
+    ssd_reps=1,
 )
 
 
@@ -81,6 +82,13 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--seed", type=int, default=1234)
     ap.add_argument("--budget", type=float, help="seconds per measurement/epoch before it is cut (default 20)")
     ap.add_argument("--rand-ops", type=int, help="random reads per measurement (default 300)")
+    ap.add_argument("--ssd-reps", type=int, help="ssd workload: passes per run, page cache dropped (default 3)")
+    ap.add_argument(
+        "--baseline",
+        type=Path,
+        metavar="DIR",
+        help="also measure the fluidfs of this source tree (e.g. a git worktree of main) as fluidfs-baseline",
+    )
     ap.add_argument("--loader-workers", type=int, default=2)
     ap.add_argument("--fluidfs-cache-size", type=parse_size, default=8 << 30)
     ap.add_argument("--fluidfs-memory-size", type=parse_size, default=256 << 20)
@@ -110,6 +118,7 @@ DEFAULTS: dict[str, Any] = dict(
     runs=3,
     budget=20.0,
     rand_ops=300,
+    ssd_reps=3,
 )
 
 
@@ -138,6 +147,8 @@ def options(ns: argparse.Namespace) -> Options:
         bandwidth_mbit=ns.bandwidth,
         budget=base["budget"],
         rand_ops=base["rand_ops"],
+        ssd_reps=base["ssd_reps"],
+        baseline=ns.baseline.resolve() if ns.baseline else None,
         loader_workers=ns.loader_workers,
         fluidfs_cache_size=ns.fluidfs_cache_size,
         fluidfs_memory_size=ns.fluidfs_memory_size,

@@ -20,6 +20,16 @@ def source_deltas(m0: dict[str, dict[str, float]] | None, m1: dict[str, dict[str
     return out
 
 
+def tier_delta(
+    m0: dict[str, dict[str, float]] | None, m1: dict[str, dict[str, float]] | None, name: str, tier: str
+) -> float | None:
+    """The change of counter ``name`` for ``tier`` between two snapshots (None if unknown)."""
+    if m0 is None or m1 is None or name not in m1:
+        return None
+    key = f"tier={tier}"
+    return m1[name].get(key, 0.0) - m0.get(name, {}).get(key, 0.0)
+
+
 def hit_ratios(
     m0: dict[str, dict[str, float]] | None, m1: dict[str, dict[str, float]] | None, bytes_read: int
 ) -> tuple[float | None, float | None]:

@@ -13,6 +13,14 @@ Order: for each run, for each workload, for each system — a *fresh* instance (
   ``lru`` and ``none``; 3 epochs, page cache dropped before each; per-epoch hit ratio from the
   metrics endpoint: hits summed over tiers / (hits + misses of the tier with fewest misses,
   i.e. the lowest), and byte hit ratio = 1 - source bytes / bytes read.
+- ``ssd``: the large files read from each system's own disk cache: one fill pass on a fresh
+  mount (waiting for fluidfs's background SSD writes to finish), then ``ssd_reps`` times: page
+  cache dropped (after ``sync``), every file read front to back (phase ``page cache dropped``).
+  For fluidfs also the blocks its SSD tier served and its source requests per pass, which show
+  that the pass was served from the SSD tier (its memory tier is smaller than the set and LRU),
+  and for every FUSE system the CPU time of its daemon per GB read (steadier than MB/s on a
+  shared machine).
+  Systems without a disk cache (boto3) are skipped; ``local`` is the disk itself.
 
 A system that fails to set up or whose measurement crashes is recorded in ``errors`` and the
 run goes on; everything is torn down in ``finally`` and the :class:`Janitor` sweeps the rest.
@@ -35,13 +43,15 @@ from typing import Any
 
 from fluidfs.util.proc import drop_page_cache
 from tools.bench import datasets as ds
-from tools.bench.measure import hit_ratios, machine, source_deltas
+from tools.bench.measure import hit_ratios, machine, source_deltas, tier_delta
 from tools.bench.store import Store, open_store
 from tools.bench.systems import SYSTEMS, Fluidfs, Janitor, System
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 MiB = 1 << 20
-ALL_WORKLOADS = ("seq", "loader", "rand", "meta", "pressure")
+ALL_WORKLOADS = ("seq", "loader", "rand", "meta", "pressure", "ssd")
+BASELINE = "fluidfs-baseline"
+SSD_PHASE = "page cache dropped"
 
 
 @dataclass
@@ -60,6 +70,8 @@ class Options:
     fuse_read_ahead_kb: int = 1024
     quick: bool = False
     shaper: str = "auto"
+    ssd_reps: int = 3
+    baseline: Path | None = None  # another fluidfs tree, measured as system "fluidfs-baseline"
 
 
 @dataclass
@@ -281,6 +293,35 @@ class Suite:
         one("walk", "warm_dropped")
         one("find", "warm_dropped")
 
+    def wl_ssd(self, system: System, run: int) -> None:
+        """Large files from the system's own disk cache, page cache dropped before every pass."""
+        args: dict[str, Any] = {"workload": "seq", "files": self.files("large"), "budget": self.opts.budget}
+        timeout = self.opts.budget * 2 + 60
+        self.drop()
+        fill, _ = self.measure(system, "ssd", args, timeout)  # fills the cache (not recorded)
+        if fill.get("timeout") or fill.get("partial"):
+            self.errors.append(f"{system.name} ssd run {run}: the fill pass did not finish within the budget")
+        if isinstance(system, Fluidfs):
+            system.wait_ssd_settled()
+        for _rep in range(self.opts.ssd_reps):
+            self.drop()
+            before = system.metrics()
+            cpu0 = system.cpu_seconds()
+            res, deltas = self.measure(system, "ssd", args, timeout)
+            cpu1 = system.cpu_seconds()
+            if res.get("timeout"):
+                self.rec(system.name, "ssd", SSD_PHASE, "MB/s", None, "MB/s", "higher", run, timeout=True)
+                continue
+            part = bool(res.get("partial"))
+            self.rec(system.name, "ssd", SSD_PHASE, "MB/s", res["MB/s"], "MB/s", "higher", run, partial=part)
+            if cpu0 is not None and cpu1 is not None and res.get("bytes"):
+                per_gb = (cpu1 - cpu0) / (res["bytes"] / 1e9)
+                self.rec(system.name, "ssd", SSD_PHASE, "daemon CPU", per_gb, "s/GB", "lower", run)
+            hits = tier_delta(before, system.metrics(), "fluidfs_cache_hits_total", "ssd")
+            if hits is not None:
+                self.rec(system.name, "ssd", SSD_PHASE, "SSD-tier blocks", hits, "blocks", "higher", run)
+            self.rec_source(system, "ssd", SSD_PHASE, run, deltas)
+
     def wl_pressure(self, run: int) -> None:
         assert self.store is not None
         small_total = ds.total_bytes(self.plans["small"])
@@ -387,7 +428,14 @@ class Suite:
             )
             if os.environ.get("FLUIDFS_BENCH_INJECT_FAILURE") == "after-store":  # cleanup test hook
                 raise RuntimeError("injected failure after the store started")
-            need = {"seq": ["large"], "rand": ["large"], "loader": ["small"], "pressure": ["small"], "meta": ["meta"]}
+            need = {
+                "seq": ["large"],
+                "rand": ["large"],
+                "loader": ["small"],
+                "pressure": ["small"],
+                "meta": ["meta"],
+                "ssd": ["large"],
+            }
             which = sorted({d for w in o.workloads for d in need[w]}, key=ds.PREFIXES.index)
             t0 = time.monotonic()
             self.plans = ds.generate(
@@ -397,6 +445,21 @@ class Suite:
             for name in o.systems:
                 if name not in self.skipped:
                     systems.append(SYSTEMS[name](self.store, self.workdir, self.janitor, self._sysopts()))
+                if name == "fluidfs" and o.baseline is not None and name not in self.skipped:
+                    base = Fluidfs(
+                        self.store, self.workdir, self.janitor, self._sysopts(), name=BASELINE, repo=o.baseline
+                    )
+                    systems.append(base)
+            if "ssd" in o.workloads:
+                large = ds.total_bytes(self.plans["large"])
+                if large <= o.fluidfs_memory_size:
+                    self.notes.append(
+                        f"ssd: the large set ({large / MiB:.0f} MiB) fits in fluidfs's memory tier "
+                        f"({o.fluidfs_memory_size / MiB:.0f} MiB): fluidfs serves it from memory, not from its SSD tier"
+                    )
+                for system in systems:
+                    if not system.fuse and system.name != "local":
+                        self.skipped[f"ssd:{system.name}"] = "no disk cache of its own"
             for run in range(o.runs):
                 for w in o.workloads:
                     if w == "pressure":
@@ -425,6 +488,8 @@ class Suite:
                 self.wl_seq_or_rand(system, w, run)
             elif w == "loader":
                 self.wl_loader(system, run)
+            elif w == "ssd":
+                self.wl_ssd(system, run)
             elif w == "meta":
 
                 def fresh() -> None:
@@ -461,6 +526,8 @@ class Suite:
                 "budget_s": o.budget,
                 "loader_workers": o.loader_workers,
                 "rand_ops": o.rand_ops,
+                "ssd_reps": o.ssd_reps,
+                "baseline": str(o.baseline) if o.baseline else None,
                 "shaping": self.shaping,
                 "fluidfs_memory_mib": o.fluidfs_memory_size / MiB,
                 "fluidfs_cache_mib": o.fluidfs_cache_size / MiB,
@@ -478,7 +545,8 @@ class Suite:
             "rss": self.rss,
             "skipped": {k: v for k, v in skipped.items()},
             "workload_skipped": {
-                "loader": {k.split(":", 1)[1]: v for k, v in self.skipped.items() if k.startswith("loader:")}
+                w: {k.split(":", 1)[1]: v for k, v in self.skipped.items() if k.startswith(f"{w}:")}
+                for w in ("loader", "ssd")
             },
             "errors": self.errors,
         }

@@ -123,6 +123,15 @@ def pids_with_arg(exe_names: tuple[str, ...], needle: str) -> list[int]:
     return out
 
 
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time of ``pid`` so far (``/proc/PID/stat``), None if it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def vm_hwm_mib(pid: int) -> float | None:
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -185,6 +194,10 @@ class System:
     def peak_rss_mib(self) -> float | None:
         return None
 
+    def cpu_seconds(self) -> float | None:
+        """CPU time the system's daemon has used so far (None: no daemon of its own)."""
+        return None
+
     def metrics(self) -> dict[str, dict[str, float]] | None:
         return None
 
@@ -240,6 +253,10 @@ class _FuseSystem(System):
     def peak_rss_mib(self) -> float | None:
         vals = [v for v in (vm_hwm_mib(p) for p in self.daemon_pids()) if v is not None]
         return max(vals) if vals else None
+
+    def cpu_seconds(self) -> float | None:
+        vals = [v for v in (cpu_seconds(p) for p in self.daemon_pids()) if v is not None]
+        return sum(vals) if vals else None
 
     def _after_mount(self) -> None:
         for pid in self.daemon_pids():
@@ -366,7 +383,11 @@ def fluidfs_cli_available() -> str | None:
 
 
 class Fluidfs(_FuseSystem):
-    """fluidfs through its CLI (``python -m fluidfs mount``), metrics on a loopback port."""
+    """fluidfs through its CLI (``python -m fluidfs mount``), metrics on a loopback port.
+
+    ``repo`` runs the fluidfs of another source tree (``--baseline DIR``: e.g. ``git worktree add
+    DIR main``) with this interpreter, so two versions are compared in one run.
+    """
 
     name = "fluidfs"
     exe_names = ()
@@ -379,9 +400,11 @@ class Fluidfs(_FuseSystem):
         cache_size: int | None = None,
         memory_size: int | None = None,
         name: str | None = None,
+        repo: Path | None = None,
         **kw: Any,
     ) -> None:
         super().__init__(*a, **kw)
+        self.repo = repo or REPO_ROOT
         if eviction:
             self.eviction = eviction
         if name:
@@ -427,10 +450,11 @@ class Fluidfs(_FuseSystem):
             cmd += ["--eviction", self.eviction]
         env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
         env.update(self.store.env())
+        env["PYTHONPATH"] = str(self.repo)
         out = self.base / "fluidfs.out"
         with open(out, "ab") as lf:
             proc = subprocess.Popen(
-                cmd, cwd=REPO_ROOT, env=env, stdin=subprocess.DEVNULL, stdout=lf, stderr=subprocess.STDOUT
+                cmd, cwd=self.repo, env=env, stdin=subprocess.DEVNULL, stdout=lf, stderr=subprocess.STDOUT
             )
         try:
             proc.wait(60)
@@ -452,7 +476,7 @@ class Fluidfs(_FuseSystem):
         with contextlib.suppress(OSError, subprocess.SubprocessError):
             subprocess.run(
                 [sys.executable, "-m", "fluidfs", "umount", str(self.mnt)],
-                cwd=REPO_ROOT,
+                cwd=self.repo,
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
                 timeout=30,
@@ -460,6 +484,18 @@ class Fluidfs(_FuseSystem):
 
     def metrics_url(self) -> str | None:
         return f"http://127.0.0.1:{self.metrics_port}/metrics" if self.metrics_port else None
+
+    def wait_ssd_settled(self, timeout: float = 60.0, interval: float = 0.5) -> None:
+        """Wait until the SSD tier's used bytes stop changing (its background writes are done)."""
+        deadline = time.monotonic() + timeout
+        last: float | None = None
+        while time.monotonic() < deadline:
+            m = self.metrics()
+            used = m.get("fluidfs_cache_used_bytes", {}).get("tier=ssd") if m else None
+            if used is not None and used == last:
+                return
+            last = used
+            time.sleep(interval)
 
     def metrics(self) -> dict[str, dict[str, float]] | None:
         """Prometheus counters, ``{name: {"": total, "tier=mem": ..., ...}}``; None if unreachable."""
