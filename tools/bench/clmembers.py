@@ -99,8 +99,9 @@ class Member:
             cmd += ["--eviction", self.cache.eviction]
         if self.clustered:
             assert self.peers_file is not None and self.secret_file is not None
+            # Teardown between phases need not wait long for handoffs (no phase measures a graceful leave).
             cmd += ["--listen", f"{self.slot.ip}:{PEER_PORT}", "--peers", str(self.peers_file),
-                    "--peer-secret-file", str(self.secret_file)]  # fmt: skip
+                    "--peer-secret-file", str(self.secret_file), "--handoff-timeout", "5"]  # fmt: skip
         return cmd + self.cache.extra
 
     def start(self, timeout: float = 120.0) -> None:
