@@ -12,7 +12,8 @@ only by :func:`exit_code` below (used by the CLI and by the daemon's readiness r
     ├── SourceError          anything that went wrong talking to a source  (EIO)
     │   ├── NotFoundError        object or prefix does not exist           (ENOENT)
     │   ├── AccessDeniedError    wrong credentials / forbidden             (EACCES)
-    │   ├── UnavailableError     endpoint unreachable / timed out / 5xx    (EIO)
+    │   ├── UnavailableError     endpoint unreachable / 5xx after retries  (EIO)
+    │   │   └── SourceTimeoutError   no answer within the request timeout  (EIO)
     │   └── VersionChangedError  object changed since it was opened        (ESTALE→EIO)
     ├── CacheError           a cache tier failed (the tiered cache degrades, never raises to reads)
     ├── PeerError            a request to a cluster peer failed (the peer tier falls back, never raises to reads)
@@ -68,6 +69,10 @@ class AccessDeniedError(SourceError):
 
 class UnavailableError(SourceError):
     """The source could not be reached, timed out, or answered 5xx after all retries."""
+
+
+class SourceTimeoutError(UnavailableError):
+    """The source did not answer within the request timeout (e.g. a paused or overloaded server)."""
 
 
 class VersionChangedError(SourceError):

@@ -34,7 +34,16 @@ CACHE_QUOTA = Gauge("fluidfs_cache_quota_bytes", "Byte quota of a tier", ["datas
 # --- sources -----------------------------------------------------------------------------
 SOURCE_REQUESTS = Counter("fluidfs_source_requests_total", "Requests sent to sources", ["dataset", "kind", "op"])
 SOURCE_ERRORS = Counter("fluidfs_source_errors_total", "Source requests that failed", ["dataset", "kind", "op"])
-SOURCE_BYTES = Counter("fluidfs_source_bytes_total", "Bytes read from sources", ["dataset", "kind"])
+SOURCE_TIMEOUTS = Counter(
+    "fluidfs_source_timeouts_total",
+    "Source requests that got no answer within the request timeout (or failed fast while the source was not answering)",
+    ["dataset", "kind", "op"],
+)
+SOURCE_BYTES = Counter(
+    "fluidfs_source_bytes_total",
+    "Bytes received from sources (including bytes skipped or discarded)",
+    ["dataset", "kind"],
+)
 SOURCE_LATENCY = Histogram(
     "fluidfs_source_request_duration_seconds",
     "Latency of source requests",

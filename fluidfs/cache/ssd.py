@@ -63,6 +63,7 @@ from fluidfs.cache.ssdlayout import (
     unlink_quiet,
 )
 from fluidfs.errors import CacheError, ConfigError
+from fluidfs.util.sizes import format_size
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +80,30 @@ class _Entry:
     def __init__(self, size: int, state: int) -> None:
         self.size = size
         self.state = state
+
+
+def admission_problem(directory: str, quota: int, free_space_floor: int, block_size: int) -> str | None:
+    """Why an SSD tier with these settings could never admit a block (None if it can).
+
+    Checked: a quota smaller than one block on disk, and a free-space floor at least as large
+    as the filesystem holding ``directory`` (or its nearest existing parent)."""
+    one_block = round_up(block_size + 4096, alloc_unit(directory) if os.path.isdir(directory) else 4096)
+    if quota < one_block:
+        return f"the SSD cache quota ({format_size(quota)}) is smaller than one block ({format_size(one_block)})"
+    probe = os.path.abspath(directory)
+    while not os.path.exists(probe) and os.path.dirname(probe) != probe:
+        probe = os.path.dirname(probe)
+    try:
+        st = os.statvfs(probe)
+    except OSError:
+        return None
+    disk = st.f_blocks * st.f_frsize
+    if free_space_floor >= disk:
+        return (
+            f"the free-space floor ({format_size(free_space_floor)}) is not below the size of the disk "
+            f"holding {directory} ({format_size(disk)})"
+        )
+    return None
 
 
 class SSDTier:
@@ -122,7 +147,7 @@ class SSDTier:
         self._retry_s = degraded_retry_s
         self._blocks_dir = os.path.join(self.directory, BLOCKS_DIR)
         try:
-            os.makedirs(self.directory, mode=0o700, exist_ok=True)  # private (0700) when we create it
+            os.makedirs(self.directory, mode=0o700, exist_ok=True)  # a directory we create is private
             os.makedirs(self._blocks_dir, mode=0o700, exist_ok=True)
         except OSError as e:
             raise CacheError(f"cannot create SSD cache directory {self._blocks_dir}: {e.strerror}") from e

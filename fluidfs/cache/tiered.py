@@ -2,10 +2,17 @@
 
 ``get(key, fetch)`` returns the block's bytes: from RAM, else from the SSD tier (promoted to
 RAM), else from the cluster's peer tier when one is attached (``attach_peer``; kept where its
-``placement`` says), else by awaiting ``fetch()`` exactly once however many tasks ask for
-the same block at the same time.  Fetched blocks go into RAM at once and into the SSD tier in the background
-(bounded: at most ``ssd_write_slots`` writes in flight; beyond that the reader waits, which
-is the back-pressure that keeps memory bounded).
+``placement`` says), else by awaiting ``fetch()`` exactly once however many tasks ask for the same block at
+the same time; if that one fetch fails, every task waiting for it gets the same error (a
+source that does not answer costs them one timeout together, not one each).  Fetched blocks go
+into RAM at once and into the SSD tier in the background (bounded: at most ``ssd_write_slots``
+writes in flight; beyond that the reader waits, which is the back-pressure that keeps memory
+bounded).
+
+Memory: with ``fetch_slots`` at most that many blocks are being loaded (from the SSD tier or the
+source) or waiting for their SSD write at once; readers wait for a slot.  Readahead reserves its
+blocks itself (``get(..., reserved=True)``, see ``fluidfs.fs.reader.Prefetcher``).  So the
+block data the daemon holds is bounded by the memory tier's quota plus these two budgets.
 
 Caveats: a failing SSD tier never fails a read: its errors are logged once and the block is
 served from the source; the tier itself decides to go degraded.  Likewise a failing peer tier
@@ -14,6 +21,7 @@ never fails a read (the source serves; the peer tier's metrics show why).
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Awaitable, Callable
 
@@ -22,16 +30,18 @@ import trio
 from fluidfs import metrics
 from fluidfs.cache.base import BlockKey, Buffer, PeerLookup, Tier
 from fluidfs.cache.memory import MemoryTier
+from fluidfs.errors import SourceError
 
 log = logging.getLogger(__name__)
 
 
 class _Flight:
-    __slots__ = ("done", "data")
+    __slots__ = ("done", "data", "error")
 
     def __init__(self) -> None:
         self.done = trio.Event()
         self.data: Buffer | None = None
+        self.error: SourceError | None = None
 
 
 class TieredCache:
@@ -45,6 +55,7 @@ class TieredCache:
         dataset: str = "",
         ssd_limiter: trio.CapacityLimiter | None = None,
         ssd_write_slots: int = 8,
+        fetch_slots: int = 0,
     ) -> None:
         self.mem = mem
         self.ssd = ssd
@@ -52,6 +63,7 @@ class TieredCache:
         self._flights: dict[BlockKey, _Flight] = {}
         self._ssd_limiter = ssd_limiter or trio.CapacityLimiter(8)
         self._ssd_slots = trio.Semaphore(ssd_write_slots)
+        self._fetch_slots = trio.CapacityLimiter(fetch_slots) if fetch_slots > 0 else None
         self._nursery: trio.Nursery | None = None
         self._warned = False
         self._peer_warned = False
@@ -66,6 +78,7 @@ class TieredCache:
         metrics.CACHE_QUOTA.labels(dataset, "mem").set(mem.quota_bytes())
         if ssd is not None:
             metrics.CACHE_QUOTA.labels(dataset, "ssd").set(ssd.quota_bytes())
+        self._update_gauges()  # an SSD tier reopened over a warm cache already holds blocks
 
     def start(self, nursery: trio.Nursery) -> None:
         """Give the cache a nursery for background SSD writes (else they run inline)."""
@@ -75,7 +88,8 @@ class TieredCache:
         """Ask ``peer`` on a memory and SSD miss, before the source (None detaches)."""
         self.peer = peer
 
-    async def get(self, key: BlockKey, fetch: Callable[[], Awaitable[bytes]]) -> Buffer:
+    async def get(self, key: BlockKey, fetch: Callable[[], Awaitable[bytes]], *, reserved: bool = False) -> Buffer:
+        """The block ``key``; ``reserved``: the caller holds memory for it (no fetch slot taken)."""
         while True:
             data = self.mem.get(key)
             if data is not None:
@@ -88,42 +102,58 @@ class TieredCache:
             if flight.data is not None:
                 self._hit("mem", flight.data)
                 return flight.data
-            # the leader failed or was cancelled: loop and try ourselves
+            if flight.error is not None:
+                err = copy.copy(flight.error)  # one object per task: tracebacks are per raise
+                err.url = flight.error.url
+                raise err
+            # the leader was cancelled: loop and try ourselves
         self._m_miss["mem"].inc()
         flight = _Flight()
         self._flights[key] = flight
         try:
-            data = await self._load(key, fetch)
+            data = await self._load(key, fetch, reserved)
             flight.data = data
             return data
+        except SourceError as exc:
+            flight.error = exc
+            raise
         finally:
             del self._flights[key]
             flight.done.set()
 
-    async def _load(self, key: BlockKey, fetch: Callable[[], Awaitable[bytes]]) -> Buffer:
-        if self.ssd is not None:
-            data = await self._ssd_get(key)
-            if data is not None:
-                self._hit("ssd", data)
-                self.mem.put(key, bytes(data))
-                self._update_gauges()
-                return data
-            self._m_miss["ssd"].inc()
-        if self.peer is not None:
-            got = await self._peer_get(key)
-            if got is not None:
-                return got
-        raw = await fetch()
-        self.source_fetches += 1
-        self.mem.put(key, raw)
-        if self.ssd is not None:
-            await self._ssd_slots.acquire()
-            if self._nursery is not None:
-                self._nursery.start_soon(self._ssd_put, key, raw)
-            else:
-                await self._ssd_put(key, raw)
-        self._update_gauges()
-        return memoryview(raw)
+    async def _load(self, key: BlockKey, fetch: Callable[[], Awaitable[bytes]], reserved: bool) -> Buffer:
+        slot = None if reserved else self._fetch_slots
+        token = object()
+        if slot is not None:
+            await slot.acquire_on_behalf_of(token)  # cancelled while waiting: nothing to give back
+        try:
+            if self.ssd is not None:
+                data = await self._ssd_get(key)
+                if data is not None:
+                    self._hit("ssd", data)
+                    self.mem.put(key, bytes(data))
+                    self._update_gauges()
+                    return data
+                self._m_miss["ssd"].inc()
+            if self.peer is not None:
+                got = await self._peer_get(key)
+                if got is not None:
+                    return got
+            raw = await fetch()
+            self.source_fetches += 1
+            self.mem.put(key, raw)
+            if self.ssd is not None:
+                await self._ssd_slots.acquire()
+                if self._nursery is not None:
+                    self._nursery.start_soon(self._ssd_put, key, raw, slot, token)
+                    slot = None  # the write gives the fetch slot back once the block is on disk
+                else:
+                    await self._ssd_put(key, raw)
+            self._update_gauges()
+            return memoryview(raw)
+        finally:
+            if slot is not None:
+                slot.release_on_behalf_of(token)
 
     async def _peer_get(self, key: BlockKey) -> Buffer | None:
         """Ask the peer tier; keep what it returns where the tier's ``placement`` says."""
@@ -140,11 +170,11 @@ class TieredCache:
             return None
         self.peer_fetches += 1
         self._hit("peer", got)
-        copy = self.peer.placement(key)
-        if copy != "none":
+        where = self.peer.placement(key)
+        if where != "none":
             raw = got if isinstance(got, bytes) else bytes(got)
             self.mem.put(key, raw)
-            if copy == "ssd" and self.ssd is not None:
+            if where == "ssd" and self.ssd is not None:
                 await self._ssd_slots.acquire()
                 if self._nursery is not None:
                     self._nursery.start_soon(self._ssd_put, key, raw)
@@ -187,7 +217,9 @@ class TieredCache:
             self._warn(exc)
             return None
 
-    async def _ssd_put(self, key: BlockKey, raw: bytes) -> None:
+    async def _ssd_put(
+        self, key: BlockKey, raw: bytes, slot: trio.CapacityLimiter | None = None, token: object = None
+    ) -> None:
         assert self.ssd is not None
         try:
             ok = await trio.to_thread.run_sync(self.ssd.put, key, raw, limiter=self._ssd_limiter)
@@ -197,6 +229,8 @@ class TieredCache:
             self._warn(exc)
         finally:
             self._ssd_slots.release()
+            if slot is not None:
+                slot.release_on_behalf_of(token)
             self._update_gauges()
 
     def tier_of(self, key: BlockKey) -> str | None:  # (peer copies are in "mem" or "ssd")

@@ -25,6 +25,7 @@ from fluidfs import __version__
 from fluidfs.cli import demo, load, mount, refresh, status, umount, worker
 from fluidfs.cli.options import Parser
 from fluidfs.errors import EXIT_INTERRUPTED, FluidfsError, exit_code
+from fluidfs.util.redact import RedactingFilter, redact_text
 
 COMMANDS = (mount, umount, refresh, load, status, worker, demo)
 
@@ -43,6 +44,8 @@ def _setup_logging(level: str) -> None:
         level=getattr(logging, level.upper(), logging.INFO),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    for handler in logging.getLogger().handlers:  # no presigned signature or password in any log line
+        handler.addFilter(RedactingFilter())
     # library debug logs can carry signed headers and request details: keep them out
     for noisy in ("botocore", "boto3", "s3transfer", "urllib3"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
@@ -58,7 +61,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("fluidfs: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     except FluidfsError as exc:
-        print(f"fluidfs: error: {exc}", file=sys.stderr)
+        print(f"fluidfs: error: {redact_text(str(exc))}", file=sys.stderr)
         return exit_code(exc)
 
 

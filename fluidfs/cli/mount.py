@@ -17,14 +17,28 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from fluidfs.cache.ssd import admission_problem
 from fluidfs.cli.options import add_mount_options, prepare
 from fluidfs.daemon.spawn import check_mountpoint, daemon_command, spawn_and_wait
+from fluidfs.errors import ConfigError
 
 
 def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     dataset, cfg = prepare(args)
+    if args.timeout < cfg.request_timeout + 10:  # a source that does not answer must be reported (exit 3)
+        raise ConfigError(
+            f"--timeout {args.timeout:g}s must exceed the source request timeout "
+            f"({cfg.request_timeout:g}s, --request-timeout) by at least 10s"
+        )
     for w in dataset.warnings:
         print(f"fluidfs: warning: {w}", file=sys.stderr)
+    problem = (
+        admission_problem(cfg.cache_dir, cfg.cache_size, cfg.free_space_floor, cfg.block_size)
+        if cfg.cache_dir
+        else None
+    )
+    if problem:
+        print(f"fluidfs: warning: {problem}: nothing will be cached on disk", file=sys.stderr)
     if not args.foreground:
         mnt = check_mountpoint(args.mountpoint, nonempty=args.nonempty)
         return spawn_and_wait(daemon_command(argv), mnt, args.log_file, args.timeout)

@@ -14,8 +14,9 @@ reader's memory copy is still pushed and kept.
 
 ``get_block`` answers from the memory and SSD tiers, else (``mode=fetch``) through
 ``TieredCache.get`` — the same single-flight path as local reads, so concurrent requests for
-one block, local or remote, cause one source read.  A block index beyond the object's end is a
-404 (nothing is cached for it).
+one block, local or remote, cause one source read.  It takes none of the readers' fetch slots
+(``reserved``): the peer server's transfer slots bound the memory of served blocks.  A block
+index beyond the object's end is a 404 (nothing is cached for it).
 
 Caveats: the URL → source mapping tries each mount in turn (a handful per dataset) and
 remembers the last 4096 answers.  Objects are read by path, so a path hidden by the namespace
@@ -119,7 +120,10 @@ class CacheBlockProvider:
                 raise NotFoundError(f"block {key.index} is beyond the end of the object", key.url)
             return data
 
-        return await self.cache.get(key, fetch)
+        # reserved: the server's transfer slot is this block's memory.  Taking one of the readers'
+        # fetch slots instead would let two members whose readers wait on each other stall until
+        # the peer timeouts (each one's slots held by reads waiting for the other's server).
+        return await self.cache.get(key, fetch, reserved=True)
 
     def holds(self, key: BlockKey) -> bool:
         """Whether ``key`` is kept where this member keeps what it owns: its SSD tier (memory without one).

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from fluidfs.config.mount import (
     DEFAULT_BLOCK_SIZE,
+    DEFAULT_REQUEST_TIMEOUT,
     MAX_BLOCK_SIZE,
     MIN_BLOCK_SIZE,
     SETTINGS,
@@ -28,6 +29,7 @@ from fluidfs.config.table import GROUPS, Setting
 
 __all__ = [
     "DEFAULT_BLOCK_SIZE",
+    "DEFAULT_REQUEST_TIMEOUT",
     "GROUPS",
     "MAX_BLOCK_SIZE",
     "MIN_BLOCK_SIZE",

@@ -17,7 +17,7 @@ Adding a setting is one entry here, e.g. the peer tier's copy policy, which ``fl
 (plus a new group in ``GROUPS`` if needed).  Then read it where it is used: ``cfg.peer_copy``.
 
 Caveats: values are validated here; everything downstream trusts them.  A setting without any
-surface (``prefetch_memory``, ``source_threads``, ``request_timeout``) is a tuning constant that
+surface (``prefetch_memory``, ``source_threads``) is a tuning constant that
 still has one declaration and one row in the reference.
 """
 
@@ -54,6 +54,8 @@ GiB = 1024 * MiB
 DEFAULT_BLOCK_SIZE = 4 * MiB
 MIN_BLOCK_SIZE = 1 * MiB
 MAX_BLOCK_SIZE = 64 * MiB
+#: seconds one source operation (a stat, a listing page, a block read) may take, retries included
+DEFAULT_REQUEST_TIMEOUT = 20.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,7 +137,24 @@ class MountConfig:
         dataset="spec.cache.readahead",
     )
     prefetch_memory: int = setting(
-        128 * MiB, size(), "readahead in flight, all files together", group="cache", unit="bytes"
+        128 * MiB,
+        size(),
+        "at most this much of the in-flight memory goes to readahead, all files together",
+        group="cache",
+        unit="bytes",
+    )
+    inflight_memory: int = setting(
+        0,
+        size(),
+        "bytes of blocks in flight (being fetched or read from the SSD tier, read ahead and not read yet, "
+        "waiting for their SSD write); with the memory tier this bounds the daemon's memory; "
+        "0: half the memory size, at least 4 blocks, at most 256Mi",
+        group="cache",
+        unit="bytes",
+        cli="--inflight-memory",
+        commands=MOUNT_AND_WORKER,
+        dataset="spec.cache.inflightMemory",
+        csi="inflightMemory",
     )
     sibling_prefetch: int = setting(
         16,
@@ -366,13 +385,39 @@ class MountConfig:
         dataset="spec.cache.metricsAddr",
     )
     request_timeout: float = setting(
-        30.0, duration(indefinite=False), "timeout of one source request", group="sources", unit="seconds"
+        DEFAULT_REQUEST_TIMEOUT,
+        duration(indefinite=False),
+        "every source operation (a stat, a listing page, a block read), retries included, is over within this "
+        "time; past it the reader gets EIO",
+        group="sources",
+        unit="seconds",
+        cli="--request-timeout",
+        commands=CACHE_COMMANDS,
+        dataset="spec.sources.requestTimeout",
+        csi="requestTimeout",
     )
 
     @property
     def clustered(self) -> bool:
         """Whether this member joins a cluster (a membership is configured; validation ensures --listen)."""
         return bool(self.peers_file or self.kube_service)
+
+    @property
+    def inflight_bytes(self) -> int:
+        """Bytes of blocks in flight, all files together (``inflight_memory`` or its default)."""
+        if self.inflight_memory:
+            return self.inflight_memory
+        return max(4 * self.block_size, min(self.memory_size // 2, 256 * MiB))
+
+    @property
+    def prefetch_bytes(self) -> int:
+        """The readahead's share of ``inflight_bytes`` (blocks in flight or held until read)."""
+        return min(self.prefetch_memory, self.inflight_bytes // 2)
+
+    @property
+    def fetch_slots(self) -> int:
+        """Blocks that demand reads may load at once: the rest of ``inflight_bytes``."""
+        return max(2, (self.inflight_bytes - self.prefetch_bytes) // self.block_size)
 
     @property
     def kernel_timeout(self) -> float:
@@ -404,6 +449,13 @@ def validate(cfg: MountConfig) -> MountConfig:
         raise ConfigError("joining a cluster needs this member's peer address (--listen HOST:PORT)")
     if cfg.peer_listen and not (cfg.peers_file or cfg.kube_service):
         raise ConfigError("--listen needs the cluster's members: --peers FILE or --kube-service NAMESPACE/NAME")
+    if cfg.inflight_memory and cfg.inflight_memory < 2 * cfg.block_size:
+        raise ConfigError(
+            f"in-flight memory {short_size(cfg.inflight_memory)} must hold at least two blocks of "
+            f"{short_size(cfg.block_size)}"
+        )
+    if cfg.request_timeout <= 0:
+        raise ConfigError(f"request timeout must be a positive number of seconds, got {cfg.request_timeout}")
     return cfg
 
 

@@ -7,9 +7,10 @@ the chart (``helm/fluidfs/templates/dataset-crd.yaml``), and a test keeps the tw
 ``cache``, ``metadata``), so a Fluid ``data.fluid.io`` Dataset's ``mounts`` (with
 ``encryptOptions``) carry over by changing ``apiVersion``; Fluid's other spec fields are
 accepted and ignored.  ``spec.cache`` adds the cache workers (``minWorkers``, ``maxWorkers``,
-``replicas``, ``worker``) and ``autoscaling``.  ``status`` is written by fluidfs-controller.
-The scale subresource maps ``spec.cache.replicas`` (what an HPA or KEDA sets, used by the
-``manual`` policy) and ``status.replicas``.
+``replicas``, ``worker``) and ``autoscaling``; ``spec.cluster`` the workers' cluster protocol
+settings (the document's ``spec.cluster`` without what the controller sets).  ``status`` is
+written by fluidfs-controller.  The scale subresource maps ``spec.cache.replicas`` (what an HPA
+or KEDA sets, used by the ``manual`` policy) and ``status.replicas``.
 
 The schema is structural (every field typed, no unknown fields except in the Fluid fields kept
 for compatibility), so the API server rejects malformed Datasets with the field path; checks the
@@ -255,12 +256,43 @@ def cache_schema() -> Schema:
     return cache
 
 
+def cluster_schema() -> Schema:
+    """``spec.cluster``: the cluster protocol settings the controller passes on to the workers."""
+    return _obj(
+        "The cluster cache of the workers and the node daemons (docs/cluster.md); the controller sets the "
+        "membership, addresses, secret and handoff time itself. Give node volumes the same replicas "
+        "(CSI clusterReplicas).",
+        {
+            "replicas": {
+                "type": "integer",
+                "minimum": 1,
+                "maximum": 8,
+                "description": "Owners per block, the same on every member (default 1).",
+            },
+            "peerCopy": _str(
+                "Where a worker keeps a block it got from a peer (default memory).", enum=["memory", "ssd", "none"]
+            ),
+            "connectTimeout": _duration("Connecting to a peer (default 1s)."),
+            "readTimeout": _duration("Each socket read of a peer's answer (default 5s)."),
+            "fetchTimeout": _duration("An owner fetching a block from the source for a peer (default 15s)."),
+            "transfers": {
+                "type": "integer",
+                "minimum": 1,
+                "maximum": 1024,
+                "description": "Block transfers served, and requested, at once per worker (default 16).",
+            },
+            "maxSkew": _duration("Allowed clock difference between members (default 30s)."),
+        },
+    )
+
+
 def spec_schema() -> Schema:
     return _obj(
         "The Dataset: its sources (as in a fluidfs Dataset document or a Fluid Dataset) and its cache.",
         {
             "mounts": {"type": "array", "minItems": 1, "description": "The sources, unioned.", "items": mount_schema()},
             "cache": cache_schema(),
+            "cluster": cluster_schema(),
             "metadata": _obj(
                 "Metadata cache TTLs.",
                 {

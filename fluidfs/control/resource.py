@@ -46,6 +46,9 @@ DOCUMENT_CACHE_FIELDS = (
 )  # fmt: skip
 CACHE_FIELDS = (*DOCUMENT_CACHE_FIELDS, "minWorkers", "maxWorkers", "replicas", "worker", "autoscaling")
 WORKER_FIELDS = ("quota", "memorySize", "storageClassName", "resources", "nodeSelector", "tolerations", "drainTimeout")
+#: fluidfs Dataset-document fields of spec.cluster a Dataset resource may set (the controller sets
+#: listen, kubeService, portName, secretFile and handoffTimeout on the workers' command line)
+CLUSTER_FIELDS = ("replicas", "peerCopy", "connectTimeout", "readTimeout", "fetchTimeout", "transfers", "maxSkew")
 AUTOSCALING_FIELDS = {
     "policy": "policy",
     "interval": "interval",
@@ -303,7 +306,7 @@ def parse(obj: Mapping[str, Any]) -> DatasetResource:
     if obj.get("apiVersion") != CR_API_VERSION or obj.get("kind") != "Dataset":
         ctx.fail("apiVersion", f"expected {CR_API_VERSION} Dataset, got {obj.get('apiVersion')} {obj.get('kind')}")
     spec = mapping(ctx, obj.get("spec"), "spec")
-    check_keys(ctx, spec, "spec", ("mounts", "cache", "metadata", *_FLUID_SPEC, *_IGNORED_FLUID_SPEC))
+    check_keys(ctx, spec, "spec", ("mounts", "cache", "cluster", "metadata", *_FLUID_SPEC, *_IGNORED_FLUID_SPEC))
     warnings = [f"{document}: spec.{k}: ignored (not used by fluidfs)" for k in _IGNORED_FLUID_SPEC if k in spec]
     raw_mounts = spec.get("mounts")
     fluid = any(k in spec for k in _FLUID_SPEC) or (
@@ -327,6 +330,11 @@ def parse(obj: Mapping[str, Any]) -> DatasetResource:
         doc_spec["cache"] = doc_cache
     if spec.get("metadata") is not None:
         doc_spec["metadata"] = spec["metadata"]
+    if spec.get("cluster") is not None:
+        cluster = mapping(ctx, spec["cluster"], "spec.cluster")
+        check_keys(ctx, cluster, "spec.cluster", CLUSTER_FIELDS)
+        if cluster:
+            doc_spec["cluster"] = dict(cluster)
     doc = {"apiVersion": API_VERSION, "kind": "Dataset", "metadata": {"name": meta.name}, "spec": doc_spec}
     dataset = parse_dataset(yaml.safe_dump(doc, sort_keys=False), document)
     worker = _worker(ctx, cache.get("worker"))

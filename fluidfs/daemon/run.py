@@ -68,6 +68,7 @@ from fluidfs.sources.base import Source
 from fluidfs.sources.registry import open_sources
 from fluidfs.spec.model import Dataset, MountSpec
 from fluidfs.util.mounts import FLUIDFS_FSTYPE, mount_at
+from fluidfs.util.redact import redact_url
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +86,32 @@ def set_kernel_readahead(dev: str, kib: int) -> None:
         log.info("kernel readahead of %s set to %d KiB", dev, kib)
     except OSError as exc:
         log.info("could not set kernel readahead of %s: %s", dev, exc)
+        return
+    set_max_background(dev, MAX_BACKGROUND)
+
+
+#: requests the kernel keeps in flight to the daemon for readahead and async I/O (kernel default
+#: 12): readers of a source that does not answer would otherwise fill the queue and stall the
+#: readahead of every other source of the dataset
+MAX_BACKGROUND = 256
+
+
+def set_max_background(dev: str, n: int) -> None:
+    """Raise the FUSE connection's background queue through the FUSE control filesystem
+    (``/sys/fs/fuse/connections``, mounted by systemd on most hosts); log when it is absent."""
+    conn = f"/sys/fs/fuse/connections/{dev.partition(':')[2]}"  # the connection is named by the minor
+    try:
+        with open(f"{conn}/max_background", "w") as f:
+            f.write(str(n))
+        with open(f"{conn}/congestion_threshold", "w") as f:
+            f.write(str(n * 3 // 4))
+        log.info("FUSE background queue set to %d requests", n)
+    except OSError as exc:
+        log.info(
+            "could not raise the FUSE background queue (%s); mount the control filesystem "
+            "(mount -t fusectl none /sys/fs/fuse/connections) so one slow source cannot stall the others' readahead",
+            exc.strerror or exc,
+        )
 
 
 @contextlib.contextmanager
@@ -119,7 +146,6 @@ class MountDaemon:
         self.cfg = cfg
         self.mountpoint = mountpoint
         self.record_file = record_file
-        self.limiter = trio.CapacityLimiter(cfg.source_threads)
         # readiness probe, record, kernel invalidation: never the FUSE loop's thread
         self.housekeeping = trio.CapacityLimiter(4)
         self._sources = sources
@@ -137,7 +163,16 @@ class MountDaemon:
         self._handoff_scope: trio.CancelScope | None = None
 
     def _build(self) -> FluidOperations:
-        mounts = [MountRef(spec, AsyncSource(src, self.dataset.name, self.limiter)) for src, spec in self._sources]
+        # one limiter per source: a source that stops answering holds only its own threads
+        mounts = [
+            MountRef(
+                spec,
+                AsyncSource(
+                    src, self.dataset.name, trio.CapacityLimiter(self.cfg.source_threads), self.cfg.request_timeout
+                ),
+            )
+            for src, spec in self._sources
+        ]
         ns = Namespace(mounts, self.dataset.name, self.cfg.metadata_ttl, self.cfg.negative_ttl)
         self.cache = build_cache(self.dataset, self.cfg)
         self.node = join(self.dataset.name, self.cfg, self.cache, [m.source for m in mounts])
@@ -335,7 +370,7 @@ class MountDaemon:
             **identity(os.getpid()),
             "mountpoint": self.mountpoint,
             "dataset": self.dataset.name,
-            "sources": [m.url for m in self.dataset.mounts],
+            "sources": [redact_url(m.url) for m in self.dataset.mounts],
             "metrics": f"http://{self.metrics_addr[0]}:{self.metrics_addr[1]}/metrics" if self.metrics_addr else None,
             "peer": self.node.address if self.node is not None else None,  # `fluidfs status` asks it
             "config": cfg,
@@ -370,7 +405,7 @@ def run_foreground(
         checked_runtime_dir(create=True)
         record_file = record_path(mnt)
         os.chdir("/")  # every path we keep is absolute from here on
-        sources = open_sources(dataset)
+        sources = open_sources(dataset, cfg.request_timeout)
         if pid_path:
             with open(pid_path, "w", encoding="ascii") as f:
                 f.write(f"{os.getpid()}\n")

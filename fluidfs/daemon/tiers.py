@@ -36,7 +36,7 @@ def build_cache(dataset: Dataset, cfg: MountConfig) -> TieredCache:
         except OSError as exc:
             raise MountError(f"cache directory {cfg.cache_dir}: {exc.strerror or exc}") from None
     mem_policy = "lru" if ssd is not None else cfg.eviction
-    return TieredCache(MemoryTier(cfg.memory_size, mem_policy), ssd, dataset=dataset.name)
+    return TieredCache(MemoryTier(cfg.memory_size, mem_policy), ssd, dataset=dataset.name, fetch_slots=cfg.fetch_slots)
 
 
 def tune_malloc() -> None:

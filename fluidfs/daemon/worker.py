@@ -17,8 +17,11 @@ Stopping: SIGTERM, SIGINT or SIGHUP hands the blocks this member owns to their n
 meanwhile; a second signal cuts it short), then stops and exits 0.  The stop is bounded: a worker
 still busy :data:`SHUTDOWN_GRACE` seconds after the handoff budget exits anyway.
 
-Caveats: the worker's sources share one thread limiter (``source_threads``).  Blocks held only in
-the memory tier are not handed off (a worker keeps what it owns on SSD).
+Every source operation ends within ``request_timeout``, and each source has its own thread limiter
+(``source_threads``), as in a mount.
+
+Caveats: blocks held only in the memory tier are not handed off (a worker keeps what it owns on
+SSD).
 """
 
 from __future__ import annotations
@@ -58,8 +61,11 @@ class CacheWorker:
         check_config(cfg)
         self.dataset = dataset
         self.cfg = cfg
-        self.limiter = trio.CapacityLimiter(cfg.source_threads)
-        self.sources = [AsyncSource(src, dataset.name, self.limiter) for src, _spec in sources]
+        # one limiter per source: a source that stops answering holds only its own threads
+        self.sources = [
+            AsyncSource(src, dataset.name, trio.CapacityLimiter(cfg.source_threads), cfg.request_timeout)
+            for src, _spec in sources
+        ]
         self.cache = build_cache(dataset, cfg)
         try:
             node = join(dataset.name, cfg, self.cache, self.sources)

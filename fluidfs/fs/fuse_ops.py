@@ -2,7 +2,10 @@
 errnos, records per-operation metrics, and never lets an exception escape (an escaping
 exception would take the whole mount down: pyfuse3 ends its main loop).
 
-Every write operation answers EROFS.
+Every write operation answers EROFS.  Failures answered with EIO are logged as warnings, at most
+one per (operation, kind of error) every ``WARN_INTERVAL`` seconds with a count of the ones
+suppressed (a reader retrying against a source that is down would otherwise flood the log);
+the ``fluidfs_fuse_errors_total`` metric counts every one.
 """
 
 from __future__ import annotations
@@ -18,10 +21,14 @@ from typing import Any, TypeVar
 import pyfuse3
 
 from fluidfs import metrics
-from fluidfs.errors import AccessDeniedError, FsOpError, NotFoundError, SourceError
+from fluidfs.errors import AccessDeniedError, FsOpError, NotFoundError, SourceError, VersionChangedError
 from fluidfs.fs.vfs import Attr, Vfs
+from fluidfs.util.ratelog import RateLimitedLog
 
 log = logging.getLogger(__name__)
+
+#: seconds between two warnings about the same (operation, kind of error)
+WARN_INTERVAL = 10.0
 
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 
@@ -55,11 +62,22 @@ def _op(name: str) -> Callable[[F], F]:
             except (FsOpError, SourceError) as exc:
                 code = errno_of(exc)
                 if code == E.EIO:
-                    log.warning("dataset %s: %s%r failed: %s", ds, name, args[:2], exc)
+                    hint = "; re-open the file to read the new version" if isinstance(exc, VersionChangedError) else ""
+                    self.warn.warning(
+                        (name, type(exc).__name__), "dataset %s: %s%r failed: %s%s", ds, name, args[:2], exc, hint
+                    )
                 metrics.FUSE_ERRORS.labels(ds, name, str(code)).inc()
                 raise pyfuse3.FUSEError(code) from None
             except Exception:
-                log.exception("dataset %s: unexpected error in %s%r", ds, name, args[:2])
+                self.warn.log(
+                    logging.ERROR,
+                    (name, "unexpected"),
+                    "dataset %s: unexpected error in %s%r",
+                    ds,
+                    name,
+                    args[:2],
+                    exc_info=True,
+                )
                 metrics.FUSE_ERRORS.labels(ds, name, str(E.EIO)).inc()
                 raise pyfuse3.FUSEError(E.EIO) from None
             finally:
@@ -84,6 +102,7 @@ class FluidOperations(pyfuse3.Operations):
         self._m: dict[str, tuple[Any, Any]] = {}
         self._ea: dict[int, tuple[Attr, pyfuse3.EntryAttributes]] = {}  # inode -> last reply
         self._read_bytes = metrics.FUSE_READ_BYTES.labels(vfs.dataset)
+        self.warn = RateLimitedLog(log, WARN_INTERVAL)
 
     def _entry(self, a: Attr) -> pyfuse3.EntryAttributes:
         cached = self._ea.get(a.inode)

@@ -9,6 +9,10 @@ synthetic directory only ever contains synthetic directories and mount roots.
 Inode numbers are assigned on first sight of a path and never reused or forgotten for the life
 of the mount, so they are stable (``ls -i`` twice gives the same numbers).
 
+Directories whose source gives them no time (S3 prefixes, HTTP directories, synthetic
+directories) show the newest modification time among the children seen in their last listing,
+or the mount's start time before they are listed (never 1970).
+
 Caveats: the inode table grows with the number of distinct paths looked up (a few hundred
 bytes each; 1M paths ≈ a few hundred MiB).  A path whose type changes at the source (file ↔
 directory) gets a new inode.
@@ -21,7 +25,7 @@ import logging
 import math
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import trio
 from cachetools import TTLCache
@@ -64,6 +68,7 @@ class Node:
     children: list[str] = field(default_factory=list)  # synthetic dirs: their fixed children
     lookup_misses: int = 0  # lookups answered by a stat; the second one lists the directory
     listing_names: list[str] = field(default_factory=list)  # the listing's names, in order
+    newest: float = 0.0  # newest mtime among the children of the last listing (0: none seen)
 
     @property
     def is_dir(self) -> bool:
@@ -103,10 +108,16 @@ class Namespace:
     def _synthetic_entry(self, name: str) -> Entry:
         return Entry(name=name, is_dir=True, mtime=self._created, version="synthetic")
 
+    def _dated(self, node: Node | None, entry: Entry) -> Entry:
+        """``entry`` with a time if it is a directory the source gives none (see the module docstring)."""
+        if not entry.is_dir or entry.mtime or entry.mtime_ns:
+            return entry
+        return replace(entry, mtime=(node.newest if node is not None else 0.0) or self._created)
+
     def _add(self, path: str, parent: int, mount: MountRef | None, rel: str, entry: Entry, checked: float) -> Node:
         inode = self._next_inode
         self._next_inode += 1
-        node = Node(inode, parent, path, mount, rel, entry, checked)
+        node = Node(inode, parent, path, mount, rel, self._dated(None, entry), checked)
         self._nodes[inode] = node
         self._by_path[path] = inode
         return node
@@ -166,7 +177,7 @@ class Namespace:
             node = self._nodes[inode]
             if node.entry.is_dir == entry.is_dir:
                 if node.mount is not None and node.rel:
-                    node.entry = entry
+                    node.entry = self._dated(node, entry)
                     node.checked = now
                 return node
             log.info("dataset %s: %s changed type at the source; new inode", self.dataset, path)
@@ -275,7 +286,7 @@ class Namespace:
             return node
         if entry.is_dir != node.entry.is_dir:
             raise NotFoundError("entry changed type", node.path)
-        node.entry = entry
+        node.entry = self._dated(node, entry)
         node.checked = time.monotonic()
         return node
 
@@ -374,6 +385,9 @@ class Namespace:
         node.listing = listing
         node.listing_names = list(listing)
         node.listed = time.monotonic()
+        node.newest = max((e.mtime for e in listing.values()), default=0.0)
+        if node.newest and node.entry.version in ("", "synthetic") and not node.entry.mtime_ns:
+            node.entry = replace(node.entry, mtime=node.newest)  # a directory without a time of its own
         if prefetch_children:
             self._prefetch_subdirs(node)
         for name in listing:

@@ -8,16 +8,25 @@ the old blocks are still cached).
 
 Readahead: a read that starts where the previous one ended grows the window (doubling from
 one block up to ``readahead``); any other read resets it.  Prefetches are cache lookups run in
-the background nursery, bounded globally by ``Prefetcher`` (bytes in flight); a prefetch
-that finds no free budget is skipped, never queued.  Prefetched blocks that drop out of the
-Prefetcher's bounded memory before any read uses them are counted as wasted.
+the background nursery, bounded by ``Prefetcher`` (blocks in flight *or held*); a prefetch
+that finds no room is skipped, never queued.
+
+A prefetched block is **held by the Prefetcher until a read uses it** (it also goes into the
+cache tiers, which may evict it or not admit it: the held reference keeps it), so readahead is
+never thrown away and fetched again when the memory tier is smaller than the readahead window.
+Held blocks leave in this order when room is needed: blocks already read (least recently read
+first, none read in the last ``READ_GRACE_SECONDS``, so the kernel's several requests for one
+block all hit), then unread sibling prefetches (no open file
+waits for them; they stay in the cache tiers if admitted), then unread blocks older than
+``STALE_SECONDS``; the unread blocks of a file are dropped when it is closed.  A block dropped
+unread counts as *wasted*, so ``issued = used + wasted + held unread`` at every moment.
 
 Small objects (≤ one block) are fetched whole with a single GET; opening one also prefetches
 a few of its not-yet-cached small siblings (see ``Vfs``), which is what makes a cold shuffled
 epoch over many small files fast.
 
-Caveats: "wasted" is an estimate: a prefetched block evicted from the cache before it is read
-is only counted once the Prefetcher forgets it.
+Caveats: a prefetch that fails is not counted as issued (nothing was fetched).  A block read
+through another handle than the one that prefetched it counts as used.
 """
 
 from __future__ import annotations
@@ -26,10 +35,9 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from typing import Any
+from dataclasses import dataclass
 
 import trio
-from cachetools import LRUCache
 
 from fluidfs import metrics
 from fluidfs.cache.base import BlockKey, Buffer
@@ -40,101 +48,138 @@ from fluidfs.sources.aio import AsyncSource
 log = logging.getLogger(__name__)
 
 _SEQ_SLACK = 2 * 1024 * 1024
+#: an unread prefetched block older than this may be dropped (as wasted) to make room
+STALE_SECONDS = 30.0
+#: a block read less than this ago is not dropped to make room (its next requests are coming)
+READ_GRACE_SECONDS = 1.0
+
+
+class Owner:
+    """What a prefetch was made for (one open file); ``closed`` once the file is released."""
+
+    closed = False
+
+
+@dataclass(slots=True)
+class _Held:
+    data: Buffer
+    owner: Owner | None
+    since: float  # when it was fetched (unread) or last read
 
 
 class Prefetcher:
     """Shared budget, nursery and bookkeeping for background prefetches of all open files.
 
-    At most ``budget_bytes / block_size`` prefetches run at once; a submission beyond that is
-    dropped (never queued).  Prefetched blocks are remembered (bounded LRU) until a demand read
-    uses them; blocks that fall out of that memory unread are counted as wasted.
+    At most ``budget_bytes / block_size`` blocks are being prefetched or held at once (see the
+    module docstring); a submission beyond that is dropped (never queued).
     """
 
     def __init__(self, cache: TieredCache, budget_bytes: int, block_size: int, dataset: str) -> None:
         self.cache = cache
-        self.limiter = trio.CapacityLimiter(max(1, budget_bytes // block_size))
+        self.slots = max(1, budget_bytes // block_size)
         self.nursery: trio.Nursery | None = None
         self.enabled = budget_bytes > 0
-        self._inflight: set[BlockKey] = set()
-        tracked = max(1024, (cache.mem.quota_bytes() + (cache.ssd.quota_bytes() if cache.ssd else 0)) // block_size)
-        self._unused: _WasteTracker = _WasteTracker(min(tracked, 1_000_000), metrics.READAHEAD_WASTED.labels(dataset))
+        self._inflight: dict[BlockKey, Owner | None] = {}
+        self._used_early: set[BlockKey] = set()  # read while still in flight
+        self._unread: OrderedDict[BlockKey, _Held] = OrderedDict()
+        self._read: OrderedDict[BlockKey, _Held] = OrderedDict()  # read at least once; since = last read
         self._issued = metrics.READAHEAD_ISSUED.labels(dataset)
         self._used = metrics.READAHEAD_USED.labels(dataset)
-        # prefetched blocks the cache did not admit (memory tier full under ``none``) are held
-        # here until read, so readahead is never thrown away before it is used (bounded, FIFO)
-        self._held: OrderedDict[BlockKey, Buffer] = OrderedDict()
-        self._held_bytes = 0
-        self._held_limit = budget_bytes
+        self._wasted = metrics.READAHEAD_WASTED.labels(dataset)
 
     def start(self, nursery: trio.Nursery) -> None:
         self.nursery = nursery
 
-    def submit(self, key: BlockKey, fetch: Callable[[], Awaitable[bytes]], nbytes: int) -> bool:
-        """Start fetching ``key`` in the background; False if there is no budget now."""
+    def held_bytes(self) -> int:
+        """Bytes of prefetched blocks held right now (read or not)."""
+        return sum(len(h.data) for h in (*self._unread.values(), *self._read.values()))
+
+    def submit(
+        self, key: BlockKey, fetch: Callable[[], Awaitable[bytes]], nbytes: int, owner: Owner | None = None
+    ) -> bool:
+        """Start fetching ``key`` in the background; False if there is no room now."""
         if not self.enabled or self.nursery is None:
             return False
-        if key in self._inflight:
+        if key in self._inflight or key in self._unread or key in self._read:
             return True
-        try:
-            self.limiter.acquire_on_behalf_of_nowait(key)
-        except trio.WouldBlock:
+        if len(self._inflight) + len(self._unread) + len(self._read) >= self.slots and not self._make_room():
             return False
-        self._inflight.add(key)
-        self._issued.inc(nbytes)
-        self._unused[key] = nbytes
-        self.nursery.start_soon(self._run, key, fetch)
+        self._inflight[key] = owner
+        self.nursery.start_soon(self._run, key, fetch, nbytes)
         return True
 
     def holds(self, key: BlockKey) -> bool:
-        return key in self._held
+        return key in self._unread or key in self._read
 
     def take(self, key: BlockKey) -> Buffer | None:
-        """The prefetched block ``key`` if it is held outside the cache.  It stays held (the
-        kernel often has several requests for one block in flight) until pushed out FIFO."""
-        return self._held.get(key)
-
-    def _hold(self, key: BlockKey, data: Buffer) -> None:
-        if key in self._held or len(data) > self._held_limit:
-            return
-        self._held[key] = data
-        self._held_bytes += len(data)
-        while self._held_bytes > self._held_limit:
-            _old, dropped = self._held.popitem(last=False)
-            self._held_bytes -= len(dropped)
+        """The prefetched block ``key`` if it is held (it stays held: see ``used``)."""
+        held = self._unread.get(key)
+        if held is not None:
+            return held.data
+        read = self._read.get(key)
+        return read.data if read is not None else None
 
     def used(self, key: BlockKey) -> None:
-        """A demand read just used ``key``: count it if it came from a prefetch."""
-        nbytes = self._unused.pop(key, None)
-        if nbytes is not None:
-            self._used.inc(nbytes)
+        """A read just used ``key``: count it if it came from a prefetch."""
+        held = self._unread.pop(key, None)
+        if held is not None:
+            self._used.inc(len(held.data))
+            held.since = time.monotonic()
+            self._read[key] = held
+        elif key in self._read:
+            self._read[key].since = time.monotonic()
+            self._read.move_to_end(key)
+        elif key in self._inflight:
+            self._used_early.add(key)
 
-    async def _run(self, key: BlockKey, fetch: Callable[[], Awaitable[bytes]]) -> None:
+    def forget(self, owner: Owner) -> None:
+        """``owner``'s file was closed: drop its blocks (those not read yet count as wasted)."""
+        owner.closed = True
+        for key in [k for k, h in self._unread.items() if h.owner is owner]:
+            self._drop(key)
+        for key in [k for k, h in self._read.items() if h.owner is owner]:
+            del self._read[key]
+
+    def _drop(self, key: BlockKey) -> None:
+        held = self._unread.pop(key)
+        self._wasted.inc(len(held.data))
+
+    def _make_room(self) -> bool:
+        """Free one slot: the oldest block already read, else the oldest unread block no open
+        file asked for, else the oldest stale unread one."""
+        now = time.monotonic()
+        if self._read and now - next(iter(self._read.values())).since >= READ_GRACE_SECONDS:
+            self._read.popitem(last=False)
+            return True
+        for key, held in self._unread.items():
+            if held.owner is None or now - held.since >= STALE_SECONDS:
+                self._drop(key)
+                return True
+        return False
+
+    async def _run(self, key: BlockKey, fetch: Callable[[], Awaitable[bytes]], nbytes: int) -> None:
+        owner = self._inflight.get(key)
         try:
-            data = await self.cache.get(key, fetch)
-            if self.cache.tier_of(key) is None:
-                self._hold(key, data)
+            data = await self.cache.get(key, fetch, reserved=True)
         except SourceError as exc:
-            self._unused.pop(key, None)
             log.debug("prefetch of %s block %d failed: %s", key.url, key.index, exc)
-        except Exception:
-            self._unused.pop(key, None)
-            log.exception("prefetch of %s block %d failed", key.url, key.index)
-        finally:
-            self._inflight.discard(key)
-            self.limiter.release_on_behalf_of(key)
-
-
-class _WasteTracker(LRUCache):  # type: ignore[type-arg]
-    """Prefetched-but-unread blocks; those pushed out unread count as wasted."""
-
-    def __init__(self, maxsize: int, wasted: Any) -> None:
-        super().__init__(maxsize=maxsize)
-        self._wasted = wasted
-
-    def popitem(self) -> tuple[Any, Any]:
-        key, nbytes = super().popitem()
-        self._wasted.inc(nbytes)
-        return key, nbytes
+            self._used_early.discard(key)
+            del self._inflight[key]
+            return
+        except BaseException:
+            self._used_early.discard(key)
+            del self._inflight[key]
+            raise
+        del self._inflight[key]
+        self._issued.inc(len(data))
+        if key in self._used_early:
+            self._used_early.discard(key)
+            self._used.inc(len(data))
+            self._read[key] = _Held(data, owner, time.monotonic())
+        elif owner is not None and owner.closed:
+            self._wasted.inc(len(data))
+        else:
+            self._unread[key] = _Held(data, owner, time.monotonic())
 
 
 class FileReader:
@@ -161,6 +206,7 @@ class FileReader:
         self.bs = block_size
         self.max_window = max_window
         self.prefetcher = prefetcher
+        self.owner = Owner()
         self._next_offset = -1
         self._window = 0
         self._ahead_until = 0  # first block index not yet considered for prefetch
@@ -169,6 +215,11 @@ class FileReader:
 
     def key(self, index: int) -> BlockKey:
         return BlockKey(self.url, self.version, self.bs, index)
+
+    def close(self) -> None:
+        """The handle is released: its readahead not read yet is dropped."""
+        if self.prefetcher is not None:
+            self.prefetcher.forget(self.owner)
 
     def _block_len(self, index: int) -> int:
         return max(0, min(self.bs, self.size - index * self.bs))
@@ -238,6 +289,6 @@ class FileReader:
             if self.cache.tier_of(key) == "mem" or self.prefetcher.holds(key):
                 self._ahead_until = index + 1
                 continue
-            if not self.prefetcher.submit(key, self.fetcher(index), self._block_len(index)):
+            if not self.prefetcher.submit(key, self.fetcher(index), self._block_len(index), self.owner):
                 break
             self._ahead_until = index + 1

@@ -22,7 +22,7 @@ from itertools import count
 from fluidfs.cache.base import BlockKey
 from fluidfs.cache.tiered import TieredCache
 from fluidfs.config import MountConfig
-from fluidfs.errors import FsOpError, VersionChangedError
+from fluidfs.errors import FsOpError, NotFoundError, VersionChangedError
 from fluidfs.fs.namespace import Namespace, Node
 from fluidfs.fs.reader import FileReader, Prefetcher
 from fluidfs.fs.xattrs import XATTR_CACHED, XATTR_SOURCE, XATTR_VERSION
@@ -73,7 +73,7 @@ class Vfs:
         self.cache = cache
         self.cfg = cfg
         self.dataset = dataset
-        self.prefetcher = Prefetcher(cache, cfg.prefetch_memory, cfg.block_size, dataset)
+        self.prefetcher = Prefetcher(cache, cfg.prefetch_bytes, cfg.block_size, dataset)
         self._fh = count(1)
         self._dirs: dict[int, _DirHandle] = {}
         self._files: dict[int, _FileHandle] = {}
@@ -125,14 +125,19 @@ class Vfs:
         return fh
 
     async def readdir(self, fh: int, start: int) -> AsyncIterator[tuple[str, Attr, int]]:
-        """Entries from offset ``start``; each comes with the offset of the one after it."""
+        """Entries from offset ``start``, ``.`` and ``..`` first; each comes with the offset of
+        the one after it."""
         h = self._dir(fh)
-        i = start
+        if start == 0:
+            yield ".", self.attr(h.node), 1
+        if start <= 1:
+            yield "..", self.attr(self.ns.node(h.node.parent)), 2
+        i = max(0, start - 2)
         while True:
             while i < len(h.entries):
                 name, node = h.entries[i]
                 i += 1
-                yield name, self.attr(node), i
+                yield name, self.attr(node), i + 2
             if h.pages is None:
                 return
             try:
@@ -226,13 +231,14 @@ class Vfs:
         try:
             data = await h.reader.read(offset, size)
         except VersionChangedError:
-            log.warning(
-                "dataset %s: %s changed at the source while open; re-open to read the new version",
-                self.dataset,
-                h.node.path,
-            )
+            # the adapter logs it (rate-limited) and answers EIO
             self.ns.expire(h.node)
             raise
+        except NotFoundError:
+            self.ns.expire(h.node)
+            raise VersionChangedError(
+                f"{h.node.path} was deleted at the source while open (read at offset {offset})", h.reader.url
+            ) from None
         inode = h.node.inode
         if self._kernel_version.get(inode) != h.reader.version:
             # a handle opened before the object changed just put bytes of its (old) version into
@@ -250,6 +256,7 @@ class Vfs:
     def release(self, fh: int) -> None:
         h = self._files.pop(fh, None)
         if h is not None:
+            h.reader.close()
             versions = self._open_versions.get(h.node.inode, {})
             left = versions.get(h.reader.version, 0) - 1
             if left > 0:

@@ -37,6 +37,9 @@ class Source(abc.ABC):
 
     #: short bounded label for metrics: "s3", "http", "local"
     kind: str = "abstract"
+    #: True if the backend reports every request it sends (``fluidfs.sources.call.count_request``);
+    #: otherwise each operation counts as one request in the metrics
+    counts_requests: bool = False
 
     @abc.abstractmethod
     def stat(self, path: str) -> Entry:

@@ -16,8 +16,14 @@ Versions: a strong ``ETag`` (quotes stripped) → reads send ``If-Match``; else 
 ``sz:<size>`` (no validators: only the size is checked); manifest files without ``etag`` get
 ``mf:<size>-<mtime>`` (only the size is checked).  A changed object raises VersionChangedError.
 
-Requests use one urllib3 ``PoolManager`` per source (thread-safe), ``Accept-Encoding: identity``,
-and a ``Retry`` for connection/read errors and 502/503/504 with bounded backoff.
+Requests go through one :class:`~fluidfs.sources.http_client.HTTPClient` per source (a urllib3
+pool, ``Accept-Encoding: identity``; ``max_attempts`` tries per request on connection errors,
+timeouts and 502/503/504, each within the operation's deadline: a stat, a listing page with its
+HEADs, a read).  Every request sent is counted (``counts_requests``), and the bytes a
+``Range``-less server sends before the wanted range are counted as received.
+
+URLs shown (``url()``, errors, logs) are redacted (:mod:`fluidfs.util.redact`): the signature of
+a presigned single-file URL never appears; requests use the URL as given.
 
 Caveats: autoindex listing costs one HEAD per file — use a manifest for large datasets.  In
 autoindex mode ``stat`` does not check that a file is linked from its parent's listing.  A server
@@ -31,6 +37,7 @@ called from worker threads, never from trio).  An ETag that happens to start wit
 from __future__ import annotations
 
 import base64
+import contextvars
 import logging
 import re
 import threading
@@ -39,18 +46,19 @@ from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 
 import urllib3
-from urllib3.exceptions import HTTPError, MaxRetryError, SSLError
-from urllib3.util.retry import Retry
+from urllib3.exceptions import HTTPError, ReadTimeoutError
 
 from fluidfs.errors import (
-    AccessDeniedError,
     NotFoundError,
     SourceError,
+    SourceTimeoutError,
     SpecError,
     UnavailableError,
     VersionChangedError,
 )
+from fluidfs.sources import call
 from fluidfs.sources.base import Entry, Source
+from fluidfs.sources.http_client import HTTPClient, discard, fail
 from fluidfs.sources.http_listing import (
     MANIFEST_VERSION_PREFIX,
     ManifestTree,
@@ -63,6 +71,7 @@ from fluidfs.sources.http_listing import (
 )
 from fluidfs.spec.model import MountSpec
 from fluidfs.util.etag import normalize_etag
+from fluidfs.util.redact import redact_text, redact_url
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +91,7 @@ class HTTPSource(Source):
     """A read-only tree behind an ``http(s)://`` base URL.  See the module docstring."""
 
     kind = "http"
+    counts_requests = True
     #: the mount options ``from_mount`` accepts
     OPTIONS = frozenset({"manifest", "verify_ssl", "connect_timeout", "read_timeout", "max_attempts"})
     #: the credential names ``from_mount`` accepts
@@ -99,6 +109,7 @@ class HTTPSource(Source):
         read_timeout: float = 30.0,
         max_attempts: int = 3,
         pool_size: int = 32,
+        timeout: float | None = None,
     ) -> None:
         parts = urllib.parse.urlsplit(base_url)
         if parts.scheme not in ("http", "https") or not parts.netloc:
@@ -122,29 +133,14 @@ class HTTPSource(Source):
             hdrs["Authorization"] = "Basic " + base64.b64encode(pair).decode("ascii")
         elif creds.get("password"):
             raise ValueError("password given without username")
-        n = max_attempts - 1
-        self._retry = Retry(
-            total=None,
-            connect=n,
-            read=n,
-            status=n,
-            other=0,
-            redirect=5,
-            status_forcelist=(502, 503, 504),
-            allowed_methods=frozenset({"GET", "HEAD"}),
-            backoff_factor=0.1,
-            backoff_max=2.0,
-            raise_on_status=False,
-            raise_on_redirect=False,
-            respect_retry_after_header=False,
-        )
-        self._pool = urllib3.PoolManager(
-            num_pools=4,
-            maxsize=pool_size,
-            block=False,
-            headers=hdrs,
-            timeout=urllib3.Timeout(connect=connect_timeout, read=read_timeout),
-            cert_reqs="CERT_REQUIRED" if verify_ssl else "CERT_NONE",
+        self._http = HTTPClient(
+            hdrs,
+            verify_ssl=verify_ssl,
+            connect_timeout=connect_timeout,
+            read_timeout=read_timeout,
+            max_attempts=max_attempts,
+            pool_size=pool_size,
+            timeout=timeout,
         )
         self._lock = threading.Lock()
         self._mode = ""  # "" until discovered, then "manifest" | "autoindex" | "file"
@@ -154,7 +150,7 @@ class HTTPSource(Source):
         self._warned_no_range = False
 
     @classmethod
-    def from_mount(cls, mount: MountSpec, credentials: Mapping[str, str]) -> HTTPSource:
+    def from_mount(cls, mount: MountSpec, credentials: Mapping[str, str], timeout: float | None = None) -> HTTPSource:
         """Build from a Dataset mount; ``credentials`` are resolved values (never logged).
 
         A bad option value or contradictory credentials raise ``SpecError`` naming
@@ -203,49 +199,10 @@ class HTTPSource(Source):
                 )
             kw["max_attempts"] = attempts
         if mount.scheme.lower() not in ("http", "https"):
-            raise SpecError(doc, "mountPoint", f"not an http(s) URL: {mount.url}")
-        return cls(mount.url, credentials=credentials, **kw)  # type: ignore[arg-type]
+            raise SpecError(doc, "mountPoint", f"not an http(s) URL: {redact_url(mount.url)}")
+        return cls(mount.url, credentials=credentials, timeout=timeout, **kw)  # type: ignore[arg-type]
 
-    # ---- HTTP plumbing ------------------------------------------------------------------------
-
-    def _request(
-        self, method: str, url: str, headers: Mapping[str, str] | None = None, preload: bool = True
-    ) -> urllib3.BaseHTTPResponse:
-        try:
-            return self._pool.request(
-                method,
-                url,
-                headers={**self._pool.headers, **(headers or {})},
-                retries=self._retry,
-                redirect=True,
-                preload_content=preload,
-            )
-        except MaxRetryError as exc:
-            if isinstance(exc.reason, SSLError):
-                raise SourceError(f"TLS error ({exc.reason})", url) from None
-            raise UnavailableError(f"{method} failed after retries ({exc.reason})", url) from None
-        except SSLError as exc:
-            raise SourceError(f"TLS error ({exc})", url) from None
-        except HTTPError as exc:
-            raise UnavailableError(f"{method} failed ({exc})", url) from None
-
-    @staticmethod
-    def _discard(resp: urllib3.BaseHTTPResponse) -> None:
-        """Give the connection back without reading a possibly large body."""
-        if not resp.closed and resp.length_remaining not in (None, 0):
-            resp.close()
-        resp.release_conn()
-
-    @staticmethod
-    def _fail(resp: urllib3.BaseHTTPResponse, url: str, what: str) -> SourceError:
-        status = resp.status
-        if status in (404, 410):
-            return NotFoundError(f"{what}: HTTP {status}", url)
-        if status in (401, 403):
-            return AccessDeniedError(f"{what}: HTTP {status}", url)
-        if status >= 500:
-            return UnavailableError(f"{what}: HTTP {status}", url)
-        return SourceError(f"{what}: unexpected HTTP {status}", url)
+    # ---- HTTP helpers ---------------------------------------------------------------------------
 
     @staticmethod
     def _redirected_to_dir(resp: urllib3.BaseHTTPResponse, url: str) -> bool:
@@ -255,7 +212,7 @@ class HTTPSource(Source):
     def _file_entry(self, url: str, name: str) -> Entry:
         """HEAD ``url`` (falling back to a 1-byte GET) and build its entry; a redirect to
         ``url/`` makes it a directory.  Raises the matching SourceError on failure."""
-        resp = self._request("HEAD", url)
+        resp = self._http.request("HEAD", url)
         headers = resp.headers
         size: int | None = None
         if resp.status == 200 and self._redirected_to_dir(resp, url):
@@ -263,7 +220,7 @@ class HTTPSource(Source):
         if resp.status == 200 and headers.get("Content-Length", "").isdigit():
             size = int(headers["Content-Length"])
         elif resp.status in (200, 405, 501):  # no length, or HEAD not allowed: ask for one byte
-            got = self._request("GET", url, {"Range": "bytes=0-0"}, preload=False)
+            got = self._http.request("GET", url, {"Range": "bytes=0-0"}, preload=False)
             try:
                 cr = content_range(got.headers.get("Content-Range"))
                 if got.status in (206, 416) and cr is not None:
@@ -271,14 +228,14 @@ class HTTPSource(Source):
                 elif got.status == 200 and got.headers.get("Content-Length", "").isdigit():
                     size = int(got.headers["Content-Length"])
                 elif got.status >= 300:
-                    raise self._fail(got, url, "GET")
+                    raise fail(got, url, "GET")
                 headers = got.headers
             finally:
-                self._discard(got)
+                discard(got)
         else:
-            raise self._fail(resp, url, "HEAD")
+            raise fail(resp, url, "HEAD")
         if size is None:
-            raise SourceError("server does not tell the object's size", url)
+            raise SourceError("server does not tell the object's size", redact_url(url))
         etag = normalize_etag(headers.get("ETag"))
         last_mod = headers.get("Last-Modified")
         version = etag or (f"lm:{last_mod}-{size}" if last_mod else f"sz:{size}")
@@ -304,9 +261,9 @@ class HTTPSource(Source):
                 self._root = self.base_url.rsplit("/", 1)[0] + "/"
                 self._file_name = urllib.parse.unquote(urllib.parse.urlsplit(self.base_url).path.rsplit("/", 1)[1])
                 if not self._file_name:
-                    raise SourceError("cannot name the single file", self.base_url)
+                    raise SourceError("cannot name the single file", redact_url(self.base_url))
                 self._mode = "file"
-                log.debug("http source %s: single file %r", self.base_url, self._file_name)
+                log.debug("http source %s: single file %r", redact_url(self.base_url), self._file_name)
                 return
         if self.manifest is None:
             self._tree = self._load_manifest(self._root + MANIFEST_NAME, required=False)
@@ -314,37 +271,41 @@ class HTTPSource(Source):
                 self._mode = "manifest"
                 return
         self._mode = "autoindex"
-        log.debug("http source %s: autoindex listing", self._root)
+        log.debug("http source %s: autoindex listing", redact_url(self._root))
 
     def _base_is_directory(self) -> bool:
         """For a base URL without a trailing slash: does it name a directory?"""
-        resp = self._request("HEAD", self.base_url)
+        resp = self._http.request("HEAD", self.base_url)
         if resp.status in (405, 501):
             return False  # HEAD not allowed: a file server for single objects
         if resp.status != 200:
-            raise self._fail(resp, self.base_url, "HEAD")
+            raise fail(resp, self.base_url, "HEAD")
         if (resp.geturl() or "").split("?")[0].endswith("/"):
             return True  # redirected to the directory
         if "html" not in resp.headers.get("Content-Type", "").lower():
             return False
-        page = self._request("GET", self.base_url)
+        page = self._http.request("GET", self.base_url)
         if page.status != 200:
-            raise self._fail(page, self.base_url, "GET")
+            raise fail(page, self.base_url, "GET")
         return looks_like_autoindex(page.data.decode("utf-8", "replace"))
 
     def _load_manifest(self, url: str, required: bool) -> ManifestTree | None:
-        resp = self._request("GET", url)
+        resp = self._http.request("GET", url)
         if resp.status != 200:
             if not required and resp.status in (403, 404, 410):
                 return None
-            raise self._fail(resp, url, "manifest")
-        tree = parse_manifest(resp.data, url)
-        log.info("http source %s: manifest %s with %d files", self._root, url, tree.files)
+            raise fail(resp, url, "manifest")
+        tree = parse_manifest(resp.data, redact_url(url))
+        log.info("http source %s: manifest %s with %d files", redact_url(self._root), redact_url(url), tree.files)
         return tree
 
     # ---- Source interface ---------------------------------------------------------------------
 
     def url(self, path: str) -> str:
+        return redact_url(self._target(path))
+
+    def _target(self, path: str) -> str:
+        """The URL requests for ``path`` go to (not redacted: never show it)."""
         if self._mode == "file" and path == self._file_name:
             return self.base_url
         return self._root + urllib.parse.quote(path)
@@ -366,15 +327,15 @@ class HTTPSource(Source):
 
     def _stat_remote(self, path: str) -> Entry:
         name = path.rpartition("/")[2]
-        url = self.url(path)
+        url = self._target(path)
         try:
             return self._file_entry(url, name)
         except NotFoundError:
             pass  # some servers want the slash for directories
-        resp = self._request("HEAD", url + "/")
+        resp = self._http.request("HEAD", url + "/")
         if resp.status == 200:
             return Entry(name=name, is_dir=True)
-        raise self._fail(resp, url, "HEAD")
+        raise fail(resp, url, "HEAD")
 
     def list(self, path: str) -> Iterator[list[Entry]]:
         self._ensure()
@@ -395,8 +356,12 @@ class HTTPSource(Source):
             files = [name for name, is_dir in page if not is_dir]
             found: dict[str, Entry | None] = {}
             if files:
+                # each HEAD runs in this operation's context (its deadline and request count)
+                jobs = [(contextvars.copy_context(), prefix + n) for n in files]
                 with ThreadPoolExecutor(max_workers=min(HEAD_CONCURRENCY, len(files))) as pool:
-                    for name, entry in zip(files, pool.map(self._stat_child, [prefix + n for n in files]), strict=True):
+                    for name, entry in zip(
+                        files, pool.map(lambda j: j[0].run(self._stat_child, j[1]), jobs), strict=True
+                    ):
                         found[name] = entry
             out: list[Entry] = []
             for name, is_dir in page:
@@ -410,17 +375,17 @@ class HTTPSource(Source):
         try:
             return self._stat_remote(path)
         except NotFoundError:
-            log.debug("http source %s: listed %r vanished", self._root, path)
+            log.debug("http source %s: listed %r vanished", redact_url(self._root), path)
             return None
 
     def _fetch_listing(self, path: str) -> _Links:
         dir_url = self._root + (urllib.parse.quote(path) + "/" if path else "")
-        resp = self._request("GET", dir_url)
+        resp = self._http.request("GET", dir_url)
         if resp.status != 200:
-            raise self._fail(resp, dir_url, "listing")
+            raise fail(resp, dir_url, "listing")
         ctype = resp.headers.get("Content-Type", "")
         if "html" not in ctype.lower():
-            raise NotFoundError("not a directory (no autoindex page)", dir_url)
+            raise NotFoundError("not a directory (no autoindex page)", redact_url(dir_url))
         m = re.search(r"charset=([\w-]+)", ctype, re.I)
         try:
             text = resp.data.decode(m.group(1) if m else "utf-8", "replace")
@@ -444,7 +409,7 @@ class HTTPSource(Source):
             entry = self._tree.stat(path)
             if entry is None or entry.is_dir:
                 raise NotFoundError("no such file in manifest", self.url(path))
-        url = self.url(path)
+        url = self._target(path)
         etag, last_mod, size = "", "", None
         headers = {"Range": f"bytes={start}-{end - 1}"}
         if version.startswith("lm:"):
@@ -457,14 +422,19 @@ class HTTPSource(Source):
         elif version:
             etag = version
             headers["If-Match"] = f'"{version}"'
-        resp = self._request("GET", url, headers, preload=False)
+        resp = self._http.request("GET", url, headers, preload=False)
         try:
-            return self._read_response(resp, url, start, end, etag, last_mod, size)
+            return self._read_response(resp, redact_url(url), start, end, etag, last_mod, size)
+        except (ReadTimeoutError, TimeoutError) as exc:
+            resp.close()
+            raise SourceTimeoutError(f"reading [{start}, {end}): no answer ({exc})", redact_url(url)) from None
         except (HTTPError, OSError) as exc:
             resp.close()
-            raise UnavailableError(f"reading [{start}, {end}) failed ({exc})", url) from None
+            raise UnavailableError(
+                f"reading [{start}, {end}) failed ({redact_text(str(exc))})", redact_url(url)
+            ) from None
         finally:
-            self._discard(resp)
+            discard(resp)
 
     def _read_response(
         self, resp: urllib3.BaseHTTPResponse, url: str, start: int, end: int, etag: str, last_mod: str, size: int | None
@@ -478,7 +448,7 @@ class HTTPSource(Source):
                 raise VersionChangedError("object changed (it is shorter now)", url)
             return b""
         if status not in (200, 206):
-            raise self._fail(resp, url, f"GET [{start}, {end})")
+            raise fail(resp, url, f"GET [{start}, {end})")
         if status == 206:
             cr = content_range(resp.headers.get("Content-Range"))
             if cr is None or cr[0] != start or cr[1] is None:
@@ -496,17 +466,20 @@ class HTTPSource(Source):
         if size is not None and total is not None and total != size:
             raise VersionChangedError(f"object changed (size {total}, expected {size})", url)
         if status == 206:
-            return resp.read()[: end - start]
+            data = resp.read()
+            call.count_bytes(len(data) - (end - start))
+            return data[: end - start]
         # 200 for a range request: the server ignores Range.  Skip to start, stop at end.
         if not self._warned_no_range:
             self._warned_no_range = True
-            log.warning("http source %s ignores Range requests: reads fetch from byte 0 (slow)", self._root)
+            log.warning("http source %s ignores Range requests: reads fetch from byte 0 (slow)", redact_url(self._root))
         pos = 0
         while pos < start:
             skipped = len(resp.read(min(_CHUNK, start - pos)))
             if not skipped:
                 return b""
             pos += skipped
+            call.count_bytes(skipped)
         out = bytearray()
         while len(out) < end - start:
             chunk = resp.read(min(_CHUNK, end - start - len(out)))
@@ -516,4 +489,4 @@ class HTTPSource(Source):
         return bytes(out)
 
     def close(self) -> None:
-        self._pool.clear()
+        self._http.close()

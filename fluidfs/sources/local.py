@@ -5,6 +5,11 @@
 - **Symlinks** are followed, but one that resolves *outside* the source root (or is broken, or
   loops) is treated as if it did not exist: ``stat``/``read`` raise NotFoundError and ``list``
   omits it.  Mounting a directory must not expose the rest of the host's filesystem.
+- **Directory loops** are hidden the same way: a directory that is one of its own ancestors (the
+  same ``(st_dev, st_ino)``: a symlink such as ``a/up -> ..`` or a bind mount back up the tree)
+  is omitted by ``list`` and is NotFoundError for ``stat``/``read``, so a walk (``du``, ``find``,
+  ``fluidfs load``) sees every file once instead of the tree replicated 40 levels deep.  Other
+  symlinked directories inside the root are shown (their files then appear under both names).
 - Only directories and regular files are shown; sockets, FIFOs and device nodes are omitted
   (reading a FIFO would block a worker thread forever).
 - ``version`` is ``f"{st_mtime_ns}-{st_size}"``.  ``read`` compares it with ``fstat`` of the
@@ -99,16 +104,37 @@ class LocalSource(Source):
         real = os.path.realpath(full)
         return real == self.root or real.startswith(self._root_slash)
 
-    def _checked(self, path: str) -> str:
+    def _checked(self, path: str) -> tuple[str, bool]:
+        """``(full path, whether a symlink is involved)``; NotFoundError if it leads outside."""
         full = self._full(path)
-        if path and not self._inside(full):
+        if not path:
+            return full, False
+        real = os.path.realpath(full)
+        if not (real == self.root or real.startswith(self._root_slash)):
             raise NotFoundError("symlink leads outside the source root", self.url(path))
-        return full
+        return full, real != full
+
+    def _directories(self, path: str, upto: int) -> set[tuple[int, int]]:
+        """``(st_dev, st_ino)`` of the root and of the first ``upto`` components of ``path``
+        (each a directory); NotFoundError if one of them repeats an earlier one (a loop)."""
+        comps = path.split("/") if path else []
+        seen: set[tuple[int, int]] = set()
+        for i in range(upto + 1):
+            full = os.path.join(self.root, *comps[:i]) if i else self.root
+            try:
+                st = os.stat(full)
+            except OSError as e:
+                raise self._error(e, path, "stat") from e
+            key = (st.st_dev, st.st_ino)
+            if key in seen:
+                raise NotFoundError("directory loop (a directory inside itself) hidden", self.url(path))
+            seen.add(key)
+        return seen
 
     # ----------------------------------------------------------------- Source API
 
     def stat(self, path: str) -> Entry:
-        full = self._checked(path)
+        full, _ = self._checked(path)
         try:
             st = os.stat(full)
         except OSError as e:
@@ -116,10 +142,14 @@ class LocalSource(Source):
         entry = _entry(path.rsplit("/", 1)[-1] if path else "", st)
         if entry is None:
             raise NotFoundError("not a regular file or directory", self.url(path))
+        if path:
+            depth = path.count("/") + 1
+            self._directories(path, depth if entry.is_dir else depth - 1)
         return entry
 
     def list(self, path: str) -> Iterator[list[Entry]]:
-        full = self._checked(path)
+        full, _ = self._checked(path)
+        ancestors = self._directories(path, path.count("/") + 1 if path else 0)
         try:
             it = os.scandir(full)
         except OSError as e:
@@ -142,8 +172,8 @@ class LocalSource(Source):
                         continue  # broken symlink, or deleted while listing
                     raise self._error(e, f"{path}/{de.name}" if path else de.name, "list") from e
                 entry = _entry(de.name, st)
-                if entry is None:
-                    continue
+                if entry is None or (entry.is_dir and (st.st_dev, st.st_ino) in ancestors):
+                    continue  # not a file or directory, or a directory loop
                 page.append(entry)
                 if len(page) >= PAGE_SIZE:
                     yield page
@@ -152,7 +182,9 @@ class LocalSource(Source):
                 yield page
 
     def read(self, path: str, start: int, end: int, version: str = "") -> bytes:
-        full = self._checked(path)
+        full, via_symlink = self._checked(path)
+        if via_symlink and "/" in path:
+            self._directories(path, path.count("/"))  # the file is not reached through a loop
         if end <= start:
             end = start
         attempts = 1 if version else 3  # without a version, retry a read torn by a writer

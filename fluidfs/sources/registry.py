@@ -9,9 +9,14 @@ S3 ``mount.options`` (all strings, as they come from the Dataset YAML):
     region                         signing region (default: AWS config, else us-east-1)
     addressing_style               auto | path | virtual                    (default auto)
     anonymous                      true | false (also yes/no/1/0)           (default false)
-    connect_timeout, read_timeout  seconds, > 0                             (default 5, 30)
+    connect_timeout, read_timeout  seconds, > 0, per attempt                (default 5, 30)
     max_attempts                   integer >= 1, includes the first try     (default 3)
     max_pool_connections           integer >= 1                             (default 64)
+
+Every source gets the request timeout (``MountConfig.request_timeout``): one operation, all its
+attempts included, is over within it, so each attempt's connect and read timeouts are capped at
+``timeout / max_attempts``.  :func:`open_sources` checks all mounts in parallel, each within
+that timeout, so opening a dataset never takes much longer than one timeout.
 
 A bad option *value* raises ``SpecError(f"mount '{name}'", "options.<key>", problem)`` — it is
 a mistake in the Dataset document, reported as ``mount 'x': options.addressing_style: ...``
@@ -27,10 +32,15 @@ import os
 from collections.abc import Mapping
 from urllib.parse import unquote, urlsplit
 
+import trio
+
+from fluidfs.config import DEFAULT_REQUEST_TIMEOUT
 from fluidfs.errors import SourceError, SpecError
+from fluidfs.sources.aio import AsyncSource
 from fluidfs.sources.base import Source
 from fluidfs.spec.model import Dataset, MountSpec
 from fluidfs.spec.parse import resolve_credentials
+from fluidfs.util.redact import redact_url
 
 log = logging.getLogger(__name__)
 
@@ -49,11 +59,12 @@ _TRUE = {"true", "yes", "1", "on"}
 _FALSE = {"false", "no", "0", "off", ""}
 
 
-def open_source(mount: MountSpec, credentials: Mapping[str, str]) -> Source:
-    """Return a ready-to-use (not yet checked) Source for ``mount``."""
+def open_source(mount: MountSpec, credentials: Mapping[str, str], timeout: float = DEFAULT_REQUEST_TIMEOUT) -> Source:
+    """Return a ready-to-use (not yet checked) Source for ``mount``; ``timeout`` bounds each of
+    its operations (see the module docstring)."""
     scheme = mount.scheme.lower()
     if scheme == "s3":
-        return _open_s3(mount, credentials)
+        return _open_s3(mount, credentials, timeout)
     # backends are imported on use, so only the client library a dataset needs is loaded
     if scheme == "file":
         from fluidfs.sources.local import LocalSource
@@ -62,21 +73,46 @@ def open_source(mount: MountSpec, credentials: Mapping[str, str]) -> Source:
     if scheme in ("http", "https"):
         from fluidfs.sources.http import HTTPSource
 
-        return HTTPSource.from_mount(mount, dict(credentials))
-    raise SpecError(_doc(mount), "mountPoint", f"unsupported scheme {mount.scheme!r} in {mount.url!r}")
+        return HTTPSource.from_mount(mount, dict(credentials), timeout=timeout)
+    raise SpecError(_doc(mount), "mountPoint", f"unsupported scheme {mount.scheme!r} in {redact_url(mount.url)!r}")
 
 
-def open_sources(dataset: Dataset) -> list[tuple[Source, MountSpec]]:
-    """Open every mount's source and check it answers (credentials, bucket, endpoint)."""
-    out = []
-    for m in dataset.mounts:
-        src = open_source(m, resolve_credentials(m))
+def open_sources(dataset: Dataset, timeout: float = DEFAULT_REQUEST_TIMEOUT) -> list[tuple[Source, MountSpec]]:
+    """Open every mount's source and check that it answers (credentials, bucket, endpoint, path).
+
+    The checks run in parallel (in a trio run of their own: call this outside trio), each within
+    ``timeout`` seconds; the first failure (in mount order) is raised as the matching
+    SourceError naming the mount.  Sources are closed on failure.
+    """
+    out = [(open_source(m, resolve_credentials(m), timeout), m) for m in dataset.mounts]
+    errors: dict[int, SourceError] = {}
+
+    async def check(i: int, src: Source) -> None:
         try:
-            src.check()
+            await AsyncSource(src, dataset.name, trio.CapacityLimiter(1), timeout).check()
         except SourceError as exc:
-            raise type(exc)(f"mount '{m.name}' ({m.url}): {exc}") from None
-        out.append((src, m))
+            errors[i] = exc
+
+    async def check_all() -> None:
+        async with trio.open_nursery() as nursery:
+            for i, (src, _m) in enumerate(out):
+                nursery.start_soon(check, i, src)
+
+    trio.run(check_all)
+    if errors:
+        i = min(errors)
+        m, exc = out[i][1], errors[i]
+        for src, _m in out:
+            _close_quietly(src)
+        raise type(exc)(f"mount '{m.name}' ({redact_url(m.url)}): {exc}") from None
     return out
+
+
+def _close_quietly(src: Source) -> None:
+    try:
+        src.close()
+    except Exception:  # closing must not hide the error being reported
+        log.debug("closing source %s failed", src.url(""), exc_info=True)
 
 
 def local_path(url: str) -> str:
@@ -124,7 +160,7 @@ def _number(mount: MountSpec, key: str, default: float, *, integer: bool = False
     return value
 
 
-def _open_s3(mount: MountSpec, credentials: Mapping[str, str]) -> Source:
+def _open_s3(mount: MountSpec, credentials: Mapping[str, str], timeout: float) -> Source:
     from fluidfs.sources.s3 import ADDRESSING_STYLES, S3Source
 
     parts = urlsplit(mount.url)
@@ -147,7 +183,9 @@ def _open_s3(mount: MountSpec, credentials: Mapping[str, str]) -> Source:
     endpoint = str(mount.options.get("endpoint") or mount.options.get("endpoint_url") or "").strip()
     if endpoint and not endpoint.startswith(("http://", "https://")):
         key = "endpoint" if mount.options.get("endpoint") else "endpoint_url"
-        raise SpecError(_doc(mount), f"options.{key}", f"must be an http:// or https:// URL (got {endpoint!r})")
+        raise SpecError(
+            _doc(mount), f"options.{key}", f"must be an http:// or https:// URL (got {redact_url(endpoint)!r})"
+        )
     anonymous = _bool(mount, "anonymous", False)
     creds = {k: v for k, v in credentials.items() if v}
     if not anonymous and bool(creds.get("access_key_id")) != bool(creds.get("secret_access_key")):
@@ -164,4 +202,5 @@ def _open_s3(mount: MountSpec, credentials: Mapping[str, str]) -> Source:
         read_timeout=_number(mount, "read_timeout", 30),
         max_attempts=int(_number(mount, "max_attempts", 3, integer=True)),
         max_pool_connections=int(_number(mount, "max_pool_connections", 64, integer=True)),
+        timeout=timeout,
     )

@@ -23,14 +23,23 @@ prefix on the next page are held back until that page arrives (at most one page 
 
 Configuration: one boto3 client per source, created from a private botocore Session (never the
 process-global default session), shared by all threads (botocore clients are thread-safe).
+**Timeouts**: ``max_attempts`` is the total number of tries (botocore's ``total_max_attempts``,
+standard retry mode); each try's connect and read timeouts are capped at ``timeout /
+max_attempts``, and no new try starts once the operation's deadline has passed
+(:mod:`fluidfs.sources.call`), so one operation is over within about ``timeout`` seconds.
 Endpoint: the ``endpoint`` argument, else ``AWS_ENDPOINT_URL_S3``, else ``AWS_ENDPOINT_URL``,
 else AWS.  With a custom endpoint path-style addressing is used unless ``addressing_style``
 says otherwise.  Credentials: the explicit dict, else the usual AWS chain (env, config files,
 instance metadata); ``anonymous=True`` sends unsigned requests.  Credentials are never logged.
 
+``check`` fails with NotFoundError when the bucket does not exist, or when a prefix was given and
+no key starts with ``prefix/`` (an empty "directory" made by a marker object ``prefix/`` exists;
+a bucket without any objects is fine when no prefix was given).
+
 Caveats: listings and stats are not atomic with respect to writers (S3 offers no snapshot);
 version tokens catch changed content at read time.  An object hidden by a same-named prefix
-is unreachable through fluidfs.
+is unreachable through fluidfs.  A stat of a file costs two requests (LIST, then HEAD); both are
+counted in the source metrics.
 """
 
 from __future__ import annotations
@@ -46,10 +55,12 @@ from botocore.config import Config
 from botocore.exceptions import (
     BotoCoreError,
     ClientError,
+    ConnectTimeoutError,
     HTTPClientError,
     IncompleteReadError,
     NoCredentialsError,
     PartialCredentialsError,
+    ReadTimeoutError,
 )
 from botocore.exceptions import (
     ConnectionError as BotoConnectionError,
@@ -59,11 +70,14 @@ from fluidfs.errors import (
     AccessDeniedError,
     NotFoundError,
     SourceError,
+    SourceTimeoutError,
     UnavailableError,
     VersionChangedError,
 )
+from fluidfs.sources import call
 from fluidfs.sources.base import Entry, Source
 from fluidfs.util.etag import normalize_etag
+from fluidfs.util.redact import redact_text, redact_url
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +126,7 @@ class S3Source(Source):
     """One bucket prefix.  Thread-safe; see the module docstring for the key → tree rules."""
 
     kind = "s3"
+    counts_requests = True  # every try, through the before-send hook
 
     def __init__(
         self,
@@ -127,6 +142,7 @@ class S3Source(Source):
         read_timeout: float = 30,
         max_attempts: int = 3,
         max_pool_connections: int = 64,
+        timeout: float | None = None,
     ) -> None:
         if not bucket:
             raise ValueError("S3Source needs a bucket name")
@@ -141,10 +157,14 @@ class S3Source(Source):
         style = addressing_style
         if style == "auto" and self.endpoint:
             style = "path"  # S3-compatible servers rarely have wildcard DNS for buckets
+        attempts = max(1, int(max_attempts))
+        if timeout is not None:  # every try gets its share of the operation's deadline
+            connect_timeout = min(connect_timeout, timeout / attempts)
+            read_timeout = min(read_timeout, timeout / attempts)
         config = Config(
             connect_timeout=connect_timeout,
             read_timeout=read_timeout,
-            retries={"mode": "standard", "max_attempts": max(1, int(max_attempts))},
+            retries={"mode": "standard", "total_max_attempts": attempts},
             max_pool_connections=max_pool_connections,
             s3={"addressing_style": style},
             signature_version=UNSIGNED if anonymous else None,
@@ -170,10 +190,11 @@ class S3Source(Source):
             aws_secret_access_key=None if anonymous else secret,
             aws_session_token=None if anonymous else (creds.get("session_token") or None),
         )
+        self._client.meta.events.register("before-send.s3", self._before_send)
         log.debug(
             "S3 source %s (endpoint=%s region=%s addressing=%s anonymous=%s explicit_credentials=%s)",
             self.url(""),
-            self.endpoint or "aws",
+            redact_url(self.endpoint or "aws"),
             self.region,
             style,
             anonymous,
@@ -193,12 +214,21 @@ class S3Source(Source):
 
     def _endpoint_name(self) -> str:
         if self.endpoint:
-            return self.endpoint
-        return str(getattr(self._client.meta, "endpoint_url", "") or "https://s3.amazonaws.com")
+            return redact_url(self.endpoint)
+        return redact_url(str(getattr(self._client.meta, "endpoint_url", "") or "https://s3.amazonaws.com"))
+
+    def _before_send(self, request: Any, **kwargs: Any) -> None:
+        """botocore hook before every try: count it; none once the operation's deadline has passed."""
+        call.request_timeout(1.0, redact_url(str(getattr(request, "url", "") or "")))
+        call.count_request()
 
     def _error(self, exc: Exception, path: str, op: str) -> SourceError:
         """Convert a botocore/network exception into the matching SourceError."""
         url = self.url(path)
+        if isinstance(exc, SourceError):
+            return exc  # raised by our own hook (deadline passed)
+        if isinstance(exc, (ReadTimeoutError, ConnectTimeoutError)):
+            return SourceTimeoutError(f"S3 {op}: endpoint {self._endpoint_name()} did not answer ({exc})", url)
         if isinstance(exc, ClientError):
             code, status = _code_status(exc)
             if code == "NoSuchBucket":
@@ -217,10 +247,10 @@ class S3Source(Source):
                 "no usable AWS credentials (set access_key_id/secret_access_key or AWS_* env)", url
             )
         if isinstance(exc, (BotoConnectionError, HTTPClientError, IncompleteReadError, OSError)):
-            return UnavailableError(f"cannot reach endpoint {self._endpoint_name()} ({exc})", url)
+            return UnavailableError(f"cannot reach endpoint {self._endpoint_name()} ({redact_text(str(exc))})", url)
         if isinstance(exc, BotoCoreError):
-            return SourceError(f"S3 {op} failed: {exc}", url)
-        return SourceError(f"S3 {op} failed: {type(exc).__name__}: {exc}", url)
+            return SourceError(f"S3 {op} failed: {redact_text(str(exc))}", url)
+        return SourceError(f"S3 {op} failed: {type(exc).__name__}: {redact_text(str(exc))}", url)
 
     def _list_page(self, prefix: str, token: str | None, max_keys: int, path: str) -> dict[str, Any]:
         kwargs: dict[str, Any] = {
@@ -362,6 +392,7 @@ class S3Source(Source):
             raise VersionChangedError("object changed since it was opened", self.url(path))
         if len(data) > end - start:
             # a server that ignores Range (answers 200 with the whole object)
+            call.count_bytes(len(data) - (end - start))
             if resp.get("ResponseMetadata", {}).get("HTTPStatusCode") == 200 and not resp.get("ContentRange"):
                 data = data[start:end]
             else:
@@ -379,12 +410,10 @@ class S3Source(Source):
             if code in _DENIED_CODES or status in (401, 403):
                 raise AccessDeniedError("access denied (check credentials)", url) from e
             raise self._error(e, "", "check") from e
-        except (BotoConnectionError, HTTPClientError, OSError) as e:
-            raise UnavailableError(f"cannot reach endpoint {self._endpoint_name()}", self.url("")) from e
         except Exception as e:
             raise self._error(e, "", "check") from e
         if self.prefix and not page.get("KeyCount") and not page.get("Contents"):
-            log.warning("S3 source %s: no objects under this prefix (empty directory)", self.url(""))
+            raise NotFoundError(f"no objects under prefix '{self.prefix}' in bucket '{self.bucket}'", self.url(""))
 
     def close(self) -> None:
         try:

@@ -10,9 +10,9 @@ names are mapped to ours (``fs.s3a.endpoint`` -> ``endpoint`` ...); ``encryptOpt
 
 Everything else -- ``spec.runtimes``, ``spec.nodeAffinity``, ``spec.placement``, unknown mount
 fields, runtime options we have no use for, ``status`` -- is not an error: each produces exactly
-one warning line ``<doc>: <field>: ignored (...)`` in ``Dataset.warnings`` and the log (the
-models are lenient: their unknown keys are collected by :func:`_ignored`).  Malformed values of
-the fields we *do* use are errors, as in a fluidfs document.
+one warning line ``<doc>: <field>: ignored (...)`` in ``Dataset.warnings`` (not logged: the command
+that parsed the document prints each line once).
+Malformed values of the fields we *do* use are errors, as in a fluidfs document.
 
 Caveats: an endpoint without a scheme gets ``https://`` for ``fs.s3a.*`` (Hadoop's default)
 and ``http://`` for ``alluxio.*`` (Alluxio's default), unless ``fs.s3a.connection.ssl.enabled``

@@ -127,9 +127,7 @@ def parse_dataset(text: str, document: str) -> Dataset:
     if api == FLUID_API_VERSION:
         name, pending, ignored = fluid.translate(doc, document)
         for field, why in ignored:
-            line = f"{document}: {field}: {why}"
-            warnings.append(line)
-            log.warning("%s", line)
+            warnings.append(f"{document}: {field}: {why}")  # the command shows each once
     else:
         model = validate(dataset_model(), doc, document)
         name = model.metadata.name

@@ -6,6 +6,7 @@ import logging
 import os
 import random
 import signal
+import stat
 import subprocess
 import sys
 import threading
@@ -589,3 +590,12 @@ TestSSDModelNone = SSDModel.TestCase
 TestSSDModelNone.settings = _model_settings
 TestSSDModelLRU = SSDModelLRU.TestCase
 TestSSDModelLRU.settings = _model_settings
+
+
+def test_a_cache_directory_it_creates_is_private(tmp_path: Path) -> None:
+    tier = SSDTier(str(tmp_path / "new" / "cache"), 1 << 20, free_space_floor=0)
+    try:
+        assert stat.S_IMODE(os.stat(tmp_path / "new" / "cache").st_mode) == 0o700
+        assert stat.S_IMODE(os.stat(tmp_path / "new" / "cache" / "blocks").st_mode) == 0o700
+    finally:
+        tier.close()

@@ -197,7 +197,11 @@ def test_membership_flapping_stays_correct_and_bounded(tmp_path: Path) -> None:
 
             async def flap() -> None:
                 for i in range(flips):
-                    write_peers(tmp_path / "peers", entries if i % 2 else entries[:2])
+                    now = entries if i % 2 else entries[:2]
+                    write_peers(tmp_path / "peers", now)
+                    with trio.fail_after(20):  # every view follows each flip (a loaded machine polls late)
+                        while any(len(m.node.view.current.members) != len(now) for m in ms.values()):
+                            await trio.sleep(0.02)
                     await trio.sleep(0.1)
                 done.set()
 

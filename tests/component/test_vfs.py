@@ -51,7 +51,8 @@ async def listdir(vfs: Vfs, inode: int) -> list[str]:
     fh = await vfs.opendir(inode)
     names = [name async for name, _a, _n in vfs.readdir(fh, 0)]
     vfs.releasedir(fh)
-    return names
+    assert names[:2] == [".", ".."]
+    return names[2:]
 
 
 async def read_file(vfs: Vfs, inode: int, chunk: int = 128 * 1024) -> bytes:
@@ -132,10 +133,12 @@ def test_readdir_offsets_are_stable_and_complete() -> None:
                 break
         rest = [name async for name, _a, _n in vfs.readdir(fh, first[-1][1])]
         again = [name async for name, _a, _n in vfs.readdir(fh, 500)]
+        from_one = [name async for name, _a, _n in vfs.readdir(fh, 1)]
         vfs.releasedir(fh)
         names = [n for n, _ in first] + rest
-        assert names == [f"f{i:05d}" for i in range(2500)]
+        assert names == [".", ".."] + [f"f{i:05d}" for i in range(2500)]
         assert again == names[500:]
+        assert from_one == names[1:]
 
     trio.run(main)
 

@@ -259,7 +259,53 @@ def test_registry_unknown_scheme():
 def test_registry_http_dispatches_to_http_source(monkeypatch):
     http = pytest.importorskip("fluidfs.sources.http")
     calls = []
-    monkeypatch.setattr(http.HTTPSource, "from_mount", classmethod(lambda cls, m, c: calls.append((m, c)) or "made"))
+    monkeypatch.setattr(
+        http.HTTPSource, "from_mount", classmethod(lambda cls, m, c, timeout: calls.append((m, c, timeout)) or "made")
+    )
     mount = MountSpec(name="web", url="https://example.invalid/data/", scheme="https", path="/")
-    assert open_source(mount, {"bearer_token": "t"}) == "made"
-    assert calls == [(mount, {"bearer_token": "t"})]
+    assert open_source(mount, {"bearer_token": "t"}, timeout=7.0) == "made"
+    assert calls == [(mount, {"bearer_token": "t"}, 7.0)]
+
+
+def test_directory_loops_hidden(tmp_path: Path):
+    """A directory that is one of its own ancestors (symlink or bind mount back up the tree) is
+    hidden, in list and stat alike; other symlinked directories are shown."""
+    root = tmp_path / "root"
+    (root / "a" / "b").mkdir(parents=True)
+    (root / "a" / "b" / "data.bin").write_bytes(b"x" * 100)
+    (root / "other").mkdir()
+    os.symlink("..", root / "a" / "up")  # -> root/: an ancestor
+    os.symlink(".", root / "a" / "b" / "self")  # -> itself
+    os.symlink(root, root / "a" / "b" / "top")  # absolute -> the root
+    os.symlink("../other", root / "a" / "side")  # a sibling: not a loop
+    src = LocalSource(root)
+    assert names(src, "a") == {"b": True, "side": True}
+    assert names(src, "a/b") == {"data.bin": False}
+    assert names(src, "a/side") == {}
+    for loop in ("a/up", "a/b/self", "a/b/top", "a/up/a", "a/b/self/data.bin"):
+        with pytest.raises(NotFoundError, match="loop"):
+            src.stat(loop)
+        with pytest.raises(NotFoundError):
+            next(iter(src.list(loop)))
+    with pytest.raises(NotFoundError):
+        src.read("a/b/self/data.bin", 0, 10)
+    assert src.stat("a/side").is_dir and src.stat("a/b/data.bin").size == 100
+
+
+def test_walk_of_a_looping_tree_terminates(tmp_path: Path):
+    """A walk through the Source API sees every file once (no tree replicated 40 levels deep)."""
+    root = tmp_path / "root"
+    (root / "x" / "y").mkdir(parents=True)
+    for i in range(3):
+        (root / "x" / "y" / f"f{i}").write_bytes(b"z" * 10)
+    os.symlink("../..", root / "x" / "y" / "back")
+    src = LocalSource(root)
+    files = []
+    todo = [""]
+    while todo:
+        d = todo.pop()
+        for page in src.list(d):
+            for e in page:
+                p = f"{d}/{e.name}" if d else e.name
+                (todo if e.is_dir else files).append(p)
+    assert sorted(files) == ["x/y/f0", "x/y/f1", "x/y/f2"]

@@ -148,9 +148,12 @@ def test_prefix_rooted_source(make_s3_source):
     assert src.read("a/one", 0, 10) == b"1"
     assert src.url("a/one") == "s3://fluidfs-test/n/a/one"
     src.check()
-    empty = make_s3_source("does-not-exist")
-    empty.check()  # an empty prefix is an empty directory, not an error
-    assert list(empty.list("")) == []
+    missing = make_s3_source("does-not-exist")
+    with pytest.raises(NotFoundError, match="no objects under prefix 'does-not-exist/'"):
+        missing.check()  # a prefix nothing starts with is a mistake (exit 3 at mount)
+    assert list(missing.list("")) == []
+    make_s3_source("marker").check()  # an empty directory made by a marker object exists
+    assert list(make_s3_source("marker").list("")) == []
 
 
 # ----------------------------------------------------------------- read

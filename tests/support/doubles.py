@@ -158,3 +158,73 @@ class FlakySource(Source):
 
     def url(self, path: str) -> str:
         return self.inner.url(path)
+
+
+class PausableSource(Source):
+    """Wraps a source; while paused, every call blocks (like a server frozen with SIGSTOP) until
+    ``resume()`` — or ``max_wait`` seconds, so a forgotten pause cannot hang a test run.
+    ``active`` is the number of calls inside the source right now, ``peak`` its maximum."""
+
+    def __init__(self, inner: Source, max_wait: float = 60.0) -> None:
+        self.inner = inner
+        self.kind = inner.kind
+        self.max_wait = max_wait
+        self._running = threading.Event()
+        self._running.set()
+        self._lock = threading.Lock()
+        self.active = 0
+        self.peak = 0
+        self.calls: Counter[str] = Counter()
+
+    def pause(self) -> None:
+        self._running.clear()
+
+    def resume(self) -> None:
+        self._running.set()
+
+    def _gate(self, op: str) -> None:
+        with self._lock:
+            self.calls[op] += 1
+            self.active += 1
+            self.peak = max(self.peak, self.active)
+        try:
+            self._running.wait(self.max_wait)
+        finally:
+            with self._lock:
+                self.active -= 1
+
+    def stat(self, path: str) -> Entry:
+        self._gate("stat")
+        return self.inner.stat(path)
+
+    def list(self, path: str) -> Iterator[list[Entry]]:
+        self._gate("list")
+        yield from self.inner.list(path)
+
+    def read(self, path: str, start: int, end: int, version: str = "") -> bytes:
+        self._gate("read")
+        return self.inner.read(path, start, end, version)
+
+    def url(self, path: str) -> str:
+        return self.inner.url(path)
+
+
+class SlowSource(CountingSource):
+    """A CountingSource whose reads take ``delay`` seconds and that records how many run at once."""
+
+    def __init__(self, inner: Source, delay: float) -> None:
+        super().__init__(inner)
+        self.delay = delay
+        self.active = 0
+        self.peak = 0
+
+    def read(self, path: str, start: int, end: int, version: str = "") -> bytes:
+        with self._lock:
+            self.active += 1
+            self.peak = max(self.peak, self.active)
+        try:
+            time.sleep(self.delay)
+            return super().read(path, start, end, version)
+        finally:
+            with self._lock:
+                self.active -= 1

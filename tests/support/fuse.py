@@ -12,6 +12,7 @@ import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 
 import pytest
 
@@ -32,6 +33,25 @@ def fluidfs(*args: str, env: dict[str, str] | None = None, timeout: float = 120)
         text=True,
         timeout=timeout,
     )
+
+
+@contextmanager
+def fuse_control_fs() -> Iterator[None]:
+    """The FUSE control filesystem (``/sys/fs/fuse/connections``), through which the daemon raises
+    the kernel's background queue: mounted for the body if the host has not mounted it (and then
+    unmounted again); the test is skipped where it cannot be mounted."""
+    path = "/sys/fs/fuse/connections"
+    ours = False
+    if not os.path.ismount(path):
+        res = subprocess.run(["mount", "-t", "fusectl", "none", path], capture_output=True, text=True)
+        if res.returncode != 0:
+            pytest.skip(f"the FUSE control filesystem cannot be mounted here: {res.stderr.strip()}")
+        ours = True
+    try:
+        yield
+    finally:
+        if ours:
+            subprocess.run(["umount", path], capture_output=True)
 
 
 def force_unmount(mnt: str) -> None:

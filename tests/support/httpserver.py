@@ -13,7 +13,9 @@
 
 It is a context manager; ``.url`` is ``http://127.0.0.1:PORT/``.  ``stop()`` closes the listening
 socket *and* every open keep-alive connection (so clients really see an outage), and ``start()``
-again binds the same port.  Behaviour can be changed by subclassing ``RangeRequestHandler``
+again binds the same port.  ``pause()`` makes it behave like a server frozen with SIGSTOP:
+connections are still accepted, but no request gets an answer until ``resume()``; ``requests``
+counts the requests received (answered or not).  Behaviour can be changed by subclassing ``RangeRequestHandler``
 (``authorize`` hook, ``parse_range``) and passing ``handler_class=``.
 
 Caveats: this is test/demo infrastructure, not a production web server.  It runs its own threads
@@ -127,6 +129,10 @@ class RangeRequestHandler(BaseHTTPRequestHandler):
         self._serve(head=True)
 
     def _serve(self, head: bool) -> None:
+        owner = self.server.owner
+        with owner.lock:
+            owner.requests += 1
+        owner.answering.wait()  # paused: hold the request (the client sees no answer)
         if not self.authorize():
             return
         url_path = urllib.parse.urlsplit(self.path).path
@@ -300,6 +306,17 @@ class RangeHTTPServer:
         self.handler_class = handler_class
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
+        self.lock = threading.Lock()
+        self.requests = 0
+        self.answering = threading.Event()
+        self.answering.set()
+
+    def pause(self) -> None:
+        """Stop answering (requests are received and held) until ``resume()``."""
+        self.answering.clear()
+
+    def resume(self) -> None:
+        self.answering.set()
 
     @property
     def url(self) -> str:
@@ -332,6 +349,7 @@ class RangeHTTPServer:
         if server is None:
             return
         self._server = self._thread = None
+        self.answering.set()  # let held requests finish
         server.shutdown()
         server.server_close()
         server.close_connections()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import os
+from pathlib import Path
 
 import pytest
 
@@ -104,3 +106,52 @@ def test_a_config_built_in_code_is_checked_too(field: str, value: object, proble
 def test_the_edges_of_the_ranges_are_accepted() -> None:
     cfg = validate(MountConfig(uid=2**32 - 2, gid=0, file_mode=0o7777, dir_mode=0, block_size=64 << 20))
     assert cfg.uid == 4294967294 and cfg.file_mode == 0o7777
+
+
+def test_memory_budgets_in_flight() -> None:
+    M = 1 << 20
+    default = MountConfig()  # 512Mi memory, 4Mi blocks
+    assert default.inflight_bytes == 256 * M and default.prefetch_bytes == 128 * M and default.fetch_slots == 32
+    small = MountConfig(memory_size=64 * M)
+    assert small.inflight_bytes == 32 * M and small.prefetch_bytes == 16 * M and small.fetch_slots == 4
+    tiny = MountConfig(memory_size=8 * M)
+    assert tiny.inflight_bytes == 16 * M  # at least 4 blocks
+    explicit = MountConfig(memory_size=64 * M, inflight_memory=512 * M)
+    assert explicit.inflight_bytes == 512 * M and explicit.prefetch_bytes == 128 * M and explicit.fetch_slots == 96
+    no_readahead = MountConfig(prefetch_memory=0)
+    assert no_readahead.prefetch_bytes == 0 and no_readahead.fetch_slots == 64
+
+
+def test_request_timeout_and_inflight_memory_are_checked() -> None:
+    settings = parse_dataset(DOC, "d.yaml").settings
+    assert build_config(settings).request_timeout == 20.0
+    assert build_config(settings, {"request_timeout": 5.0}).request_timeout == 5.0
+    for bad in (0.0, math.inf):
+        with pytest.raises(ConfigError, match="request.timeout"):
+            build_config(settings, {"request_timeout": bad})
+    with pytest.raises(ConfigError, match="in-flight memory 8Mi must hold at least two blocks"):
+        build_config(settings, {"inflight_memory": 8 << 20})  # blocks of 8Mi
+
+
+def test_flags_for_the_new_settings() -> None:
+    from fluidfs.cli.main import build_parser
+    from fluidfs.cli.options import cli_overrides
+
+    args = build_parser().parse_args(
+        ["mount", "s3://b", "/mnt", "--request-timeout", "1m", "--inflight-memory", "64Mi"]
+    )
+    over = cli_overrides(args)
+    assert over["request_timeout"] == 60.0 and over["inflight_memory"] == 64 << 20
+    with pytest.raises(ConfigError, match="--request-timeout"):
+        cli_overrides(build_parser().parse_args(["mount", "s3://b", "/mnt", "--request-timeout", "soon"]))
+
+
+def test_ssd_admission_problems(tmp_path: Path) -> None:
+    from fluidfs.cache.ssd import admission_problem
+
+    M = 1 << 20
+    assert admission_problem(str(tmp_path / "c"), 10 << 30, 0, 4 * M) is None
+    assert "smaller than one block" in (admission_problem(str(tmp_path / "c"), 4 * M, 0, 4 * M) or "")
+    st = os.statvfs(tmp_path)
+    disk = st.f_blocks * st.f_frsize
+    assert "not below the size of the disk" in (admission_problem(str(tmp_path / "c" / "d"), 10 << 30, disk, M) or "")

@@ -13,6 +13,7 @@ import yaml
 
 from fluidfs.control import crd, resource
 from fluidfs.errors import SpecError
+from fluidfs.spec.parse import parse_dataset
 from tests.support.control_validate import schema_errors, validate_strict
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -174,3 +175,26 @@ def test_parse_rejects_duplicate_mounts_and_mixed_credential_forms() -> None:
     obj["spec"]["mounts"].append({"mountPoint": "s3://b", "credentials": {"accessKeyId": {"env": "X"}}})
     with pytest.raises(SpecError, match="not both"):
         resource.parse(obj)
+
+
+def test_cluster_settings_reach_the_workers_document() -> None:
+    """spec.cluster (the protocol settings; the controller sets membership, addresses and secret)."""
+    obj = _resource()
+    obj["spec"]["cluster"] = {"replicas": 2, "peerCopy": "ssd", "readTimeout": "10s", "transfers": 8}
+    assert schema_errors(obj) == []
+    res = resource.parse(obj)
+    assert res.document["spec"]["cluster"] == obj["spec"]["cluster"]
+    worker = parse_dataset(resource.document_yaml(res), "workers")
+    assert worker.settings["replicas"] == 2 and worker.settings["peer_copy"] == "ssd"
+    assert worker.settings["peer_read_timeout"] == 10.0 and worker.settings["peer_transfers"] == 8
+    bad = copy.deepcopy(obj)
+    bad["spec"]["cluster"]["replicas"] = 9
+    assert any(e.startswith("spec.cluster.replicas: ") for e in schema_errors(bad))
+    bad["spec"]["cluster"] = {"listen": "0.0.0.0:7070"}  # the controller's to set
+    assert any(e.startswith("spec.cluster: ") for e in schema_errors(bad))
+    with pytest.raises(SpecError) as info:
+        resource.parse(bad)
+    assert info.value.field == "spec.cluster.listen"
+    bad["spec"]["cluster"] = {"peerCopy": "disk"}
+    with pytest.raises(SpecError):
+        resource.parse(bad)
