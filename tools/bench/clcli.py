@@ -53,6 +53,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ap.add_argument("--kill-at", type=float, help=f"SIGKILL the worker after this many seconds (default {d.kill_at:g})")
     ap.add_argument("--seed", type=int)
+    ap.add_argument(
+        "--fluidfs-arg",
+        dest="fluidfs_args",
+        action="append",
+        metavar="ARG",
+        help="pass ARG to every member's fluidfs command (repeatable; e.g. --fluidfs-arg=--prefetch-siblings=0)",
+    )
     ap.add_argument("--json", type=Path, metavar="FILE", help="write the result (records, series, targets) here")
     ap.add_argument("--markdown", type=Path, metavar="FILE", help="also write the report here")
     ap.add_argument("--workdir", type=Path, help="scratch dir (default: a new temp dir)")

@@ -83,6 +83,7 @@ class ClusterOptions:
     kill_duration: float = 15.0
     kill_at: float = 5.0
     seed: int = 1234
+    fluidfs_args: list[str] = field(default_factory=list)  # extra flags for every member (experiments)
     quick: bool = False
 
     def spec(self) -> ds.DataSpec:
@@ -229,7 +230,7 @@ class ClusterBench:
     def phase_large(self, run: int, clustered: bool) -> None:
         phase = "shared" if clustered else "independent"
         o = self.opts
-        cache = CacheSpec(o.large_cache_size, o.large_memory_size)
+        cache = CacheSpec(o.large_cache_size, o.large_memory_size, extra=o.fluidfs_args)
         with ExitStack() as stack:
             members = [self.member(i, "mount", cache, clustered) for i in (1, 2, 3)]
             if clustered:
@@ -246,7 +247,9 @@ class ClusterBench:
     def phase_single(self, run: int) -> None:
         o = self.opts
         with ExitStack() as stack:
-            m = self.member(1, "mount", CacheSpec(o.quota, o.memory_size, eviction="none"), clustered=False)
+            m = self.member(
+                1, "mount", CacheSpec(o.quota, o.memory_size, eviction="none", extra=o.fluidfs_args), clustered=False
+            )
             self.start([m], stack)
             for epoch in (1, 2):
                 r = self.measured_read([m], [(m, self.epoch_split(epoch, 1)[0])], threads=o.threads)
@@ -256,7 +259,7 @@ class ClusterBench:
     def phase_cluster(self, run: int) -> None:
         """``epochs``, then ``join`` and ``kill`` on the same members (each only if selected)."""
         o = self.opts
-        cache = CacheSpec(o.quota, o.memory_size)
+        cache = CacheSpec(o.quota, o.memory_size, extra=o.fluidfs_args)
         with ExitStack() as stack:
             mounts = [self.member(i, "mount", cache, clustered=True) for i in (1, 2, 3)]
             write_peers(self.workdir / "peers", [m.slot for m in mounts])
