@@ -61,6 +61,10 @@ def test_cluster_bench_quick(tmp_path: Path) -> None:
     assert 0.0 < share < 1.0, share
     (moved,) = _values(doc, "join", "bytes the new member took over / set bytes")
     assert moved > 0.0, moved
+    # Rendezvous hashing: a joining member takes keys only for itself, no other key changes owner.
+    (changed,) = _values(doc, "join", "set bytes whose owner changed / set bytes")
+    (to_new,) = _values(doc, "join", "... of which to the new member")
+    assert 0.0 < changed < 1.0 and to_new == 1.0, (changed, to_new)
     # The kill phase recorded a time series and the throughput before the kill.
     (series,) = doc["series"]
     assert series["kill_index"] > 0 and len(series["mbps"]) > series["kill_index"], series

@@ -49,6 +49,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fluidfs.cache.base import BlockKey
+from fluidfs.cluster.hashing import Ring
+from fluidfs.config.mount import DEFAULT_BLOCK_SIZE as BLOCK_SIZE
+from fluidfs.util.etag import normalize_etag
 from fluidfs.util.proc import drop_page_cache
 from tests.support.s3server import S3Server
 from tools.bench import datasets as ds
@@ -110,6 +114,12 @@ def start_store(workdir: Path, net: ClusterNet, latency_ms: float, stack: ExitSt
                   shaping=f"tc tbf {net.source_mbit:g} Mbit/s on bridge {net.bridge}")  # fmt: skip
     store.direct_client().create_bucket(Bucket=BUCKET)
     return store
+
+
+@dataclass(frozen=True)
+class _Weighted:
+    id: str
+    weight: float
 
 
 class ClusterBench:
@@ -303,7 +313,10 @@ class ClusterBench:
         moved = from_peers + w_src
         held = total(w1, "fluidfs_cache_used_bytes", tier="ssd")
         size = ds.total_bytes(self.plans["small"])
+        moved_own, to_new = self.ownership_moved([m.name for m in everyone[:-1]], [m.name for m in everyone])
         self.rec(run, "join", "new member's ownership share", share)
+        self.rec(run, "join", "set bytes whose owner changed / set bytes", moved_own / size)
+        self.rec(run, "join", "... of which to the new member", to_new / max(1, moved_own))
         self.rec(run, "join", "bytes the new member took over / set bytes", moved / size)
         self.rec(run, "join", "new member's SSD bytes / set bytes", held / size)
         self.rec(run, "join", "source bytes / moved bytes", r["source_bytes"] / max(1.0, moved))
@@ -311,6 +324,30 @@ class ClusterBench:
         self.rec(run, "join", "epoch-3 read errors", float(r["errors"]), samples=r["samples"])
         for m, s in zip(everyone, r["after"], strict=True):
             self.rec(run, "join", f"{m.name} ownership share", total(s, "fluidfs_peer_ownership_share_ratio"))
+
+    def ownership_moved(self, before: list[str], after: list[str]) -> tuple[int, int]:
+        """(bytes of the small set whose owner differs between the two member sets, of those: now the last member's).
+
+        Computed with fluidfs's own rendezvous hashing over the set's real block keys (URL, ETag,
+        block size, index), all members weighing 1 as in the peers file.
+        """
+        assert self.store is not None
+        etags: dict[str, str] = {}
+        pages = self.store.direct_client().get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix="small/")
+        for page in pages:
+            for obj in page.get("Contents", []):
+                etags[obj["Key"]] = normalize_etag(obj["ETag"])
+        old = Ring([_Weighted(i, 1.0) for i in before])
+        new = Ring([_Weighted(i, 1.0) for i in after])
+        moved = to_last = 0
+        for e in self.plans["small"]:
+            for index in range(max(1, math.ceil(e.size / BLOCK_SIZE))):
+                key = BlockKey(f"s3://{BUCKET}/{e.key}", etags[e.key], BLOCK_SIZE, index)
+                nbytes = min(BLOCK_SIZE, e.size - index * BLOCK_SIZE)
+                if old.owner(key) != (now := new.owner(key)):
+                    moved += nbytes
+                    to_last += nbytes if now == after[-1] else 0
+        return moved, to_last
 
     def phase_kill(self, run: int, mounts: list[Member], victim: Member) -> None:
         o = self.opts
