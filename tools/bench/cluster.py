@@ -26,9 +26,13 @@ with the bridge qdisc's byte counter, frames included).  Every reader compares e
 the local mirror (:mod:`tools.bench.clreader`).  Everything — namespaces, veths, mounts,
 processes — is removed in ``finally``/``ExitStack`` and by the :class:`Janitor`.
 
-Caveats: all members share two CPU cores with the store, the proxy and the readers, so
-throughput is CPU-bound well before memory or disk; caps are chosen low enough that the source
-link, not the CPU, is the bottleneck of cold epochs (check the ``cpu`` notes in the result).
+Caveats: all members share the machine's cores with the store, the proxy and the readers, so
+warm throughput is CPU-bound; the default caps are low enough that the source link, not the
+CPU, bounds the cold phases (compare the independent phase's MB/s with ``--source-mbit``).  The
+kill phase's baseline is the mean before the kill without the first second, so a later stall
+in that window lowers it; the per-tick series is in the result to judge by eye.  The killed
+worker joined one epoch before, so its blocks are still held by their previous owners: the
+phase measures failover, not the refetch of blocks held only by the dead member.
 """
 
 from __future__ import annotations
