@@ -8,6 +8,10 @@ process.  A daemon is identified by ``(pid, boot id + start time)``: after a con
 the same pid may belong to an unrelated process of the new PID namespace, which must never be
 signalled.
 
+A mount timeout shorter than the source request timeout + 10 s (what ``fluidfs mount --timeout``
+requires) is kept by the supervisor itself: ``fluidfs mount`` gets the longer ``--timeout`` and
+is interrupted at the supervisor's deadline (SIGINT: it stops the daemon it started and unmounts).
+
 Caveats: if ``fluidfs mount`` itself overruns its own ``--timeout`` by more than
 ``KILL_GRACE`` seconds its process group is killed; a daemon child stuck before it writes its
 pid file cannot be found and is left to its own source timeouts.
@@ -17,6 +21,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import math
 import os
 import re
 import shutil
@@ -28,7 +33,9 @@ import time
 
 import grpc
 
+from fluidfs.config import DEFAULT_REQUEST_TIMEOUT
 from fluidfs.util.proc import pid_alive
+from fluidfs.util.sizes import parse_duration
 
 from .state import SharedMount
 from .volumes import RequestError
@@ -37,6 +44,7 @@ log = logging.getLogger(__name__)
 
 _LOG_REF = re.compile(r"\s*\(log: [^)]*\)")
 KILL_GRACE = 10.0  # seconds `fluidfs mount` may overrun its --timeout before it is killed
+MOUNT_MARGIN = 10.0  # `fluidfs mount --timeout` must exceed the source request timeout by this much
 EXIT_USAGE, EXIT_SOURCE = 2, 3  # fluidfs exit codes (fluidfs.errors): bad input, source failure
 
 
@@ -118,6 +126,9 @@ def start(cmd: list[str], m: SharedMount, timeout: float) -> None:
     os.makedirs(m.mountpoint, exist_ok=True)
     os.makedirs(m.cache_dir, mode=0o700, exist_ok=True)
     log_file = os.path.join(os.path.dirname(m.source), "daemon.log")
+    # `fluidfs mount` wants room to report a source that does not answer (its request timeout +
+    # 10 s); a shorter deadline of ours is kept by interrupting it (it then stops its daemon).
+    cli_timeout = max(timeout, request_timeout(m.args) + MOUNT_MARGIN)
     argv = [
         *cmd,
         "mount",
@@ -131,7 +142,7 @@ def start(cmd: list[str], m: SharedMount, timeout: float) -> None:
         "--log-file",
         log_file,
         "--timeout",
-        f"{max(1.0, timeout):.0f}",
+        f"{max(1.0, math.ceil(cli_timeout)):.0f}",
         *m.args,
     ]
     log.info("dataset %s: mounting at %s (timeout %.0f s)", m.key, m.mountpoint, timeout)
@@ -142,14 +153,19 @@ def start(cmd: list[str], m: SharedMount, timeout: float) -> None:
             argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err, start_new_session=True
         )
         try:
-            rc = proc.wait(timeout=timeout + KILL_GRACE)
+            rc = proc.wait(timeout=timeout if cli_timeout > timeout else timeout + KILL_GRACE)
         except subprocess.TimeoutExpired:
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except OSError:
-                pass
-            proc.wait()
-            rc = -1
+            if cli_timeout > timeout:  # our deadline first: SIGINT makes it end its daemon and unmount
+                _interrupt(proc)
+            if proc.returncode == 0:  # it mounted just then
+                rc = 0
+            else:
+                try:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                except OSError:
+                    pass
+                proc.wait()
+                rc = -1
         err.seek(0)
         lines = [ln for ln in err.read().splitlines() if ln.strip()]
     elapsed = time.monotonic() - began
@@ -172,6 +188,26 @@ def start(cmd: list[str], m: SharedMount, timeout: float) -> None:
     else:
         code = grpc.StatusCode.INTERNAL
     raise MountFailed(f"fluidfs mount of dataset {m.key} failed: {msg}", code)
+
+
+def request_timeout(args: list[str]) -> float:
+    """The source request timeout a ``fluidfs mount`` with ``args`` gets (its ``--request-timeout``)."""
+    for i, a in enumerate(args[:-1]):
+        if a == "--request-timeout":
+            try:
+                return parse_duration(args[i + 1])
+            except ValueError:
+                break  # fluidfs mount reports it
+    return DEFAULT_REQUEST_TIMEOUT
+
+
+def _interrupt(proc: subprocess.Popen[bytes]) -> None:
+    """SIGINT ``fluidfs mount`` (it stops the daemon it started and unmounts), then wait a little."""
+    try:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=KILL_GRACE)
+    except (OSError, subprocess.TimeoutExpired):
+        pass
 
 
 def stop(cmd: list[str] | None, m: SharedMount, timeout: float) -> None:

@@ -135,7 +135,7 @@ def test_fluidfs_controller_local_command(tmp_path: Path) -> None:
     )  # fmt: skip
     try:
         workdir = tmp_path / "run" / NS / STS
-        wait(lambda: all((workdir / f"{STS}-{i}" / "log").exists() for i in (0, 1)), what="2 workers started")
+        wait(lambda: all((workdir / f"{STS}-{i}" / "ready").exists() for i in (0, 1)), what="2 workers started")
         time.sleep(1.0)
     finally:
         proc.send_signal(signal.SIGTERM)

@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 from csi._gen import csi_pb2 as pb
+from csi.daemons import request_timeout
 from csi.mounts import MountManager
 from csi.state import MAX_TOMBSTONES, Publication, SharedMount, State, StateStore, Volume
 from csi.volumes import (
@@ -488,3 +489,10 @@ def test_sweep_removes_what_the_state_does_not_know(tmp_path) -> None:
         assert sorted(os.listdir(tmp_path / "state" / "datasets")) == ["known"]
     finally:
         subprocess.run(["umount", "-l", orphan_mp], capture_output=True)
+
+
+def test_the_mount_deadline_leaves_fluidfs_mount_room_for_its_request_timeout() -> None:
+    """The supervisor gives ``fluidfs mount`` --timeout >= its request timeout + 10 s (else it refuses)."""
+    assert request_timeout([]) == 20.0
+    assert request_timeout(["--endpoint", "http://x", "--request-timeout", "45s"]) == 45.0
+    assert request_timeout(["--request-timeout", "soon"]) == 20.0  # fluidfs mount reports the mistake

@@ -5,8 +5,9 @@ drains on SIGTERM.
                                    [--drain SECONDS] [--ignore-term]
 
 It exports the cache gauges and counters a worker exports (so the controller's sample is
-complete), writes ``drained`` into its working directory when it leaves after SIGTERM, and with
-``--ignore-term`` ignores SIGTERM (to test the SIGKILL deadline).  It exits by itself after
+complete), writes ``ready`` into its working directory once it handles SIGTERM and ``drained``
+when it leaves after SIGTERM, and with ``--ignore-term`` ignores SIGTERM (to test the SIGKILL
+deadline).  It exits by itself after
 10 minutes, so a failed test never leaves it behind.
 """
 
@@ -45,6 +46,7 @@ def main() -> None:
 
     signal.signal(signal.SIGTERM, signal.SIG_IGN if args.ignore_term else on_term)
     start_http_server(int(port), addr=host, registry=reg)
+    pathlib.Path("ready").write_text("ok\n")  # SIGTERM is handled from now on
     deadline = time.monotonic() + 600
     while not stop["term"] and time.monotonic() < deadline:
         time.sleep(0.05)
