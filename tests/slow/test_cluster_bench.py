@@ -5,6 +5,7 @@ readers read every byte they were given with no error, source bytes are counted 
 independent nodes fetches the whole set, the cluster at least once), the kill phase produced a
 time series, the report and the JSON carry every target, and afterwards no namespace, link,
 mount or process of the run is left.  Skipped where network namespaces cannot be made.
+Ten fluidfs daemons start and stop in it, so it takes about two minutes on two busy cores.
 """
 
 from __future__ import annotations
