@@ -59,7 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="python -m tools.bench",
         description="Benchmark fluidfs against s3fs, rclone, direct boto3 and local disk over an "
-        "emulated remote object store (SeaweedFS behind a latency proxy).",
+        "emulated remote object store (SeaweedFS behind a latency proxy). "
+        "'python -m tools.bench cluster --help': the cluster cache benchmark.",
     )
     ap.add_argument("--quick", action="store_true", help="tiny datasets, one run (smoke test, < 90 s)")
     ap.add_argument("--runs", type=int, help="repetitions per measurement (default 3; --quick: 1)")
@@ -163,7 +164,13 @@ def _raise_interrupt(signum: int, _frame: Any) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    ns = build_parser().parse_args(argv)
+    args = sys.argv[1:] if argv is None else argv
+    if args[:1] == ["cluster"]:  # the cluster cache benchmark has its own options
+        from tools.bench import clcli
+
+        clcli.main(args[1:])
+        return
+    ns = build_parser().parse_args(args)
     opts = options(ns)
     created = ns.workdir is None
     workdir = Path(tempfile.mkdtemp(prefix="fluidfs-bench-")) if created else ns.workdir
