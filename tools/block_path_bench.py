@@ -45,7 +45,7 @@ from fluidfs.cache.base import BlockKey
 from fluidfs.cache.memory import MemoryTier
 from fluidfs.cache.ssd import SSDTier
 from fluidfs.cache.tiered import TieredCache
-from fluidfs.daemon.run import tune_malloc
+from fluidfs.daemon.tiers import tune_malloc
 from fluidfs.util.buffers import block_buffer
 from fluidfs.util.proc import drop_page_cache
 from fluidfs.util.sizes import parse_size
