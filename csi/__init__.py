@@ -9,7 +9,9 @@ Layout:
 - ``csi/forward.py``    Node service of a plugin that forwards volume calls to the mount supervisor
 - ``csi/rpc.py``        call budgets, admission slots, error mapping shared by the services
 - ``csi/volumes.py``    pure request logic: volume ids, dataset keys, capability and context checks
-- ``csi/mounts.py``     node-level mount manager: one shared fluidfs mount per dataset + bind mounts
+- ``csi/mounts.py``     node-level mount manager: one shared fluidfs mount per dataset, its life cycle
+- ``csi/binds.py``      read-only binds of a shared mount: stage/publish binds, stacked repairs
+- ``csi/datasetfiles.py`` a dataset's files under the state dir: document, secret files, identity
 - ``csi/mountops.py``   mount system calls: probes, read-only binds, stacked repairs, layered unmount
 - ``csi/daemons.py``    start/stop a dataset daemon (``fluidfs mount``), know it by pid + start time
 - ``csi/recovery.py``   one checker thread per dataset: repairs dead daemons and binds

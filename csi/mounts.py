@@ -3,10 +3,8 @@
 Layout under ``--state-dir``::
 
     mounts/<key>/                 the shared fluidfs mount of one dataset (a private mount)
-    datasets/<key>/dataset.yaml   the generated Dataset document (credentials as {file: ...})
-    datasets/<key>/secrets/<k>    one 0600 file per CSI secret value (dir 0700)
+    datasets/<key>/               its document, secrets and identity (``csi/datasetfiles.py``)
     datasets/<key>/daemon.pid, daemon.log
-    datasets/<key>/identity.json  the dataset's name and dataset key (``fluidfs_csi_dataset_info``)
 
 and ``--cache-root/<dataset id>/`` holds the dataset's block cache, named by the dataset and not by
 the credentials (kept after unmount: warm restarts, also with a rotated key; ``csi/caches.py``).
@@ -16,8 +14,8 @@ allows (``csi/policy.py``).
 
 Every volume staged with the dataset gets a read-only bind of the shared mount at its
 ``staging_target_path``; every publish binds the shared mount (or its ``subPath``) read-only at
-the ``target_path``.  The shared mount is reference-counted by the volumes that use it; the last
-unstage unmounts it, after ``unstage_grace`` seconds if set.
+the ``target_path`` (``csi/binds.py``).  The shared mount is reference-counted by the volumes
+that use it; the last unstage unmounts it, after ``unstage_grace`` seconds if set.
 
 Repairs (:meth:`MountManager.check_dataset`, called about once a second per dataset by
 ``csi/recovery.py``): a dead daemon (gone, mount missing or ``ENOTCONN``) is killed if need be,
@@ -40,18 +38,14 @@ first stage's settings win until the mount is released.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
-import re
 import shutil
-import tempfile
 import threading
 import time
 from collections.abc import Iterator, Mapping
 
 import grpc
-import yaml
 
 from fluidfs.config import DEFAULT_REQUEST_TIMEOUT
 from fluidfs.daemon.record import read_record
@@ -59,21 +53,20 @@ from fluidfs.errors import FluidfsError
 from fluidfs.spec import identity
 from fluidfs.util.mounts import is_mounted, mounts_under
 
-from . import daemons, metrics, peers
+from . import binds, daemons, datasetfiles, metrics, peers
 from .budget import NodeBudget
 from .caches import CacheDirs
 from .daemons import MountFailed
-from .mountops import bind_ro, healthy_mount, make_private, path_kind, top_device, unmount_all
+from .mountops import make_private, unmount_all
 from .policy import Policy
 from .reserve import Reservation, Reservations, wanted
 from .rpc import Budget
 from .state import SharedMount, State, StateStore, Volume
-from .volumes import DatasetRequest, RequestError, build_document
+from .volumes import DatasetRequest, RequestError
 
 log = logging.getLogger(__name__)
 
 MOUNT_TIMEOUT = 60.0  # default for one `fluidfs mount` (--mount-timeout)
-PROBE_TIMEOUT = 5.0  # one statvfs health check
 STOP_TIMEOUT = 30.0  # one `fluidfs umount`
 MIN_MOUNT_TIME = 2.0  # a mount attempt is not started with less time than this left
 #: `fluidfs mount` needs time to report a source that does not answer: its own --timeout must
@@ -81,22 +74,6 @@ MIN_MOUNT_TIME = 2.0  # a mount attempt is not started with less time than this 
 SOURCE_REPORT_SLACK = 10.0
 MIN_MOUNT_TIMEOUT = DEFAULT_REQUEST_TIMEOUT + SOURCE_REPORT_SLACK  # the least --mount-timeout
 CACHE_GRACE = 86400.0  # an unused cache directory is removed after this long (--cache-gc-grace)
-_SECRET_KEY_RE = re.compile(r"^[A-Za-z0-9._-]{1,253}$")
-#: datasets/<key>/identity.json: the dataset's name and key, for fluidfs_csi_dataset_info
-IDENTITY_FILE = "identity.json"
-
-
-def _write_private(path: str, data: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-")
-    try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 class MountManager:
@@ -151,9 +128,8 @@ class MountManager:
         """Export ``fluidfs_csi_dataset_info`` for the mounts of the state (after a restart)."""
         for key in self.keys():
             try:
-                with open(os.path.join(self.state_dir, "datasets", key, IDENTITY_FILE), encoding="utf-8") as f:
-                    ident = json.load(f)
-                metrics.set_dataset(key, str(ident["dataset"]), str(ident["dataset_key"]))
+                name, dataset_key = datasetfiles.read_identity(os.path.join(self.state_dir, "datasets", key))
+                metrics.set_dataset(key, name, dataset_key)
             except (OSError, ValueError, KeyError, TypeError):
                 log.debug("dataset %s: no identity file (mounted by an older plugin)", key)
 
@@ -214,9 +190,7 @@ class MountManager:
             if not self.shared_healthy(m):
                 self.remount(m, budget)
             return m
-        bad = [k for k in secrets if not _SECRET_KEY_RE.match(k)]
-        if bad:
-            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, "secret keys must match [A-Za-z0-9._-]+")
+        datasetfiles.check_secret_keys(secrets)
         request_timeout = wanted(req).request_timeout
         most = self.mount_timeout - SOURCE_REPORT_SLACK
         if request_timeout > most:
@@ -277,8 +251,7 @@ class MountManager:
 
     def _prepare(self, key: str, req: DatasetRequest, secrets: Mapping[str, str], res: Reservation) -> SharedMount:
         ddir = os.path.join(self.state_dir, "datasets", key)
-        sdir = os.path.join(ddir, "secrets")
-        files = {k: os.path.join(sdir, k) for k in secrets}
+        files = datasetfiles.secret_files(ddir, secrets)
         with self.state_lock:  # a clustered dataset gets its peer port, member id and secret file
             args = peers.cluster_args(
                 list(res.args), files, list(self.state.mounts.values()), ports=self.peer_ports,
@@ -287,23 +260,14 @@ class MountManager:
             listen = peers.flag_value(args, "--listen")
             if listen is not None:
                 self._reserved_ports.add(int(listen.rpartition(":")[2]))
-        os.makedirs(sdir, mode=0o700, exist_ok=True)
-        os.chmod(ddir, 0o700)
-        os.chmod(sdir, 0o700)
-        for k, v in secrets.items():
-            _write_private(files[k], v)
-        doc = build_document(req, files)
-        source = os.path.join(ddir, "dataset.yaml")
-        _write_private(source, yaml.safe_dump(doc, sort_keys=False))
-        ident = {"dataset": req.name, "dataset_key": identity.key_of(req.dataset_digest())}
-        _write_private(os.path.join(ddir, IDENTITY_FILE), json.dumps(ident))
+        source = datasetfiles.write(ddir, req, secrets, files)
         return SharedMount(
             key=key,
             mountpoint=os.path.join(self.state_dir, "mounts", key),
             source=source,
             args=args,
             cache_dir=res.cache_dir,
-            secret_dir=sdir,
+            secret_dir=os.path.join(ddir, datasetfiles.SECRETS_DIR),
             pid_file=os.path.join(ddir, "daemon.pid"),
             dataset=res.dataset,
             memory=res.grant.memory,
@@ -334,7 +298,7 @@ class MountManager:
     def shared_healthy(self, m: SharedMount) -> bool:
         if daemons.daemon_pid(m) is None:
             return False
-        return healthy_mount(m.mountpoint, PROBE_TIMEOUT)
+        return binds.healthy(m.mountpoint)
 
     def remount(self, m: SharedMount, budget: Budget) -> None:
         """Replace a dead shared mount by a fresh one at the same path."""
@@ -378,56 +342,22 @@ class MountManager:
         metrics.drop_dataset(m.key)
         self.reservations.released(m)
 
-    # -- binds ----------------------------------------------------------------------------------
+    # -- binds (csi/binds.py) ------------------------------------------------------------------
     def source_of(self, vol: Volume) -> str:
         with self.state_lock:
             m = self.state.mounts[vol.key]
-        return os.path.join(m.mountpoint, vol.sub_path) if vol.sub_path else m.mountpoint
+        return binds.source_path(m.mountpoint, vol)
 
     def bind_healthy(self, path: str) -> bool:
-        return healthy_mount(path, PROBE_TIMEOUT)
-
-    @staticmethod
-    def _create(dst: str, is_dir: bool) -> None:
-        """Create a missing bind target (a directory, or a file for a file of the dataset)."""
-        if os.path.lexists(dst):
-            return
-        if is_dir:
-            os.makedirs(dst, exist_ok=True)
-        else:
-            open(dst, "a").close()
-
-    def fresh_bind(self, src: str, dst: str, *, create_dir: bool | None = None) -> None:
-        """A new bind at ``dst`` (stage, publish): whatever was left there is removed first (no
-        container uses a path before the call that creates it has succeeded).  ``create_dir``:
-        create a missing ``dst`` as a directory (True) or a file (False)."""
-        unmount_all(dst, lazy=True)
-        if create_dir is not None:
-            self._create(dst, create_dir)
-        try:
-            bind_ro(src, dst, probe_timeout=PROBE_TIMEOUT)
-        except OSError as e:
-            raise MountFailed(f"bind {src} -> {dst} failed: {e.strerror or e}") from None
-
-    def repair_bind(self, src: str, dst: str, *, create: bool = False) -> None:
-        """Stack a fresh bind on top of the dead one at ``dst`` (never unmount first)."""
-        if create and not is_mounted(dst):
-            kind = path_kind(src, PROBE_TIMEOUT)
-            if kind not in ("dir", "file"):
-                raise MountFailed(f"re-bind {src} -> {dst}: the dataset path is {kind}")
-            self._create(dst, kind == "dir")
-        try:
-            bind_ro(src, dst, probe_timeout=PROBE_TIMEOUT)
-        except OSError as e:
-            raise MountFailed(f"re-bind {src} -> {dst} failed: {e.strerror or e}") from None
+        return binds.healthy(path)
 
     def stage_bind(self, vol: Volume) -> None:
         with self.state_lock:
             mp = self.state.mounts[vol.key].mountpoint
-        self.fresh_bind(mp, vol.staging_target_path)
+        binds.fresh_bind(mp, vol.staging_target_path)
 
     def publish_bind(self, vol: Volume, target: str, is_dir: bool) -> None:
-        self.fresh_bind(self.source_of(vol), target, create_dir=is_dir)
+        binds.fresh_bind(self.source_of(vol), target, create_dir=is_dir)
 
     # -- recovery -------------------------------------------------------------------------------
     def sweep_orphans(self) -> list[str]:
@@ -508,30 +438,6 @@ class MountManager:
             self._backoff.pop(key, None)
             self._retry_at.pop(key, None)
         for v in users:
-            repairs += self._repair_binds(m, v)
+            repairs += binds.repair_volume(m, v)
             metrics.set_volume(v.volume_id, True)
-        return repairs
-
-    def _repair_binds(self, m: SharedMount, v: Volume) -> int:
-        repairs = 0
-        paths = [v.staging_target_path] if v.staging_target_path else []
-        live = top_device(m.mountpoint)
-        for p in paths + list(v.publications):
-            if self.bind_healthy(p):
-                continue
-            if live is not None and top_device(p) == live:
-                # Already a bind of the current dataset mount: that mount itself is what failed
-                # (it died after it was checked); the next check mounts it again.
-                continue
-            staging = p == v.staging_target_path
-            if staging and not is_mounted(p) and not os.path.isdir(p):
-                continue  # kubelet removed its staging dir; it will unstage the volume
-            src = m.mountpoint if staging else self.source_of(v)
-            try:
-                log.warning("volume %s: bind at %s does not answer; binding the dataset over it", v.volume_id, p)
-                self.repair_bind(src, p, create=not staging)
-                metrics.RECOVERIES.labels(kind="bind").inc()
-                repairs += 1
-            except (RequestError, OSError) as e:
-                log.error("volume %s: re-bind of %s failed: %s", v.volume_id, p, e)
         return repairs

@@ -44,8 +44,9 @@ from fluidfs.util.mounts import FLUIDFS_FSTYPE, is_mounted, mount_at
 from . import TOPOLOGY_KEY, metrics
 from ._gen import csi_pb2 as pb
 from ._gen import csi_pb2_grpc as pb_grpc
+from .binds import PROBE_TIMEOUT
 from .mountops import path_kind, probe, umount_top, unmount_all
-from .mounts import PROBE_TIMEOUT, MountManager
+from .mounts import MountManager
 from .rpc import OP_SLOTS, STATS_SLOTS, Admission, Budget, call
 from .state import Publication, Volume
 from .volumes import (
