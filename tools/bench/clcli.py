@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from tools.bench import clreport
-from tools.bench.cli import _csv, parse_size
+from tools.bench.cli import csv_list, parse_size
 from tools.bench.cluster import PHASES, ClusterBench, ClusterOptions
 from tools.bench.store import netns_available
 
@@ -37,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ap.add_argument("--quick", action="store_true", help="tiny sets, one run (harness smoke test)")
     ap.add_argument("--runs", type=int, help=f"repetitions (default {d.runs}); the report shows medians")
-    ap.add_argument("--phases", type=_csv(PHASES), help=f"subset of {','.join(PHASES)} (default all)")
+    ap.add_argument("--phases", type=csv_list(PHASES), help=f"subset of {','.join(PHASES)} (default all)")
     ap.add_argument("--latency-ms", type=float, help=f"delay per store response chunk (default {d.latency_ms:g})")
     ap.add_argument("--source-mbit", type=float, help=f"the store's link, shared (default {d.source_mbit:g})")
     ap.add_argument("--member-mbit", type=float, help=f"each member's link (default {d.member_mbit:g})")

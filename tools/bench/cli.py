@@ -44,7 +44,7 @@ def parse_size(text: str) -> int:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def _csv(allowed: tuple[str, ...]) -> Any:
+def csv_list(allowed: tuple[str, ...]) -> Any:
     def parse(text: str) -> list[str]:
         items = [t.strip() for t in text.split(",") if t.strip()]
         bad = [t for t in items if t not in allowed]
@@ -64,8 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ap.add_argument("--quick", action="store_true", help="tiny datasets, one run (smoke test, < 90 s)")
     ap.add_argument("--runs", type=int, help="repetitions per measurement (default 3; --quick: 1)")
-    ap.add_argument("--systems", type=_csv(ALL_SYSTEMS), default=list(ALL_SYSTEMS))
-    ap.add_argument("--workloads", type=_csv(ALL_WORKLOADS), default=list(ALL_WORKLOADS))
+    ap.add_argument("--systems", type=csv_list(ALL_SYSTEMS), default=list(ALL_SYSTEMS))
+    ap.add_argument("--workloads", type=csv_list(ALL_WORKLOADS), default=list(ALL_WORKLOADS))
     ap.add_argument("--latency-ms", type=float, default=20.0, help="delay per response chunk (default 20)")
     ap.add_argument("--bandwidth", type=float, metavar="MBIT", help="cap the store's response bandwidth")
     ap.add_argument(
@@ -164,13 +164,7 @@ def _raise_interrupt(signum: int, _frame: Any) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = sys.argv[1:] if argv is None else argv
-    if args[:1] == ["cluster"]:  # the cluster cache benchmark has its own options
-        from tools.bench import clcli
-
-        clcli.main(args[1:])
-        return
-    ns = build_parser().parse_args(args)
+    ns = build_parser().parse_args(argv)
     opts = options(ns)
     created = ns.workdir is None
     workdir = Path(tempfile.mkdtemp(prefix="fluidfs-bench-")) if created else ns.workdir

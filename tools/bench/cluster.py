@@ -63,7 +63,7 @@ from tools.bench import datasets as ds
 from tools.bench.clmembers import SECRET, CacheSpec, Member, total, write_peers
 from tools.bench.measure import machine
 from tools.bench.netlab import ClusterNet
-from tools.bench.store import ACCESS_KEY, BUCKET, SECRET_KEY, Store, _start_proxy, kill_group
+from tools.bench.store import ACCESS_KEY, BUCKET, SECRET_KEY, Store, kill_group, start_proxy
 from tools.bench.systems import Janitor
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -111,7 +111,7 @@ def start_store(workdir: Path, net: ClusterNet, latency_ms: float, stack: ExitSt
     if srv.pid:
         janitor.add_pid(srv.pid)
     direct = str(srv.endpoint)
-    proc, port = _start_proxy(workdir, "proxy", direct.split("//", 1)[1], latency_ms, f"{net.host_ip}:0", [], [])
+    proc, port = start_proxy(workdir, "proxy", direct.split("//", 1)[1], latency_ms, f"{net.host_ip}:0", [], [])
     stack.callback(kill_group, proc)
     janitor.add_pid(proc.pid)
     store = Store(direct, f"http://{net.host_ip}:{port}", srv.access_key, srv.secret_key,

@@ -166,7 +166,7 @@ class NetnsLink:
             self.created = False
 
 
-def _start_proxy(
+def start_proxy(
     workdir: Path, tag: str, upstream: str, delay_ms: float, listen: str, prefix: list[str], extra: list[str]
 ) -> tuple[subprocess.Popen[bytes], int]:
     port_file = workdir / f"{tag}.port"
@@ -252,9 +252,9 @@ def open_store(
             link = NetnsLink(bandwidth_mbit)
             closers.append(link.close)
             link.open()
-            relay, rport = _start_proxy(workdir, "relay", upstream, 0.0, f"{link.host_ip}:0", [], [])
+            relay, rport = start_proxy(workdir, "relay", upstream, 0.0, f"{link.host_ip}:0", [], [])
             started(relay)
-            pproc, port = _start_proxy(
+            pproc, port = start_proxy(
                 workdir,
                 "proxy",
                 f"{link.host_ip}:{rport}",
@@ -267,7 +267,7 @@ def open_store(
             endpoint, shaping = f"http://{link.ns_ip}:{port}", f"tc tbf {bandwidth_mbit:g} Mbit/s in netns {link.name}"
         else:
             extra = ["--bandwidth-mbit", str(bandwidth_mbit)] if bandwidth_mbit else []
-            pproc, port = _start_proxy(workdir, "proxy", upstream, latency_ms, "127.0.0.1:0", [], extra)
+            pproc, port = start_proxy(workdir, "proxy", upstream, latency_ms, "127.0.0.1:0", [], extra)
             started(pproc)
             endpoint = f"http://127.0.0.1:{port}"
             shaping = f"proxy token bucket {bandwidth_mbit:g} Mbit/s" if bandwidth_mbit else "none"
