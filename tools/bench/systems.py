@@ -22,7 +22,6 @@ import contextlib
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -30,10 +29,33 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from fluidfs.util.mounts import is_mounted, mounts_under
 from fluidfs.util.proc import pid_alive
 from fluidfs.util.prom import parse_samples
 from tests.support.net import free_port
+from tools.bench.procs import (
+    cpu_seconds as cpu_seconds,
+)
+from tools.bench.procs import (
+    force_unmount as force_unmount,
+)
+from tools.bench.procs import (
+    kill_pid as kill_pid,
+)
+from tools.bench.procs import (
+    mounted_under as mounted_under,
+)
+from tools.bench.procs import (
+    pids_with_arg as pids_with_arg,
+)
+from tools.bench.procs import (
+    raise_readahead as raise_readahead,
+)
+from tools.bench.procs import (
+    vm_hwm_mib as vm_hwm_mib,
+)
+from tools.bench.procs import (
+    wait_mounted as wait_mounted,
+)
 from tools.bench.store import Store
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -81,85 +103,6 @@ class Janitor:
         for pid in reversed(self.pids):
             kill_pid(pid)
         self.pids.clear()
-
-
-def mounted_under(root: Path) -> list[str]:
-    return mounts_under(str(root.resolve()))
-
-
-def force_unmount(path: str) -> None:
-    for cmd in (["fusermount3", "-u", path], ["umount", path], ["fusermount3", "-uz", path], ["umount", "-l", path]):
-        if not is_mounted(path):
-            return
-        with contextlib.suppress(OSError, subprocess.SubprocessError):
-            subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=20)
-
-
-def kill_pid(pid: int, grace: float = 5.0) -> None:
-    if not pid_alive(pid):
-        return
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    while pid_alive(pid) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    if pid_alive(pid):
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(pid, signal.SIGKILL)
-
-
-def pids_with_arg(exe_names: tuple[str, ...], needle: str) -> list[int]:
-    """Pids whose argv[0] basename is in ``exe_names`` and whose argv contains ``needle``."""
-    out = []
-    for d in os.listdir("/proc"):
-        if not d.isdigit():
-            continue
-        try:
-            argv = Path(f"/proc/{d}/cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if argv and os.path.basename(argv[0].decode(errors="replace")) in exe_names and needle.encode() in argv:
-            out.append(int(d))
-    return out
-
-
-def cpu_seconds(pid: int) -> float | None:
-    """User + system CPU time of ``pid`` so far (``/proc/PID/stat``), None if it is gone."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def vm_hwm_mib(pid: int) -> float | None:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return None
-
-
-def raise_readahead(mnt: str, kb: int) -> None:
-    if kb <= 0:
-        return
-    dev = os.stat(mnt).st_dev
-    with contextlib.suppress(OSError):
-        Path(f"/sys/class/bdi/{os.major(dev)}:{os.minor(dev)}/read_ahead_kb").write_text(f"{kb}\n")
-
-
-def wait_mounted(mnt: str, timeout: float, proc: subprocess.Popen[Any] | None = None, log: Path | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    while not os.path.ismount(mnt):
-        if proc is not None and proc.poll() not in (None, 0):
-            tail = log.read_text(errors="replace")[-1500:] if log and log.exists() else ""
-            raise RuntimeError(f"mount of {mnt} failed (exit {proc.returncode}): {tail}")
-        if time.monotonic() > deadline:
-            tail = log.read_text(errors="replace")[-1500:] if log and log.exists() else ""
-            raise RuntimeError(f"{mnt} not mounted after {timeout:.0f}s: {tail}")
-        time.sleep(0.05)
 
 
 # ---------------------------------------------------------------------------- systems
