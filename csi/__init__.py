@@ -7,6 +7,7 @@ Layout:
 - ``csi/controller.py`` Controller service (CreateVolume/DeleteVolume/ValidateVolumeCapabilities)
 - ``csi/node.py``       Node service (stage/publish/unpublish/unstage/stats)
 - ``csi/forward.py``    Node service of a plugin that forwards volume calls to the mount supervisor
+- ``csi/nodeinfo.py``   Node capabilities and node info, shared by the two Node services
 - ``csi/rpc.py``        call budgets, admission slots, error mapping shared by the services
 - ``csi/volumes.py``    pure request logic: volume ids, dataset keys, capability and context checks
 - ``csi/mounts.py``     node-level mount manager: one shared fluidfs mount per dataset, its life cycle

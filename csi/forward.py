@@ -21,14 +21,13 @@ from typing import Any
 
 import grpc
 
-from . import TOPOLOGY_KEY
+from . import nodeinfo
 from ._gen import csi_pb2 as pb
 from ._gen import csi_pb2_grpc as pb_grpc
 from .rpc import OP_SLOTS, STATS_SLOTS, Admission, Budget, call
 from .volumes import RequestError
 
 log = logging.getLogger(__name__)
-RPC = pb.NodeServiceCapability.RPC
 PROBE_TIMEOUT = 2.0  # the plugin's Probe asks the supervisor's, at most this long
 
 
@@ -96,18 +95,10 @@ class ForwardingNodeServicer(pb_grpc.NodeServicer):
     def NodeGetCapabilities(
         self, request: pb.NodeGetCapabilitiesRequest, context: grpc.ServicerContext
     ) -> pb.NodeGetCapabilitiesResponse:
-        return pb.NodeGetCapabilitiesResponse(
-            capabilities=[
-                pb.NodeServiceCapability(rpc=RPC(type=RPC.STAGE_UNSTAGE_VOLUME)),
-                pb.NodeServiceCapability(rpc=RPC(type=RPC.GET_VOLUME_STATS)),
-            ]
-        )
+        return nodeinfo.capabilities()
 
     def NodeGetInfo(self, request: pb.NodeGetInfoRequest, context: grpc.ServicerContext) -> pb.NodeGetInfoResponse:
-        return pb.NodeGetInfoResponse(
-            node_id=self.node_id,
-            accessible_topology=pb.Topology(segments={TOPOLOGY_KEY: self.node_id}),
-        )
+        return nodeinfo.info(self.node_id)
 
     def NodeStageVolume(
         self, request: pb.NodeStageVolumeRequest, context: grpc.ServicerContext

@@ -41,7 +41,7 @@ import grpc
 
 from fluidfs.util.mounts import FLUIDFS_FSTYPE, is_mounted, mount_at
 
-from . import TOPOLOGY_KEY, metrics
+from . import metrics, nodeinfo
 from ._gen import csi_pb2 as pb
 from ._gen import csi_pb2_grpc as pb_grpc
 from .binds import PROBE_TIMEOUT
@@ -64,7 +64,6 @@ from .volumes import (
 )
 
 log = logging.getLogger(__name__)
-RPC = pb.NodeServiceCapability.RPC
 R = TypeVar("R")
 T = TypeVar("T")
 Unit = pb.VolumeUsage.Unit
@@ -117,18 +116,10 @@ class NodeServicer(pb_grpc.NodeServicer):
     def NodeGetCapabilities(
         self, request: pb.NodeGetCapabilitiesRequest, context: grpc.ServicerContext
     ) -> pb.NodeGetCapabilitiesResponse:
-        return pb.NodeGetCapabilitiesResponse(
-            capabilities=[
-                pb.NodeServiceCapability(rpc=RPC(type=RPC.STAGE_UNSTAGE_VOLUME)),
-                pb.NodeServiceCapability(rpc=RPC(type=RPC.GET_VOLUME_STATS)),
-            ]
-        )
+        return nodeinfo.capabilities()
 
     def NodeGetInfo(self, request: pb.NodeGetInfoRequest, context: grpc.ServicerContext) -> pb.NodeGetInfoResponse:
-        return pb.NodeGetInfoResponse(
-            node_id=self.node_id,
-            accessible_topology=pb.Topology(segments={TOPOLOGY_KEY: self.node_id}),
-        )
+        return nodeinfo.info(self.node_id)
 
     # -- stage ----------------------------------------------------------------------------------
     def NodeStageVolume(
