@@ -134,6 +134,16 @@ class Prefetcher:
             self._used_early.add(key)
         self._release_behind(key)
 
+    def keep(self, key: BlockKey, data: Buffer, owner: Owner) -> None:
+        """A read fetched ``key`` itself (a miss of every tier): hold it like a read prefetch if a
+        slot is free, so the kernel's next requests for the same block hit even when readahead
+        pushes it out of a memory tier smaller than the window."""
+        if not self.enabled or key in self._read or key in self._unread or key in self._inflight:
+            return
+        if len(self._inflight) + len(self._unread) + len(self._read) >= self.slots and not self._make_room():
+            return
+        self._read[key] = _Held(data, owner, time.monotonic())
+
     def _release_behind(self, key: BlockKey) -> None:
         """Blocks of the same object two or more blocks behind a read of ``key`` are done with:
         they leave the budget at once instead of after ``READ_GRACE_SECONDS`` (they stay in the
@@ -251,7 +261,8 @@ class FileReader:
 
         return fetch
 
-    async def block(self, index: int) -> Buffer:
+    async def block(self, index: int, keep: bool = False) -> Buffer:
+        """Block ``index``; ``keep``: a sequential read ends inside it (more reads of it follow)."""
         key = self.key(index)
         held = self.prefetcher.take(key) if self.prefetcher is not None else None
         if held is not None:
@@ -264,6 +275,8 @@ class FileReader:
             data = await self.cache.get(key, self.fetcher(index))
             self._stall.inc(time.perf_counter() - t0)
             self._stalls.inc()
+            if keep and self.prefetcher is not None:
+                self.prefetcher.keep(key, data, self.owner)
         if self.prefetcher is not None:
             self.prefetcher.used(key)
         return data
@@ -275,7 +288,7 @@ class FileReader:
         self._track(offset, end)
         first, last = offset // self.bs, (end - 1) // self.bs
         if first == last:  # the common case: a view of the cached block goes to the FUSE reply, no copy
-            data = await self.block(first)
+            data = await self.block(first, keep=self._window > 0 and end < (first + 1) * self.bs)
             base = first * self.bs
             return memoryview(data)[offset - base : end - base]
         parts: list[Buffer] = []

@@ -17,7 +17,7 @@ from tests.support.doubles import CountingSource, MemorySource
 MiB = 1 << 20
 
 
-def sequential_read(vfs, ino: int, chunk: int, stop_at: int | None = None) -> bytes:  # type: ignore[no-untyped-def]
+def sequential_read(vfs, ino: int, chunk: int, stop_at: int | None = None, pause: float = 0.002) -> bytes:  # type: ignore[no-untyped-def]
     async def main() -> bytes:
         out = bytearray()
         async with trio.open_nursery() as n:
@@ -31,7 +31,7 @@ def sequential_read(vfs, ino: int, chunk: int, stop_at: int | None = None) -> by
                     break
                 out += data
                 off += len(data)
-                await trio.sleep(0.002)  # let readahead run ahead, as a consumer would
+                await trio.sleep(pause)  # let readahead run ahead, as a consumer would
             vfs.release(fh)
             await trio.sleep(0.2)
             n.cancel_scope.cancel()
@@ -65,6 +65,16 @@ def test_readahead_larger_than_memory_tier_is_read_once(tmp_path: Path) -> None:
     used = metric("fluidfs_readahead_used_bytes_total", dataset=ds)
     wasted = metric("fluidfs_readahead_wasted_bytes_total", dataset=ds)
     assert issued > 8 * MiB and used == issued and wasted == 0
+
+
+def test_block_being_read_survives_readahead_that_fills_the_memory_tier(tmp_path: Path) -> None:
+    """A slow consumer: between two reads of the block it fetched itself, readahead lands more
+    blocks than the memory tier holds; the block is still read from the source once."""
+    data = os.urandom(8 * MiB)
+    _ds, src, vfs, ino = setup(tmp_path, data, prefetch_memory=16 * MiB)
+    assert sequential_read(vfs, ino, 256 * 1024, pause=0.05) == data
+    starts = [start for _p, start, _e in src.reads]
+    assert sorted(starts) == sorted(set(starts)), "a block was fetched twice"
 
 
 def test_prefetched_blocks_never_read_are_counted_as_wasted(tmp_path: Path) -> None:

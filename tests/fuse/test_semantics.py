@@ -86,7 +86,7 @@ def make_sources(data: Path, more: Path) -> None:
     put(data / "hello.txt", b"hello\n")
     put(more / "other.txt", b"other\n")
     put(data / "lookup" / "present.txt", b"p")
-    (data / "negative").mkdir()
+    (data / "negative" / "unlisted").mkdir(parents=True)
     for i in range(50):
         put(data / "readdir" / f"f{i:03d}", b"x")
     put(data / "flags" / "f.txt", b"flags\n")
@@ -170,9 +170,12 @@ def test_lookup_missing_is_enoent_below_a_file_enotdir(u: Union) -> None:
 
 
 def test_negative_lookup_cached_until_refresh(u: Union) -> None:
-    path = u.mnt / "data" / "negative" / "late.txt"
+    # two levels down: a listing of /data prefetches the listings of its subdirectories in the
+    # background, and a listing newer than a "no such file" answer rightly wins over it; nothing
+    # ever lists negative/unlisted, so only the negative cache can hide the file here
+    path = u.mnt / "data" / "negative" / "unlisted" / "late.txt"
     assert errno_of(os.stat, path) == errno.ENOENT
-    put(u.data / "negative" / "late.txt", b"late")
+    put(u.data / "negative" / "unlisted" / "late.txt", b"late")
     assert errno_of(os.stat, path) == errno.ENOENT  # the cached "no such file" (negative TTL)
     u.refresh()
     assert path.read_bytes() == b"late"
