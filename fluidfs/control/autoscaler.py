@@ -9,15 +9,21 @@ Policies (``Params.policy``):
 ``training-speed`` (default) sizes the cache workers by how fast training consumes data:
 
 1. *Step up* when readers stall on misses (``stall >= stall_threshold`` seconds of waiting per
-   second, for ``stall_samples`` samples in a row) **and** the cluster cache is full
-   (``fill >= full_threshold``) or cold (``hit_ratio < cold_hit_ratio``): one worker more.
-   A job that does not stall is compute-bound (or already served from cache): never scaled up.
+   second, for ``stall_samples`` samples in a row) **and** the cluster cache misses: its hit
+   ratio as training sees it (the share of the input that did not come from the source) is
+   below ``cold_hit_ratio``: one worker more.  The cause is *full* when the cluster cache is
+   also full (``fill >= full_threshold``: capacity is what is missing), else *cold* (it is still
+   filling: a step can only help if more workers fetch or serve faster).  A job that does not
+   stall is compute-bound, and one whose data comes from the cluster cache is not limited by
+   its size: neither is scaled up.
 2. *Judge the step* ``window`` seconds after the new worker is ready: keep it if the median
-   delivered input rate rose by ``min_gain`` over the median of the ``window`` before the step
-   (for a step taken because the cache was full, also if the cluster cache grew by ``min_gain``
-   of the capacity added: the new capacity is filling with the job's data and pays off in the
-   next epoch); otherwise *undo* it and remember the plateau: no further step up until the job
-   phase ends.  A worker that does not become ready within ``ready_timeout`` is undone too.
+   delivered input rate rose by ``min_gain`` over the median of the ``window`` before the step,
+   or if the new capacity is filling with the job's data (the cluster cache grew by ``min_gain``
+   of the capacity added) in a cache that is full — at the step (cause *full*) or by now (a
+   *cold* step of a first epoch that outgrew the cache): within one epoch new capacity cannot
+   raise the rate, it pays off in the next.  Otherwise *undo* it and remember the plateau: no
+   further step up until the job phase ends.  A worker that does not become ready within
+   ``ready_timeout`` is undone too.
 3. *Scale in* to ``minWorkers`` once the input has been idle (below ``idle_rate``) for
    ``idle_after`` seconds: that ends the job phase.  Scale-in removes workers gracefully: each
    hands its blocks to their new owners before it exits.
@@ -241,9 +247,9 @@ def _training_speed(
     fill, hits = s.fill, s.hit_ratio
     full = fill is not None and fill >= params.full_threshold
     cold = hits is not None and hits < params.cold_hit_ratio
-    if not (full or cold):
+    if not cold:
         detail = f"hit ratio {_pct(hits)}" if hits is not None else "hit ratio unknown"
-        return Decision(n, NONE, f"readers stall but the cache is warm ({detail}) and not full", "hold"), state
+        return Decision(n, NONE, f"readers stall but the input comes from the cache ({detail})", "hold"), state
     if state.stall_streak < params.stall_samples:
         return Decision(n, NONE, f"readers stall ({s.stall:.2f}s/s); confirming", "hold"), state
     if state.plateau is not None and n >= state.plateau:
@@ -257,7 +263,9 @@ def _training_speed(
         return Decision(n, NONE, "readers stall but this job phase already changed direction", "hold"), state
     baseline = _median_rate(history, now - params.window)
     cause = "full" if full else "cold"
-    what = f"the cluster cache is full ({_pct(fill or 0)})" if full else f"cold (hit ratio {_pct(hits or 0)})"
+    what = f"the cluster cache is full ({_pct(fill or 0)}, hit ratio {_pct(hits or 0)})"
+    if not full:
+        what = f"cold (hit ratio {_pct(hits or 0)})"
     trial = Trial(n, n + 1, now, baseline if baseline is not None else rate, s.used_bytes, s.capacity_bytes, cause)
     reason = (
         f"readers stall {s.stall:.2f}s/s on misses and {what}: +1 worker, "
@@ -290,7 +298,8 @@ def _judge(params: Params, state: State, history: Sequence[Sample], s: Sample, n
     base = trial.baseline_rate
     gain = (after - base) / base if base > 0 else (1.0 if after > 0 else 0.0)
     grew = False
-    if trial.cause == "full" and None not in (trial.baseline_used, s.used_bytes, s.capacity_bytes):
+    full_now = s.fill is not None and s.fill >= params.full_threshold
+    if (trial.cause == "full" or full_now) and None not in (trial.baseline_used, s.used_bytes, s.capacity_bytes):
         added = (s.capacity_bytes or 0) - (trial.baseline_capacity or 0)
         grew = added > 0 and (s.used_bytes or 0) - (trial.baseline_used or 0) >= params.min_gain * added
     if gain >= params.min_gain or grew:

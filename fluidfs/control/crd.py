@@ -178,6 +178,7 @@ def status_schema() -> Schema:
                     "stallSecondsPerSecond": number,
                     "stallShare": number,
                     "hitRatio": number,
+                    "lookupHitRatio": number,
                     "sourceBytesPerSecond": number,
                     "cacheFill": number,
                     "sampledAt": {"type": "string", "format": "date-time"},

@@ -203,6 +203,7 @@ def _input(s: Sample, now: str) -> Obj:
         ("stallSecondsPerSecond", s.stall),
         ("stallShare", s.stall_share),
         ("hitRatio", s.hit_ratio),
+        ("lookupHitRatio", s.lookup_hit_ratio),
         ("sourceBytesPerSecond", s.source_bps),
         ("cacheFill", s.fill),
     ):

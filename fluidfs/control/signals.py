@@ -12,8 +12,13 @@ Signals (names of the data-plane metrics in ``fluidfs/metrics.py``):
 - read stall: ``fluidfs_fuse_read_stall_seconds_total`` (seconds read() requests waited on
   blocks no local tier held, per second: 1.0 = on average one reader always waiting) and its
   share of the time spent in read() (``fluidfs_fuse_operation_duration_seconds_sum{op="read"}``);
+- hit ratio of the cluster cache, as training sees it: the share of the delivered input that
+  did not have to come from the source, ``1 - source bytes / delivered bytes`` (a block a
+  mount gets from a peer that holds it is a hit; one the owner had to fetch is not);
 - hit ratio of block lookups: ``(mem hits + ssd hits) / (mem hits + mem misses)`` (every lookup
-  starts at the memory tier), over mounts and workers;
+  starts at the memory tier), over mounts and workers — a mount's lookups that a peer answers
+  count as misses here, so this ratio stays low in a cluster even when nothing comes from the
+  source;
 - source throughput: ``fluidfs_source_bytes_total``;
 - cache capacity used: ``fluidfs_cache_used_bytes`` / ``fluidfs_cache_quota_bytes`` of each
   member's largest tier (the SSD tier, or the memory tier of a member without one);
@@ -114,7 +119,8 @@ class Sample:
     reads_per_s: float | None = None
     stall: float | None = None  # seconds of read stall per second, summed over readers
     stall_share: float | None = None  # stall / time spent in read()
-    hit_ratio: float | None = None  # None also when there were no lookups
+    hit_ratio: float | None = None  # of the cluster: 1 - source / delivered; None without input
+    lookup_hit_ratio: float | None = None  # of block lookups; None also when there were none
     source_bps: float | None = None
     used_bytes: int | None = None  # cluster cache (all members)
     capacity_bytes: int | None = None
@@ -277,9 +283,12 @@ def sample(previous: Mapping[str, MemberSnapshot], current: Sequence[MemberSnaps
         return sums[key] / interval
 
     lookups = sums["mem_hits"] + sums["mem_misses"]
-    hit_ratio = None
+    lookup_hit_ratio = None
     if interval > 0 and complete["hits"] and lookups > 0:
-        hit_ratio = min(1.0, (sums["mem_hits"] + sums["ssd_hits"]) / lookups)
+        lookup_hit_ratio = min(1.0, (sums["mem_hits"] + sums["ssd_hits"]) / lookups)
+    hit_ratio = None
+    if interval > 0 and complete["source"] and complete["delivered"] and sums["read_bytes"] > 0:
+        hit_ratio = max(0.0, 1.0 - sums["source_bytes"] / sums["read_bytes"])
     stall = rate("stall_seconds", "stall")
     stall_share = None
     if stall is not None and sums["read_seconds"] > 0:
@@ -292,6 +301,7 @@ def sample(previous: Mapping[str, MemberSnapshot], current: Sequence[MemberSnaps
         stall=stall,
         stall_share=stall_share,
         hit_ratio=hit_ratio,
+        lookup_hit_ratio=lookup_hit_ratio,
         source_bps=rate("source_bytes", "source"),
         used_bytes=used if usage_known else None,
         capacity_bytes=capacity if usage_known else None,

@@ -29,8 +29,9 @@ class Point:
 
     rate: float  # bytes/s delivered to training
     stall: float  # seconds of read stall per second
-    hit_ratio: float = 0.5
+    hit_ratio: float = 0.5  # share of the input that did not come from the source
     used: float = 0.0  # bytes cached, cluster-wide
+    lookup_hit_ratio: float | None = None  # of block lookups (default: hit_ratio)
 
 
 Scenario = Callable[[int, float], Point]  # (workers, time) -> point
@@ -89,13 +90,14 @@ class Cluster:
     def advance(self, t: float, dt: float) -> None:
         p = self.scenario(len(self.workers), t)
         lookups = p.rate * dt / (4 * MiB)
+        lookup_hits = p.hit_ratio if p.lookup_hit_ratio is None else p.lookup_hit_ratio
         c = self.mount.counters
         for key, value in (
             ("read_bytes", p.rate * dt),
             ("reads", p.rate * dt / MiB),
             ("stall", p.stall * dt),
-            ("hits", lookups * p.hit_ratio),
-            ("misses", lookups * (1 - p.hit_ratio)),
+            ("hits", lookups * lookup_hits),
+            ("misses", lookups * (1 - lookup_hits)),
             ("source", p.rate * dt * (1 - p.hit_ratio)),
         ):
             c[key] = c.get(key, 0.0) + value
@@ -131,13 +133,14 @@ def drive(
     start: int | None = None,
     mangle: Callable[[int, signals.Target, str], str | None] | None = None,
     worker_quota: int = 10 * GiB,
+    mount_quota: int = 10 * GiB,
 ) -> list[Step]:
     """Run the scrape → sample → decide → scale loop for ``duration`` seconds.
 
     ``mangle(tick, target, text)`` may alter or drop (None) a member's text (missing metrics).
     """
     replicas = bounds.min_workers if start is None else start
-    cluster = Cluster(scenario, worker_quota=worker_quota)
+    cluster = Cluster(scenario, mount_quota=mount_quota, worker_quota=worker_quota)
     cluster.resize(replicas)
     state = autoscaler.State(replicas=replicas)
     history: list[signals.Sample] = []
@@ -171,6 +174,26 @@ def io_bound(demand: float, per_worker: float, base: float, best: int, hit_ratio
         rate = min(demand, supply)
         stall = 0.0 if rate >= demand else 4 * (1 - rate / demand)  # 4 readers
         return Point(rate, stall, hit_ratio, used=0.0)
+
+    return point
+
+
+def epochs(dataset: float, demand: float, source: float, mount_quota: float, worker_quota: float) -> Scenario:
+    """Shuffled epochs over ``dataset`` bytes through a cluster cache that keeps what it first
+    admits (eviction ``none``): the first epoch reads everything from the source (rate
+    ``source``); later ones hit what is cached (``used / dataset`` of the input) and fetch the
+    rest at ``source``.  The job wants ``demand`` bytes/s (4 readers)."""
+    state = {"t": 0.0, "read": 0.0, "used": 0.0}
+
+    def point(n: int, t: float) -> Point:
+        capacity = mount_quota + worker_quota * n
+        first_epoch = state["read"] < dataset
+        hit = 0.0 if first_epoch else min(1.0, state["used"] / dataset)
+        rate = min(demand, source / (1 - hit)) if hit < 1 else demand
+        dt, state["t"] = t - state["t"], t
+        state["read"] += rate * dt
+        state["used"] = min(dataset, capacity * 0.97, state["used"] + rate * (1 - hit) * dt)
+        return Point(rate, 4 * (1 - rate / demand), hit, used=state["used"])
 
     return point
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import pytest
+
 from fluidfs.control import autoscaler, signals
 from fluidfs.control.autoscaler import Bounds, Params, State
 from tests.support.control_series import (
@@ -19,6 +21,7 @@ from tests.support.control_series import (
     direction_changes,
     drive,
     ends_at,
+    epochs,
     io_bound,
     noisy,
 )
@@ -144,16 +147,48 @@ def test_full_cache_step_is_kept_when_the_new_capacity_fills() -> None:
 
     def full(n: int, t: float) -> Point:
         capacity = 10 * GiB * (1 + n)
-        return Point(200 * MiB, 0.5, 0.95, used=min(dataset, capacity * 0.95))
+        used = min(dataset, capacity * 0.95)
+        return Point(200 * MiB, 0.5, used / dataset, used=used)  # a shuffled epoch hits what is cached
 
     steps = drive(full, P, B, duration=2400)
     counts = replicas(steps)
-    # the mount and 5 workers (60 GiB) fill to 95%; the 6th worker's capacity is the first that
-    # leaves the cache below fullThreshold with all 60 GiB in it
-    assert counts[-1] == 6
+    # the mount and 4 workers (50 GiB) hold 79% of the dataset: still cold, a 5th is added; with
+    # it 95% of the input comes from the cache (above coldHitRatio): no 6th
+    assert counts[-1] == 5
+    assert all((s.sample.hit_ratio or 0) < P.cold_hit_ratio for s in steps if s.decision.action == "step-up")
     kept = [s for s in steps if s.decision.action == "keep"]
     assert kept and "filling" in kept[0].decision.reason
     assert direction_changes(steps) <= 1
+
+
+def test_step_of_a_first_epoch_that_outgrows_the_cache_is_kept() -> None:
+    """The first epoch reads everything from a capped source: a cold step cannot raise the rate
+    there, but by the time it is judged the cache is full and the new capacity holds the job's
+    data, which the next epochs hit.  The climb goes on until the input comes from the cache."""
+    params = Params(interval=2, window=12, cooldown=8, idle_after=20, ready_timeout=60)
+    job = epochs(63 * MiB, demand=7.4 * MiB, source=2.6 * MiB, mount_quota=8 * MiB, worker_quota=20 * MiB)
+    steps = drive(job, params, Bounds(1, 6), duration=120, worker_quota=20 * MiB, mount_quota=8 * MiB)
+    counts = replicas(steps)
+    first = next(s for s in steps if s.decision.changed)
+    assert first.decision.action == "step-up" and "cold" in first.decision.reason
+    assert not [s for s in steps if s.decision.action == "undo"], [s.decision.reason for s in steps]
+    assert counts[-1] == 3  # the mount and 3 workers (68 MiB) hold the 63 MiB dataset
+    assert direction_changes(steps) == 0
+    assert steps[-1].sample.delivered_bps == pytest.approx(7.4 * MiB)
+
+
+def test_readers_waiting_on_peers_that_hold_the_data_get_no_worker() -> None:
+    """A mount whose every block comes from the workers stalls on the peer round trips and
+    misses its own memory tier, but nothing comes from the source: more workers cannot help."""
+
+    def served_by_peers(n: int, t: float) -> Point:
+        return Point(7 * MiB, 2.8, hit_ratio=1.0, used=60 * MiB, lookup_hit_ratio=0.48)
+
+    steps = drive(served_by_peers, P, Bounds(3, 8), duration=900, worker_quota=20 * MiB, mount_quota=8 * MiB)
+    assert set(replicas(steps)) == {3}
+    assert "comes from the cache" in steps[-1].decision.reason
+    lookups = steps[-1].sample.lookup_hit_ratio
+    assert lookups is not None and lookups < P.cold_hit_ratio  # what looked cold by block lookups
 
 
 def test_capacity_policy_adds_at_90_percent_and_never_removes() -> None:

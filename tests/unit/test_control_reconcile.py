@@ -158,8 +158,9 @@ def test_changed_storage_recreates_the_statefulset(kube: FakeKube) -> None:
 
 def mount_member(read_bytes: float, stall: float, hits: float, misses: float, used: int) -> Member:
     m = Member("node-a", "mount", 10 << 30)
+    from_source = read_bytes * misses / (hits + misses) if hits + misses else 0.0  # block misses went to the source
     m.counters = {"read_bytes": read_bytes, "reads": read_bytes / (1 << 20), "stall": stall, "hits": hits,
-                  "misses": misses}  # fmt: skip
+                  "misses": misses, "source": from_source}  # fmt: skip
     m.used = used
     return m
 
@@ -211,6 +212,7 @@ def test_stalling_readers_scale_workers_up_with_an_event_and_status(kube: FakeKu
         clock.t += 15
     status = kube.status_of(NS, NAME)
     assert status["input"]["hitRatio"] == 0.2 and status["input"]["complete"] is True
+    assert status["input"]["lookupHitRatio"] == 0.2
     assert {n["role"] for n in status["nodes"]} == {"mount", "worker"}
     assert status["capacityBytes"] == (10 << 30) + (200 << 30)
 
