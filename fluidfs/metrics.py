@@ -134,6 +134,11 @@ PEER_HANDOFF_BLOCKS = Counter(
     ["dataset", "result"],
 )
 PEER_HANDOFF_BYTES = Counter("fluidfs_peer_handoff_bytes_total", "Block bytes pushed by handoffs", ["dataset"])
+PEER_REBALANCE_BLOCKS = Counter(
+    "fluidfs_peer_rebalance_blocks_total",
+    "Blocks a worker held but no longer owned after a membership change (moved|present|kept)",
+    ["dataset", "result"],
+)
 PEER_BREAKER_STATE = Gauge(
     "fluidfs_peer_breaker_state", "Circuit breaker per peer: 0 closed, 1 half-open, 2 open", ["dataset", "peer"]
 )

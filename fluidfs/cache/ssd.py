@@ -237,6 +237,16 @@ class SSDTier:
             e = self._index.get(key.digest)
             return e is not None and e.state == _READY
 
+    def discard(self, key: BlockKey) -> bool:
+        """Delete the cached block ``key`` (True if it was there and is gone)."""
+        dg = key.digest
+        with self._cond:
+            e = self._index.get(dg)
+            if e is None or e.state != _READY:
+                return False
+            self._drop_if_current(dg, e, unlink=True)
+            return self._index.get(dg) is not e
+
     def used_bytes(self) -> int:
         with self._lock:
             return self._used

@@ -40,7 +40,7 @@ from fluidfs.errors import PeerError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["HandoffReport", "handoff", "ssd_block_keys", "plan_handoff"]
+__all__ = ["HandoffReport", "handoff", "push_one", "ssd_block_keys", "plan_handoff"]
 
 
 @dataclass
@@ -122,7 +122,7 @@ async def handoff(
 
     async def worker() -> None:
         for key, target in work:
-            result, n = await _push_one(tier, cache, key, target)
+            result, n = await push_one(tier, cache, key, target)
             m_blocks[result].inc()
             if result == "pushed":
                 report.pushed += 1
@@ -149,7 +149,8 @@ async def handoff(
     return report
 
 
-async def _push_one(tier: PeerTier, cache: TieredCache, key: BlockKey, target: Member) -> tuple[str, int]:
+async def push_one(tier: PeerTier, cache: TieredCache, key: BlockKey, target: Member) -> tuple[str, int]:
+    """Make ``target`` hold ``key``: ``("present", 0)``, ``("pushed", bytes)`` or ``("failed", 0)``."""
     breaker = tier.breakers.get(target.id)
     if not breaker.allow():
         return "failed", 0

@@ -57,8 +57,13 @@ def announced_weight(cfg: MountConfig) -> float:
     return max(capacity / GiB, 1e-3)
 
 
-def join(dataset: str, cfg: MountConfig, cache: TieredCache, sources: Sequence[ObjectReader]) -> PeerNode | None:
+def join(
+    dataset: str, cfg: MountConfig, cache: TieredCache, sources: Sequence[ObjectReader], *, worker: bool = False
+) -> PeerNode | None:
     """The member of ``dataset``'s cluster that ``cfg`` describes, not yet running; None without a cluster.
+
+    ``worker``: a cache worker (no local readers), which moves the blocks it no longer owns to
+    their owners after membership changes (see :mod:`fluidfs.cluster.rebalance`).
 
     Raises ConfigError (one line) for a bad peers file, a missing or short secret, a bad listen
     address, or Kubernetes discovery without the ``kubernetes`` package.
@@ -67,4 +72,4 @@ def join(dataset: str, cfg: MountConfig, cache: TieredCache, sources: Sequence[O
     if settings is None:
         return None
     provider = CacheBlockProvider(dataset, cache, sources, block_size=cfg.block_size)
-    return PeerNode(dataset, settings, cache, provider)
+    return PeerNode(dataset, settings, cache, provider, rebalance=worker)

@@ -7,6 +7,8 @@ This is what the mount daemon and the ``fluidfs worker`` command wire in::
     node = PeerNode(dataset.name, settings, cache, provider)   # reads secret + peers file: ConfigError
     ...                                                        # inside trio:
     address = await nursery.start(node.run)                    # serving; cache now asks peers
+    ...                                                        # (a worker, rebalance=True: blocks it no
+    ...                                                        #  longer owns move to their owners)
     ...                                                        # on SIGTERM / scale-in:
     report = await node.leave()                                # hand blocks over (bounded)
     nursery.cancel_scope.cancel()                              # stops server and membership
@@ -35,6 +37,7 @@ from fluidfs.cluster.kubediscovery import EndpointSliceAPI, KubeEndpointSliceAPI
 from fluidfs.cluster.membership import Member, MembershipView, PeersFileWatcher, parse_address
 from fluidfs.cluster.peertier import COPY_POLICIES, PeerTier
 from fluidfs.cluster.protocol import BlockProvider
+from fluidfs.cluster.rebalance import Rebalancer
 from fluidfs.cluster.server import PeerServer
 from fluidfs.cluster.weights import WeightLearner
 from fluidfs.errors import ConfigError, PeerError
@@ -114,6 +117,7 @@ class PeerNode:
         *,
         secret: bytes | None = None,
         discovery_api: EndpointSliceAPI | None = None,
+        rebalance: bool = False,
     ) -> None:
         self.settings = s = validate_settings(settings)
         self.dataset = dataset
@@ -160,6 +164,10 @@ class PeerNode:
         )
         self.learner = WeightLearner(self.view, self.client)
         self.address: str | None = None
+        directory = getattr(cache.ssd, "directory", None)
+        self.rebalancer: Rebalancer | None = None
+        if rebalance and isinstance(directory, str):
+            self.rebalancer = Rebalancer(self.tier, cache, directory, settle=2 * s.poll_interval + 1.0)
 
     async def run(self, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
         """Serve peers, follow the membership and let the cache ask peers, until cancelled."""
@@ -171,6 +179,8 @@ class PeerNode:
                 if self.discovery is not None:
                     nursery.start_soon(self.discovery.run)
                 nursery.start_soon(self.learner.run)
+                if self.rebalancer is not None:
+                    nursery.start_soon(self.rebalancer.run)
                 self.cache.attach_peer(self.tier)
                 task_status.started(self.address)
         finally:

@@ -51,7 +51,9 @@ STALL = Gauge(
     _DS,
     registry=REGISTRY,
 )
-HIT_RATIO = Gauge("fluidfs_autoscaler_hit_ratio", "Block hit ratio of the last sample", _DS, registry=REGISTRY)
+HIT_RATIO = Gauge(
+    "fluidfs_autoscaler_hit_ratio", "Share of the last sample's input not from the source", _DS, registry=REGISTRY
+)
 FILL = Gauge("fluidfs_autoscaler_cache_fill_ratio", "Cluster cache bytes used / capacity", _DS, registry=REGISTRY)
 DECISIONS = Counter(
     "fluidfs_autoscaler_decisions_total", "Scaling changes made", [*_DS, "direction"], registry=REGISTRY

@@ -209,7 +209,10 @@ class AutoscalingDoc(Doc):
     cold_hit_ratio: Ratio | None = Field(
         None,
         alias="coldHitRatio",
-        description=f"Hit ratio below which the cache counts as cold (default {_P.cold_hit_ratio:g}).",
+        description=(
+            f"Share of the input not fetched from the source below which readers miss the cache "
+            f"(default {_P.cold_hit_ratio:g})."
+        ),
     )
     idle_rate: Size = Field(None, alias="idleRate", description="Input per second below which it is idle (1Mi).")
     idle_after: FiniteDuration = Field(

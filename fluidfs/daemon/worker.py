@@ -68,7 +68,7 @@ class CacheWorker:
         ]
         self.cache = build_cache(dataset, cfg)
         try:
-            node = join(dataset.name, cfg, self.cache, self.sources)
+            node = join(dataset.name, cfg, self.cache, self.sources, worker=True)
         except BaseException:
             self.close()
             raise

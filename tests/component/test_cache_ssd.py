@@ -599,3 +599,20 @@ def test_a_cache_directory_it_creates_is_private(tmp_path: Path) -> None:
         assert stat.S_IMODE(os.stat(tmp_path / "new" / "cache" / "blocks").st_mode) == 0o700
     finally:
         tier.close()
+
+
+def test_discard_deletes_the_block_and_frees_its_bytes_for_a_full_none_tier(tmp_path: Path) -> None:
+    t = SSDTier(str(tmp_path / "cache"), 64 * 1024, free_space_floor=0)  # eviction none
+    try:
+        i = 0
+        while t.put(key(i), payload(i, 8000)):
+            i += 1
+        assert not t.put(key(i), payload(i, 8000))  # full: "none" admits nothing more
+        used = t.used_bytes()
+        path = block_file(t, key(0))
+        assert t.discard(key(0)) and not path.exists() and t.get(key(0)) is None
+        assert t.used_bytes() < used
+        assert t.put(key(i), payload(i, 8000))  # the freed space takes a new block
+        assert not t.discard(key(0))  # gone already
+    finally:
+        t.close()

@@ -6,6 +6,8 @@ real S3 server (SeaweedFS), all reading one dataset.
 - a worker stopped with SIGTERM hands its blocks over: the remaining members serve them with no
   source read;
 - a worker killed with SIGKILL while the mount reads costs no read error;
+- a worker that joins gets the blocks it now owns from the workers that held them (pushed, then
+  dropped there), with no source read;
 - mistakes (bad peers file, missing or short secret, ``--listen`` alone, a worker without a cache
   directory, a peer port in use) end with one line and exit 2; a bad source with exit 3.
 """
@@ -16,9 +18,11 @@ import hashlib
 import json
 import os
 import random
+import re
 import socket
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -216,6 +220,47 @@ def test_a_worker_killed_while_the_mount_reads_costs_no_read_error(cluster: Clus
         assert got == {n: expected[n] for n in names}
         _, _, errors = mount_metrics(m)
         assert errors == 0
+
+
+def ssd_used(w: WorkerProcess) -> float:
+    return total(w.metrics(), "fluidfs_cache_used_bytes", tier="ssd")
+
+
+def test_a_joining_worker_gets_its_share_from_the_workers_that_held_it(
+    tmp_path: Path, server: S3Server, data: dict[str, bytes]
+) -> None:
+    expected = {n: sha(b) for n, b in data.items()}
+    c = Cluster(tmp_path, server, ["w0", "w1"])
+    write_peers(c.peers, {n: a for n, a in c.addrs.items() if n != "w1"})  # w1 starts outside the set
+    try:
+        c.start_workers()
+        w0, w1 = c.workers["w0"], c.workers["w1"]
+        with c.mount() as m:  # the mount stays a member while the blocks move (a node keeps its mount)
+            assert read_all(m.mnt, sorted(data)) == expected
+            held = ssd_used(w0)
+            assert held > 0 and w0.source_reads() > 0
+            write_peers(c.peers, c.addrs)  # w1 joins (its pod became ready)
+            deadline = time.monotonic() + 60
+            while "rebalanced:" not in w0.log_path.read_text():
+                assert time.monotonic() < deadline, w0.log_tail()
+                time.sleep(0.2)
+        line = next(ln for ln in w0.log_path.read_text().splitlines() if "rebalanced:" in ln)
+        pattern = r"(\d+) of (\d+) held blocks are owned by others: (\d+) moved, (\d+) already there, (\d+) kept"
+        found = re.search(pattern, line)
+        assert found is not None, line
+        disowned, _held, moved, present, kept = map(int, found.groups())
+        assert disowned > 0 and kept == 0 and moved + present == disowned, line
+        assert total(w0.metrics(), "fluidfs_peer_rebalance_blocks_total", result="moved") == moved
+        assert ssd_used(w0) < held  # the space of the blocks it gave away is free for the ones it owns
+        assert ssd_used(w1) > 0 and w1.source_reads() == 0  # pushed, not fetched
+        sources_before = w0.source_reads()
+        with c.mount() as m:  # a new mount process reads everything again: nothing from the source
+            assert read_all(m.mnt, sorted(data)) == expected
+            reads, _, errors = mount_metrics(m)
+            assert (reads, errors) == (0, 0)
+        assert (w0.source_reads(), w1.source_reads()) == (sources_before, 0)
+    finally:
+        c.stop()
 
 
 # ----------------------------------------------------------------------------- mistakes
