@@ -16,14 +16,14 @@ Policies (``Params.policy``):
    filling: a step can only help if more workers fetch or serve faster).  A job that does not
    stall is compute-bound, and one whose data comes from the cluster cache is not limited by
    its size: neither is scaled up.
-2. *Judge the step* ``window`` seconds after the new worker is ready: keep it if the median
-   delivered input rate rose by ``min_gain`` over the median of the ``window`` before the step,
-   or if the new capacity is filling with the job's data (the cluster cache grew by ``min_gain``
-   of the capacity added) in a cache that is full — at the step (cause *full*) or by now (a
-   *cold* step of a first epoch that outgrew the cache): within one epoch new capacity cannot
-   raise the rate, it pays off in the next.  Otherwise *undo* it and remember the plateau: no
-   further step up until the job phase ends.  A worker that does not become ready within
-   ``ready_timeout`` is undone too.
+2. *Judge the step*: keep it as soon as the new capacity is filling with the job's data (the
+   cluster cache grew by ``min_gain`` of the capacity added, in a cache that is full — at the
+   step, cause *full*, or by now, a *cold* step of a first epoch that outgrew the cache): within
+   one epoch new capacity cannot raise the rate, it pays off in the next.  Otherwise, ``window``
+   seconds after the new worker is ready, keep it if the median delivered input rate rose by
+   ``min_gain`` over the median of the ``window`` before the step, else *undo* it and remember
+   the plateau: no further step up until the job phase ends.  A worker that does not become
+   ready within ``ready_timeout`` is undone too.
 3. *Scale in* to ``minWorkers`` once the input has been idle (below ``idle_rate``) for
    ``idle_after`` seconds: that ends the job phase.  Scale-in removes workers gracefully: each
    hands its blocks to their new owners before it exits.
@@ -288,7 +288,11 @@ def _judge(params: Params, state: State, history: Sequence[Sample], s: Sample, n
         else:
             return Decision(n, NONE, f"waiting for worker {trial.to_replicas} to be ready", "hold"), state
     assert trial.ready_at is not None
+    grew = _filling(params, trial, s)
     left = trial.ready_at + params.window - now
+    if grew and s.time > trial.ready_at:  # capacity is what was missing: no need to wait for the rate
+        reason = f"kept {trial.from_replicas}->{trial.to_replicas}: the new capacity is filling"
+        return Decision(n, NONE, reason, "keep"), replace(state, trial=None)
     if left > 0:
         what = f"evaluating {trial.from_replicas}->{trial.to_replicas} ({left:.0f}s left)"
         return Decision(n, NONE, what, "hold"), state
@@ -297,11 +301,6 @@ def _judge(params: Params, state: State, history: Sequence[Sample], s: Sample, n
         return Decision(n, NONE, "evaluating: no complete sample since the step", "hold"), state
     base = trial.baseline_rate
     gain = (after - base) / base if base > 0 else (1.0 if after > 0 else 0.0)
-    grew = False
-    full_now = s.fill is not None and s.fill >= params.full_threshold
-    if (trial.cause == "full" or full_now) and None not in (trial.baseline_used, s.used_bytes, s.capacity_bytes):
-        added = (s.capacity_bytes or 0) - (trial.baseline_capacity or 0)
-        grew = added > 0 and (s.used_bytes or 0) - (trial.baseline_used or 0) >= params.min_gain * added
     if gain >= params.min_gain or grew:
         why = f"input {gain:+.0%}" + (", the new capacity is filling" if grew and gain < params.min_gain else "")
         reason = f"kept {trial.from_replicas}->{trial.to_replicas}: {why}"
@@ -311,6 +310,17 @@ def _judge(params: Params, state: State, history: Sequence[Sample], s: Sample, n
         f"plateau at {trial.from_replicas}"
     )
     return _undo(state, trial, now, reason)
+
+
+def _filling(params: Params, trial: Trial, s: Sample) -> bool:
+    """The step's new capacity holds the job's data: the cluster cache grew by ``min_gain`` of the
+    capacity added, and it is full — at the step (cause *full*) or by now (a *cold* step of a
+    first epoch that outgrew the cache)."""
+    full_now = s.fill is not None and s.fill >= params.full_threshold
+    if not (trial.cause == "full" or full_now) or None in (trial.baseline_used, s.used_bytes, s.capacity_bytes):
+        return False
+    added = (s.capacity_bytes or 0) - (trial.baseline_capacity or 0)
+    return added > 0 and (s.used_bytes or 0) - (trial.baseline_used or 0) >= params.min_gain * added
 
 
 def _undo(state: State, trial: Trial, now: float, reason: str) -> tuple[Decision, State]:
