@@ -18,8 +18,11 @@ Policies (``Params.policy``):
    its size: neither is scaled up.
 2. *Judge the step*: keep it as soon as the new capacity is filling with the job's data (the
    cluster cache grew by ``min_gain`` of the capacity added, in a cache that is full — at the
-   step, cause *full*, or by now, a *cold* step of a first epoch that outgrew the cache): within
-   one epoch new capacity cannot raise the rate, it pays off in the next.  Otherwise, ``window``
+   step, cause *full*, or by now, a *cold* step of a first epoch that outgrew the cache) while
+   readers keep waiting on misses (median stall since the step at least ``fill_stall``, 1.0 s/s:
+   on average a reader always waiting): within one epoch new capacity cannot raise the rate, it
+   pays off in the next.  A compute-bound job's cache fills as well, but its readers mostly wait
+   on nothing; its steps are judged by the rate.  Otherwise, ``window``
    seconds after the new worker is ready, keep it if the median delivered input rate rose by
    ``min_gain`` over the median of the ``window`` before the step, else *undo* it and remember
    the plateau: no further step up until the job phase ends.  A worker that does not become
@@ -75,6 +78,7 @@ class Params:
     min_gain: float = 0.10  # a step is kept if the input rate rose by this fraction
     stall_threshold: float = 0.05  # seconds of read stall per second that count as stalling
     stall_samples: int = 2  # ... for this many samples in a row
+    fill_stall: float = 1.0  # median read stall during a step's trial for filling capacity alone to keep it
     full_threshold: float = 0.90  # cluster cache at least this full counts as full
     cold_hit_ratio: float = 0.90  # hit ratio below this counts as cold
     idle_rate: float = float(1 << 20)  # input below this (bytes/s) counts as idle
@@ -288,7 +292,7 @@ def _judge(params: Params, state: State, history: Sequence[Sample], s: Sample, n
         else:
             return Decision(n, NONE, f"waiting for worker {trial.to_replicas} to be ready", "hold"), state
     assert trial.ready_at is not None
-    grew = _filling(params, trial, s)
+    grew = _filling(params, trial, history, s)
     left = trial.ready_at + params.window - now
     if grew and s.time > trial.ready_at:  # capacity is what was missing: no need to wait for the rate
         reason = f"kept {trial.from_replicas}->{trial.to_replicas}: the new capacity is filling"
@@ -312,12 +316,16 @@ def _judge(params: Params, state: State, history: Sequence[Sample], s: Sample, n
     return _undo(state, trial, now, reason)
 
 
-def _filling(params: Params, trial: Trial, s: Sample) -> bool:
+def _filling(params: Params, trial: Trial, history: Sequence[Sample], s: Sample) -> bool:
     """The step's new capacity holds the job's data: the cluster cache grew by ``min_gain`` of the
     capacity added, and it is full — at the step (cause *full*) or by now (a *cold* step of a
-    first epoch that outgrew the cache)."""
+    first epoch that outgrew the cache) — while readers kept waiting on misses (median stall since
+    the step at least ``fill_stall``: a compute-bound job's cache fills too, but it is not waiting)."""
     full_now = s.fill is not None and s.fill >= params.full_threshold
     if not (trial.cause == "full" or full_now) or None in (trial.baseline_used, s.used_bytes, s.capacity_bytes):
+        return False
+    stalls = [h.stall for h in history if h.time > trial.started and not h.partial and h.stall is not None]
+    if not stalls or statistics.median(stalls) < params.fill_stall:
         return False
     added = (s.capacity_bytes or 0) - (trial.baseline_capacity or 0)
     return added > 0 and (s.used_bytes or 0) - (trial.baseline_used or 0) >= params.min_gain * added

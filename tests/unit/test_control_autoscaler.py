@@ -148,7 +148,7 @@ def test_full_cache_step_is_kept_when_the_new_capacity_fills() -> None:
     def full(n: int, t: float) -> Point:
         capacity = 10 * GiB * (1 + n)
         used = min(dataset, capacity * 0.95)
-        return Point(200 * MiB, 0.5, used / dataset, used=used)  # a shuffled epoch hits what is cached
+        return Point(200 * MiB, 2.0, used / dataset, used=used)  # a shuffled epoch hits what is cached
 
     steps = drive(full, P, B, duration=2400)
     counts = replicas(steps)
@@ -175,6 +175,24 @@ def test_step_of_a_first_epoch_that_outgrows_the_cache_is_kept() -> None:
     assert counts[-1] == 3  # the mount and 3 workers (68 MiB) hold the 63 MiB dataset
     assert direction_changes(steps) == 0
     assert steps[-1].sample.delivered_bps == pytest.approx(7.4 * MiB)
+
+
+def test_compute_bound_job_whose_cache_fills_keeps_no_step() -> None:
+    """A compute-bound job with a prefetching loader: a burst of stall at its start (the pool
+    fills), then readers that mostly wait on nothing while the cache fills at the job's pace.
+    The burst's step is judged by the rate (which does not rise) and undone: one extra worker."""
+    params = Params(interval=2, window=12, cooldown=8, idle_after=20, ready_timeout=60)
+    state = {"used": 0.0}
+
+    def compute_bound(n: int, t: float) -> Point:
+        rate = 2.6 * MiB if t < 8 else 1.25 * MiB
+        state["used"] = min(63 * MiB, state["used"] + rate * params.interval)
+        return Point(rate, 3.6 if t < 8 else 0.4, 0.0, used=min(state["used"], (4 + 10 * n) * MiB * 0.97))
+
+    # small workers: each new one is full within its trial, as in a first epoch that outgrows them
+    steps = drive(compute_bound, params, Bounds(1, 6), duration=120, worker_quota=10 * MiB, mount_quota=4 * MiB)
+    assert max(replicas(steps)) == 2 and replicas(steps)[-1] == 1, [s.decision.reason for s in steps]
+    assert direction_changes(steps) == 1
 
 
 def test_readers_waiting_on_peers_that_hold_the_data_get_no_worker() -> None:
