@@ -15,7 +15,8 @@ Policies (``Params.policy``):
    also full (``fill >= full_threshold``: capacity is what is missing), else *cold* (it is still
    filling: a step can only help if more workers fetch or serve faster).  A job that does not
    stall is compute-bound, and one whose data comes from the cluster cache is not limited by
-   its size: neither is scaled up.
+   its size: neither is scaled up; nor is one whose cluster cache, not full yet, can hold the
+   whole dataset (when its size is known): it is filling.
 2. *Judge the step*: keep it as soon as the new capacity is filling with the job's data (the
    cluster cache grew by ``min_gain`` of the capacity added, in a cache that is full — at the
    step, cause *full*, or by now, a *cold* step of a first epoch that outgrew the cache) while
@@ -254,6 +255,10 @@ def _training_speed(
     if not cold:
         detail = f"hit ratio {_pct(hits)}" if hits is not None else "hit ratio unknown"
         return Decision(n, NONE, f"readers stall but the input comes from the cache ({detail})", "hold"), state
+    size, capacity = s.dataset_bytes, s.capacity_bytes
+    if not full and size and capacity and capacity >= size:
+        why = f"the cluster cache ({format_size(capacity)}) holds the whole dataset ({format_size(size)})"
+        return Decision(n, NONE, f"readers stall on misses but {why}: filling ({_pct(fill or 0)} full)", "hold"), state
     if state.stall_streak < params.stall_samples:
         return Decision(n, NONE, f"readers stall ({s.stall:.2f}s/s); confirming", "hold"), state
     if state.plateau is not None and n >= state.plateau:

@@ -177,6 +177,28 @@ def test_step_of_a_first_epoch_that_outgrows_the_cache_is_kept() -> None:
     assert steps[-1].sample.delivered_bps == pytest.approx(7.4 * MiB)
 
 
+def test_no_step_while_a_cache_larger_than_the_dataset_fills() -> None:
+    """Epoch 2 of a job whose workers can hold the dataset: readers still miss the blocks that
+    did not fit before the last step, but the cache has room for all of them."""
+    hist = [
+        signals.Sample(time=t, interval=2, delivered_bps=6 * MiB, stall=3.0, hit_ratio=0.6, workers=3,
+                       used_bytes=50 * MiB, capacity_bytes=68 * MiB, dataset_bytes=63 * MiB)
+        for t in (2.0, 4.0, 6.0)
+    ]  # fmt: skip
+    state = State(replicas=3)
+    for i in range(1, 4):
+        d, state = autoscaler.decide(P, B, state, hist[:i], hist[i - 1].time)
+        assert not d.changed, d
+    assert "holds the whole dataset" in d.reason
+    unknown = [replace(h, dataset_bytes=None) for h in hist]  # without the size: the cold rule steps
+    state = State(replicas=3)
+    actions = []
+    for i in range(1, 4):
+        d, state = autoscaler.decide(P, B, state, unknown[:i], unknown[i - 1].time)
+        actions.append(d.action)
+    assert "step-up" in actions
+
+
 def test_compute_bound_job_whose_cache_fills_keeps_no_step() -> None:
     """A compute-bound job with a prefetching loader: a burst of stall at its start (the pool
     fills), then readers that mostly wait on nothing while the cache fills at the job's pace.
