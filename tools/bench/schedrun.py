@@ -264,6 +264,13 @@ def replay(
     return records
 
 
+def with_source(doc: Mapping[str, Any], bandwidth: float) -> dict[str, Any]:
+    """``doc`` with ``cluster.sourceBandwidth`` replaced (e.g. by the measured one)."""
+    out = copy.deepcopy(dict(doc))
+    out["cluster"]["sourceBandwidth"] = round(bandwidth)
+    return out
+
+
 def out_path(out: Path, index: int, several: bool) -> Path:
     return out.with_name(f"{out.stem}-p{index}{out.suffix}") if several else out
 
@@ -299,6 +306,9 @@ def run_policy(
     out.write_text(yaml.safe_dump(result, sort_keys=False, width=120))
     rows = calibrate.compare(sc.parse(result))
     text = f"# Calibration: {policy.name}\n\n{calibrate.table(rows)}\n"
+    probed = with_source(result, probe)
+    text += f"\nWith the measured source bandwidth ({probe / 1e6:.2f} MB/s, the probe) as sourceBandwidth:\n\n"
+    text += calibrate.table(calibrate.compare(sc.parse(probed))) + "\n"
     out.with_suffix(".md").write_text(text)
     print(text, flush=True)
     failed = [n for n, r in records.items() if r.error]
