@@ -324,6 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--policy", type=int, default=None, help="run only the N-th policy (from 0)")
     p.add_argument("--workdir", default="/tmp/fluidfs-schedrun", help="scratch directory (removed and re-made)")
     p.add_argument("--nice", type=int, default=0, help="nice level of the trainers")
+    p.add_argument("--readers", type=int, default=None, help="override rig.readers (the trainers' reader threads)")
     return p
 
 
@@ -332,6 +333,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         doc = yaml.safe_load(args.scenario.read_text())
+        if args.readers is not None and isinstance(doc, dict):
+            doc["rig"] = {**(doc.get("rig") or {}), "readers": args.readers}
         scen = sc.parse(doc)
         indices = list(range(len(scen.policies))) if args.policy is None else [args.policy]
         if any(not 0 <= i < len(scen.policies) for i in indices):
