@@ -65,5 +65,7 @@ def test_bad_scenarios_exit_2(tmp_path: Path) -> None:
     cmd = [sys.executable, "-m", "tools.bench.schedrun", str(scen), "--out", str(tmp_path / "r.yaml")]
     p = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=60)
     assert p.returncode == 2 and "whole passes" in p.stderr and p.stderr.count("\n") == 1
-    p = subprocess.run([*cmd[:-3], str(tmp_path / "missing.yaml")], cwd=REPO, capture_output=True, text=True, timeout=60)
+    p = subprocess.run(
+        [*cmd[:-3], str(tmp_path / "missing.yaml")], cwd=REPO, capture_output=True, text=True, timeout=60
+    )
     assert p.returncode == 2 and "missing.yaml" in p.stderr
