@@ -12,7 +12,7 @@ from fluidfs.control.sched.ordering import BasePolicy
 from tools.bench import schedrun
 from tools.sim import calibrate
 from tools.sim import scenario as sc
-from tools.sim.engine import Policy, dataset_key
+from tools.sim.engine import Policy, dataset_key, simulate
 from tools.sim.trace import Job
 
 MiB = 1 << 20
@@ -44,8 +44,9 @@ def test_the_queue_sees_the_members_caches() -> None:
 def test_decide_orders_by_policy_and_places_by_affinity(aware: bool, first: str) -> None:
     scen = sc.parse(yaml.safe_load(DOC))
     jobs = {j.name: j for j in scen.trace.jobs if j.name != "j1"}
-    census = {"m1": {"a": 8 * MiB}, "m2": {}, "m3": {}}
-    st = schedrun.dataset_state(census, {"m1": 8 * MiB, "m2": 0, "m3": 0}, {"a": 8 * MiB, "c": 8 * MiB}, {}, 64 * MiB)
+    census = {"m1": {"a": 80 * MiB}, "m2": {}, "m3": {}}  # labels need >= 64 MiB on a node (LabelPolicy)
+    sizes = {"a": 80 * MiB, "c": 8 * MiB}
+    st = schedrun.dataset_state(census, {"m1": 80 * MiB, "m2": 0, "m3": 0}, sizes, {}, 128 * MiB)
     free, total = {"m1": 1, "m2": 0, "m3": 0}, {"m1": 1, "m2": 1, "m3": 1}
     policy = Policy(BasePolicy.FIFO, aware, "affinity")
     starts, passed = schedrun.decide(jobs, {"j2": 0, "j3": 0}, free, total, st, census, policy, random.Random(0))
@@ -90,3 +91,17 @@ def test_bad_input_and_names() -> None:
         schedrun.data_sets(doc)
     assert schedrun.out_path(Path("d/run.yaml"), 1, True) == Path("d/run-p1.yaml")
     assert schedrun.out_path(Path("d/run.yaml"), 1, False) == Path("d/run.yaml")
+
+
+def test_a_replayed_job_waits_for_the_member_it_ran_on() -> None:
+    doc = yaml.safe_load(DOC)
+    doc["policies"] = [doc["policies"][0]]
+    for j, node in zip(doc["jobs"], ["m1", "m2", "m1"], strict=True):  # j3 ran on m1 after j1
+        j["node"], j["ended"] = node, j["arrival"] + 30.0
+    scen = sc.parse(doc)
+    rows = {r.name: r for r in calibrate.compare(scen)}
+    res = {r.name: r for r in simulate(scen.trace, scen.cluster, scen.policies[0], placements=scen.placements).jobs}
+    assert res["j3"].node == "m1" and res["j3"].start == pytest.approx(res["j1"].end)
+    assert set(rows) == {"j1", "j2", "j3"}
+    text = schedrun.calibration_text(doc, 3.8e6)
+    assert text.count("| j3 |") == 2 and "3.80 MB/s" in text

@@ -275,9 +275,8 @@ def out_path(out: Path, index: int, several: bool) -> Path:
     return out.with_name(f"{out.stem}-p{index}{out.suffix}") if several else out
 
 
-def run_policy(
-    doc: Mapping[str, Any], scen: sc.Scenario, index: int, args: argparse.Namespace, out: Path
-) -> list[calibrate.Measured]:
+def run_policy(doc: Mapping[str, Any], scen: sc.Scenario, index: int, args: argparse.Namespace, out: Path) -> list[str]:
+    """Run one policy; write RUN.yaml and RUN.md; the names of the jobs that failed."""
     policy = scen.policies[index]
     check(scen, policy)
     params = rig_params(doc, args.nice)
@@ -304,17 +303,20 @@ def run_policy(
         }  # fmt: skip
     result = run_document(doc, index, records, meta)
     out.write_text(yaml.safe_dump(result, sort_keys=False, width=120))
-    rows = calibrate.compare(sc.parse(result))
-    text = f"# Calibration: {policy.name}\n\n{calibrate.table(rows)}\n"
-    probed = with_source(result, probe)
-    text += f"\nWith the measured source bandwidth ({probe / 1e6:.2f} MB/s, the probe) as sourceBandwidth:\n\n"
-    text += calibrate.table(calibrate.compare(sc.parse(probed))) + "\n"
+    text = f"# Calibration: {policy.name}\n\n{calibration_text(result, probe)}"
+    failed = {n: r.error for n, r in records.items() if r.error}
+    if failed:
+        text += "\nNot compared (failed): " + "; ".join(f"{n}: {e}" for n, e in sorted(failed.items())) + "\n"
     out.with_suffix(".md").write_text(text)
     print(text, flush=True)
-    failed = [n for n, r in records.items() if r.error]
-    if failed:
-        raise RuntimeError(f"jobs failed: {', '.join(failed)}")
-    return rows
+    return sorted(failed)
+
+
+def calibration_text(result: Mapping[str, Any], probe: float) -> str:
+    """The calibration tables of a run document: as written, and with the probed source bandwidth."""
+    text = calibrate.table(calibrate.compare(sc.parse(result))) + "\n"
+    text += f"\nWith the measured source bandwidth ({probe / 1e6:.2f} MB/s, the probe) as sourceBandwidth:\n\n"
+    return text + calibrate.table(calibrate.compare(sc.parse(with_source(result, probe)))) + "\n"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -349,14 +351,19 @@ def main(argv: list[str] | None = None) -> int:
     except sc.ScenarioError as e:
         print(f"schedrun: {e}", file=sys.stderr)
         return 2
-    try:
-        for i in indices:
-            run_policy(doc, scen, i, args, out_path(args.out, i, len(indices) > 1))
-    except Exception as e:
-        log.exception("run failed")
-        print(f"schedrun: {type(e).__name__}: {e}", file=sys.stderr)
-        return 1
-    return 0
+    code = 0
+    for i in indices:  # a broken policy run does not stop the next one
+        try:
+            failed = run_policy(doc, scen, i, args, out_path(args.out, i, len(indices) > 1))
+        except Exception as e:
+            log.exception("run of policy %d failed", i)
+            print(f"schedrun: policy {i}: {type(e).__name__}: {e}", file=sys.stderr)
+            code = 1
+            continue
+        if failed:
+            print(f"schedrun: policy {i}: jobs failed: {', '.join(failed)}", file=sys.stderr)
+            code = 1
+    return code
 
 
 if __name__ == "__main__":

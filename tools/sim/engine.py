@@ -20,6 +20,9 @@ Where a chunk comes from is the data path's business (``datapath``). While a job
 of chunks held on its own node is read at once and computed back to back (local reads outpace
 compute; exact when ``prefetch`` >= 2, and far fewer events).
 
+With ``placements`` (a replay of a real run) each job goes to the node it ran on; admitted
+while that node is still busy here, it waits in the queue for it.
+
 Caveats: a job is one pod; the run of local chunks is taken from the cache as it is when the run
 starts (an eviction during it is not seen); see ``datapath`` and ``cluster`` for the data model.
 """
@@ -257,6 +260,10 @@ class Simulator:
         labels: dict[str, dict[str, str]] | None = None
         admitted = [self.pending.pop(name) for name in decision.admit]
         for i, job in enumerate(admitted):
+            forced = self.forced.get(job.name)
+            if forced is not None and self.free[forced] < job.gpus:
+                self.pending[job.name] = job  # a replayed job waits for the node it ran on
+                continue
             if self.policy.placement == "affinity" and labels is None:
                 labels = self._labels()
             node = self._place(job, labels, admitted[i + 1 :])
