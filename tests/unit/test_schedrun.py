@@ -86,6 +86,8 @@ def test_bad_input_and_names() -> None:
         schedrun.passes(Job("x", 0.0, 1, "a", 1.0, 1.5))
     with pytest.raises(sc.ScenarioError, match="warmAhead"):
         schedrun.check(sc.parse(doc), Policy(warm_ahead=1))
+    with pytest.raises(sc.ScenarioError, match="rig.memoryBytes"):
+        schedrun.rig_params({**doc, "rig": {"memoryBytes": "lots"}})
     del doc["datasets"][0]["samples"]
     with pytest.raises(sc.ScenarioError, match=r"datasets\[0\].samples"):
         schedrun.data_sets(doc)

@@ -41,6 +41,7 @@ from typing import Any
 import yaml
 
 from fluidfs.control.sched import locations, ordering
+from fluidfs.util.sizes import parse_size
 from tools.bench.measure import machine
 from tools.bench.schedrig import DataSet, RigParams, SchedRig, describe
 from tools.bench.trainer import TrainerProcess, summarize
@@ -68,6 +69,14 @@ class Record:
     trainer: dict[str, Any] = field(default_factory=dict)
 
 
+def _bytes(value: Any, where: str) -> int:
+    """A size from the scenario: a number of bytes or a string with a unit (``8Mi``)."""
+    try:
+        return int(value) if isinstance(value, (int, float)) else parse_size(str(value))
+    except ValueError as e:
+        raise sc.ScenarioError(f"{where}: {e}") from None
+
+
 def rig_params(doc: Mapping[str, Any], nice: int = 0) -> RigParams:
     r = doc.get("rig") or {}
     if not isinstance(r, Mapping):
@@ -76,7 +85,7 @@ def rig_params(doc: Mapping[str, Any], nice: int = 0) -> RigParams:
     try:
         return RigParams(
             latency_ms=float(r.get("latencyMs", d.latency_ms)),
-            memory_bytes=int(sc._size(r.get("memoryBytes", d.memory_bytes), "rig.memoryBytes")),
+            memory_bytes=int(_bytes(r.get("memoryBytes", d.memory_bytes), "rig.memoryBytes")),
             readers=int(r.get("readers", d.readers)),
             batch_size=int(r.get("batchSize", d.batch_size)),
             prefetch_batches=int(r.get("prefetchBatches", d.prefetch_batches)),
@@ -93,7 +102,7 @@ def data_sets(doc: Mapping[str, Any]) -> list[DataSet]:
         if "samples" not in d:
             raise sc.ScenarioError(f"datasets[{i}].samples: a real run needs it")
         n = int(d["samples"])
-        out.append(DataSet(d["name"], n, int(sc._size(d["bytes"], f"datasets[{i}].bytes")) // n))
+        out.append(DataSet(d["name"], n, _bytes(d["bytes"], f"datasets[{i}].bytes") // n))
     return out
 
 
