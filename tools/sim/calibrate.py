@@ -5,7 +5,8 @@ run took its jobs from — whose jobs also carry what was measured: ``ended`` (a
 optionally ``started`` and ``node`` (where the job ran). One policy (``policy`` or the first of
 ``policies``) is the one the real run used. With ``replay`` (the default) the simulator places
 each job on the member it ran on, so that the data model is what is compared, not the
-scheduler's choices.
+scheduler's choices (a job the queue admits while the simulated member is still busy waits
+for it).
 
 Output: per job the measured and predicted JCT (``ended - arrival``) and the error
 ``(predicted - measured) / measured``, plus the mean and largest absolute error.

@@ -11,7 +11,7 @@ call the controller's own code, not a copy:
   ``cache.fluidfs.io`` labels from ``locations.desired_labels``, the pod's node affinity from
   ``placement.cache_affinity``, and kube-scheduler's scoring (NodeAffinity, weight 2, normalised
   to 0..100 over the feasible nodes, evaluated with ``placement.preferred_score``; plus
-  LeastAllocated GPUs, weight 1; ties broken at random).
+  LeastAllocated GPUs, weight 1; ties broken at random; ``scoring.choose_node``).
 
 A job reads its dataset (``chunks`` equal chunks) ``epochs`` times (a pass may be partial) in
 order, fetching up to ``prefetch`` chunks ahead of its compute; each chunk computes for
@@ -19,6 +19,9 @@ order, fetching up to ``prefetch`` chunks ahead of its compute; each chunk compu
 Where a chunk comes from is the data path's business (``datapath``). While a job computes, a run
 of chunks held on its own node is read at once and computed back to back (local reads outpace
 compute; exact when ``prefetch`` >= 2, and far fewer events).
+
+With ``placements`` (a replay of a real run) each job goes to the node it ran on; admitted
+while that node is still busy here, it waits in the queue for it.
 
 Caveats: a job is one pod; the run of local chunks is taken from the cache as it is when the run
 starts (an eviction during it is not seen); see ``datapath`` and ``cluster`` for the data model.
@@ -34,6 +37,7 @@ from typing import Any
 
 from fluidfs.control.sched import locations, ordering, placement
 from tools.sim.datapath import DataPath, Reader, Traffic
+from tools.sim.scoring import choose_node
 from tools.sim.trace import GIB, Job, Trace
 
 __all__ = [
@@ -256,6 +260,10 @@ class Simulator:
         labels: dict[str, dict[str, str]] | None = None
         admitted = [self.pending.pop(name) for name in decision.admit]
         for i, job in enumerate(admitted):
+            forced = self.forced.get(job.name)
+            if forced is not None and self.free[forced] < job.gpus:
+                self.pending[job.name] = job  # a replayed job waits for the node it ran on
+                continue
             if self.policy.placement == "affinity" and labels is None:
                 labels = self._labels()
             node = self._place(job, labels, admitted[i + 1 :])
@@ -268,33 +276,11 @@ class Simulator:
         }
 
     def _place(self, job: Job, labels: dict[str, dict[str, str]] | None, rest: list[Job]) -> str:
-        """The node for ``job``: the best-scoring one on which the rest of this round's admitted
-        jobs still fit (the queue admitted them together)."""
+        """The node for ``job`` (``scoring.choose_node``), unless the run forces one."""
         if job.name in self.forced:
             return self.forced[job.name]
-        feasible = [n for n in self.nodes if self.free[n] >= job.gpus]
-        tiebreak = {n: self.rng.random() for n in feasible}
-        if labels is None:
-            scores = {n: 0.0 for n in feasible}
-        else:
-            locs = locations.CacheLocations.from_node_labels(labels)
-            aff = placement.as_node_affinity(placement.cache_affinity([self.keys[job.dataset]], locs))
-            raw = {n: placement.preferred_score(aff, labels[n], n) for n in feasible}
-            top = max(raw.values())
-            scores = {}
-            for n in feasible:
-                affinity = raw[n] * 100 / top if top > 0 else 0.0
-                least = (self.free[n] - job.gpus) * 100 / self.total[n]
-                scores[n] = 2 * affinity + least
-        for n in sorted(feasible, key=lambda n: (-scores[n], tiebreak[n])):
-            free = dict(self.free)
-            free[n] -= job.gpus
-            cap: ordering.Capacity | None = ordering.Capacity(free)
-            for other in rest:
-                cap = cap.place(ordering.JobInfo(other.name, other.submit, other.gpus)) if cap else None
-            if cap is not None:
-                return n
-        raise RuntimeError(f"job {job.name}: no node leaves room for the rest of the round")
+        others = [ordering.JobInfo(o.name, o.submit, o.gpus) for o in rest]
+        return choose_node(job.name, job.gpus, self.keys[job.dataset], self.free, self.total, labels, others, self.rng)
 
     def _start(self, job: Job, node: str, t: float) -> None:
         if self.free[node] < job.gpus:
