@@ -150,7 +150,9 @@ def test_rotated_credentials_find_the_cache_warm(
 ) -> None:
     import boto3.session
 
-    p = start_plugin("--unstage-grace", "300", "--metrics-addr", "127.0.0.1:0")
+    # a small free-space floor: the default (15 % of the file system) would leave a busy machine's
+    # disk without an SSD tier, and this test is about the cache directory, not the floor
+    p = start_plugin("--unstage-grace", "300", "--metrics-addr", "127.0.0.1:0", "--cache-free-floor", "64Mi")
     iam = boto3.session.Session(
         aws_access_key_id=s3.access_key,  # type: ignore[attr-defined]
         aws_secret_access_key=s3.secret_key,  # type: ignore[attr-defined]
