@@ -55,6 +55,34 @@ def pids_with_arg(exe_names: tuple[str, ...], needle: str) -> list[int]:
     return out
 
 
+def _ancestors() -> set[int]:
+    """This process and its parents (up to init)."""
+    out, pid = set(), os.getpid()
+    while pid > 1 and pid not in out:
+        out.add(pid)
+        try:
+            pid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            break
+    return out
+
+
+def pids_naming(*needles: str) -> list[int]:
+    """Pids (not this process or its ancestors) whose command line contains every one of ``needles``."""
+    mine = _ancestors()
+    out = []
+    for d in os.listdir("/proc"):
+        if not d.isdigit() or int(d) in mine:
+            continue
+        try:
+            cmd = Path(f"/proc/{d}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if all(n.encode() in cmd for n in needles):
+            out.append(int(d))
+    return out
+
+
 def cpu_seconds(pid: int) -> float | None:
     """User + system CPU time of ``pid`` so far (``/proc/PID/stat``), None if it is gone."""
     try:

@@ -45,6 +45,9 @@ from tools.bench.procs import (
     mounted_under as mounted_under,
 )
 from tools.bench.procs import (
+    pids_naming,
+)
+from tools.bench.procs import (
     pids_with_arg as pids_with_arg,
 )
 from tools.bench.procs import (
@@ -103,6 +106,10 @@ class Janitor:
         for pid in reversed(self.pids):
             kill_pid(pid)
         self.pids.clear()
+        # An emulated trainer still running with its report in the workdir (one started just as
+        # an interrupt arrived, before it could be registered); servers are left to their owners.
+        for pid in pids_naming("tools.bench.trainer", str(self.workdir)):
+            kill_pid(pid)
 
 
 # ---------------------------------------------------------------------------- systems
