@@ -41,7 +41,8 @@ def test_quick_report(tmp_path: Path) -> None:
     assert res.returncode == 0, res.stderr
     assert (tmp_path / "report.md").exists() and (tmp_path / "high-sharing.png").exists()
     data = json.loads((tmp_path / "report.json").read_text())
-    assert {"high_sharing", "no_sharing", "bound"} <= set(data)
+    assert {"high_sharing", "no_sharing", "bound", "per_node_caches"} <= set(data)
+    assert all(r["peer_bytes"] == 0 for r in data["per_node_caches"]["runs"])
     for row in data["bound"]:
         if row["bound"] is not None:
             assert row["max_passed_over"] <= row["bound"] and row["sjf"]["max_passed_over"] <= row["bound"]
@@ -70,6 +71,20 @@ def test_source_aware_run() -> None:
     assert res.returncode == 0, res.stderr
     for name in ("fifo/random", "fifo+cache/random", "fifo+cache+src/random"):
         assert f"| {name} |" in res.stdout
+
+
+def test_per_node_caches_run(tmp_path: Path) -> None:
+    out = tmp_path / "m.json"
+    args = ("run", "--jobs", "12", "--nodes", "2", "--policy", "fifo", "--ordering", "oblivious", "--json")
+    assert sim(*args, str(out)).returncode == 0
+    shared = {r["policy"]: r for r in json.loads(out.read_text())}
+    res = sim(*args, str(out), "--per-node-caches")
+    assert res.returncode == 0, res.stderr
+    alone = {r["policy"]: r for r in json.loads(out.read_text())}
+    assert set(alone) == set(shared) == {"fifo/random", "fifo/affinity"}
+    for name, row in alone.items():
+        assert row["peer_bytes"] == 0 and shared[name]["peer_bytes"] > 0
+        assert row["source_bytes"] >= shared[name]["source_bytes"]
 
 
 def test_scenario(tmp_path: Path) -> None:

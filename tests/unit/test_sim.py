@@ -48,6 +48,20 @@ def test_concurrent_readers_fetch_each_chunk_from_the_source_once() -> None:
     assert r["a"].bytes_source + r["b"].bytes_source == 2e9
 
 
+def test_per_node_caches_serve_only_their_own_readers() -> None:
+    # two 1-GPU nodes, two jobs at once on one dataset: one per node
+    two = ClusterConfig(**{**ONE_NODE.__dict__, "nodes": 2})
+    trace = Trace(DS, (Job("a", 0.0, 1, "d", 4.0), Job("b", 0.0, 1, "d", 4.0)))
+    shared = simulate(trace, two, Policy()).jobs
+    assert {j.node for j in shared} == {"n00", "n01"}
+    assert sum(j.bytes_source for j in shared) == 2e9  # one cluster cache: each chunk once
+    assert sum(j.bytes_peer for j in shared) > 0
+    alone = simulate(trace, ClusterConfig(**{**two.__dict__, "shared": False}), Policy()).jobs
+    assert sum(j.bytes_source for j in alone) == 4e9  # each node fetches its own copy
+    assert sum(j.bytes_peer for j in alone) == 0
+    assert all(j.bytes_source == 2e9 for j in alone)
+
+
 def test_source_bandwidth_is_shared() -> None:
     ds = (Dataset("x", 2 * 10**9), Dataset("y", 2 * 10**9))
     cluster = ClusterConfig(**{**ONE_NODE.__dict__, "gpus_per_node": 2})

@@ -59,6 +59,11 @@ def _cluster_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--source-gbps", type=float, default=c.source_bandwidth / 1e9, help="source bandwidth, GB/s")
     p.add_argument("--nic-gbps", type=float, default=c.nic_bandwidth / 1e9, help="per-node NIC bandwidth, GB/s")
     p.add_argument("--grace", type=float, default=c.grace, help="seconds a node stays a member after its last job")
+    p.add_argument(
+        "--per-node-caches",
+        action="store_true",
+        help="no cluster cache: a node's cache serves only its own readers (no peer reads)",
+    )
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -194,6 +199,7 @@ def main(argv: list[str] | None = None) -> None:
             source_bandwidth=a.source_gbps * 1e9,
             nic_bandwidth=a.nic_gbps * 1e9,
             grace=a.grace,
+            shared=not a.per_node_caches,
         )
         bases = [BasePolicy.FIFO, BasePolicy.SJF] if a.policy == "all" else [BasePolicy(a.policy)]
         modes = {

@@ -76,7 +76,9 @@ class DataPath:
         grace: float,
         push: Callable[[float, str, Any], None],
         arrived: Callable[[str, float], None],
+        shared: bool = True,
     ) -> None:
+        self.shared = shared
         self.nodes = list(nodes)
         self.caches = {n: NodeCache(cache_bytes) for n in self.nodes}
         self.weights = {n: float(cache_bytes) for n in self.nodes}
@@ -169,7 +171,7 @@ class DataPath:
             reader.traffic.local += nbytes
             self.push(t + nbytes / self.local_bandwidth, "local", reader.name)
             return
-        members = self.members(chunk[0])
+        members = self.members(chunk[0]) if self.shared else (n,)
         own = self.owner(chunk, members)
         if self.caches[own].has(chunk):
             self.caches[own].touch(chunk)
@@ -179,12 +181,17 @@ class DataPath:
         if holder is not None:
             self._transfer(t, [f"out:{holder}", f"in:{n}"], nbytes, ("handoff", reader.name, chunk, own))
             return
-        if chunk in self.inflight:
-            self.inflight[chunk].append(reader.name)
+        key = self._key(chunk, own)
+        if key in self.inflight:
+            self.inflight[key].append(reader.name)
             return
-        self.inflight[chunk] = []
+        self.inflight[key] = []
         path = ["source"] + ([f"out:{own}", f"in:{n}"] if own != n else [])
         self._transfer(t, path, nbytes, ("source", reader.name, chunk, own))
+
+    def _key(self, chunk: Chunk, own: str) -> Chunk:
+        """What ``inflight`` is keyed by: the chunk, or per node when caches are not shared."""
+        return chunk if self.shared else (f"{chunk[0]}@{own}", chunk[1])
 
     def _transfer(self, t: float, resources: list[str], nbytes: float, payload: Any) -> None:
         self.flows.start(t, resources, nbytes, payload)
@@ -221,11 +228,11 @@ class DataPath:
             reader.traffic.source += nbytes
             if own != reader.node:
                 reader.traffic.peer += nbytes
-            self._release(chunk, t)
+            self._release(chunk, own, t)
         self.arrived(name, t)
 
-    def _release(self, chunk: Chunk, t: float) -> None:
-        for waiter in self.inflight.pop(chunk, []):
+    def _release(self, chunk: Chunk, own: str, t: float) -> None:
+        for waiter in self.inflight.pop(self._key(chunk, own), []):
             self.fetch(self.readers[waiter], chunk, t)
 
     # ------------------------------------------------------------------ warm-ups
@@ -246,11 +253,11 @@ class DataPath:
         while w.active < self.prefetch and w.next < self.chunks:
             chunk = (w.dataset, w.next)
             w.next += 1
-            members = self.members(w.dataset)
-            if chunk in self.inflight or any(self.caches[m].has(chunk) for m in members):
-                continue
+            members = self.members(w.dataset) if self.shared else (w.node,)
             own = self.owner(chunk, members)
-            self.inflight[chunk] = []
+            if self._key(chunk, own) in self.inflight or any(self.caches[m].has(chunk) for m in members):
+                continue
+            self.inflight[self._key(chunk, own)] = []
             path = ["source"] + ([f"out:{own}", f"in:{w.node}"] if own != w.node else [])
             self._transfer(t, path, nbytes, ("warm", w.dataset, chunk, own))
             w.active += 1
@@ -265,5 +272,5 @@ class DataPath:
         self.warm_traffic.source += nbytes
         if own != w.node:
             self.warm_traffic.peer += nbytes
-        self._release(chunk, t)
+        self._release(chunk, own, t)
         self._pump(w, t)

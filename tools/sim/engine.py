@@ -67,6 +67,7 @@ class ClusterConfig:
     prefetch: int = 2
     grace: float = 300.0
     names: tuple[str, ...] = ()
+    shared: bool = True  # False: each node's cache serves only its own readers (no cluster cache)
 
     def node_names(self) -> list[str]:
         """The nodes' names: ``names`` if given (then ``nodes`` must match), else n00, n01, ..."""
@@ -193,6 +194,7 @@ class Simulator:
             cluster.grace,
             self._push,
             self._arrived,
+            cluster.shared,
         )
         self.heap: list[tuple[float, int, str, Any]] = []
         self.seq = 0
