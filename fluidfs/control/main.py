@@ -127,6 +127,7 @@ def scheduling_config(args: argparse.Namespace, worker: WorkerConfig) -> Schedul
                 window=args.queue_window,
                 max_pass_over=None if args.queue_max_pass_over < 0 else args.queue_max_pass_over,
                 warm_ahead=max(0, args.warm_ahead),
+                local=args.queue_prefer_local,
             )
         except ValueError as exc:
             raise ControlError(f"--queue-*: {exc}") from None
@@ -181,6 +182,8 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("--queue-policy", choices=[b.value for b in BasePolicy], default=BasePolicy.FIFO.value)
     h.add_argument("--queue-cache-aware", action=argparse.BooleanOptionalAction, default=True)
     h.add_argument("--queue-window", type=int, default=OrderingConfig.window)
+    h.add_argument("--queue-prefer-local", action=argparse.BooleanOptionalAction, default=OrderingConfig.local,
+                   help="first the jobs that fit now on a node holding their dataset's cache")  # fmt: skip
     h.add_argument("--queue-max-pass-over", type=int, default=OrderingConfig.max_pass_over,
                    help="times a job may be passed over (-1: no bound)")  # fmt: skip
     h.add_argument("--queue-slots", type=int, default=None, help="queued Jobs running at once at most")

@@ -78,6 +78,7 @@ def load(path: Path) -> tuple[dict[str, Any], ClusterState, QueueConfig, FakeVol
         warm_ahead=c.get("warmAhead", 0),
         source=SourceModel(c["source"]["bandwidth"], c["source"]["gpuRate"]) if "source" in c else None,
         stagger=c.get("stagger", False),
+        local=c.get("preferLocal", False),
     )
     config = QueueConfig(fx["queue"], ordering, slots=c.get("slots"), model_gpus=c.get("modelGpus", True))
     return fx, state, config, FakeVolumeLookups(objs["volumes"])

@@ -41,7 +41,7 @@ def test_quick_report(tmp_path: Path) -> None:
     assert res.returncode == 0, res.stderr
     assert (tmp_path / "report.md").exists() and (tmp_path / "high-sharing.png").exists()
     data = json.loads((tmp_path / "report.json").read_text())
-    assert {"high_sharing", "no_sharing", "bound", "per_node_caches"} <= set(data)
+    assert {"high_sharing", "no_sharing", "bound", "per_node_caches", "placement_peer_copy"} <= set(data)
     assert all(r["peer_bytes"] == 0 for r in data["per_node_caches"]["runs"])
     for row in data["bound"]:
         if row["bound"] is not None:
@@ -85,6 +85,15 @@ def test_per_node_caches_run(tmp_path: Path) -> None:
     for name, row in alone.items():
         assert row["peer_bytes"] == 0 and shared[name]["peer_bytes"] > 0
         assert row["source_bytes"] >= shared[name]["source_bytes"]
+
+
+def test_peer_copies_and_prefer_local() -> None:
+    res = sim("run", "--jobs", "12", "--nodes", "2", "--policy", "sjf", "--ordering", "all", "--peer-copy",
+              "--prefer-local")  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    for name in ("sjf/affinity", "sjf+cache+local/affinity", "sjf+cache+src+local/affinity"):
+        assert f"| {name} |" in res.stdout
+    assert "vs sjf/affinity |" in res.stdout.split("| sjf+cache+local/affinity |")[1].splitlines()[0]
 
 
 def test_scenario(tmp_path: Path) -> None:

@@ -15,6 +15,7 @@ from fluidfs.control.sched.ordering import (
     OrderingConfig,
     SourceModel,
     WarmIntent,
+    fits_near_cache,
     plan,
     warmth,
 )
@@ -162,6 +163,30 @@ def test_stagger_holds_cold_jobs_while_the_source_is_saturated() -> None:
         SourceModel(0, 1e8)
 
 
+def test_prefer_local_gives_freed_gpus_to_a_job_whose_cache_is_there() -> None:
+    # n1 has 4 free GPUs and holds most of x; n2 is full and holds y; both jobs are cold
+    state = DatasetState(on_nodes={"x": {"n1": 5e10, "n2": 1e10}, "y": {"n2": 8e10}})
+    cap = Capacity({"n1": 4, "n2": 0})
+    jobs = [job("y-job", 0, gpus=4, ds="y"), job("x-job", 1, gpus=4, ds="x")]
+    assert fits_near_cache(jobs[1], state, cap) and not fits_near_cache(jobs[0], state, cap)
+    local = OrderingConfig(BasePolicy.FIFO, local=True)
+    assert plan(jobs, state, cap, FIFO_AWARE).admit == ("y-job",)
+    got = plan(jobs, state, cap, local)
+    assert got.admit == ("x-job",) and got.passed_over == {"y-job": 1}
+    # a node holding less than half of the most any node holds does not count
+    assert not fits_near_cache(jobs[1], state, Capacity({"n1": 0, "n2": 4}))
+    # warmth still comes first; nearness orders within the warm and the cold jobs
+    warm = DatasetState(on_nodes=state.on_nodes, reading=frozenset({"y"}))
+    assert plan(jobs, warm, Capacity({"n1": 4, "n3": 4}, slots=1), local).admit == ("y-job",)
+    # source-aware: nearness before the effective key
+    src = OrderingConfig(BasePolicy.FIFO, local=True, source=SOURCE)
+    sized = DatasetState(sizes=SIZES, on_nodes=state.on_nodes)
+    assert plan(jobs, sized, cap, src).admit == ("x-job",)
+    # without per-node bytes or GPU counts nothing is near: the order is unchanged
+    assert plan(jobs, DatasetState(), cap, local).admit == ("y-job",)
+    assert not fits_near_cache(jobs[1], state, Capacity(slots=1))
+
+
 events = st.lists(
     st.one_of(
         st.tuples(st.just("submit"), st.sampled_from([1, 2, 4, 8]), st.integers(0, 3), st.integers(1, 1000)),
@@ -177,15 +202,21 @@ events = st.lists(
     events,
     st.integers(0, 4),
     st.sampled_from(list(BasePolicy)),
-    st.sampled_from(["oblivious", "aware", "source", "stagger"]),
+    st.sampled_from(["oblivious", "aware", "source", "stagger", "local", "source-local"]),
     st.integers(1, 6),
 )
 def test_no_job_is_ever_passed_over_more_than_the_bound(
     evs: list[tuple[str, int, int, int]], bound: int, base: BasePolicy, mode: str, window: int
 ) -> None:
-    source = SourceModel(1e9, 3e8) if mode in ("source", "stagger") else None
+    source = SourceModel(1e9, 3e8) if mode in ("source", "stagger", "source-local") else None
     cfg = OrderingConfig(
-        base, mode != "oblivious", window=window, max_pass_over=bound, source=source, stagger=mode == "stagger"
+        base,
+        mode != "oblivious",
+        window=window,
+        max_pass_over=bound,
+        source=source,
+        stagger=mode == "stagger",
+        local=mode.endswith("local"),
     )
     sizes = {f"d{i}": 10**11 for i in range(4)}
     nodes = {"n1": 8, "n2": 8}
@@ -207,7 +238,10 @@ def test_no_job_is_ever_passed_over_more_than_the_bound(
         readers: dict[str, int] = {}
         for j in running.values():
             readers[j.datasets[0]] = readers.get(j.datasets[0], 0) + j.gpus_per_pod
-        state = DatasetState({"d0": 1.0, "d1": 0.5}, frozenset(readers), sizes=sizes, readers=readers, cache_free=0.0)
+        on_nodes = {"d0": {"n1": 1e11}, "d1": {"n2": 5e10, "n1": 1e10}}
+        state = DatasetState(
+            {"d0": 1.0, "d1": 0.5}, frozenset(readers), sizes=sizes, readers=readers, cache_free=0.0, on_nodes=on_nodes
+        )
         got = plan(list(pending.values()), state, Capacity(dict(free), total_gpus=nodes), cfg)
         for name in got.admit:
             j = pending.pop(name)

@@ -62,6 +62,35 @@ def test_per_node_caches_serve_only_their_own_readers() -> None:
     assert all(j.bytes_source == 2e9 for j in alone)
 
 
+def test_peer_copies_make_a_second_job_on_the_same_node_read_locally() -> None:
+    # two 1-GPU nodes, 16 chunks (each node owns some); a and b run at once (one per node), then c
+    # on a's or b's node reads d again
+    two = ClusterConfig(**{**ONE_NODE.__dict__, "nodes": 2, "chunks": 16})
+    trace = Trace(DS, (Job("a", 0.0, 1, "d", 4.0), Job("b", 0.0, 1, "d", 4.0), Job("c", 1.0, 1, "d", 4.0)))
+    plain = {j.name: j for j in simulate(trace, two, Policy()).jobs}
+    copies = {j.name: j for j in simulate(trace, ClusterConfig(**{**two.__dict__, "peer_copy": True}), Policy()).jobs}
+    assert plain["c"].node == copies["c"].node
+    # without copies c reads the chunks its node does not own from the other node; with them, all locally
+    assert plain["c"].bytes_peer > 0 and plain["c"].bytes_local < 2e9
+    assert copies["c"].bytes_peer == 0 and copies["c"].bytes_local == 2e9
+    assert sum(j.bytes_source for j in copies.values()) == 2e9
+
+
+def test_the_engine_tells_the_ordering_what_each_node_holds(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[sched_ordering.DatasetState] = []
+    real = sched_ordering.plan
+
+    def spy(pending: Any, state: sched_ordering.DatasetState, capacity: Any, config: Any) -> Any:
+        seen.append(state)
+        return real(pending, state, capacity, config)
+
+    monkeypatch.setattr(sched_ordering, "plan", spy)
+    trace = Trace(DS, (Job("a", 0.0, 1, "d", 4.0), Job("b", 0.0, 1, "d", 4.0)))
+    simulate(trace, ONE_NODE, Policy(cache_aware=True, local=True))
+    key = engine.dataset_key("d")
+    assert seen[0].on_nodes == {} and seen[-1].on_nodes == {key: {"n00": 2e9}}
+
+
 def test_source_bandwidth_is_shared() -> None:
     ds = (Dataset("x", 2 * 10**9), Dataset("y", 2 * 10**9))
     cluster = ClusterConfig(**{**ONE_NODE.__dict__, "gpus_per_node": 2})

@@ -70,6 +70,17 @@ def test_default_policies_and_member_count() -> None:
     ]
 
 
+def test_cache_sharing_and_prefer_local() -> None:
+    doc = yaml.safe_load(YAML)
+    assert parse(doc).cluster.shared and not parse(doc).cluster.peer_copy
+    doc["cluster"].update(sharedCache=False, peerCopy=True)
+    doc["policies"][1]["preferLocal"] = True
+    s = parse(doc)
+    assert not s.cluster.shared and s.cluster.peer_copy
+    assert s.policies[1].local and s.policies[1].name == "sjf+cache+src+local/random"
+    assert not s.policies[0].local
+
+
 def calibration_doc() -> dict[str, Any]:
     # one node, 1 GB/s everywhere, chunk = 1 GB, compute 2 s per chunk (see test_sim)
     return {
@@ -111,6 +122,8 @@ def test_calibration(tmp_path: Path) -> None:
         (lambda d: d["policy"].update(base="lifo"), "policies[0].base"),
         (lambda d: d["policy"].update(placement="spread"), "policies[0].placement"),
         (lambda d: d["policy"].update(sourceAware="yes"), "policies[0].sourceAware"),
+        (lambda d: d["policy"].update(preferLocal=1), "policies[0].preferLocal: must be true or false"),
+        (lambda d: d["cluster"].update(peerCopy="ssd"), "cluster.peerCopy: must be true or false"),
         (lambda d: d.update(policies=[]), "policies: must not be empty"),
         (lambda d: d["datasets"].append({"name": "d", "bytes": 1}), "appears twice"),
         (lambda d: d["jobs"][0].update(dataset="zzz"), "jobs[0].dataset"),

@@ -60,6 +60,16 @@ def _cluster_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--nic-gbps", type=float, default=c.nic_bandwidth / 1e9, help="per-node NIC bandwidth, GB/s")
     p.add_argument("--grace", type=float, default=c.grace, help="seconds a node stays a member after its last job")
     p.add_argument(
+        "--peer-copy",
+        action="store_true",
+        help="a reader's node keeps a copy of each chunk it got from a peer (fluidfs peerCopy: ssd)",
+    )
+    p.add_argument(
+        "--prefer-local",
+        action="store_true",
+        help="cache-aware policies first start jobs that fit on a node holding their dataset",
+    )
+    p.add_argument(
         "--per-node-caches",
         action="store_true",
         help="no cluster cache: a node's cache serves only its own readers (no peer reads)",
@@ -138,7 +148,7 @@ def _scenario(a: argparse.Namespace) -> None:
         print(f"| {job.name} | {job.dataset} | {job.gpus} | {job.submit:.1f} | " + " | ".join(cells) + " |")
     rows = [metrics(r) for r in runs]
     print()
-    print(table(rows, {m.policy: m.policy.replace("+cache", "").replace("+src", "") for m in rows}))
+    print(table(rows, {m.policy: _base_name(m.policy) for m in rows}))
     json_out = a.run_json or a.json
     if json_out:
         doc = {
@@ -154,6 +164,11 @@ def _scenario(a: argparse.Namespace) -> None:
             ]
         }
         json_out.write_text(json.dumps(doc, indent=1) + "\n")
+
+
+def _base_name(policy: str) -> str:
+    """The policy a cache-aware one is compared with: the same base and placement, oblivious."""
+    return policy.replace("+cache", "").replace("+src", "").replace("+local", "")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -200,6 +215,7 @@ def main(argv: list[str] | None = None) -> None:
             nic_bandwidth=a.nic_gbps * 1e9,
             grace=a.grace,
             shared=not a.per_node_caches,
+            peer_copy=a.peer_copy,
         )
         bases = [BasePolicy.FIFO, BasePolicy.SJF] if a.policy == "all" else [BasePolicy(a.policy)]
         modes = {
@@ -213,17 +229,20 @@ def main(argv: list[str] | None = None) -> None:
         bound = None if a.max_pass_over < 0 else a.max_pass_over
         rate = trace_cfg.gpu_rate if a.trace is None else sc.mean_gpu_rate(trace)
         source = SourceModel(cluster.source_bandwidth, rate or sc.mean_gpu_rate(trace))
-        pols = [
-            Policy(b, m != "oblivious", pl, a.window, bound)
-            if m != "source"
-            else Policy(b, True, pl, a.window, bound, source=source, stagger=True, label="+src")
-            for pl in places
-            for b in bases
-            for m in modes
-        ]
+        near = "+local" if a.prefer_local else ""
+
+        def policy(b: BasePolicy, mode: str, pl: str) -> Policy:
+            if mode == "oblivious":
+                return Policy(b, False, pl, a.window, bound)
+            if mode == "cache":
+                return Policy(b, True, pl, a.window, bound, local=a.prefer_local, label=near)
+            return Policy(b, True, pl, a.window, bound, source=source, stagger=True, local=a.prefer_local,
+                          label="+src" + near)  # fmt: skip
+
+        pols = [policy(b, m, pl) for pl in places for b in bases for m in modes]
         rows = [metrics(simulate(trace, cluster, pol, seed=a.seed)) for pol in pols]
         print(f"trace: {len(trace.jobs)} jobs, {len(trace.datasets)} datasets, repeat share {trace.repeat_share():.2f}")
-        print(table(rows, {m.policy: m.policy.replace("+cache", "").replace("+src", "") for m in rows}))
+        print(table(rows, {m.policy: _base_name(m.policy) for m in rows}))
         json_out = a.run_json or a.json
         if json_out:
             json_out.write_text(json.dumps([m.as_dict() for m in rows], indent=1) + "\n")

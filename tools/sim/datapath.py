@@ -77,8 +77,9 @@ class DataPath:
         push: Callable[[float, str, Any], None],
         arrived: Callable[[str, float], None],
         shared: bool = True,
+        peer_copy: bool = False,
     ) -> None:
-        self.shared = shared
+        self.shared, self.peer_copy = shared, peer_copy
         self.nodes = list(nodes)
         self.caches = {n: NodeCache(cache_bytes) for n in self.nodes}
         self.weights = {n: float(cache_bytes) for n in self.nodes}
@@ -229,6 +230,8 @@ class DataPath:
             if own != reader.node:
                 reader.traffic.peer += nbytes
             self._release(chunk, own, t)
+        if self.peer_copy and own != reader.node:
+            self.caches[reader.node].insert(chunk, int(nbytes))
         self.arrived(name, t)
 
     def _release(self, chunk: Chunk, own: str, t: float) -> None:

@@ -68,6 +68,7 @@ class ClusterConfig:
     grace: float = 300.0
     names: tuple[str, ...] = ()
     shared: bool = True  # False: each node's cache serves only its own readers (no cluster cache)
+    peer_copy: bool = False  # True: a reader's node keeps a copy of each chunk it got from a peer
 
     def node_names(self) -> list[str]:
         """The nodes' names: ``names`` if given (then ``nodes`` must match), else n00, n01, ..."""
@@ -86,6 +87,7 @@ class Policy:
     source: ordering.SourceModel | None = None
     warm_ahead: int = 0
     stagger: bool = False
+    local: bool = False
     label: str = ""
 
     @property
@@ -101,6 +103,7 @@ class Policy:
             source=self.source,
             warm_ahead=self.warm_ahead,
             stagger=self.stagger,
+            local=self.local,
         )
 
 
@@ -195,6 +198,7 @@ class Simulator:
             self._push,
             self._arrived,
             cluster.shared,
+            cluster.peer_copy,
         )
         self.heap: list[tuple[float, int, str, Any]] = []
         self.seq = 0
@@ -242,7 +246,11 @@ class Simulator:
             readers[r.key] = readers.get(r.key, 0) + r.job.gpus
         warming = frozenset(self.keys[ds] for ds in self.data.warms)
         free = float(sum(c.capacity - c.used for c in self.data.caches.values()))
-        return ordering.DatasetState(fractions, frozenset(readers), warming, self.key_sizes, readers, free)
+        on_nodes: dict[str, dict[str, float]] = {}
+        for n, c in self.data.caches.items():
+            for ds, b in c.by_dataset.items():
+                on_nodes.setdefault(self.keys[ds], {})[n] = float(b)
+        return ordering.DatasetState(fractions, frozenset(readers), warming, self.key_sizes, readers, free, on_nodes)
 
     def _schedule(self, t: float) -> None:
         if not self.pending:

@@ -181,6 +181,37 @@ def _heatmap(
     return "\n".join(md)
 
 
+def _placement(trace: Trace, cluster: ClusterConfig, src: SourceModel) -> tuple[list[dict[str, Any]], str]:
+    """Per ordering: source + peer bytes and average JCT with random placement, affinity, and
+    affinity with the queue preferring jobs that fit near their cache (``local``)."""
+    out: list[dict[str, Any]] = []
+    lines = [
+        "| ordering | source + peer TiB: random | affinity | cut | affinity + local | cut | "
+        "avg JCT (s): random | affinity | affinity + local |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for base in (BasePolicy.FIFO, BasePolicy.SJF):
+        for mode in ("oblivious", "cache", "src"):
+            kw: dict[str, Any] = {} if mode != "src" else {"source": src, "stagger": True, "label": "+src"}
+            aware = mode != "oblivious"
+            runs = [metrics(simulate(trace, cluster, Policy(base, aware, pl, WINDOW, BOUND, **kw)))
+                    for pl in ("random", "affinity")]  # fmt: skip
+            if aware:
+                near = {**kw, "label": kw.get("label", "") + "+local"}
+                runs.append(
+                    metrics(simulate(trace, cluster, Policy(base, True, "affinity", WINDOW, BOUND, local=True, **near)))
+                )
+            moved = [(m.source_bytes + m.peer_bytes) / TIB for m in runs]
+            name = runs[0].policy.split("/")[0]
+            row = {"ordering": name, "runs": [m.as_dict() for m in runs]}
+            out.append(row)
+            cells = [f"{moved[0]:.1f}", f"{moved[1]:.1f}", f"{1 - moved[1] / moved[0]:.0%}"]
+            cells += [f"{moved[2]:.1f}", f"{1 - moved[2] / moved[0]:.0%}"] if aware else ["", ""]
+            cells += [f"{m.avg_jct:.0f}" for m in runs] + ([""] if not aware else [])
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return out, "\n".join(lines)
+
+
 def run_all(out: Path, quick: bool = False) -> dict[str, Any]:
     """Every experiment; writes report.md, report.json and PNGs into ``out``."""
     out.mkdir(parents=True, exist_ok=True)
@@ -248,7 +279,17 @@ def run_all(out: Path, quick: bool = False) -> dict[str, Any]:
     ]
     bar_plot(rows, out / "per-node-caches.png", "high-sharing trace, per-node caches")
 
-    # 6. where it pays: load x I/O-boundness, then one axis at a time (affinity placement)
+    # 6. placement when nodes keep copies of what they read from peers (peerCopy: ssd), with and
+    # without the queue preferring jobs that fit near their cache; under a backlog and without
+    copies = dataclasses.replace(CLUSTER, peer_copy=True)
+    results["placement_peer_copy"] = {}
+    for load in (trace_cfg.load, 0.8):
+        at = trace if load == trace_cfg.load else generate(dataclasses.replace(trace_cfg, load=load))
+        rows_, text = _placement(at, copies, src)
+        results["placement_peer_copy"][str(load)] = rows_
+        md += [f"## Placement with peer copies (peerCopy: ssd), offered load {load}", "", text, ""]
+
+    # 7. where it pays: load x I/O-boundness, then one axis at a time (affinity placement)
     if not quick:
         md += ["## Load x read rate per GPU (affinity placement)", ""]
         md.append(

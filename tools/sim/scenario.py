@@ -15,9 +15,11 @@ the measured times filled in, it is also the calibration input (``--calibrate FI
       chunks: 16                 # optional: chunks per dataset (default 32)
       prefetch: 2                # optional: chunks a reader fetches ahead (default 2)
       grace: 300                 # optional: seconds a member stays one after its last reader
+      sharedCache: true          # optional: false = each node's cache serves only its own jobs
+      peerCopy: false            # optional: true = a node keeps what it read from a peer
     policies:                    # optional (default: FIFO and SJF, each without and with cache)
       - {base: sjf, cacheAware: true, placement: affinity, window: 16, maxPassOver: 8,
-         sourceAware: true, gpuRate: 200M, stagger: false}
+         sourceAware: true, gpuRate: 200M, stagger: false, preferLocal: false}
     datasets:
       - {name: a, bytes: 1Gi, samples: 10000}
     jobs:
@@ -149,7 +151,15 @@ def _cluster(c: Mapping[str, Any]) -> ClusterConfig:
         chunks=_integer(_get(c, "chunks", "cluster", d.chunks), "cluster.chunks"),
         prefetch=_integer(_get(c, "prefetch", "cluster", d.prefetch), "cluster.prefetch"),
         grace=_number(_get(c, "grace", "cluster", d.grace), "cluster.grace"),
+        shared=_flag(_get(c, "sharedCache", "cluster", True), "cluster.sharedCache"),
+        peer_copy=_flag(_get(c, "peerCopy", "cluster", False), "cluster.peerCopy"),
     )
+
+
+def _flag(value: Any, where: str) -> bool:
+    if not isinstance(value, bool):
+        raise ScenarioError(f"{where}: must be true or false, not {value!r}")
+    return value
 
 
 def _policy(p: Mapping[str, Any], where: str, cluster: ClusterConfig, gpu_rate: float) -> Policy:
@@ -168,9 +178,14 @@ def _policy(p: Mapping[str, Any], where: str, cluster: ClusterConfig, gpu_rate: 
     aware = _get(p, "cacheAware", where, True)
     source_aware = _get(p, "sourceAware", where, False)
     stagger = _get(p, "stagger", where, False)
-    for key, value in (("cacheAware", aware), ("sourceAware", source_aware), ("stagger", stagger)):
-        if not isinstance(value, bool):
-            raise ScenarioError(f"{where}.{key}: must be true or false, not {value!r}")
+    local = _get(p, "preferLocal", where, False)
+    for key, value in (
+        ("cacheAware", aware),
+        ("sourceAware", source_aware),
+        ("stagger", stagger),
+        ("preferLocal", local),
+    ):
+        _flag(value, f"{where}.{key}")
     source = None
     if source_aware:
         rate = _get(p, "gpuRate", where, None)
@@ -185,7 +200,8 @@ def _policy(p: Mapping[str, Any], where: str, cluster: ClusterConfig, gpu_rate: 
         source=source,
         stagger=stagger,
         warm_ahead=_integer(_get(p, "warmAhead", where, 0), f"{where}.warmAhead", 0),
-        label="+src" if source_aware else "",
+        local=local,
+        label=("+src" if source_aware else "") + ("+local" if local else ""),
     )
 
 

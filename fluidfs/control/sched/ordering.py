@@ -19,6 +19,11 @@ is. It is pure: the Job queue (``queue``) feeds it from Kubernetes objects, the 
    overflows the cluster cache also pays for the refetch of the bytes it would evict that other
    jobs in the window want. With ``stagger``, while cold readers saturate the sources no other
    cold job starts (its GPUs stay free for warm jobs; the barrier job is exempt).
+
+   **Near the cache** (``local``; needs ``on_nodes``, the bytes each node holds of each
+   dataset): within each of those groups (warm/cold; for source-aware, before the key), jobs
+   that fit now on a node holding their data (``fits_near_cache``) go first, so that the GPUs
+   freed on a node go to a job whose cache is there and the webhook's affinity can place it.
 4. **Capacity**: a candidate starts if its pods fit: every pod on one node with enough free GPUs
    (best fit), and/or a slot count. Candidates that do not fit are skipped (backfill).
 5. **Pass-over bound**: a job is *passed over* each time a job submitted after it starts while
@@ -66,7 +71,7 @@ class JobInfo:
 class DatasetState:
     """What is known about the datasets: cached fraction (0..1) per key, which are read by
     running jobs, which are being warmed, their sizes (bytes, where known), how many GPUs of
-    running jobs read each, and how much of the cluster cache is free."""
+    running jobs read each, how much of the cluster cache is free, and how much each node holds."""
 
     cached_fraction: Mapping[str, float] = field(default_factory=dict)
     reading: frozenset[str] = frozenset()
@@ -74,6 +79,7 @@ class DatasetState:
     sizes: Mapping[str, int] = field(default_factory=dict)
     readers: Mapping[str, int] = field(default_factory=dict)
     cache_free: float | None = None  # bytes free in the cluster cache (None: unknown)
+    on_nodes: Mapping[str, Mapping[str, float]] = field(default_factory=dict)  # dataset -> node -> bytes cached
 
 
 @dataclass(frozen=True)
@@ -132,6 +138,7 @@ class OrderingConfig:
     default_expected_seconds: float = 3600.0
     source: SourceModel | None = None
     stagger: bool = False
+    local: bool = False
 
     def __post_init__(self) -> None:
         if self.window < 1:
@@ -184,6 +191,20 @@ def warmth(job: JobInfo, state: DatasetState, reading: frozenset[str] | set[str]
     now_reading = state.reading if reading is None else reading
     parts = [1.0 if d in now_reading else min(1.0, max(0.0, state.cached_fraction.get(d, 0.0))) for d in job.datasets]
     return sum(parts) / len(parts)
+
+
+def fits_near_cache(job: JobInfo, state: DatasetState, capacity: Capacity) -> bool:
+    """Whether one of the job's pods fits now on a node holding at least half as much of each of
+    its datasets as the node holding most of it (where the webhook's affinity would send it)."""
+    free = capacity.free_gpus
+    if free is None or not job.datasets:
+        return False
+    for d in job.datasets:
+        held = state.on_nodes.get(d, {})
+        most = max(held.values(), default=0.0)
+        if most <= 0 or not any(free.get(n, 0) >= job.gpus_per_pod and b >= most / 2 for n, b in held.items()):
+            return False
+    return True
 
 
 def _fraction(state: DatasetState, d: str) -> float:
@@ -328,13 +349,16 @@ def plan(
     def ranked(barrier: JobInfo | None) -> list[JobInfo]:
         window = remaining[: config.window]
         if config.cache_aware:
+            far = {j.name: config.local and not fits_near_cache(j, state, cap) for j in window}
             if source is not None:
                 wanted = {d for o in window for d in o.datasets}
                 idle = source.idle(reading)
                 key = {j.name: effective_key(j, source, wanted, idle) for j in window}
-                window.sort(key=lambda j: (key[j.name], rank[j.name]))
+                window.sort(key=lambda j: (far[j.name], key[j.name], rank[j.name]))
             else:
-                window.sort(key=lambda j: (warmth(j, state, reading) < config.warm_threshold, rank[j.name]))
+                window.sort(
+                    key=lambda j: (warmth(j, state, reading) < config.warm_threshold, far[j.name], rank[j.name])
+                )
         if barrier is not None:
             window = [barrier] + [j for j in window if j.name != barrier.name]
         return window

@@ -276,7 +276,10 @@ def plan_queue(
         if size > 0:
             fractions[key] = min(1.0, state.locations.total(key) / size)
     reading = frozenset(d for j in running + elsewhere for d in j.datasets)
-    dstate = DatasetState(fractions, reading, state.warming, state.dataset_bytes, _gpu_readers(running + elsewhere))
+    on_nodes = {key: {n: float(b) for n, b in state.locations.nodes(key).items()} for key in state.locations.keys()}
+    dstate = DatasetState(
+        fractions, reading, state.warming, state.dataset_bytes, _gpu_readers(running + elsewhere), on_nodes=on_nodes
+    )
     decision = plan(pending, dstate, capacity, config.ordering)
     for name in decision.unschedulable:
         problems.append(f"job {name}: its pods need more {config.gpu_resource} than any node has; never admitted")
