@@ -58,17 +58,15 @@ def test_cluster_args() -> None:
     other = shared("k2", "--kube-service", "ml/other", "--listen", f"0.0.0.0:{port}")
     again = peers.cluster_args(req.cache_args, files, [other], ports=PORTS, member_id="p")
     assert peers.flag_value(again, "--listen") != f"0.0.0.0:{port}"
-    for problem, kwargs, code in [
-        ("under the key peerSecret", {"secret_files": {}}, grpc.StatusCode.INVALID_ARGUMENT),
-        ("no member id", {"member_id": ""}, grpc.StatusCode.FAILED_PRECONDITION),
-        ("already served on this node by dataset mount k3",
-         {"others": [shared("k3", "--kube-service", SERVICE)]}, grpc.StatusCode.FAILED_PRECONDITION),
-    ]:  # fmt: skip
-        call = {"secret_files": files, "others": [], "member_id": "p", **kwargs}
+    cases: list[tuple[str, dict[str, str], list[SharedMount], str, grpc.StatusCode]] = [
+        ("under the key peerSecret", {}, [], "p", grpc.StatusCode.INVALID_ARGUMENT),
+        ("no member id", files, [], "", grpc.StatusCode.FAILED_PRECONDITION),
+        ("already served on this node by dataset mount k3", files, [shared("k3", "--kube-service", SERVICE)], "p",
+         grpc.StatusCode.FAILED_PRECONDITION),
+    ]  # fmt: skip
+    for problem, secret_files, others, member_id, code in cases:
         with pytest.raises(RequestError, match=problem) as ei:
-            peers.cluster_args(
-                req.cache_args, call["secret_files"], call["others"], ports=PORTS, member_id=call["member_id"]
-            )
+            peers.cluster_args(req.cache_args, secret_files, others, ports=PORTS, member_id=member_id)
         assert ei.value.code == code
 
 
