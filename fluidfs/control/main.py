@@ -42,7 +42,7 @@ from fluidfs.control.leader import LeaderElector
 from fluidfs.control.nodelabels import LabelConfig
 from fluidfs.control.objects import WorkerConfig
 from fluidfs.control.sched.locations import LabelPolicy
-from fluidfs.control.sched.ordering import BasePolicy, OrderingConfig
+from fluidfs.control.sched.ordering import BasePolicy, OrderingConfig, SourceModel
 from fluidfs.control.sched.queue import GPU
 from fluidfs.control.sched.resolve import DRIVER
 from fluidfs.control.scheduling import Scheduling, SchedulingConfig, WebhookSettings
@@ -98,6 +98,14 @@ def _size(text: str) -> int:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _rate(text: str) -> float:
+    """Bytes per second: ``4G``, ``250M/s``, ``1e9``."""
+    value = _size(text.removesuffix("/s"))
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive rate in bytes/s, got {text!r}")
+    return float(value)
+
+
 def scheduling_config(args: argparse.Namespace, worker: WorkerConfig) -> SchedulingConfig:
     """The scheduling features asked for on the command line; ControlError for bad combinations."""
     webhook = None
@@ -120,6 +128,13 @@ def scheduling_config(args: argparse.Namespace, worker: WorkerConfig) -> Schedul
                              args.scrape_timeout)  # fmt: skip
     queues = warm = None
     if args.queue:
+        if (args.queue_source_bandwidth is None) != (args.queue_gpu_rate is None):
+            raise ControlError("--queue-source-bandwidth and --queue-gpu-rate go together (source-aware ordering)")
+        if args.queue_stagger and args.queue_source_bandwidth is None:
+            raise ControlError("--queue-stagger needs --queue-source-bandwidth and --queue-gpu-rate")
+        source = None
+        if args.queue_source_bandwidth is not None:
+            source = SourceModel(args.queue_source_bandwidth, args.queue_gpu_rate)
         try:
             ordering = OrderingConfig(
                 base=BasePolicy(args.queue_policy),
@@ -128,6 +143,8 @@ def scheduling_config(args: argparse.Namespace, worker: WorkerConfig) -> Schedul
                 max_pass_over=None if args.queue_max_pass_over < 0 else args.queue_max_pass_over,
                 warm_ahead=max(0, args.warm_ahead),
                 local=args.queue_prefer_local,
+                source=source,
+                stagger=args.queue_stagger,
             )
         except ValueError as exc:
             raise ControlError(f"--queue-*: {exc}") from None
@@ -184,6 +201,12 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("--queue-window", type=int, default=OrderingConfig.window)
     h.add_argument("--queue-prefer-local", action=argparse.BooleanOptionalAction, default=OrderingConfig.local,
                    help="first the jobs that fit now on a node holding their dataset's cache")  # fmt: skip
+    h.add_argument("--queue-source-bandwidth", type=_rate, default=None, metavar="RATE",
+                   help="source-aware ordering: bytes/s the object store gives the cluster (e.g. 4G)")  # fmt: skip
+    h.add_argument("--queue-gpu-rate", type=_rate, default=None, metavar="RATE",
+                   help="source-aware ordering: bytes/s one GPU reads when its data is cached (e.g. 250M)")  # fmt: skip
+    h.add_argument("--queue-stagger", action=argparse.BooleanOptionalAction, default=OrderingConfig.stagger,
+                   help="no further cold job starts while cold readers saturate the store (source-aware)")  # fmt: skip
     h.add_argument("--queue-max-pass-over", type=int, default=OrderingConfig.max_pass_over,
                    help="times a job may be passed over (-1: no bound)")  # fmt: skip
     h.add_argument("--queue-slots", type=int, default=None, help="queued Jobs running at once at most")

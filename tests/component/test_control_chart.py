@@ -183,7 +183,9 @@ def test_toggles(values: dict[str, Any], absent: set[str]) -> None:
 
 def test_bad_values_are_rejected() -> None:
     for bad in ({"datasetController": {"replicas": -1}}, {"datasetController": {"watchNamespace": "Not_A_Name"}},
-                {"datasetController": {"peerSecret": "a/b/c"}}, {"datasetController": {"bogus": 1}}):  # fmt: skip
+                {"datasetController": {"peerSecret": "a/b/c"}}, {"datasetController": {"bogus": 1}},
+                {"datasetController": {"queue": {"enabled": True, "sourceAware": {"sourceBandwidth": "4G"}}}},
+                {"datasetController": {"queue": {"sourceAware": {"gpuRate": "fast"}}}}):  # fmt: skip
         with pytest.raises(helm.HelmError):
             render(bad)
 
@@ -255,9 +257,16 @@ def test_the_controller_accepts_its_arguments(
     assert cfg.labels is not None and dict(cfg.labels.selector)["app.kubernetes.io/component"] == "mounter"
     if variant == "default":
         assert cfg.queues is None and cfg.warm is None and cfg.labels.interval == 60
+        queued = control(render({"datasetController": {"queue": {"enabled": True}}}))
+        args = build_parser().parse_args(one(queued, "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"])
+        ordering = scheduling_config(args, WorkerConfig()).queues.ordering  # type: ignore[union-attr]
+        assert ordering.source is None and not ordering.stagger and not ordering.local
     else:
         assert cfg.queues is not None and cfg.queues.names == ("train", "eval") and cfg.queues.slots == 10
-        assert cfg.queues.ordering.base.value == "sjf" and cfg.queues.ordering.max_pass_over == 16
+        ordering = cfg.queues.ordering
+        assert ordering.base.value == "sjf" and ordering.max_pass_over == 16 and ordering.local
+        assert ordering.source is not None and ordering.stagger
+        assert (ordering.source.bandwidth, ordering.source.gpu_rate) == (4e9, 250e6)
         assert cfg.warm is not None and cfg.labels.policy.max_labels == 8 and cfg.labels.interval == 120
 
 
