@@ -40,9 +40,11 @@ API_VERSIONS = {
     "PersistentVolume": "v1",
     "StorageClass": "storage.k8s.io/v1",
     "Node": "v1",
+    "Workload": "kueue.x-k8s.io/v1beta1",
+    "AdmissionCheck": "kueue.x-k8s.io/v1beta1",
 }
 #: kinds without a namespace
-CLUSTER_SCOPED = frozenset({"PersistentVolume", "StorageClass", "Node"})
+CLUSTER_SCOPED = frozenset({"PersistentVolume", "StorageClass", "Node", "AdmissionCheck"})
 
 
 def merge_patch(target: Any, patch: Any) -> Any:
@@ -133,8 +135,10 @@ class KubeApi(Protocol):
         ``label_selector``/``field_selector`` in the API's syntax."""
         ...
 
-    def patch(self, kind: str, namespace: str, name: str, patch: Obj) -> Obj:
-        """JSON merge patch of an object (``namespace=""`` for cluster-scoped kinds); 404 if absent."""
+    def patch(self, kind: str, namespace: str, name: str, patch: Obj, subresource: str = "") -> Obj:
+        """JSON merge patch of an object (``namespace=""`` for cluster-scoped kinds), or of its
+        ``subresource`` (``"status"``); 404 if absent; a ``metadata.resourceVersion`` in the
+        patch makes it conditional (409 if the object changed)."""
         ...
 
     def scrape(self, url: str, timeout: float) -> str:

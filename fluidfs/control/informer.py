@@ -14,7 +14,8 @@ the usual case of a claim applied together with its pod) is fetched with one GET
 timeout and remembered, also when absent, for ``miss_ttl`` seconds.
 
 API load: one list per cached kind and period (:class:`Periods`: volumes and classes every 30 s,
-Nodes every 15 s, queued Jobs every 5 s, unfinished Pods every 10 s; lists are paginated), plus
+Nodes every 15 s, queued Jobs every 5 s, unfinished Pods every 10 s; with the Kueue check,
+Workloads every 5 s and AdmissionChecks every 30 s; lists are paginated), plus
 at most one GET per unknown volume object and ``miss_ttl``.  A failed list keeps the previous
 objects (and is retried after a third of the period); ``ListCache.error`` says why.
 
@@ -151,6 +152,7 @@ class ClusterView:
         lookup_api: KubeApi | None = None,
         jobs: bool = True,
         pods: bool = True,
+        kueue: bool = False,
         miss_ttl: float = 10.0,
         driver: str = DRIVER,
         clock: Callable[[], float] = time.monotonic,
@@ -173,11 +175,15 @@ class ClusterView:
         self.pods = (
             cache("Pod", p.pods, field_selector="status.phase!=Succeeded,status.phase!=Failed") if pods else None
         )
+        self.workloads = cache("Workload", p.jobs) if kueue else None
+        self.admission_checks = cache("AdmissionCheck", p.volumes) if kueue else None
         self._misses: dict[tuple[str, str, str], float] = {}
         self._miss_lock = threading.Lock()
 
     def caches(self) -> list[ListCache]:
-        return [c for c in (self.pvcs, self.pvs, self.classes, self.nodes, self.jobs, self.warm_jobs, self.pods) if c]
+        every = (self.pvcs, self.pvs, self.classes, self.nodes, self.jobs, self.warm_jobs, self.pods, self.workloads,
+                 self.admission_checks)  # fmt: skip
+        return [c for c in every if c]
 
     def refresh(self) -> float:
         """List every cache that is due; returns the seconds until the next one is."""

@@ -54,6 +54,8 @@ _PLURALS = {
     "PersistentVolume": "persistentvolumes",
     "StorageClass": "storageclasses",
     "Node": "nodes",
+    "Workload": "workloads",
+    "AdmissionCheck": "admissionchecks",
 }
 MERGE_PATCH = "application/merge-patch+json"
 PAGE = 500
@@ -221,8 +223,9 @@ class KubeClient:
             if not token:
                 return items
 
-    def patch(self, kind: str, namespace: str, name: str, patch: Obj) -> Obj:
-        return self._call("PATCH", _path(kind, namespace, name), patch, content_type=MERGE_PATCH) or {}
+    def patch(self, kind: str, namespace: str, name: str, patch: Obj, subresource: str = "") -> Obj:
+        path = _path(kind, namespace, name) + (f"/{subresource}" if subresource else "")
+        return self._call("PATCH", path, patch, content_type=MERGE_PATCH) or {}
 
     def list_pods(self, namespace: str, selector: Mapping[str, str]) -> list[PodInfo]:
         query = [("labelSelector", ",".join(f"{k}={v}" for k, v in sorted(selector.items())))]

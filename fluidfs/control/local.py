@@ -243,7 +243,7 @@ class LocalCluster:
                 and selector_matches(o["metadata"].get("labels") or {}, label_selector)
             ]
 
-    def patch(self, kind: str, namespace: str, name: str, patch: Obj) -> Obj:
+    def patch(self, kind: str, namespace: str, name: str, patch: Obj, subresource: str = "") -> Obj:
         with self._lock:
             obj = self._objects.get((kind, namespace, name))
             if obj is None:

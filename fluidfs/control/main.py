@@ -38,9 +38,11 @@ from fluidfs.control import metrics
 from fluidfs.control.adapter import KubeApi
 from fluidfs.control.controller import Controller, ControllerConfig
 from fluidfs.control.jobqueue import QueueSettings
+from fluidfs.control.kueuecheck import KueueSettings
 from fluidfs.control.leader import LeaderElector
 from fluidfs.control.nodelabels import LabelConfig
 from fluidfs.control.objects import WorkerConfig
+from fluidfs.control.sched.kueue import CONTROLLER_NAME
 from fluidfs.control.sched.locations import LabelPolicy
 from fluidfs.control.sched.ordering import BasePolicy, OrderingConfig, SourceModel
 from fluidfs.control.sched.queue import GPU
@@ -126,37 +128,45 @@ def scheduling_config(args: argparse.Namespace, worker: WorkerConfig) -> Schedul
             raise ControlError(f"--node-label-*: {exc}") from None
         labels = LabelConfig(args.client_namespace, args.client_selector, args.node_label_interval, policy,
                              args.scrape_timeout)  # fmt: skip
-    queues = warm = None
-    if args.queue:
-        if (args.queue_source_bandwidth is None) != (args.queue_gpu_rate is None):
-            raise ControlError("--queue-source-bandwidth and --queue-gpu-rate go together (source-aware ordering)")
-        if args.queue_stagger and args.queue_source_bandwidth is None:
-            raise ControlError("--queue-stagger needs --queue-source-bandwidth and --queue-gpu-rate")
-        source = None
-        if args.queue_source_bandwidth is not None:
-            source = SourceModel(args.queue_source_bandwidth, args.queue_gpu_rate)
-        try:
-            ordering = OrderingConfig(
-                base=BasePolicy(args.queue_policy),
-                cache_aware=args.queue_cache_aware,
-                window=args.queue_window,
-                max_pass_over=None if args.queue_max_pass_over < 0 else args.queue_max_pass_over,
-                warm_ahead=max(0, args.warm_ahead),
-                local=args.queue_prefer_local,
-                source=source,
-                stagger=args.queue_stagger,
-            )
-        except ValueError as exc:
-            raise ControlError(f"--queue-*: {exc}") from None
+    queues = warm = kueue = None
+    if args.queue or args.kueue_check:
+        ordering = _ordering(args)
         if args.queue_slots is not None and args.queue_slots < 1:
             raise ControlError("--queue-slots must be at least 1")
-        queues = QueueSettings(tuple(dict.fromkeys(args.queue)), ordering, args.queue_slots, args.queue_gpu_resource,
-                               interval=args.queue_interval)  # fmt: skip
-        if args.warm_ahead > 0:
-            warm = WarmConfig(worker.image, worker.image_pull_policy, worker.image_pull_secrets, ttl=args.warm_ttl)
-    elif args.warm_ahead > 0:
+        if args.queue:
+            queues = QueueSettings(tuple(dict.fromkeys(args.queue)), ordering, args.queue_slots,
+                                   args.queue_gpu_resource, interval=args.queue_interval)  # fmt: skip
+        if args.kueue_check:
+            kueue = KueueSettings(ordering, args.queue_gpu_resource, args.kueue_controller_name, args.queue_interval)
+    if args.warm_ahead > 0 and not args.queue:
         raise ControlError("--warm-ahead needs --queue")
-    return SchedulingConfig(webhook, labels, queues, warm, driver=args.csi_driver)
+    if args.warm_ahead > 0:
+        warm = WarmConfig(worker.image, worker.image_pull_policy, worker.image_pull_secrets, ttl=args.warm_ttl)
+    return SchedulingConfig(webhook, labels, queues, warm, kueue=kueue, driver=args.csi_driver)
+
+
+def _ordering(args: argparse.Namespace) -> OrderingConfig:
+    """The ordering the ``--queue-*`` flags describe (for Job queues and the Kueue check)."""
+    if (args.queue_source_bandwidth is None) != (args.queue_gpu_rate is None):
+        raise ControlError("--queue-source-bandwidth and --queue-gpu-rate go together (source-aware ordering)")
+    if args.queue_stagger and args.queue_source_bandwidth is None:
+        raise ControlError("--queue-stagger needs --queue-source-bandwidth and --queue-gpu-rate")
+    source = None
+    if args.queue_source_bandwidth is not None:
+        source = SourceModel(args.queue_source_bandwidth, args.queue_gpu_rate)
+    try:
+        return OrderingConfig(
+            base=BasePolicy(args.queue_policy),
+            cache_aware=args.queue_cache_aware,
+            window=args.queue_window,
+            max_pass_over=None if args.queue_max_pass_over < 0 else args.queue_max_pass_over,
+            warm_ahead=max(0, args.warm_ahead),
+            local=args.queue_prefer_local,
+            source=source,
+            stagger=args.queue_stagger,
+        )
+    except ValueError as exc:
+        raise ControlError(f"--queue-*: {exc}") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -212,6 +222,10 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("--queue-slots", type=int, default=None, help="queued Jobs running at once at most")
     h.add_argument("--queue-gpu-resource", default=GPU)
     h.add_argument("--queue-interval", type=_seconds, default=5.0, metavar="SECONDS")
+    h.add_argument("--kueue-check", action="store_true",
+                   help="serve Kueue AdmissionChecks: Workloads with quota start in the --queue-* order")  # fmt: skip
+    h.add_argument("--kueue-controller-name", default=CONTROLLER_NAME,
+                   help="the AdmissionChecks' spec.controllerName (default %(default)s)")  # fmt: skip
     h.add_argument("--warm-ahead", type=int, default=0, help="datasets warmed at once for the next cold job (0: off)")
     h.add_argument("--warm-ttl", type=int, default=WarmConfig.ttl, metavar="SECONDS",
                    help="a finished warm-up is kept this long; its dataset is not warmed again meanwhile")  # fmt: skip

@@ -77,6 +77,16 @@ QUEUE_ADMITTED = Counter(
 QUEUE_WAITING = Gauge(
     "fluidfs_controller_queue_waiting_jobs", "Suspended Jobs waiting in the queue", ["queue"], registry=REGISTRY
 )
+KUEUE_READY = Counter(
+    "fluidfs_controller_kueue_ready_total",
+    "Kueue Workloads whose fluidfs admission check was set Ready",
+    registry=REGISTRY,
+)
+KUEUE_WAITING = Gauge(
+    "fluidfs_controller_kueue_waiting_workloads",
+    "Kueue Workloads with quota reserved waiting for the fluidfs admission check",
+    registry=REGISTRY,
+)
 WARMUPS = Counter("fluidfs_controller_warmups_total", "Warm-up Jobs started for queued Jobs", registry=REGISTRY)
 NODE_LABEL_PATCHES = Counter(
     "fluidfs_controller_node_label_patches_total", "Nodes whose cache.fluidfs.io labels were written", registry=REGISTRY

@@ -8,8 +8,9 @@
   ``sched.webhook.WebhookServer`` in threads of this process, TLS from files the chart mounts),
   answering from the view on every replica: cache affinity for pods, ``suspend`` for queued Jobs
   (only when this controller runs queues, so a suspended Job is never left without one);
-- on the leader only: the node labels (``fluidfs.control.nodelabels``) and the Job queues
-  (``fluidfs.control.jobqueue``, with warm-ups from ``fluidfs.control.warm``).
+- on the leader only: the node labels (``fluidfs.control.nodelabels``), the Job queues
+  (``fluidfs.control.jobqueue``, with warm-ups from ``fluidfs.control.warm``) and the Kueue
+  AdmissionCheck (``fluidfs.control.kueuecheck``).
 
 Every feature is optional (``SchedulingConfig``); nothing runs for one that is off, and its
 caches are not listed.  An error in one pass is logged and the next pass tries again: the
@@ -33,6 +34,7 @@ from fluidfs.control import metrics
 from fluidfs.control.adapter import KubeApi
 from fluidfs.control.informer import ClusterView, Periods
 from fluidfs.control.jobqueue import JobQueues, QueueSettings
+from fluidfs.control.kueuecheck import KueueChecks, KueueSettings
 from fluidfs.control.nodelabels import LabelConfig, NodeLabeler
 from fluidfs.control.sched.resolve import DRIVER
 from fluidfs.control.sched.webhook import AdmissionHandler, WebhookConfig, WebhookServer
@@ -55,13 +57,14 @@ class SchedulingConfig:
     labels: LabelConfig | None = None
     queues: QueueSettings | None = None
     warm: WarmConfig | None = None  # warm-ups of the queues' warm intents (with queues only)
+    kueue: KueueSettings | None = None  # the Kueue AdmissionCheck
     periods: Periods = field(default_factory=Periods)
     driver: str = DRIVER
     scrape_threads: int = 8
 
     @property
     def enabled(self) -> bool:
-        return self.webhook is not None or self.labels is not None or self.queues is not None
+        return any(f is not None for f in (self.webhook, self.labels, self.queues, self.kueue))
 
 
 class CountingHandler:
@@ -109,7 +112,8 @@ class Scheduling:
             cfg.periods,
             lookup_api=lookup_api,
             jobs=cfg.queues is not None,
-            pods=cfg.queues is not None or cfg.labels is not None,
+            pods=cfg.queues is not None or cfg.labels is not None or cfg.kueue is not None,
+            kueue=cfg.kueue is not None,
             driver=cfg.driver,
             clock=clock,
         )
@@ -126,6 +130,11 @@ class Scheduling:
                 clock=clock,
             )
             if cfg.queues
+            else None
+        )
+        self.kueue = (
+            KueueChecks(api, self.view, cfg.kueue, dataset_bytes=self._dataset_bytes, identity=identity, clock=clock)
+            if cfg.kueue
             else None
         )
         self.handler: CountingHandler | None = None
@@ -176,6 +185,12 @@ class Scheduling:
             except Exception:
                 log.exception("job queues: pass failed")
             waits.append(self.queues.due())
+        if self.kueue is not None:
+            try:
+                self.kueue.run_if_due()
+            except Exception:
+                log.exception("kueue check: pass failed")
+            waits.append(self.kueue.due())
         return min(waits, default=60.0)
 
     def close(self) -> None:

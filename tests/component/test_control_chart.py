@@ -267,6 +267,8 @@ def test_the_controller_accepts_its_arguments(
         assert ordering.base.value == "sjf" and ordering.max_pass_over == 16 and ordering.local
         assert ordering.source is not None and ordering.stagger
         assert (ordering.source.bandwidth, ordering.source.gpu_rate) == (4e9, 250e6)
+        assert cfg.kueue is not None and cfg.kueue.ordering == ordering
+        assert cfg.kueue.controller_name == "fluidfs.io/cache-aware"
         assert cfg.warm is not None and cfg.labels.policy.max_labels == 8 and cfg.labels.interval == 120
 
 
@@ -287,6 +289,11 @@ def test_scheduling_rbac_is_least_privilege(default: list[dict[str, Any]], full:
     assert grants(one(only_webhook, "ClusterRole", "-scheduling"))[("", "nodes")] == {"list"}
     no_warm = control(render({"datasetController": {"queue": {"enabled": True}}}))
     assert grants(one(no_warm, "ClusterRole", "-scheduling"))[("batch", "jobs")] == {"list", "patch"}
+    assert queue[("kueue.x-k8s.io", "workloads")] == {"list", "patch"}
+    assert queue[("kueue.x-k8s.io", "workloads/status")] == {"patch"}
+    assert queue[("kueue.x-k8s.io", "admissionchecks/status")] == {"patch"}
+    assert queue[("kueue.x-k8s.io", "admissionchecks")] == {"list"}
+    assert not any(group == "kueue.x-k8s.io" for group, _ in base)
     binding = one(default, "ClusterRoleBinding", "-scheduling")
     assert binding["roleRef"]["name"] == "fluidfs-dataset-controller-scheduling"
 
@@ -296,3 +303,18 @@ def test_mount_supervisors_serve_the_metrics_the_controller_reads() -> None:
     sup = next(o for o in objs if o["kind"] == "DaemonSet" and o["metadata"]["name"].endswith("-mounter"))
     (c,) = sup["spec"]["template"]["spec"]["containers"]
     assert "--metrics-addr=0.0.0.0:9809" in c["args"] and c["ports"][0]["name"] == "metrics"
+
+
+def test_kueue_alone_orders_workloads_without_job_queues() -> None:
+    """kueue.enabled without queue.enabled: the ordering flags, no Job queue, no Job permissions."""
+    from fluidfs.control.main import build_parser, scheduling_config
+    from fluidfs.control.objects import WorkerConfig
+
+    objs = control(render({"datasetController": {"kueue": {"enabled": True}, "queue": {"warmAhead": 2}}}))
+    args = one(objs, "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--kueue-check" in args and not any(a.startswith(("--queue=", "--warm-ahead")) for a in args)
+    cfg = scheduling_config(build_parser().parse_args(args), WorkerConfig())
+    assert cfg.queues is None and cfg.warm is None and cfg.kueue is not None
+    rules = grants(one(objs, "ClusterRole", "-scheduling"))
+    assert ("batch", "jobs") not in rules and rules[("kueue.x-k8s.io", "workloads")] == {"list", "patch"}
+    assert rules[("events.k8s.io", "events")] == {"create"} and rules[("", "pods")] == {"list"}

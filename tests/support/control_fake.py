@@ -209,16 +209,22 @@ class FakeKube:
             out.append(copy.deepcopy(obj))
         return out
 
-    def patch(self, kind: str, namespace: str, name: str, patch: Obj) -> Obj:
-        self._call("patch", kind, name)
+    def patch(self, kind: str, namespace: str, name: str, patch: Obj, subresource: str = "") -> Obj:
+        self._call("patch", f"{kind}/{subresource}" if subresource else kind, name)
         key = (kind, "" if kind in CLUSTER_SCOPED else namespace, name)
         old = self.objects.get(key)
         if old is None:
             raise KubeApiError("not found", 404)
-        new = merge_patch(old, patch)
+        rv = (patch.get("metadata") or {}).get("resourceVersion")
+        if rv is not None and rv != old["metadata"]["resourceVersion"]:
+            raise KubeApiError("the object has been modified", 409)
+        if subresource == "status":  # the status subresource changes status only
+            new = {**copy.deepcopy(old), "status": merge_patch(old.get("status") or {}, patch.get("status") or {})}
+        else:
+            new = merge_patch(old, {k: v for k, v in patch.items() if k != "status"})
         new["metadata"]["resourceVersion"] = str(next(self._rv))
         self.objects[key] = new
-        self.patches.append((kind, namespace, name, copy.deepcopy(patch)))
+        self.patches.append((f"{kind}/{subresource}" if subresource else kind, namespace, name, copy.deepcopy(patch)))
         return copy.deepcopy(new)
 
     def scrape(self, url: str, timeout: float) -> str:

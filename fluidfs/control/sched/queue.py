@@ -173,12 +173,9 @@ def _job_id(job: Mapping[str, Any]) -> tuple[str, str]:
     return str(meta.get("namespace") or "default"), str(meta.get("name") or "")
 
 
-def job_info(job: Mapping[str, Any], lookups: VolumeLookups, resource: str = GPU) -> JobInfo:
-    """A queued Job as the ordering sees it; raises ValueError on a bad annotation."""
-    ns, name = _job_id(job)
-    meta, spec = _mapping(job.get("metadata")), _mapping(job.get("spec"))
-    ann = _mapping(meta.get("annotations"))
-    template = _mapping(_mapping(spec.get("template")).get("spec"))
+def read_annotations(ann: Mapping[str, Any]) -> tuple[float | None, int]:
+    """(expected seconds or None, pass-over count) from a queued object's annotations;
+    ValueError if either is malformed."""
     expected = None
     if EXPECTED_DURATION in ann:
         expected = parse_duration(str(ann[EXPECTED_DURATION]), EXPECTED_DURATION)
@@ -188,6 +185,15 @@ def job_info(job: Mapping[str, Any], lookups: VolumeLookups, resource: str = GPU
         if not text.isdigit():
             raise ValueError(f"{PASSED_OVER}: {text!r} is not a count")
         passed = int(text)
+    return expected, passed
+
+
+def job_info(job: Mapping[str, Any], lookups: VolumeLookups, resource: str = GPU) -> JobInfo:
+    """A queued Job as the ordering sees it; raises ValueError on a bad annotation."""
+    ns, name = _job_id(job)
+    meta, spec = _mapping(job.get("metadata")), _mapping(job.get("spec"))
+    template = _mapping(_mapping(spec.get("template")).get("spec"))
+    expected, passed = read_annotations(_mapping(meta.get("annotations")))
     parallelism = spec.get("parallelism")
     pods = 1 if parallelism is None else int(parallelism)
     keys = dataset_keys(pod_datasets(template, ns, lookups))
@@ -255,32 +261,10 @@ def plan_queue(
             if ADMITTED_AT not in _mapping(_mapping(job.get("metadata")).get("annotations")):
                 problems.append(f"job {ns}/{name}: created without spec.suspend: true; it runs outside the queue order")
 
-    free_gpus: dict[str, int] | None = None
-    alloc: dict[str, int] | None = None
-    if config.model_gpus:
-        free_gpus, alloc = gpu_capacity(state.nodes, state.pods, config.gpu_resource)
-    capacity = Capacity(free_gpus, None, alloc)
-    # Admitted jobs whose pods are not bound yet still hold capacity.
-    bound = _bound_pods(state.pods)
-    for info in running + elsewhere:
-        ns, _, name = info.name.partition("/")
-        unbound = max(0, info.pods - bound.get((ns, name), 0))
-        if unbound and info.gpus_per_pod > 0 and capacity.free_gpus is not None:
-            after = capacity.place(JobInfo(info.name, info.submitted, info.gpus_per_pod, unbound))
-            capacity = after if after is not None else Capacity({n: 0 for n in capacity.free_gpus}, None, alloc)
+    capacity = free_capacity(state, running + elsewhere, config.gpu_resource, config.model_gpus)
     slots = None if config.slots is None else max(0, config.slots - len(running))
-    capacity = Capacity(capacity.free_gpus, slots, alloc)
-
-    fractions: dict[str, float] = {}
-    for key, size in state.dataset_bytes.items():
-        if size > 0:
-            fractions[key] = min(1.0, state.locations.total(key) / size)
-    reading = frozenset(d for j in running + elsewhere for d in j.datasets)
-    on_nodes = {key: {n: float(b) for n, b in state.locations.nodes(key).items()} for key in state.locations.keys()}
-    dstate = DatasetState(
-        fractions, reading, state.warming, state.dataset_bytes, _gpu_readers(running + elsewhere), on_nodes=on_nodes
-    )
-    decision = plan(pending, dstate, capacity, config.ordering)
+    capacity = Capacity(capacity.free_gpus, slots, capacity.total_gpus)
+    decision = plan(pending, dataset_state(state, running + elsewhere), capacity, config.ordering)
     for name in decision.unschedulable:
         problems.append(f"job {name}: its pods need more {config.gpu_resource} than any node has; never admitted")
     stamp = now.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -293,6 +277,40 @@ def plan_queue(
         for name, n in sorted(decision.passed_over.items())
     )
     return QueuePlan(admit, passed, decision.warm, tuple(problems), decision)
+
+
+def free_capacity(
+    state: ClusterState, running: Sequence[JobInfo], resource: str = GPU, model_gpus: bool = True
+) -> Capacity:
+    """Free ``resource`` per node (None without ``model_gpus``): allocatable minus the requests of
+    unfinished pods bound there, minus the pods of ``running`` jobs not bound yet (as
+    ``namespace/name`` of the Job their pods are labelled with)."""
+    if not model_gpus:
+        return Capacity()
+    free_gpus, alloc = gpu_capacity(state.nodes, state.pods, resource)
+    capacity = Capacity(free_gpus, None, alloc)
+    bound = _bound_pods(state.pods)
+    for info in running:
+        ns, _, name = info.name.partition("/")
+        unbound = max(0, info.pods - bound.get((ns, name), 0))
+        if unbound and info.gpus_per_pod > 0 and capacity.free_gpus is not None:
+            after = capacity.place(JobInfo(info.name, info.submitted, info.gpus_per_pod, unbound))
+            capacity = after if after is not None else Capacity({n: 0 for n in capacity.free_gpus}, None, alloc)
+    return capacity
+
+
+def dataset_state(state: ClusterState, running: Sequence[JobInfo]) -> DatasetState:
+    """What the ordering knows of the datasets: cached fractions and where (node labels), sizes,
+    which ``running`` jobs read them and with how many GPUs, which are being warmed."""
+    fractions: dict[str, float] = {}
+    for key, size in state.dataset_bytes.items():
+        if size > 0:
+            fractions[key] = min(1.0, state.locations.total(key) / size)
+    reading = frozenset(d for j in running for d in j.datasets)
+    on_nodes = {key: {n: float(b) for n, b in state.locations.nodes(key).items()} for key in state.locations.keys()}
+    return DatasetState(
+        fractions, reading, state.warming, state.dataset_bytes, _gpu_readers(running), on_nodes=on_nodes
+    )
 
 
 def _gpu_readers(running: Sequence[JobInfo]) -> dict[str, int]:

@@ -55,7 +55,7 @@
 {{/* Any cache-aware scheduling feature on (they share the caches, hence the read permissions). */}}
 {{- define "fluidfs.datasetScheduling" -}}
 {{- $dc := .Values.datasetController -}}
-{{- if and $dc.enabled (or $dc.webhook.enabled $dc.nodeLabels.enabled $dc.queue.enabled) -}}true{{- end -}}
+{{- if and $dc.enabled (or $dc.webhook.enabled $dc.nodeLabels.enabled $dc.queue.enabled $dc.kueue.enabled) -}}true{{- end -}}
 {{- end -}}
 
 {{/* Cluster-wide rules of cache-aware scheduling (see helm/fluidfs/README.md). */}}
@@ -70,7 +70,7 @@
 - apiGroups: [""]
   resources: ["nodes"]
   verbs: {{ if $dc.nodeLabels.enabled }}["list", "patch"]{{ else }}["list"]{{ end }}
-{{- if or $dc.nodeLabels.enabled $dc.queue.enabled }}
+{{- if or $dc.nodeLabels.enabled $dc.queue.enabled $dc.kueue.enabled }}
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["list"]
@@ -79,6 +79,21 @@
 - apiGroups: ["batch"]
   resources: ["jobs"]
   verbs: {{ if gt (int $dc.queue.warmAhead) 0 }}["list", "patch", "create"]{{ else }}["list", "patch"]{{ end }}
+{{- end }}
+{{- if $dc.kueue.enabled }}
+# the Kueue AdmissionCheck: Workloads' check entries (status) and pass-over annotations; our
+# AdmissionChecks' Active condition
+- apiGroups: ["kueue.x-k8s.io"]
+  resources: ["workloads"]
+  verbs: ["list", "patch"]
+- apiGroups: ["kueue.x-k8s.io"]
+  resources: ["workloads/status", "admissionchecks/status"]
+  verbs: ["patch"]
+- apiGroups: ["kueue.x-k8s.io"]
+  resources: ["admissionchecks"]
+  verbs: ["list"]
+{{- end }}
+{{- if or $dc.queue.enabled $dc.kueue.enabled }}
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]
   verbs: ["create"]
