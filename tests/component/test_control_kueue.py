@@ -215,6 +215,21 @@ def test_workloads_already_ready_read_their_data_and_hold_their_gpus() -> None:
     assert [p.name for p in plan.ready] == ["job-imagenet-2-5c7f2"]  # warm: imagenet is being read
 
 
+def test_pods_of_other_owners_count_once_bound() -> None:
+    """A running JobSet's Workload: its pod on n2 counts as a pod there, not again as unbound."""
+    nodes = [node("n1", 8), node("n2", 8)]
+    jobset = workload(
+        "js", "2026-03-01T10:00:00Z", COCO, checks={"fluidfs": "Ready"}, conditions=("QuotaReserved", "Admitted")
+    )
+    jobset["metadata"]["ownerReferences"] = [{"apiVersion": "jobset.x-k8s.io/v1alpha2", "kind": "JobSet", "name": "js",
+                                              "uid": "u", "controller": True}]  # fmt: skip
+    pod = running_pod("js-workers-0-0", "n2", 8, "js-workers-0")  # the JobSet's child Job, not "js"
+    warm = workload("imagenet-2", "2026-03-01T11:30:00Z")
+    plan = plan_checks(state(nodes, [pod]), [jobset, warm], CHECKS, CheckConfig(), FakeVolumeLookups(), NOW)
+    assert [p.name for p in plan.ready] == ["job-imagenet-2-5c7f2"]
+    assert workload_info(jobset, FakeVolumeLookups()).name == "ml/job-js-5c7f2"
+
+
 def test_cluster_queues_share_the_free_gpus() -> None:
     nodes, pods = cluster()
     a = workload("imagenet-a", "2026-03-01T11:30:00Z", cq="cq-a")

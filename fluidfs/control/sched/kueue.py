@@ -23,8 +23,9 @@ ClusterQueues, each taking what it admits before the next is planned. A Workload
 podSets' pods that request the most GPUs (a launcher without GPUs is not counted); its datasets
 are those of every podSet's volumes; ``fluidfs.io/expected-duration`` is read from the Workload's
 annotations or else its first pod template's. Workloads admitted (``Admitted=True``) or whose
-entry of our check is ``Ready`` count as running: they read their datasets and their pods that
-are not bound yet (pods of a Job, labelled ``batch.kubernetes.io/job-name``) hold GPUs.
+entry of our check is ``Ready`` count as running: they read their datasets, and the pods of a
+Job-owned one that are not bound yet (found by ``batch.kubernetes.io/job-name``) hold GPUs; the
+pods of other owners (JobSet, Kubeflow jobs, ...) count once bound, like any pod.
 
 A Workload whose pods need more GPUs than any node has is set ``Ready`` unordered (reported):
 nodes may yet be added, and holding quota for it forever would starve its ClusterQueue.
@@ -132,6 +133,15 @@ def _ident(workload: Mapping[str, Any]) -> tuple[str, str]:
     return str(meta.get("namespace") or "default"), str(meta.get("name") or "")
 
 
+def owner_job(workload: Mapping[str, Any]) -> str:
+    """The name of the batch/v1 Job that owns ``workload`` ("" if none does)."""
+    for ref in _mapping(workload.get("metadata")).get("ownerReferences") or []:
+        ref = _mapping(ref)
+        if ref.get("kind") == "Job" and str(ref.get("apiVersion", "")).startswith("batch/") and ref.get("name"):
+            return str(ref["name"])
+    return ""
+
+
 def workload_info(workload: Mapping[str, Any], lookups: VolumeLookups, resource: str = GPU) -> JobInfo:
     """A Workload as the ordering sees it (named after the Job that owns it, if one does, so
     that its pods are found); raises ValueError on a bad annotation."""
@@ -148,14 +158,11 @@ def workload_info(workload: Mapping[str, Any], lookups: VolumeLookups, resource:
     keys: list[str] = []
     for t in templates:
         keys.extend(dataset_keys(pod_datasets(_mapping(t.get("spec")), ns, lookups)))
-    owner = next(
-        (o for o in meta.get("ownerReferences") or [] if _mapping(o).get("kind") == "Job" and _mapping(o).get("name")),
-        None,
-    )
+    owner = owner_job(workload)
     created = str(meta.get("creationTimestamp") or "")
     submitted = datetime.fromisoformat(created.replace("Z", "+00:00")).timestamp() if created else 0.0
     return JobInfo(
-        name=f"{ns}/{_mapping(owner)['name'] if owner else name}",
+        name=f"{ns}/{owner or name}",
         submitted=submitted,
         gpus_per_pod=most,
         pods=pods,
@@ -193,6 +200,7 @@ def plan_checks(
     problems: list[str] = []
     pending: dict[str, list[tuple[JobInfo, Mapping[str, Any]]]] = {}  # ClusterQueue -> waiting
     running: list[JobInfo] = []
+    with_pods: list[JobInfo] = []  # running and owned by a Job: its pods (job-name label) are known
     for wl in workloads:
         if _condition(wl, "Finished"):
             continue
@@ -211,11 +219,13 @@ def plan_checks(
             continue
         if admitted:
             running.append(info)
+            if owner_job(wl):
+                with_pods.append(info)
         else:
             cq = str(_mapping(_mapping(wl.get("status")).get("admission")).get("clusterQueue") or "")
             pending.setdefault(cq, []).append((info, wl))
 
-    capacity = free_capacity(state, running, config.gpu_resource)
+    capacity = free_capacity(state, with_pods, config.gpu_resource)
     dstate = dataset_state(state, running)
     ready: list[Patch] = []
     passed: list[Patch] = []
