@@ -43,8 +43,11 @@ from .queue import (
     GPU,
     PASSED_OVER,
     ClusterState,
+    api_time,
     dataset_state,
     free_capacity,
+    object_id,
+    parse_timestamp,
     pod_request,
     read_annotations,
 )
@@ -90,10 +93,6 @@ def _condition(obj: Mapping[str, Any], kind: str) -> bool:
     )
 
 
-def _stamp(now: datetime) -> str:
-    return now.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 def our_checks(
     checks: Iterable[Mapping[str, Any]], controller_name: str = CONTROLLER_NAME
 ) -> dict[str, Mapping[str, Any]]:
@@ -115,7 +114,7 @@ def activate_patch(check: Mapping[str, Any], now: datetime) -> dict[str, Any] | 
         "status": "True",
         "reason": "Active",
         "message": "fluidfs-controller orders the Workloads of this check by where their datasets are cached",
-        "lastTransitionTime": _stamp(now),
+        "lastTransitionTime": api_time(now),
         "observedGeneration": int(_mapping(check.get("metadata")).get("generation") or 0),
     }
     return {"status": {"conditions": [*others, active]}}
@@ -126,11 +125,6 @@ def _our_entry(workload: Mapping[str, Any], ours: Mapping[str, Any]) -> Mapping[
         if _mapping(entry).get("name") in ours:
             return _mapping(entry)
     return None
-
-
-def _ident(workload: Mapping[str, Any]) -> tuple[str, str]:
-    meta = _mapping(workload.get("metadata"))
-    return str(meta.get("namespace") or "default"), str(meta.get("name") or "")
 
 
 def owner_job(workload: Mapping[str, Any]) -> str:
@@ -145,7 +139,7 @@ def owner_job(workload: Mapping[str, Any]) -> str:
 def workload_info(workload: Mapping[str, Any], lookups: VolumeLookups, resource: str = GPU) -> JobInfo:
     """A Workload as the ordering sees it (named after the Job that owns it, if one does, so
     that its pods are found); raises ValueError on a bad annotation."""
-    ns, name = _ident(workload)
+    ns, name = object_id(workload)
     meta = _mapping(workload.get("metadata"))
     podsets = [_mapping(p) for p in _mapping(workload.get("spec")).get("podSets") or []]
     templates = [_mapping(p.get("template")) for p in podsets]
@@ -158,12 +152,9 @@ def workload_info(workload: Mapping[str, Any], lookups: VolumeLookups, resource:
     keys: list[str] = []
     for t in templates:
         keys.extend(dataset_keys(pod_datasets(_mapping(t.get("spec")), ns, lookups)))
-    owner = owner_job(workload)
-    created = str(meta.get("creationTimestamp") or "")
-    submitted = datetime.fromisoformat(created.replace("Z", "+00:00")).timestamp() if created else 0.0
     return JobInfo(
-        name=f"{ns}/{owner or name}",
-        submitted=submitted,
+        name=f"{ns}/{owner_job(workload) or name}",
+        submitted=parse_timestamp(meta.get("creationTimestamp")),
         gpus_per_pod=most,
         pods=pods,
         expected_seconds=expected,
@@ -177,7 +168,7 @@ def _ready_patch(workload: Mapping[str, Any], ours: Mapping[str, Any], message: 
     for entry in _mapping(workload.get("status")).get("admissionChecks") or []:
         entry = dict(_mapping(entry))
         if entry.get("name") in ours and entry.get("state") == "Pending":
-            entry.update(state="Ready", message=message, lastTransitionTime=_stamp(now))
+            entry.update(state="Ready", message=message, lastTransitionTime=api_time(now))
         entries.append(entry)
     rv = _mapping(workload.get("metadata")).get("resourceVersion")
     return {"metadata": {"resourceVersion": rv}, "status": {"admissionChecks": entries}}
@@ -198,6 +189,7 @@ def plan_checks(
         Patch("AdmissionCheck", "", name, p) for name, ac in sorted(ours.items()) if (p := activate_patch(ac, now))
     )
     problems: list[str] = []
+    ready: list[Patch] = []
     pending: dict[str, list[tuple[JobInfo, Mapping[str, Any]]]] = {}  # ClusterQueue -> waiting
     running: list[JobInfo] = []
     with_pods: list[JobInfo] = []  # running and owned by a Job: its pods (job-name label) are known
@@ -209,13 +201,13 @@ def plan_checks(
         waiting = entry is not None and entry.get("state") == "Pending" and _condition(wl, "QuotaReserved")
         if not admitted and not waiting:
             continue
-        ns, name = _ident(wl)
+        ns, name = object_id(wl)
         try:
             info = workload_info(wl, lookups, config.gpu_resource)
         except ValueError as e:
             if waiting:
                 problems.append(f"workload {ns}/{name}: {e}; set Ready unordered")
-                pending.setdefault("", []).append((JobInfo(f"{ns}/{name}", 0.0), wl))
+                ready.append(Patch("Workload", ns, name, _ready_patch(wl, ours, "fluidfs: not ordered", now)))
             continue
         if admitted:
             running.append(info)
@@ -227,18 +219,15 @@ def plan_checks(
 
     capacity = free_capacity(state, with_pods, config.gpu_resource)
     dstate = dataset_state(state, running)
-    ready: list[Patch] = []
     passed: list[Patch] = []
     decisions: dict[str, Plan] = {}
-    admitted_total = 0
     for cq in sorted(pending):
         by_name = {info.name: (info, wl) for info, wl in pending[cq]}
-        jobs = [info for info, _ in pending[cq]]
-        decision = plan(jobs, dstate, capacity, config.ordering) if cq else Plan(admit=tuple(by_name))
+        decision = plan([info for info, _ in pending[cq]], dstate, capacity, config.ordering)
         decisions[cq] = decision
         for job_name in (*decision.admit, *decision.unschedulable):
             info, wl = by_name[job_name]
-            ns, name = _ident(wl)
+            ns, name = object_id(wl)
             if job_name in decision.unschedulable:
                 problems.append(f"workload {ns}/{name}: its pods need more {config.gpu_resource} than any node has; "
                                 "set Ready unordered")  # fmt: skip
@@ -248,9 +237,9 @@ def plan_checks(
                 after = capacity.place(info)
                 capacity = after if after is not None else capacity
             ready.append(Patch("Workload", ns, name, _ready_patch(wl, ours, message, now)))
-            admitted_total += 1
         for job_name, count in sorted(decision.passed_over.items()):
-            ns, name = _ident(by_name[job_name][1])
+            ns, name = object_id(by_name[job_name][1])
             passed.append(Patch("Workload", ns, name, {"metadata": {"annotations": {PASSED_OVER: str(count)}}}))
-    waiting_total = sum(len(v) for v in pending.values()) - admitted_total
-    return CheckPlan(activate, tuple(ready), tuple(passed), tuple(problems), waiting_total, decisions)
+    started = sum(len(d.admit) + len(d.unschedulable) for d in decisions.values())
+    still = sum(len(v) for v in pending.values()) - started
+    return CheckPlan(activate, tuple(ready), tuple(passed), tuple(problems), still, decisions)

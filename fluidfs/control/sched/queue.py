@@ -123,7 +123,13 @@ def pod_request(pod_spec: Mapping[str, Any], resource: str = GPU) -> int:
     return max(main, init)
 
 
-def _timestamp(text: Any) -> float:
+def api_time(now: datetime) -> str:
+    """``now`` as an API timestamp (``2026-03-01T12:00:00Z``)."""
+    return now.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_timestamp(text: Any) -> float:
+    """Seconds since the epoch of an API timestamp (``2026-03-01T12:00:00Z``); 0 if absent."""
     if not isinstance(text, str) or not text:
         return 0.0
     return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
@@ -168,7 +174,8 @@ def gpu_capacity(
 # ---------------------------------------------------------------------------- jobs
 
 
-def _job_id(job: Mapping[str, Any]) -> tuple[str, str]:
+def object_id(job: Mapping[str, Any]) -> tuple[str, str]:
+    """(namespace, name) of a namespaced object."""
     meta = _mapping(job.get("metadata"))
     return str(meta.get("namespace") or "default"), str(meta.get("name") or "")
 
@@ -190,7 +197,7 @@ def read_annotations(ann: Mapping[str, Any]) -> tuple[float | None, int]:
 
 def job_info(job: Mapping[str, Any], lookups: VolumeLookups, resource: str = GPU) -> JobInfo:
     """A queued Job as the ordering sees it; raises ValueError on a bad annotation."""
-    ns, name = _job_id(job)
+    ns, name = object_id(job)
     meta, spec = _mapping(job.get("metadata")), _mapping(job.get("spec"))
     template = _mapping(_mapping(spec.get("template")).get("spec"))
     expected, passed = read_annotations(_mapping(meta.get("annotations")))
@@ -199,7 +206,7 @@ def job_info(job: Mapping[str, Any], lookups: VolumeLookups, resource: str = GPU
     keys = dataset_keys(pod_datasets(template, ns, lookups))
     return JobInfo(
         name=f"{ns}/{name}",
-        submitted=_timestamp(meta.get("creationTimestamp")),
+        submitted=parse_timestamp(meta.get("creationTimestamp")),
         gpus_per_pod=pod_request(template, resource),
         pods=pods,
         expected_seconds=expected,
@@ -238,7 +245,7 @@ def plan_queue(
         labels = _mapping(_mapping(job.get("metadata")).get("labels"))
         if QUEUE_LABEL not in labels or _finished(job):
             continue
-        ns, name = _job_id(job)
+        ns, name = object_id(job)
         if labels.get(QUEUE_LABEL) != config.name:
             if _mapping(job.get("spec")).get("suspend") is not True and KUEUE_LABEL not in labels:
                 try:
@@ -267,7 +274,7 @@ def plan_queue(
     decision = plan(pending, dataset_state(state, running + elsewhere), capacity, config.ordering)
     for name in decision.unschedulable:
         problems.append(f"job {name}: its pods need more {config.gpu_resource} than any node has; never admitted")
-    stamp = now.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    stamp = api_time(now)
     admit = tuple(
         JobPatch(*_split(name), {"metadata": {"annotations": {ADMITTED_AT: stamp}}, "spec": {"suspend": False}})
         for name in decision.admit
